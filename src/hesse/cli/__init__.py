@@ -1,0 +1,1 @@
+"""The ``hesse`` command: parsing, safe expressions and output. No math lives here."""

@@ -1,0 +1,91 @@
+"""Data sets for model operators: a DataLoader, an iterable of (inputs, targets), or a tensor pair.
+
+The operators iterate the data once per product. A one-shot iterator (a generator) is read into
+a list once, since it could not be iterated again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+Batch = tuple[Any, Any]
+
+
+def _is_tensorlike(x: Any) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def batch_size(inputs: Any, targets: Any) -> int:
+    """Number of samples in a batch: the leading dimension of the targets (or inputs)."""
+    for t in (targets, inputs):
+        if isinstance(t, torch.Tensor) and t.ndim >= 1:
+            return int(t.shape[0])
+        if isinstance(t, (tuple, list)) and t and isinstance(t[0], torch.Tensor) and t[0].ndim >= 1:
+            return int(t[0].shape[0])
+    raise TypeError(
+        "cannot tell the batch size: targets (or inputs) must be tensors with a leading batch "
+        "dimension."
+    )
+
+
+class DataSource:
+    """A re-iterable view of the user's data as (inputs, targets) batches."""
+
+    def __init__(self, data: Any):
+        if data is None:
+            raise TypeError("data is required: a DataLoader, an iterable of (inputs, targets) "
+                            "batches, or a pair of tensors (inputs, targets).")
+        if (
+            isinstance(data, (tuple, list))
+            and len(data) == 2
+            and _is_tensorlike(data[0])
+            and _is_tensorlike(data[1])
+        ):
+            self._batches: Iterable = [(data[0], data[1])]
+            self.kind = "tensor pair"
+        elif isinstance(data, torch.Tensor):
+            raise TypeError("data is a single tensor; pass (inputs, targets) as a pair of tensors.")
+        elif isinstance(data, Iterable):
+            if iter(data) is data:  # one-shot iterator: keep its batches
+                self._batches = list(data)
+                self.kind = "iterator (read into a list)"
+            else:
+                self._batches = data
+                self.kind = type(data).__name__
+        else:
+            raise TypeError(
+                f"data must be a DataLoader, an iterable of (inputs, targets) batches or a pair "
+                f"of tensors; got {type(data).__name__}."
+            )
+        self.shuffles = _loader_shuffles(data)
+
+    def __iter__(self) -> Iterator[tuple[int, Any, Any]]:
+        for i, batch in enumerate(self._batches):
+            if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+                raise TypeError(
+                    f"batch {i} is a {type(batch).__name__}"
+                    + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+                    + "; each batch must be a pair (inputs, targets)."
+                )
+            yield i, batch[0], batch[1]
+
+
+def _loader_shuffles(data: Any) -> bool:
+    sampler = getattr(data, "sampler", None)
+    return isinstance(sampler, torch.utils.data.RandomSampler)
+
+
+def to_device(x: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+    """Move a tensor (or tuple/list/dict of tensors) to ``device``; floats cast to ``dtype``."""
+    if isinstance(x, torch.Tensor):
+        if dtype is not None and x.is_floating_point() and x.dtype != dtype:
+            return x.to(device=device, dtype=dtype)
+        return x.to(device)
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_device(t, device, dtype) for t in x)
+    if isinstance(x, dict):
+        return {k: to_device(v, device, dtype) for k, v in x.items()}
+    return x

@@ -1,0 +1,227 @@
+"""Shared machinery of curvature operators over a model, a loss and a data set.
+
+A subclass says how to multiply one batch's curvature matrix with a block of vectors
+(``_batch_product``); this class loops over the batches, weights them so the result is the
+curvature of the mean loss over the whole data set, checks inputs, counts products, and falls back
+to the math attention kernel when a fused kernel lacks derivative rules.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._memory import format_bytes
+from ._model import ModelLoss, is_derivative_rule_failure
+from .base import CurvatureOperator
+
+DEFAULT_GRAPH_MEMORY = 2 * 1024**3
+
+
+class ModelCurvatureOperator(CurvatureOperator):
+    """Base of :class:`HessianOperator`, :class:`GGNOperator` and :class:`FisherOperator` on models.
+
+    After construction, ``loss`` (float) and ``gradient`` (flat tensor) hold ``L(θ)`` and
+    ``∇L(θ)`` at the point; ``param_names`` lists the parameters in vector order and
+    ``unflatten(v)`` maps a vector back to ``{name: tensor}``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable,
+        data: Any,
+        params: Any = None,
+        *,
+        bn_mode: str = "eval",
+        eval_mode: bool = True,
+        check_deterministic: bool = False,
+        is_psd: bool | None = None,
+        keep_graph: bool = False,
+        graph_memory: int | None = None,
+    ):
+        self._problem = ModelLoss(model, loss_fn, data, params, bn_mode=bn_mode,
+                                  eval_mode=eval_mode)
+        p = self._problem
+        super().__init__(p.n, p.dtype, p.device, is_psd)
+        self._graphs: dict[int, tuple] = {}
+        self._graph_budget = DEFAULT_GRAPH_MEMORY if graph_memory is None else int(graph_memory)
+        self.graph_bytes = 0
+        self._with_fallback(lambda: self._first_pass(keep_graph))
+        if check_deterministic:
+            self._check_deterministic()
+
+    # ------------------------------------------------------------------ public helpers
+    @property
+    def param_names(self) -> list[str]:
+        return list(self._problem.names)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self._problem.num_samples or 0)
+
+    @property
+    def point(self) -> torch.Tensor:
+        """The parameters θ (flat) at which this operator is evaluated."""
+        return self._problem.flatten([q.detach() for q in self._problem.params])
+
+    def unflatten(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Map a flat vector of length n to ``{parameter name: tensor of its shape}``."""
+        v = self._as_block(v, "v")
+        if v.shape != (self._n,):
+            raise ValueError(f"expected a vector of shape ({self._n},), got {tuple(v.shape)}.")
+        return dict(zip(self._problem.names, self._problem.unflatten(v)))
+
+    def flatten(self, tensors: Any) -> torch.Tensor:
+        """Map ``{name: tensor}`` or a list of per-parameter tensors to one flat vector."""
+        if isinstance(tensors, dict):
+            tensors = [tensors[n] for n in self._problem.names]
+        tensors = list(tensors)
+        if len(tensors) != len(self._problem.shapes) or any(
+            tuple(t.shape) != tuple(s) for t, s in zip(tensors, self._problem.shapes)
+        ):
+            raise ValueError("tensors must match the selected parameters in number and shape.")
+        return self._problem.flatten(tensors).to(self.dtype)
+
+    # ------------------------------------------------------------------ machinery
+    def _with_fallback(self, fn):
+        try:
+            return fn()
+        except (RuntimeError, NotImplementedError) as err:
+            if self._problem.math_attention or not is_derivative_rule_failure(err):
+                raise
+            self._problem.enable_math_attention(err)
+            self._graphs.clear()
+            self.graph_bytes = 0
+            return fn()
+
+    def _first_pass(self, keep_graph: bool) -> None:
+        """One pass over the data: count samples, check the loss, compute L(θ) and ∇L(θ); keep the
+        first-backward graph of each batch when asked and within the memory budget."""
+        p = self._problem
+        params = tuple(q.detach().requires_grad_(True) for q in p.params)
+        p.params = params
+        total, loss_sum = 0, 0.0
+        grad_sum = torch.zeros(p.n, dtype=p.dtype, device=p.device)
+        self._graphs.clear()
+        self.graph_bytes = 0
+        any_batch = False
+        for i, x, y, nb in p.batches():
+            any_batch = True
+            if nb == 0:
+                continue
+            keep = keep_graph and self.graph_bytes < self._graph_budget
+            counter = _SavedBytes() if keep else None
+            with p.mode(), (counter.hooks() if counter else _null()):
+                loss = p.batch_loss(params, x, y)
+                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                    shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss)
+                    raise ValueError(f"loss_fn must return a scalar per batch; got {shape} on "
+                                     f"batch {i}. Use reduction='mean'.")
+                if not torch.isfinite(loss):
+                    raise ValueError(f"the loss is not finite ({float(loss)}) on batch {i}; check "
+                                     f"that batch's inputs and targets, and the model's outputs.")
+                grads = torch.autograd.grad(loss, params, create_graph=keep, allow_unused=True)
+            for name, g in zip(p.names, grads):
+                if g is not None and not bool(torch.isfinite(g).all()):
+                    raise ValueError(f"the gradient is not finite on batch {i}, parameter {name!r}.")
+            w = nb if p.reduction == "mean" else 1.0
+            loss_sum += w * float(loss.detach())
+            grad_sum += w * p.flatten([
+                torch.zeros_like(q) if g is None else g.detach() for q, g in zip(params, grads)
+            ])
+            total += nb
+            if keep:
+                self.graph_bytes += counter.bytes
+                if self.graph_bytes <= self._graph_budget:
+                    self._graphs[i] = grads
+        if not any_batch or total == 0:
+            raise ValueError("the data set is empty: no batch with samples was found.")
+        p.num_samples = total
+        self.loss = loss_sum / total
+        self.gradient = grad_sum / total
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self._with_fallback(lambda: self._accumulate(V))
+
+    def _accumulate(self, V: torch.Tensor) -> torch.Tensor:
+        p = self._problem
+        k = V.shape[1]
+        Vs = p.unflatten_block(V)
+        out = torch.zeros_like(V)
+        for i, x, y, nb in p.batches():
+            if nb == 0:
+                continue
+            parts = self._batch_product(i, x, y, Vs, k)
+            out += p.weight(nb) * p.flatten_block(parts, k)
+        return self._reduce(out)
+
+    def _reduce(self, out: torch.Tensor) -> torch.Tensor:
+        """Combine partial products (identity on one process)."""
+        return out
+
+    @abstractmethod
+    def _batch_product(self, index: int, inputs: Any, targets: Any, Vs: list[torch.Tensor],
+                       k: int) -> list[torch.Tensor]:
+        """This batch's curvature (of its own mean loss) times the block ``Vs``: per parameter,
+        tensors of shape ``(k, *p.shape)``."""
+
+    def _check_deterministic(self) -> None:
+        g = torch.Generator(device="cpu").manual_seed(1234)
+        v = torch.randn(self._n, generator=g, dtype=torch.float64).to(self.dtype).to(self.device)
+        saved, self._graphs = self._graphs, {}
+        try:
+            a, b = self.matvec(v), self.matvec(v)
+        finally:
+            self._graphs = saved
+        tol = 1e-10 if self.dtype == torch.float64 else 1e-4
+        diff = float((a - b).abs().max())
+        scale = max(float(a.abs().max()), 1e-30)
+        if diff > tol * scale:
+            raise ValueError(
+                f"the loss is not deterministic: two products with the same vector differ by "
+                f"{diff:.3e} (relative {diff / scale:.1e}). Dropout in training mode, data "
+                f"augmentation or a shuffling sampler with bn_mode='batch' make the curvature "
+                f"random; use eval_mode=True (the default) and fixed data."
+            )
+
+    def extra_repr(self) -> str:
+        mem = f", graphs kept: {format_bytes(self.graph_bytes)}" if self._graphs else ""
+        return f"{self.num_samples} samples, {len(self.param_names)} parameter tensors{mem}"
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", {self.extra_repr()})"
+
+
+class _SavedBytes:
+    """Counts the bytes autograd saves for backward (``torch.autograd.graph.saved_tensors_hooks``),
+    each storage once."""
+
+    def __init__(self):
+        self.bytes = 0
+        self._seen: set[int] = set()
+
+    def hooks(self):
+        def pack(t):
+            try:
+                key = t.untyped_storage().data_ptr()
+                if key not in self._seen:
+                    self._seen.add(key)
+                    self.bytes += t.untyped_storage().nbytes()
+            except (RuntimeError, NotImplementedError):
+                self.bytes += t.numel() * t.element_size()
+            return t
+
+        return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

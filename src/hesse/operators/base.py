@@ -1,0 +1,201 @@
+"""One symmetric linear-operator base class for every curvature matrix in hesse.
+
+A :class:`CurvatureOperator` ``A`` is a symmetric ``n x n`` matrix known only through products.
+Subclasses implement one method, ``_matmat(V)`` for a block ``V`` of shape ``(n, k)``; the base
+class supplies validation, ``matvec``/``@``, counting, dense and SciPy export, algebra
+(``A + sigma``, ``alpha * A``, ``A + B``) and linear solves. Algorithms take an operator, never a
+model (the design of ``scipy.sparse.linalg.LinearOperator``, curvlinops and lineax).
+
+Structure tags: ``is_symmetric`` is always true; ``is_psd`` is ``True`` for Gauss-Newton and Fisher
+matrices, ``False`` when it is known not to hold, ``None`` when unknown (a general Hessian).
+"""
+
+from __future__ import annotations
+
+import numbers
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._memory import guard_dense
+
+
+class CurvatureOperator(ABC):
+    """Base class of symmetric linear operators ``A: R^n -> R^n``.
+
+    Attributes
+    ----------
+    shape : tuple[int, int]
+    dtype, device : of the vectors the operator multiplies and returns.
+    num_matvecs : int
+        Products taken so far (a ``matmat`` with ``k`` columns counts ``k``).
+    is_psd : bool | None
+        Structure tag; solvers that need positive definiteness check it.
+    """
+
+    is_symmetric: bool = True
+
+    def __init__(self, n: int, dtype: torch.dtype, device: torch.device | str, is_psd: bool | None):
+        self._n = int(n)
+        self._dtype = dtype
+        self._device = torch.device(device)
+        self.is_psd = is_psd
+        self.num_matvecs = 0
+
+    # ----------------------------------------------------------------- what subclasses implement
+    @abstractmethod
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        """Return ``A @ V`` for ``V`` of shape ``(n, k)``, dtype and device already checked."""
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self._n, self._n)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def __len__(self) -> int:
+        return self._n
+
+    def reset_counter(self) -> None:
+        """Set ``num_matvecs`` back to zero."""
+        self.num_matvecs = 0
+
+    # ----------------------------------------------------------------- products
+    def _as_block(self, V: Any, name: str) -> torch.Tensor:
+        if isinstance(V, np.ndarray):
+            V = torch.from_numpy(np.ascontiguousarray(V))
+        if not isinstance(V, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or NumPy array, got {type(V).__name__}.")
+        if V.is_complex() or not V.is_floating_point():
+            raise TypeError(
+                f"{name} has dtype {V.dtype}; this operator multiplies real floating-point vectors "
+                f"({self.dtype})."
+            )
+        return V.to(device=self.device, dtype=self.dtype)
+
+    def matvec(self, v: Any) -> torch.Tensor:
+        """``A @ v`` for a vector ``v`` of shape ``(n,)``."""
+        v = self._as_block(v, "v")
+        if v.ndim != 1 or v.shape[0] != self._n:
+            raise ValueError(
+                f"matvec expects a vector of shape ({self._n},), got {tuple(v.shape)}. "
+                f"For a block of vectors use matmat with shape ({self._n}, k)."
+            )
+        self.num_matvecs += 1
+        return self._matmat(v.unsqueeze(1)).squeeze(1)
+
+    def matmat(self, V: Any) -> torch.Tensor:
+        """``A @ V`` for a block ``V`` of shape ``(n, k)``, computed as one batched product."""
+        V = self._as_block(V, "V")
+        if V.ndim != 2 or V.shape[0] != self._n:
+            raise ValueError(f"matmat expects shape ({self._n}, k), got {tuple(V.shape)}.")
+        if V.shape[1] == 0:
+            return V.clone()
+        self.num_matvecs += V.shape[1]
+        return self._matmat(V)
+
+    def __matmul__(self, other: Any) -> torch.Tensor:
+        if isinstance(other, (torch.Tensor, np.ndarray)) and other.ndim == 2:
+            return self.matmat(other)
+        return self.matvec(other)
+
+    # ----------------------------------------------------------------- export
+    def to_dense(self, max_memory: int | None = None, chunk_size: int | None = None) -> torch.Tensor:
+        """The ``n x n`` matrix, built from ``matmat`` on blocks of unit vectors.
+
+        Refused (``ValueError``) when it would exceed ``max_memory`` bytes (default 4 GiB or
+        ``HESSE_MAX_MEMORY``). Cost: ``n`` products.
+        """
+        guard_dense(self._n, self.dtype, max_memory, what="dense matrix of this operator")
+        chunk = chunk_size or self._default_chunk_size()
+        out = torch.empty((self._n, self._n), dtype=self.dtype, device=self.device)
+        for start in range(0, self._n, chunk):
+            stop = min(self._n, start + chunk)
+            E = torch.zeros((self._n, stop - start), dtype=self.dtype, device=self.device)
+            E[torch.arange(start, stop), torch.arange(stop - start)] = 1
+            out[:, start:stop] = self.matmat(E)
+        return 0.5 * (out + out.T)
+
+    def _default_chunk_size(self) -> int:
+        return min(self._n, 256)
+
+    def to_scipy(self):
+        """A ``scipy.sparse.linalg.LinearOperator`` in float64 NumPy over this operator."""
+        from scipy.sparse.linalg import LinearOperator
+
+        def mv(x):
+            x = np.asarray(x, dtype=np.float64).reshape(-1)
+            return self.matvec(torch.from_numpy(x)).detach().to("cpu", torch.float64).numpy()
+
+        def mm(X):
+            X = np.asarray(X, dtype=np.float64)
+            return self.matmat(torch.from_numpy(X)).detach().to("cpu", torch.float64).numpy()
+
+        return LinearOperator(self.shape, matvec=mv, rmatvec=mv, matmat=mm, dtype=np.float64)
+
+    # ----------------------------------------------------------------- algebra
+    def __add__(self, other: Any) -> CurvatureOperator:
+        from .composition import ShiftedOperator, SumOperator
+
+        if isinstance(other, CurvatureOperator):
+            return SumOperator(self, other)
+        if isinstance(other, numbers.Real) and not isinstance(other, bool):
+            return ShiftedOperator(self, float(other))
+        return NotImplemented
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Any) -> CurvatureOperator:
+        if isinstance(other, CurvatureOperator):
+            return self + (-1.0) * other
+        if isinstance(other, numbers.Real) and not isinstance(other, bool):
+            return self + (-float(other))
+        return NotImplemented
+
+    def __mul__(self, alpha: Any) -> CurvatureOperator:
+        from .composition import ScaledOperator
+
+        if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
+            return ScaledOperator(self, float(alpha))
+        return NotImplemented
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> CurvatureOperator:
+        return self * -1.0
+
+    def __truediv__(self, alpha: Any) -> CurvatureOperator:
+        if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
+            if alpha == 0:
+                raise ZeroDivisionError("cannot divide an operator by zero.")
+            return self * (1.0 / float(alpha))
+        return NotImplemented
+
+    # ----------------------------------------------------------------- solves
+    def solve(self, b: Any, method: str = "cg", tol: float = 1e-8, max_iter: int | None = None,
+              x0: Any = None):
+        """Solve ``A x = b``; returns a :class:`hesse.LinearSolveResult` (``.x``, ``.converged``...).
+
+        ``method="cg"`` (conjugate gradients, Hestenes & Stiefel 1952; needs ``A`` positive
+        definite and stops with ``converged=False`` on negative curvature), ``"minres"``
+        (symmetric indefinite, via SciPy) or ``"direct"`` (dense Cholesky/LU, guarded).
+        """
+        from .solve import solve
+
+        return solve(self, b, method=method, tol=tol, max_iter=max_iter, x0=x0)
+
+    def __repr__(self) -> str:
+        psd = {True: ", psd", False: ", indefinite", None: ""}[self.is_psd]
+        return (
+            f"{type(self).__name__}(n={self._n}, dtype={self.dtype}, device={self.device}{psd}, "
+            f"num_matvecs={self.num_matvecs})"
+        )

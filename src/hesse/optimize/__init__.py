@@ -1,0 +1,3 @@
+"""hesse.optimize (see the README section of the same name). Exports are listed in __all__."""
+
+__all__: list[str] = []
