@@ -155,6 +155,8 @@ class ModelLoss:
     def mode(self) -> Iterator[None]:
         """Evaluate in the requested modes; restore every module's own mode afterwards."""
         saved = [(m, m.training) for m in self.model.modules()]
+        tracking = [(m, m.track_running_stats) for m in self.model.modules()
+                    if isinstance(m, _BN_TYPES)]
         try:
             if self.eval_mode:
                 if not self._warned_mode and any(
@@ -173,21 +175,23 @@ class ModelLoss:
                     self._warned_mode = True
                 self.model.eval()
             if self.bn_mode == "batch":
-                for m in self.model.modules():
-                    if isinstance(m, _BN_TYPES):
-                        m.train()
+                # batch statistics without touching the running ones (also keeps torch.func
+                # transforms free of in-place buffer updates)
+                for m, _ in tracking:
+                    m.train()
+                    m.track_running_stats = False
             with self._attention_context():
                 yield
         finally:
             for m, was_training in saved:
                 m.training = was_training
+            for m, was_tracking in tracking:
+                m.track_running_stats = was_tracking
 
     def _attention_context(self):
         if not self.math_attention:
             return contextlib.nullcontext()
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        return sdpa_kernel([SDPBackend.MATH])
+        return math_attention()
 
     def enable_math_attention(self, err: BaseException) -> None:
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
@@ -217,6 +221,21 @@ class ModelLoss:
         """Weight of a batch of ``size`` samples in the mean loss over the data set."""
         assert self.num_samples is not None
         return (size if self.reduction == "mean" else 1.0) / self.num_samples
+
+
+@contextlib.contextmanager
+def math_attention() -> Iterator[None]:
+    """Run attention through differentiable composite code: the math SDPA kernel, and no fused
+    ``nn.MultiheadAttention``/``TransformerEncoderLayer`` fast path (restored afterwards)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def is_derivative_rule_failure(err: BaseException) -> bool:

@@ -123,7 +123,7 @@ class ModelCurvatureOperator(CurvatureOperator):
                     raise ValueError(f"loss_fn must return a scalar per batch; got {shape} on "
                                      f"batch {i}. Use reduction='mean'.")
                 if not torch.isfinite(loss):
-                    raise ValueError(f"the loss is not finite ({float(loss)}) on batch {i}; check "
+                    raise ValueError(f"the loss is not finite ({float(loss.detach())}) on batch {i}; check "
                                      f"that batch's inputs and targets, and the model's outputs.")
                 grads = torch.autograd.grad(loss, params, create_graph=keep, allow_unused=True)
             for name, g in zip(p.names, grads):
