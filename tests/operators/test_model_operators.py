@@ -230,6 +230,8 @@ def test_matmat_equals_columnwise_matvec_for_every_operator():
     batches = [(X[:13], y[:13]), (X[13:], y[13:])]
     V = torch.randn(sum(p.numel() for p in model.parameters()), 4)
     for op in (hesse.HessianOperator(model, lf, batches), hesse.HessianOperator(model, lf, batches, keep_graph=False),
+               hesse.HessianOperator(model, lf, batches, matmat_strategy="vmap"),
+               hesse.HessianOperator(model, lf, batches, keep_graph=False, matmat_strategy="vmap"),
                hesse.GGNOperator(model, lf, batches), hesse.FisherOperator(model, lf, batches),
                hesse.FisherOperator(model, lf, batches, kind="mc", mc_samples=3)):
         cols = torch.stack([op.matvec(V[:, j]) for j in range(4)], 1)

@@ -110,6 +110,7 @@ class ModelCurvatureOperator(CurvatureOperator):
         self._graphs.clear()
         self.graph_bytes = 0
         any_batch = False
+        sizes: list[tuple[int, int]] = []
         for i, x, y, nb in p.batches():
             any_batch = True
             if nb == 0:
@@ -126,15 +127,18 @@ class ModelCurvatureOperator(CurvatureOperator):
                     raise ValueError(f"the loss is not finite ({float(loss.detach())}) on batch {i}; check "
                                      f"that batch's inputs and targets, and the model's outputs.")
                 grads = torch.autograd.grad(loss, params, create_graph=keep, allow_unused=True)
-            for name, g in zip(p.names, grads):
-                if g is not None and not bool(torch.isfinite(g).all()):
-                    raise ValueError(f"the gradient is not finite on batch {i}, parameter {name!r}.")
-            w = nb if p.reduction == "mean" else 1.0
-            loss_sum += w * float(loss.detach())
-            grad_sum += w * p.flatten([
+            flat = p.flatten([
                 torch.zeros_like(q) if g is None else g.detach() for q, g in zip(params, grads)
             ])
+            if not bool(torch.isfinite(flat).all()):  # one check; locate the culprit only on failure
+                bad = next(n for n, g in zip(p.names, grads)
+                           if g is not None and not bool(torch.isfinite(g).all()))
+                raise ValueError(f"the gradient is not finite on batch {i}, parameter {bad!r}.")
+            w = nb if p.reduction == "mean" else 1.0
+            loss_sum += w * float(loss.detach())
+            grad_sum += w * flat
             total += nb
+            sizes.append((i, nb))
             if keep:
                 self.graph_bytes += counter.bytes
                 if self.graph_bytes <= self._graph_budget:
@@ -142,6 +146,7 @@ class ModelCurvatureOperator(CurvatureOperator):
         if not any_batch or total == 0:
             raise ValueError("the data set is empty: no batch with samples was found.")
         p.num_samples = total
+        self._batch_sizes = sizes
         self.loss = loss_sum / total
         self.gradient = grad_sum / total
 
@@ -153,6 +158,12 @@ class ModelCurvatureOperator(CurvatureOperator):
         k = V.shape[1]
         Vs = p.unflatten_block(V)
         out = torch.zeros_like(V)
+        if self._graphs and len(self._graphs) == len(self._batch_sizes):
+            # every batch's graph is kept: no need to touch the data at all
+            for i, nb in self._batch_sizes:
+                parts = self._batch_product(i, None, None, Vs, k)
+                out += p.weight(nb) * p.flatten_block(parts, k)
+            return self._reduce(out)
         for i, x, y, nb in p.batches():
             if nb == 0:
                 continue

@@ -109,21 +109,28 @@ class CurvatureOperator(ABC):
         return self.matvec(other)
 
     # ----------------------------------------------------------------- export
-    def to_dense(self, max_memory: int | None = None, chunk_size: int | None = None) -> torch.Tensor:
-        """The ``n x n`` matrix, built from ``matmat`` on blocks of unit vectors.
+    def to_dense(self, max_memory: int | None = None, chunk_size: int | None = None,
+                 progress: bool = False) -> torch.Tensor:
+        """The ``n x n`` matrix, built from ``matmat`` on blocks of unit vectors, symmetrized.
 
         Refused (``ValueError``) when it would exceed ``max_memory`` bytes (default 4 GiB or
-        ``HESSE_MAX_MEMORY``). Cost: ``n`` products.
+        ``HESSE_MAX_MEMORY``). Cost: ``n`` products; ``progress=True`` shows a bar.
         """
+        from .._progress import Progress
+
         guard_dense(self._n, self.dtype, max_memory, what="dense matrix of this operator")
         chunk = chunk_size or self._default_chunk_size()
         out = torch.empty((self._n, self._n), dtype=self.dtype, device=self.device)
-        for start in range(0, self._n, chunk):
-            stop = min(self._n, start + chunk)
-            E = torch.zeros((self._n, stop - start), dtype=self.dtype, device=self.device)
-            E[torch.arange(start, stop), torch.arange(stop - start)] = 1
-            out[:, start:stop] = self.matmat(E)
-        return 0.5 * (out + out.T)
+        with Progress(self._n, "dense matrix", progress) as bar:
+            for start in range(0, self._n, chunk):
+                stop = min(self._n, start + chunk)
+                E = torch.zeros((self._n, stop - start), dtype=self.dtype, device=self.device)
+                E[torch.arange(start, stop), torch.arange(stop - start)] = 1
+                out[:, start:stop] = self.matmat(E)
+                bar.update(stop - start)
+        out += out.T.clone()
+        out *= 0.5
+        return out
 
     def _default_chunk_size(self) -> int:
         return min(self._n, 256)

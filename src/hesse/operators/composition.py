@@ -81,5 +81,6 @@ class DenseOperator(CurvatureOperator):
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         return self.matrix @ V
 
-    def to_dense(self, max_memory: int | None = None, chunk_size: int | None = None) -> torch.Tensor:
+    def to_dense(self, max_memory: int | None = None, chunk_size: int | None = None,
+                 progress: bool = False) -> torch.Tensor:
         return self.matrix.clone()
