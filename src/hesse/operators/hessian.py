@@ -79,21 +79,23 @@ class HessianOperator(ModelCurvatureOperator):
                 loss = p.batch_loss(params, inputs, targets)
                 grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
         live = [j for j, g in enumerate(grads) if g is not None and g.requires_grad]
-        result = [torch.zeros((k, *s), dtype=p.dtype, device=p.device) for s in p.shapes]
+
+        def zeros(j):
+            return torch.zeros((k, *p.shapes[j]), dtype=p.dtype, device=p.device)
+
         if not live:
-            return result  # the loss is linear in θ on this batch
+            return [zeros(j) for j in range(len(params))]  # the loss is linear in θ here
         outputs = [grads[j] for j in live]
         if k > 1 and self._use_vmap():
             hv = torch.autograd.grad(outputs, params, [Vs[j] for j in live], retain_graph=keep,
                                      allow_unused=True, is_grads_batched=True)
-            return [r if h is None else h for r, h in zip(result, hv)]
+            return [zeros(j) if h is None else h for j, h in enumerate(hv)]
+        columns = []
         for c in range(k):  # one backward per column through the same first-backward graph
-            hv = torch.autograd.grad(outputs, params, [Vs[j][c] for j in live],
-                                     retain_graph=keep or c < k - 1, allow_unused=True)
-            for r, h in zip(result, hv):
-                if h is not None:
-                    r[c] = h
-        return result
+            columns.append(torch.autograd.grad(outputs, params, [Vs[j][c] for j in live],
+                                               retain_graph=keep or c < k - 1, allow_unused=True))
+        return [zeros(j) if columns[0][j] is None else torch.stack([col[j] for col in columns])
+                for j in range(len(params))]
 
     def _use_vmap(self) -> bool:
         if self.matmat_strategy == "auto":
