@@ -23,7 +23,7 @@ def main() -> None:
     print(f"{H.shape[0]} parameters, loss {H.loss:.4f}, |gradient| {float(H.gradient.norm()):.2e}")
     top = eigsh(H.to_scipy(), k=3, which="LA", return_eigenvectors=False)
     print("top-3 Hessian eigenvalues:", sorted(top.round(5).tolist(), reverse=True))
-    v = torch.randn(H.shape[0])
+    v = torch.randn(H.shape[0], dtype=H.dtype)
     print(f"vᵀGv = {float(v @ (G @ v)):.4f} >= 0;  vᵀHv = {float(v @ (H @ v)):.4f}")
     res = (G + 1e-2).solve(H.gradient, tol=1e-5)
     print(f"damped Gauss-Newton direction: {res}")

@@ -20,7 +20,14 @@ import hesse
 from hesse.operators._model import math_attention
 from hesse.testing import dense_hessian_of_model, flat_loss_of_model
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64_default():
+    """These tests build models in float64; restore the process default afterwards."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _fd_hvp(L, theta, v, eps=1e-6):

@@ -45,8 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from hesse.distributed import torchrun_session
+
     try:
-        return int(args.func(args) or 0)
+        with torchrun_session():  # under torchrun: one process group, stdout on rank 0 only
+            return int(args.func(args) or 0)
     except CLIError as err:
         print(f"hesse {args.verb}: error: {err}", file=sys.stderr)
         return 2

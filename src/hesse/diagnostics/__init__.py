@@ -1,3 +1,22 @@
-"""hesse.diagnostics (see the README section of the same name). Exports are listed in __all__."""
+"""hesse.diagnostics: watch curvature while a network trains, slice the loss landscape, write reports.
 
-__all__: list[str] = []
+``monitor`` (:class:`SharpnessMonitor`), ``landscape`` (:func:`landscape`), ``logging`` (JSON lines /
+CSV / TensorBoard writer, :func:`read_log`), ``report`` (the analysis behind ``hesse demo`` and
+``hesse report``) and, when PyTorch Lightning is installed, ``lightning`` (a callback).
+See the README section "diagnostics".
+"""
+
+from .landscape import LandscapeResult, filter_normalized_direction, landscape
+from .logging import read_log
+from .monitor import DiagonalCongruence, SharpnessMonitor, SharpnessRecord, stability_limit
+
+__all__ = [
+    "SharpnessMonitor",
+    "SharpnessRecord",
+    "DiagonalCongruence",
+    "stability_limit",
+    "read_log",
+    "landscape",
+    "LandscapeResult",
+    "filter_normalized_direction",
+]

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed as _dist
 from .._memory import format_bytes
 from ._model import ModelLoss, is_derivative_rule_failure
 from .base import CurvatureOperator
@@ -30,6 +31,8 @@ class ModelCurvatureOperator(CurvatureOperator):
     ``unflatten(v)`` maps a vector back to ``{name: tensor}``.
     """
 
+    process_group: Any = None  # set in __init__; None: a local operator
+
     def __init__(
         self,
         model: nn.Module,
@@ -43,7 +46,10 @@ class ModelCurvatureOperator(CurvatureOperator):
         is_psd: bool | None = None,
         keep_graph: bool = False,
         graph_memory: int | None = None,
+        distributed: Any = None,
     ):
+        # data-parallel over this group (None: local); see hesse.distributed
+        self.process_group = _dist.resolve_group(distributed)
         self._problem = ModelLoss(model, loss_fn, data, params, bn_mode=bn_mode,
                                   eval_mode=eval_mode)
         p = self._problem
@@ -52,6 +58,8 @@ class ModelCurvatureOperator(CurvatureOperator):
         self._graph_budget = DEFAULT_GRAPH_MEMORY if graph_memory is None else int(graph_memory)
         self.graph_bytes = 0
         self._with_fallback(lambda: self._first_pass(keep_graph))
+        if self.process_group is not None:
+            self._announce_data_parallel()
         if check_deterministic:
             self._check_deterministic()
 
@@ -111,6 +119,38 @@ class ModelCurvatureOperator(CurvatureOperator):
         self.graph_bytes = 0
         any_batch = False
         sizes: list[tuple[int, int]] = []
+        group = self.process_group
+        try:
+            total, loss_sum, any_batch = self._local_first_pass(keep_graph, params, grad_sum, sizes)
+        except Exception as err:  # data-parallel: stop every rank with this error, not a hang
+            if group is None:
+                raise
+            # same shape as the first collective of _reduce_first_pass, so the ranks stay matched
+            like = torch.zeros(3, dtype=torch.float64, device=p.device)
+            _dist.all_reduce_sum(None, group, error=err, like=like)
+            raise
+        if group is not None:
+            total, loss_sum, any_batch, grad_sum = self._reduce_first_pass(total, loss_sum, any_batch, grad_sum)
+        if not any_batch or total == 0:
+            raise ValueError("the data set is empty: no batch with samples was found"
+                             + (" on any rank." if group is not None else "."))
+        p.num_samples = total
+        self._batch_sizes = sizes
+        self.loss = loss_sum / total
+        self.gradient = grad_sum / total
+
+    def _reduce_first_pass(self, total, loss_sum, any_batch, grad_sum):
+        """All-reduce sample count, loss sum and gradient sum (the weights need the global N)."""
+        p = self._problem
+        scalars = torch.tensor([float(total), float(loss_sum), float(any_batch)], dtype=torch.float64,
+                               device=p.device)
+        scalars = _dist.all_reduce_sum(scalars, self.process_group)
+        grad_sum = _dist.all_reduce_sum(grad_sum, self.process_group)
+        return int(round(float(scalars[0]))), float(scalars[1]), bool(scalars[2] > 0), grad_sum
+
+    def _local_first_pass(self, keep_graph, params, grad_sum, sizes):
+        p = self._problem
+        total, loss_sum, any_batch = 0, 0.0, False
         for i, x, y, nb in p.batches():
             any_batch = True
             if nb == 0:
@@ -143,15 +183,16 @@ class ModelCurvatureOperator(CurvatureOperator):
                 self.graph_bytes += counter.bytes
                 if self.graph_bytes <= self._graph_budget:
                     self._graphs[i] = grads
-        if not any_batch or total == 0:
-            raise ValueError("the data set is empty: no batch with samples was found.")
-        p.num_samples = total
-        self._batch_sizes = sizes
-        self.loss = loss_sum / total
-        self.gradient = grad_sum / total
+        return total, loss_sum, any_batch
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        return self._with_fallback(lambda: self._accumulate(V))
+        if self.process_group is None:
+            return self._with_fallback(lambda: self._accumulate(V))
+        try:
+            out = self._with_fallback(lambda: self._accumulate(V))
+        except Exception as err:  # data-parallel: every rank raises, none waits forever
+            return _dist.all_reduce_sum(None, self.process_group, error=err, like=V)
+        return self._reduce(out)
 
     def _accumulate(self, V: torch.Tensor) -> torch.Tensor:
         p = self._problem
@@ -163,17 +204,33 @@ class ModelCurvatureOperator(CurvatureOperator):
             for i, nb in self._batch_sizes:
                 parts = self._batch_product(i, None, None, Vs, k)
                 out += p.weight(nb) * p.flatten_block(parts, k)
-            return self._reduce(out)
+            return out
         for i, x, y, nb in p.batches():
             if nb == 0:
                 continue
             parts = self._batch_product(i, x, y, Vs, k)
             out += p.weight(nb) * p.flatten_block(parts, k)
-        return self._reduce(out)
+        return out
 
     def _reduce(self, out: torch.Tensor) -> torch.Tensor:
-        """Combine partial products (identity on one process)."""
-        return out
+        """Sum the ranks' partial products (each already weighted by n_b / N with the global N):
+        one all-reduce carrying an error flag (see :mod:`hesse.distributed.collectives`)."""
+        if self.process_group is None:
+            return out
+        return _dist.all_reduce_sum(out, self.process_group)
+
+    @property
+    def world_size(self) -> int:
+        """Number of processes the products are reduced over (1 for a local operator)."""
+        return 1 if self.process_group is None else _dist.get_world_size(self.process_group)
+
+    def _announce_data_parallel(self) -> None:
+        _dist.announce_once(
+            self.process_group,
+            f"{type(self).__name__} is data-parallel over {self.world_size} processes "
+            f"({self.num_samples} samples in all): products are all-reduced (said once per "
+            f"process group). Pass distributed=False for a local operator on this rank's data.",
+            _dist.DataParallelNotice, stacklevel=4)
 
     @abstractmethod
     def _batch_product(self, index: int, inputs: Any, targets: Any, Vs: list[torch.Tensor],
@@ -202,6 +259,8 @@ class ModelCurvatureOperator(CurvatureOperator):
 
     def extra_repr(self) -> str:
         mem = f", graphs kept: {format_bytes(self.graph_bytes)}" if self._graphs else ""
+        if self.process_group is not None:
+            mem += f", data-parallel over {self.world_size} processes"
         return f"{self.num_samples} samples, {len(self.param_names)} parameter tensors{mem}"
 
     def __repr__(self) -> str:

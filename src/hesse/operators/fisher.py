@@ -53,6 +53,7 @@ class FisherOperator(ModelCurvatureOperator):
         bn_mode: str = "eval",
         eval_mode: bool = True,
         check_deterministic: bool = False,
+        distributed: Any = None,
     ):
         if kind not in ("empirical", "mc"):
             raise ValueError(f"kind must be 'empirical' or 'mc'; got {kind!r}.")
@@ -66,7 +67,7 @@ class FisherOperator(ModelCurvatureOperator):
             raise ValueError(f"mc_samples must be an integer >= 1, got {mc_samples!r}.")
         self.kind, self.mc_samples, self.seed = kind, mc_samples, int(seed)
         super().__init__(model, loss_fn, data, params, bn_mode=bn_mode, eval_mode=eval_mode,
-                         check_deterministic=check_deterministic, is_psd=True, keep_graph=False)
+                         check_deterministic=check_deterministic, distributed=distributed, is_psd=True, keep_graph=False)
         if kind == "mc" and self._problem.data.shuffles:
             import warnings
 

@@ -38,9 +38,10 @@ class GGNOperator(ModelCurvatureOperator):
         bn_mode: str = "eval",
         eval_mode: bool = True,
         check_deterministic: bool = False,
+        distributed: Any = None,
     ):
         super().__init__(model, loss_fn, data, params, bn_mode=bn_mode, eval_mode=eval_mode,
-                         check_deterministic=check_deterministic, is_psd=True, keep_graph=False)
+                         check_deterministic=check_deterministic, distributed=distributed, is_psd=True, keep_graph=False)
 
     def _batch_product(self, index, inputs, targets, Vs, k):
         p = self._problem

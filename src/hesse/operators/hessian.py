@@ -44,6 +44,9 @@ class HessianOperator(ModelCurvatureOperator):
         column through the same graph) or ``"auto"``: ``"loop"`` on CPU, where it measured
         faster (1.38x against 1.72x a gradient per vector on a 127k-parameter MLP), ``"vmap"``
         on accelerators.
+    distributed : ``None`` (data-parallel when a ``torch.distributed`` default group is
+        initialized), ``False`` (local) or a process group: products are all-reduced over the
+        ranks' data shards (README section "distributed"; :mod:`hesse.distributed`)
 
     ``HessianOperator.from_function(f, x)`` gives the Hessian of a function of one tensor.
     """
@@ -61,12 +64,13 @@ class HessianOperator(ModelCurvatureOperator):
         keep_graph: bool = True,
         graph_memory: int | None = None,
         matmat_strategy: str = "auto",
+        distributed: Any = None,
     ):
         if matmat_strategy not in ("auto", "vmap", "loop"):
             raise ValueError(f"matmat_strategy must be 'auto', 'vmap' or 'loop'; got {matmat_strategy!r}.")
         self.matmat_strategy = matmat_strategy
         super().__init__(model, loss_fn, data, params, bn_mode=bn_mode, eval_mode=eval_mode,
-                         check_deterministic=check_deterministic, is_psd=None,
+                         check_deterministic=check_deterministic, distributed=distributed, is_psd=None,
                          keep_graph=keep_graph, graph_memory=graph_memory)
 
     def _batch_product(self, index, inputs, targets, Vs, k):

@@ -1,4 +1,17 @@
 """torch.optim optimizers that use curvature: K-FAC, Shampoo, SAM, Hessian-free, natural gradient,
-AdaHessian. Import as ``hesse.optim``."""
+AdaHessian. Import as ``hesse.optim``.
 
-__all__: list[str] = []
+All are ``torch.optim.Optimizer`` subclasses that accept param groups, take the closure of
+``torch.optim.LBFGS`` and resume bit-for-bit from ``state_dict()``. Those that need the module
+structure take the model first: ``KFAC(model, ...)``, ``HessianFree(model, loss_fn, ...)``,
+``NaturalGradient(model, loss_fn, ...)``; the others take parameters.
+"""
+
+from .adahessian import AdaHessian
+from .hessian_free import CGRecord, HessianFree
+from .kfac import KFAC
+from .natural_gradient import NaturalGradient
+from .sam import SAM
+from .shampoo import Shampoo
+
+__all__ = ["KFAC", "Shampoo", "SAM", "HessianFree", "NaturalGradient", "AdaHessian", "CGRecord"]

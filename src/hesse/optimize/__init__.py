@@ -1,3 +1,17 @@
-"""hesse.optimize (see the README section of the same name). Exports are listed in __all__."""
+"""hesse.optimize: minimize() and least_squares() from gradient descent to trust regions
+(see the README section "optimize"). One module per method family; ``minimize`` dispatches through
+the registry ``METHODS``."""
 
-__all__: list[str] = []
+from .least_squares import least_squares
+from .minimize import METHODS, MethodSpec, minimize
+from .result import OptimizeHistory, OptimizeResult, estimate_convergence_order
+
+__all__ = [
+    "minimize",
+    "least_squares",
+    "OptimizeResult",
+    "OptimizeHistory",
+    "estimate_convergence_order",
+    "METHODS",
+    "MethodSpec",
+]

@@ -1,19 +1,18 @@
 """Matplotlib figures, one function per picture (needs ``pip install 'hesse[plot]'``).
 
 Each topic lives in its own module (``hesse.plot.spectrum``, ``.geometry``, ``.optimize``,
-``.diagnostics``); this package re-exports their ``__all__``.
+``.diagnostics``, ``.report``); this package re-exports their ``__all__``.
 """
 
-import importlib as _importlib
+from .diagnostics import *  # noqa: F403
+from .diagnostics import __all__ as _diagnostics_all
+from .geometry import *  # noqa: F403
+from .geometry import __all__ as _geometry_all
+from .optimize import *  # noqa: F403
+from .optimize import __all__ as _optimize_all
+from .report import *  # noqa: F403
+from .report import __all__ as _report_all
+from .spectrum import *  # noqa: F403
+from .spectrum import __all__ as _spectrum_all
 
-__all__: list[str] = []
-for _name in ("spectrum", "geometry", "optimize", "diagnostics"):
-    try:
-        _mod = _importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _err:  # topic not present in this build
-        if _err.name != f"{__name__}.{_name}":
-            raise
-        continue
-    for _sym in getattr(_mod, "__all__", []):
-        globals()[_sym] = getattr(_mod, _sym)
-        __all__.append(_sym)
+__all__ = [*_spectrum_all, *_geometry_all, *_optimize_all, *_diagnostics_all, *_report_all]

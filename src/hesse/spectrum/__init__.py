@@ -1,3 +1,33 @@
-"""hesse.spectrum (see the README section of the same name). Exports are listed in __all__."""
+"""hesse.spectrum: eigenpairs, trace, diagonal, density and summaries of curvature operators.
 
-__all__: list[str] = []
+One module per concept: ``lanczos`` (:func:`eigsh`), ``power`` (:func:`power_iteration`), ``trace``,
+``diagonal``, ``density`` (stochastic Lanczos quadrature), ``summary`` (:func:`summarize`) and
+``per_layer``. See the README section "spectrum".
+"""
+
+from .density import SpectralDensity, spectral_density
+from .diagonal import DiagonalEstimate, diagonal
+from .lanczos import EigshResult, eigsh
+from .per_layer import LayerSpectrumRow, PerLayerSpectrum, layer_groups, per_layer
+from .power import power_iteration
+from .summary import SpectrumSummary, definiteness_verdict, summarize
+from .trace import TraceEstimate, trace
+
+__all__ = [
+    "eigsh",
+    "EigshResult",
+    "power_iteration",
+    "trace",
+    "TraceEstimate",
+    "diagonal",
+    "DiagonalEstimate",
+    "spectral_density",
+    "SpectralDensity",
+    "summarize",
+    "SpectrumSummary",
+    "definiteness_verdict",
+    "per_layer",
+    "PerLayerSpectrum",
+    "LayerSpectrumRow",
+    "layer_groups",
+]

@@ -1,0 +1,138 @@
+"""``hesse analyze EXPR``: gradient, Hessian, eigenvalues and verdict at a point, or every critical
+point in a box. The expression is parsed safely (:mod:`hesse.cli.expressions`); the math lives
+in :mod:`hesse.geometry`."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "analyze",
+        help="critical points and local geometry of a function given as text",
+        description="Analyze f given as an expression in x, y, z, ... (numbers, + - * / **, sin cos tan "
+        "exp log sqrt tanh sinh cosh abs atan asin acos, pi, e). With --at: gradient, Hessian, "
+        "eigenvalues, condition number and verdict at that point. Otherwise: all critical points "
+        "in the box --bounds (default -2:2 per variable), found by multi-start Newton and sympy.",
+    )
+    p.add_argument("expression", help="e.g. \"x**4 + y**4 - 2*x**2 - 2*y**2 + 1\"")
+    p.add_argument("--at", metavar="POINT", help="analyze one point: x=0,y=1 or 0,1")
+    p.add_argument("--bounds", metavar="BOX", help="box for the critical point search: -2:2,-2:2 "
+                   "(one low:high per variable; one interval is used for all)")
+    p.add_argument("--vars", metavar="NAMES", help="variable order, comma separated (default x, y, z "
+                   "first, then alphabetical)")
+    p.add_argument("--starts", type=int, default=None, help="Newton starts for the search (default 128+)")
+    p.add_argument("--no-symbolic", action="store_true", help="skip the sympy route")
+    p.add_argument("--timeout", type=float, default=10.0, help="time guard of the sympy route in seconds")
+    p.add_argument("--plot", metavar="OUT.png", help="save the contour figure (2 variables only)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    # let "--bounds -2:2,-2:2" and "--at -1,0" through: argparse otherwise reads a value that starts
+    # with "-" and is not a plain number as an option (no option of this verb looks like a number)
+    p._negative_number_matcher = re.compile(r"^-[0-9.]")
+    p.set_defaults(func=run)
+
+
+def _num(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def run(args) -> int:
+    from hesse._progress import message
+    from hesse.cli.expressions import parse_bounds, parse_expression, parse_point
+    from hesse.cli.main import CLIError
+
+    verbose = not args.quiet
+    variables = None
+    if args.vars:
+        variables = [v.strip() for v in args.vars.split(",") if v.strip()]
+    expr = parse_expression(args.expression, variables)  # refuses unsafe input before anything runs
+    n = len(expr.variables)
+    if args.plot:
+        if not args.plot.lower().endswith((".png", ".pdf", ".svg")):
+            raise CLIError(f"--plot expects a .png, .pdf or .svg path, got {args.plot!r}.")
+        if n != 2:
+            raise CLIError(f"--plot draws 2-D functions; this one has {n} variables ({', '.join(expr.variables)}).")
+    if args.starts is not None and args.starts < 1:
+        raise CLIError(f"--starts must be a positive integer, got {args.starts}.")
+    if args.timeout <= 0:
+        raise CLIError(f"--timeout must be positive, got {args.timeout}.")
+    import hesse
+
+    if args.at and args.bounds:
+        raise CLIError("give either --at (one point) or --bounds (search a box), not both.")
+    if args.at:
+        x = parse_point(args.at, expr.variables)
+        cp = hesse.classify(expr.function, x)
+        out = {"expression": expr.text, "variables": list(expr.variables), "mode": "point",
+               **{k: _num(v) for k, v in cp.as_dict().items()},
+               "gradient": hesse.gradient(expr.function, x).tolist()}
+        points = [cp]
+        if args.json:
+            print(json.dumps(out, indent=2))
+        else:
+            _print_point(expr, out)
+        box = [(float(a) - 2.0, float(a) + 2.0) for a in x] if n == 2 else None
+    else:
+        if not args.bounds:
+            message(f"no --at or --bounds: searching the box [-2, 2]^{n}", verbose)
+        box = parse_bounds(args.bounds or "-2:2", n)
+        pts = hesse.critical_points(expr, box, num_starts=args.starts, symbolic=not args.no_symbolic,
+                                    symbolic_timeout=args.timeout, progress=verbose)
+        points = list(pts)
+        out = {"expression": expr.text, "variables": list(expr.variables), "mode": "box", "bounds": box,
+               "counts": pts.counts(), "num_starts": pts.num_starts, "symbolic": pts.symbolic_status,
+               "notes": pts.notes, "points": [{k: _num(v) for k, v in p.as_dict().items()} for p in pts]}
+        if args.json:
+            print(json.dumps(out, indent=2))
+        else:
+            _print_table(expr, out)
+    if args.plot:
+        fig = hesse.plot.plot_contour(expr.function, box, points=points)
+        fig.savefig(args.plot)
+        message(f"wrote {args.plot}", verbose)
+    return 0
+
+
+def _fmt_vec(v) -> str:
+    return "[" + ", ".join(f"{a:.6g}" for a in v) + "]"
+
+
+def _print_point(expr, out: dict) -> None:
+    names = expr.variables
+    print(f"f({', '.join(names)}) = {expr.text}")
+    print(f"at {', '.join(f'{n}={a:.6g}' for n, a in zip(names, out['x']))}:  f = {out['value']:.6g}")
+    print(f"gradient        {_fmt_vec(out['gradient'])}   (norm {out['gradient_norm']:.3g}, tol {out['gradient_tol']:.3g})")
+    print("Hessian")
+    for row in out["hessian"]:
+        print("   " + "  ".join(f"{a:12.6g}" for a in row))
+    print(f"eigenvalues     {_fmt_vec(out['eigenvalues'])}   (zero if |λ| <= {out['eigenvalue_tol']:.3g})")
+    print(f"index {out['index']}, nullity {out['nullity']}, condition number {out['condition_number']}")
+    print(f"verdict: {out['kind']}" + (f" (order {out['order']})" if out["order"] else ""))
+    print(f"why: {out['reason']}")
+
+
+def _print_table(expr, out: dict) -> None:
+    names = expr.variables
+    print(f"f({', '.join(names)}) = {expr.text}")
+    box = ", ".join(f"{n} in [{a:g}, {b:g}]" for n, (a, b) in zip(names, out["bounds"]))
+    print(f"critical points with {box}: {len(out['points'])} "
+          f"({', '.join(f'{v} {k}' for k, v in out['counts'].items()) or 'none'})")
+    head = f"{'#':>3}  {'point':<28} {'f':>12} {'kind':<20} {'eigenvalues':<30} {'cond':>10}  found by"
+    print(head)
+    for i, p in enumerate(out["points"], 1):
+        cond = p["condition_number"]
+        cond = f"{cond:.4g}" if isinstance(cond, float) else str(cond)
+        print(f"{i:>3}  {_fmt_vec(p['x']):<28} {p['value']:>12.6g} {p['kind']:<20} "
+              f"{_fmt_vec(p['eigenvalues']):<30} {cond:>10}  {p['found_by']}")
+    print(f"Newton: {out['num_starts']} Sobol starts; sympy: {out['symbolic']}")
+    for note in out["notes"]:
+        print(f"note: {note}")
+    for p in out["points"]:
+        if p["kind"].startswith("degenerate") or p["kind"] == "inconclusive":
+            print(f"at {_fmt_vec(p['x'])}: {p['reason']}")

@@ -1,0 +1,106 @@
+"""``hesse minimize "<expression>" --x0 -1.2,1 --method newton [--compare gd,bfgs,newton]
+[--plot out.png] [--json] [--quiet] [--max-iter N] [--gtol G] [--lr LR]``
+
+Parses the expression with the safe parser (``hesse.cli.expressions``), runs
+:func:`hesse.minimize` for one method or several side by side, prints a table (or JSON on
+stdout) and optionally saves trajectory + convergence plots. No math here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+from hesse.cli.main import CLIError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "minimize",
+        help="minimize a function given as an expression",
+        description="Minimize f(x) given as an expression, e.g. "
+        "hesse minimize \"100*(y - x**2)**2 + (1 - x)**2\" --x0 -1.2,1 --compare gd,bfgs,newton",
+    )
+    p.add_argument("expression", help="the function, in the variables of the expression (safe parser)")
+    p.add_argument("--x0", required=True, help="starting point, comma separated, in variable order")
+    p.add_argument("--method", default="bfgs", help="method (default bfgs); see hesse.optimize.METHODS")
+    p.add_argument("--compare", default=None, help="comma-separated methods to run side by side")
+    p.add_argument("--variables", default=None, help="variable order, comma separated (default: as parsed)")
+    p.add_argument("--max-iter", type=int, default=1000, dest="max_iter")
+    p.add_argument("--gtol", type=float, default=1e-5)
+    p.add_argument("--lr", type=float, default=None, help="step size for gd/momentum/nesterov (default auto)")
+    p.add_argument("--plot", default=None, help="save trajectories (2 variables) and convergence curves to this PNG")
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    # let "--x0 -1.2,1" through: argparse would otherwise read "-1.2,1" as an unknown option
+    p._negative_number_matcher = re.compile(r"^-\d*\.?\d+(e[-+]?\d+)?(,\s*-?\d*\.?\d+(e[-+]?\d+)?)*$", re.I)
+    p.set_defaults(func=run)
+
+
+def _parse_x0(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise CLIError(f"--x0 must be comma-separated numbers, e.g. --x0 -1.2,1; got {text!r}") from None
+
+
+def run(args) -> int:
+    import torch
+
+    import hesse
+    from hesse.cli.expressions import parse_expression
+    from hesse.optimize import METHODS
+
+    variables = [v.strip() for v in args.variables.split(",")] if args.variables else None
+    expr = parse_expression(args.expression, variables=variables)
+    x0 = _parse_x0(args.x0)
+    if len(x0) != len(expr.variables):
+        raise CLIError(
+            f"--x0 has {len(x0)} values but the expression has {len(expr.variables)} variables "
+            f"({', '.join(expr.variables)}); give one value per variable in that order."
+        )
+    methods = [m.strip() for m in args.compare.split(",")] if args.compare else [args.method]
+    for m in methods:
+        if m not in METHODS:
+            raise CLIError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    results = {}
+    for m in methods:
+        opts = {}
+        if args.lr is not None and "lr" in METHODS[m].options:
+            opts["lr"] = args.lr
+        results[m] = hesse.minimize(expr.function, torch.tensor(x0, dtype=torch.float64), method=m,
+                                    gtol=args.gtol, max_iter=args.max_iter, progress=not args.quiet, **opts)
+    if args.plot:
+        from hesse.plot.optimize import plot_convergence, plot_trajectories
+
+        if len(x0) == 2:
+            fig = plot_trajectories(expr.function, results)
+            fig.savefig(args.plot)
+            conv_path = args.plot.rsplit(".", 1)
+            conv_path = f"{conv_path[0]}_convergence.{conv_path[1]}" if len(conv_path) == 2 else args.plot + "_convergence"
+        else:
+            conv_path = args.plot
+        plot_convergence(results).savefig(conv_path)
+    if args.json:
+        out = [
+            dict(method=m, success=r.success, status=r.status, message=r.message, x=r.x.tolist(),
+                 variables=list(expr.variables), fun=r.fun, grad_norm=r.grad_norm, nit=r.nit, nfev=r.nfev,
+                 ngev=r.ngev, nhev=r.nhev, nhvp=r.nhvp, min_eigenvalue=r.min_eigenvalue,
+                 convergence_order=r.convergence_order)
+            for m, r in results.items()
+        ]
+        json.dump(out if len(out) > 1 else out[0], sys.stdout, indent=1)
+        print()
+    else:
+        names = ", ".join(expr.variables)
+        print(f"f({names}) = {args.expression}    x0 = {x0}")
+        print(f"{'method':20s} {'success':8s} {'f':>12s} {'||g||':>9s} {'iters':>6s} {'f-evals':>8s} {'order':>12s}  x")
+        for m, r in results.items():
+            xs = ", ".join(f"{v:.6g}" for v in r.x.tolist())
+            print(f"{m:20s} {str(r.success):8s} {r.fun:12.6g} {r.grad_norm:9.2e} {r.nit:6d} {r.nfev:8d} "
+                  f"{r.convergence_order:>12s}  ({xs})")
+        for m, r in results.items():
+            if not r.success:
+                print(f"  {m}: {r.message}")
+    return 0 if all(r.success for r in results.values()) else 1

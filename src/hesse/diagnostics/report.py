@@ -1,0 +1,309 @@
+"""The analysis behind ``hesse demo`` and ``hesse report``: train (optionally) under a
+:class:`SharpnessMonitor`, analyse the final point, and write a report folder.
+
+Steps (each number in ``report.json`` is computed here, none is hard-coded):
+
+1. Training (``train_steps > 0``): full-batch gradient descent ``θ ← θ - η ∇L(θ)`` (the gradient of
+   the mean loss over all of ``data``, accumulated over its batches) at learning rate ``lr``
+   (default: ``1/λ_max`` at the start, half the stability limit), monitored every ``every`` steps:
+   λ_max against 2/η (Cohen et al. 2021), the most negative eigenvalue, density snapshots.
+2. Final point: top ``k`` eigenvalues (:func:`hesse.eigsh`), the SLQ spectral density
+   (:func:`hesse.spectral_density`), the spectrum summary (:func:`hesse.summarize`: negative mass,
+   fraction negative, trace, effective rank), and the outlier count: top eigenvalues larger than
+   ``outlier_factor`` times the bulk edge, the 99th percentile of ``|λ|`` under the SLQ
+   distribution (Ghorbani et al. 2019 and Papyan 2019 describe trained networks' Hessians as a few
+   outliers over a bulk concentrated near zero; the seeds say the same).
+3. Loss-landscape slices along the top eigenvector (1-D) and two filter-normalized random
+   directions (2-D), :func:`hesse.landscape`.
+4. The seeds' 2-D example ``f(x, y) = 3x² + 2xy + 2y² − 4x − 6y``: critical point, Hessian,
+   eigenvalues, classification and the contour figure.
+
+Files: ``sharpness.png``, ``loss.png``, ``density_snapshots.png`` (when trained), ``density.png``,
+``top_eigenvalues.png``, ``landscape_1d.png``, ``landscape_2d.png``, ``contour.png``, ``report.json``,
+``summary.md`` and the monitor log ``log/sharpness.jsonl`` / ``.csv``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import torch
+
+from hesse._progress import Progress, message
+
+__all__ = ["analyze_training", "seed_example", "bulk_edge", "describe_sharpness", "diagnosis", "summary_markdown"]
+
+SEED_EXAMPLE = "3x^2 + 2xy + 2y^2 - 4x - 6y"
+
+
+def seed_example() -> tuple[dict, Any]:
+    """The seeds' worked example (seed 004, sec. 6) analysed with hesse: ``(numbers, f)``."""
+    import hesse
+
+    def f(p):
+        x, y = p[0], p[1]
+        return 3 * x**2 + 2 * x * y + 2 * y**2 - 4 * x - 6 * y
+
+    H0 = hesse.hessian(f, [0.0, 0.0])
+    g0 = hesse.gradient(f, [0.0, 0.0])
+    x_star = torch.linalg.solve(H0, -g0)  # f is quadratic: one Newton step from 0 is exact
+    H = hesse.hessian(f, x_star)
+    eig = torch.linalg.eigvalsh(H)
+    kind = "local minimum" if bool((eig > 0).all()) else "local maximum" if bool((eig < 0).all()) else "saddle point"
+    if hasattr(hesse, "classify"):
+        cp = hesse.classify(f, x_star)  # the geometry module's verdict, when it is part of the build
+        verdict = getattr(cp, "kind", None) or getattr(cp, "classification", None)
+        verdict = getattr(verdict, "value", verdict)  # an Enum member: its value
+        if verdict:
+            kind = str(verdict)
+    x0, v = torch.tensor([0.5, -0.5], dtype=torch.float64), torch.tensor([0.3, 0.4], dtype=torch.float64)
+    taylor = float(f(x0) + hesse.gradient(f, x0) @ v + 0.5 * v @ hesse.hessian(f, x0) @ v)
+    return {"function": SEED_EXAMPLE, "critical_point": x_star.tolist(),
+            "gradient_norm": float(hesse.gradient(f, x_star).norm()), "hessian": H.tolist(),
+            "eigenvalues": eig.tolist(), "condition_number": float(eig.max() / eig.min()),
+            "classification": kind, "taylor_check": {"x0": x0.tolist(), "v": v.tolist(),
+                                                     "exact": float(f(x0 + v)), "model": taylor}}, f
+
+
+def bulk_edge(density, quantile: float = 0.99) -> float:
+    """The ``quantile`` of ``|λ|`` under the SLQ distribution (nodes weighted by their weights)."""
+    nodes = density.nodes.reshape(-1).abs()
+    w = density.weights.reshape(-1).clamp_min(0)
+    order = torch.argsort(nodes)
+    cdf = torch.cumsum(w[order], 0) / w.sum()
+    idx = int(torch.searchsorted(cdf, torch.tensor(quantile, dtype=cdf.dtype)).clamp(max=len(cdf) - 1))
+    return float(nodes[order][idx])
+
+
+def describe_sharpness(records: list[dict], eos_band: tuple[float, float]) -> dict:
+    """When λ_max first reached the limit (``ratio >= 1 - eos_band[0]``) and whether it stayed at or
+    above that afterwards: plain numbers and a sentence."""
+    if not records:
+        return {"sentence": "no sharpness checks were made", "reached_step": None}
+    ratios = [r["sharpness_ratio"] for r in records]
+    reached = next((i for i, q in enumerate(ratios) if q >= 1 - eos_band[0]), None)
+    first, last = records[0], records[-1]
+    out = {"initial_lambda_max": first["lambda_max"], "final_lambda_max": last["lambda_max"],
+           "limit": last["stability_limit"], "max_ratio": max(ratios),
+           "max_ratio_step": records[ratios.index(max(ratios))]["step"],
+           "num_checks": len(records), "num_unstable": sum(r["status"] == "unstable" for r in records),
+           "num_edge_of_stability": sum(r["status"] == "edge_of_stability" for r in records),
+           "reached_step": None, "stayed_fraction": None}
+    if reached is None:
+        out["sentence"] = (f"lambda_max went from {first['lambda_max']:.3g} to {last['lambda_max']:.3g} and did not "
+                           f"reach 2/lr = {last['stability_limit']:.3g} (at most {max(ratios):.0%} of it, "
+                           f"step {out['max_ratio_step']}): gradient descent stayed in its stable regime")
+        return out
+    after = ratios[reached:]
+    stayed = sum(q >= 1 - eos_band[0] for q in after) / len(after)
+    mean_after = sum(after) / len(after)
+    out.update(reached_step=records[reached]["step"], stayed_fraction=stayed, mean_ratio_after=mean_after)
+    verb = "stayed there" if stayed >= 0.8 else "did not stay there"
+    out["sentence"] = (f"lambda_max rose from {first['lambda_max']:.3g} to 2/lr = {records[reached]['stability_limit']:.3g} "
+                       f"at step {records[reached]['step']} and {verb} ({stayed:.0%} of the later checks at least "
+                       f"{1 - eos_band[0]:.0%} of the limit; mean lambda_max / (2/lr) = {mean_after:.2f}, "
+                       f"max {max(ratios):.2f}): the edge of stability (Cohen et al. 2021)")
+    if out["num_unstable"]:
+        out["sentence"] += f"; {out['num_unstable']} of {len(records)} checks were above the band (flagged unstable)"
+    return out
+
+
+def _full_batch_gradient_step(model, loss_fn, data, lr: float) -> float:
+    """One step of full-batch GD on the mean loss over ``data``; returns the loss before the step."""
+    from hesse.operators._data import DataSource, batch_size
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [torch.zeros_like(p) for p in params]
+    total, count = 0.0, 0
+    for _, x, y in DataSource(data):
+        size = batch_size(x, y)
+        loss = loss_fn(model(x), y)
+        reduction = getattr(loss_fn, "reduction", "mean")
+        weight = size if reduction == "mean" else 1.0
+        g = torch.autograd.grad(loss * weight, params, allow_unused=True)
+        for acc, gi in zip(grads, g):
+            if gi is not None:
+                acc.add_(gi)
+        total += float(loss.detach()) * weight
+        count += size
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p.sub_(lr * g / count)
+    return total / count
+
+
+def analyze_training(model, loss_fn, data, *, train_steps: int = 0, lr: float | None = None, every: int = 10,
+                     k: int = 10, density_every: int | None = None, log_dir: str | None = None,
+                     resume: bool = False, eos_band: tuple[float, float] = (0.05, 0.25), density_probes: int = 2,
+                     density_steps: int = 60, landscape_steps: int = 21, seed: int = 0,
+                     progress: bool = True) -> dict:
+    """Train (full-batch GD, monitored) for ``train_steps`` steps, then analyse the final point.
+
+    Returns a dict with ``records`` (monitor records as dicts), ``training_losses``,
+    ``sharpness`` (:func:`describe_sharpness`), ``final`` (eigenvalues, summary, outliers),
+    and the objects needed for the figures (``_monitor``, ``_density``, ``_top``, ``_landscape1``,
+    ``_landscape2``; keys starting with ``_`` are not written to JSON).
+    """
+    import hesse
+    from hesse.diagnostics.landscape import landscape
+    from hesse.diagnostics.monitor import SharpnessMonitor
+
+    if not isinstance(train_steps, int) or isinstance(train_steps, bool) or train_steps < 0:
+        raise ValueError(f"train_steps must be a nonnegative int, got {train_steps!r}.")
+    if lr is not None and (not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive float (or None: 1/lambda_max at the start), got {lr!r}.")
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    monitor = SharpnessMonitor(model, loss_fn, data, every=every, k=1, negative=True, log_dir=log_dir,
+                               resume=resume, progress=False, eos_band=eos_band,
+                               density_probes=1, density_steps=40, seed=seed)
+    training_losses: list[float] = []
+    if train_steps:
+        if lr is None:
+            H0 = hesse.HessianOperator(model, loss_fn, data)
+            lam0 = float(hesse.eigsh(H0, k=1, tol=1e-4, seed=seed).values[0])
+            lr = 1.0 / lam0 if lam0 > 0 else 0.1
+            message(f"[train] lr not given: 1/lambda_max = {lr:.4g} (half the stability limit)", progress)
+        start = monitor.num_steps
+        ckpt = None if log_dir is None else os.path.join(log_dir, "checkpoint.pt")
+        if resume and ckpt is not None and os.path.exists(ckpt) and start > 0:
+            state = torch.load(ckpt, weights_only=True)
+            if int(state["step"]) != start:
+                raise ValueError(f"cannot resume: the checkpoint in {log_dir!r} is at step {int(state['step'])} "
+                                 f"but the monitor log at step {start}; start afresh without --resume.")
+            model.load_state_dict(state["model"])
+            training_losses = [float(v) for v in state["training_losses"]]
+            lr = float(state["lr"])
+            message(f"[train] resumed at step {start} from {ckpt}", progress)
+        elif resume and start > 0:
+            raise ValueError(f"cannot resume: {log_dir!r} has a monitor log but no checkpoint.pt.")
+        if start == 0:
+            monitor.measure(lr=lr, step=0)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+        density_every = density_every or max(every, train_steps // 4)
+        with Progress(train_steps - start, "training (full-batch GD)", progress) as bar:
+            for step in range(start + 1, train_steps + 1):
+                loss = _full_batch_gradient_step(model, loss_fn, data, lr)
+                training_losses.append(loss)
+                if not math.isfinite(loss):
+                    raise ValueError(f"training diverged at step {step} (loss {loss}); lower --lr "
+                                     f"(the stability limit is 2/lambda_max).")
+                monitor.density = step % density_every == 0 or step == train_steps
+                rec = monitor.step(opt)
+                if rec is not None and ckpt is not None:
+                    tmp = ckpt + ".tmp"
+                    torch.save({"step": step, "lr": lr, "model": model.state_dict(),
+                                "training_losses": torch.tensor(training_losses, dtype=torch.float64)}, tmp)
+                    os.replace(tmp, ckpt)
+                info = f"loss {loss:.4f}"
+                if monitor.last is not None:
+                    info += f"  lambda_max {monitor.last.lambda_max:.3g} / 2/lr {monitor.last.stability_limit:.3g}"
+                bar.update(1, info=info)
+        monitor.density = False
+    monitor.close()
+    out["lr"] = lr
+    out["eos_band"] = eos_band
+    out["train_steps"] = train_steps
+    out["training_losses"] = training_losses
+    out["records"] = [r.as_dict() for r in monitor.records]
+    out["sharpness"] = describe_sharpness(out["records"], eos_band) if train_steps else None
+    out["training_seconds"] = time.perf_counter() - t0
+    # ---- final point
+    message("[analyse] final point: top eigenvalues, spectral density, summary", progress)
+    H = hesse.HessianOperator(model, loss_fn, data)
+    n = H.shape[0]
+    top = hesse.eigsh(H, k=min(k, n), which="largest", tol=1e-6, seed=seed)
+    density = hesse.spectral_density(H, num_probes=density_probes, num_steps=min(density_steps, n), seed=seed)
+    summary = hesse.summarize(H, seed=seed)
+    edge = bulk_edge(density)
+    values = [float(v) for v in top.values]
+    outliers = [v for v in values if v > 4 * edge]
+    out["final"] = {
+        "num_parameters": n, "loss": float(H.loss), "gradient_norm": float(H.gradient.norm()),
+        "top_eigenvalues": values, "top_converged": bool(top.converged.all()),
+        "top_residuals": [float(r) for r in top.residuals], "top_num_matvecs": top.num_matvecs,
+        "bulk_edge": edge, "num_outliers": len(outliers), "outliers_at_least": len(outliers) == len(values),
+        "summary": {k_: (v if not isinstance(v, torch.Tensor) else v.tolist()) for k_, v in summary.as_dict().items()},
+        "density": {"num_probes": density.num_probes, "num_steps": density.num_steps, "sigma": density.sigma,
+                    "num_matvecs": density.num_matvecs, "integral": density.integral()},
+        "num_matvecs": H.num_matvecs,
+    }
+    # ---- landscape
+    lam = max(values[0], 1e-12)
+    span = 2.0 * math.sqrt(2.0 * max(float(H.loss), 0.05) / lam)
+    land1 = landscape(model, loss_fn, data, directions="eigen", dims=1, steps=landscape_steps, span=span,
+                      seed=seed, progress=progress)
+    land2 = landscape(model, loss_fn, data, directions="random", dims=2, steps=max(5, landscape_steps // 2),
+                      span=1.0, seed=seed, progress=progress)
+    out["landscape_1d"] = land1.as_dict()
+    out["landscape_2d"] = land2.as_dict()
+    out["seconds"] = time.perf_counter() - t0
+    out.update(_monitor=monitor, _density=density, _top=top, _landscape1=land1, _landscape2=land2)
+    return out
+
+
+def _final_sentence(final: dict) -> str:
+    s = final["summary"]
+    n_out = final["num_outliers"]
+    at_least = "at least " if final["outliers_at_least"] else ""
+    top = ", ".join(f"{v:.3g}" for v in final["top_eigenvalues"][: max(1, min(n_out, 6))])
+    frac_neg = s.get("fraction_negative")
+    neg_mass = s.get("negative_mass")
+    parts = [f"final point: {at_least}{n_out} outlier eigenvalue{'s' if n_out != 1 else ''} "
+             f"(> 4x the bulk edge {final['bulk_edge']:.3g}; largest {top}) over a bulk near zero"]
+    if neg_mass is not None and frac_neg is not None:
+        parts.append(f"{neg_mass:.1%} negative mass ({frac_neg:.1%} of the eigenvalues below zero, "
+                     f"lambda_min = {s['lambda_min']:.3g})")
+    return "; ".join(parts)
+
+
+def diagnosis(payload: dict) -> str:
+    """The one-paragraph diagnosis: sharpness history and the final spectrum, from the numbers."""
+    parts = []
+    if payload.get("sharpness"):
+        parts.append(payload["sharpness"]["sentence"])
+    parts.append(_final_sentence(payload["final"]))
+    return ". ".join(p[0].upper() + p[1:] for p in parts) + "."
+
+
+def summary_markdown(payload: dict, title: str) -> str:
+    final = payload["final"]
+    s = final["summary"]
+    lines = [f"# {title}", "", "## Diagnosis", "", diagnosis(payload), ""]
+    if payload.get("train_steps"):
+        sh = payload["sharpness"]
+        losses = payload["training_losses"]
+        lines += ["## Training", "",
+                  f"- full-batch gradient descent, lr = {payload['lr']:.4g}, stability limit 2/lr = "
+                  f"{2 / payload['lr']:.4g}, {payload['train_steps']} steps, {sh['num_checks']} sharpness checks",
+                  f"- loss {losses[0]:.4g} -> {losses[-1]:.4g}" if losses else "- (resumed: no new steps)",
+                  f"- lambda_max {sh['initial_lambda_max']:.4g} -> {sh['final_lambda_max']:.4g} "
+                  f"(max ratio to 2/lr {sh['max_ratio']:.3f} at step {sh['max_ratio_step']}); "
+                  f"checks: {sh['num_edge_of_stability']} edge of stability, {sh['num_unstable']} unstable",
+                  "- figures: `sharpness.png`, `loss.png`, `density_snapshots.png`", ""]
+    lines += ["## Final point", "",
+              f"- {final['num_parameters']} parameters, loss {final['loss']:.4g}, gradient norm {final['gradient_norm']:.3g}",
+              f"- top eigenvalues: {', '.join(f'{v:.4g}' for v in final['top_eigenvalues'])} "
+              f"({'converged' if final['top_converged'] else 'NOT converged'}, {final['top_num_matvecs']} products)",
+              f"- bulk edge (99th percentile of |lambda| under SLQ): {final['bulk_edge']:.4g}; outliers: {final['num_outliers']}",
+              f"- lambda_min {s['lambda_min']:.4g}, trace {s['trace']:.4g}, negative mass {s['negative_mass']:.2%}, "
+              f"fraction negative {s['fraction_negative']:.2%}, effective rank {s['effective_rank']:.1f} "
+              f"(definiteness: {s['definiteness']})",
+              "- figures: `top_eigenvalues.png`, `density.png`, `landscape_1d.png`, `landscape_2d.png`", ""]
+    ex = payload.get("example")
+    if ex:
+        lines += [f"## The seeds' example f(x, y) = {ex['function']}", "",
+                  f"- critical point ({ex['critical_point'][0]:.6g}, {ex['critical_point'][1]:.6g}), "
+                  f"gradient norm {ex['gradient_norm']:.2g}",
+                  f"- Hessian {ex['hessian']}, eigenvalues {', '.join(f'{v:.6g}' for v in ex['eigenvalues'])}, "
+                  f"condition number {ex['condition_number']:.6g}: {ex['classification']}",
+                  f"- Taylor check at x0 = {ex['taylor_check']['x0']}, v = {ex['taylor_check']['v']}: exact "
+                  f"{ex['taylor_check']['exact']:.6g}, quadratic model {ex['taylor_check']['model']:.6g}",
+                  "- figure: `contour.png`" if "contour.png" in payload.get("files", []) else "", ""]
+    for note in payload.get("notes", []):
+        lines.append(f"Note: {note}.")
+    lines += ["", f"Computed by hesse in {payload.get('seconds', 0):.1f} s; every number is in `report.json`.", ""]
+    return "\n".join(lines)

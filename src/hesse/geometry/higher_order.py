@@ -1,0 +1,275 @@
+"""Higher-order analysis at a critical point with a singular, semidefinite Hessian.
+
+The second-derivative test stops when H = ∇²f(x₀) has zero eigenvalues (seed 002, Thm 2). We go
+on in two steps.
+
+1. **Splitting lemma** (Gromoll & Meyer 1969; Arnold, Gusein-Zade & Varchenko 1985, sec. 11.4).
+   Write x = x₀ + N u + R w with N (n x m) an orthonormal basis of the null space of H and R the
+   eigenvectors of its nonzero eigenvalues Λ_R (all of one sign here, else x₀ is a saddle). By the
+   implicit function theorem the equations Rᵀ∇f(x₀ + N u + R w) = 0 have a unique solution w(u)
+   near 0, and f ≃ g(u) + (w - w(u))ᵀ Λ_R (w - w(u)) / 2 with the *reduced function*
+   g(u) = f(x₀ + N u + R w(u)) - f(x₀). So x₀ is a minimum of f iff Λ_R > 0 and 0 is a minimum of g
+   (a maximum likewise), and a saddle otherwise. We solve for w(u) by the chord iteration
+   w ← w - Λ_R⁻¹ Rᵀ∇f(x₀ + N u + R w) from w = 0: since w(u) = O(‖u‖²), after k iterations the
+   error is O(‖u‖^(k+2)), and g's error O(‖u‖^(2k+4)) (∂f/∂w vanishes on the solution), so
+   g's Taylor coefficients up to ``max_order`` are exact with k = max_order // 2 + 1 iterations.
+   Straight lines through x₀ are not enough: for f = (y - x²)² - x⁴/2 every line gives a
+   minimum, while g(x) = -x⁴/2 shows the saddle.
+2. **Leading order of g.** Along directions d of the null space, the coefficients
+   c_k(d) = (1/k!) dᵏ/dtᵏ g(t d) at t = 0 (nested forward-mode AD: ``torch.func.jvp`` applied k
+   times, vmapped over directions) give the homogeneous forms P_k(d) = c_k(d). With K the lowest
+   order whose form is not zero: K odd -> g changes sign, saddle of order K (monkey saddle: 3);
+   K even and P_K definite -> strict extremum; P_K indefinite -> saddle; P_K semidefinite -> we look
+   along its zero direction d* at the next orders: opposite sign or odd order -> saddle, otherwise
+   "inconclusive" (straight lines cannot prove it). For m >= 2, P_K is fitted exactly from the
+   sampled directions (it is a polynomial of degree K in d) and minimized over the sphere densely.
+   Location error: a point known to within δ carries a spurious order-k term (k+1)·δ·|c_{k+1}|;
+   terms below that bound (δ = 10·sqrt(eps)·max(1, ‖x₀‖)) are not counted, so genuine odd terms
+   smaller than it are not resolved.
+
+Cost: 2^max_order forward evaluations of the reduced function (each (max_order//2 + 1) gradients
+of f) per sampled direction, batched with ``vmap``. Intended for small n (the dense Hessian is
+needed anyway).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.func import grad, jvp, vmap
+
+__all__ = ["HigherOrderResult", "higher_order_analysis"]
+
+MAX_NULLITY = 6
+
+
+@dataclass
+class HigherOrderResult:
+    """``kind`` of the critical point after reduction; ``order`` is the leading order of the reduced
+    function (None if undecided); ``reduced_kind`` what g does at 0; ``reason`` in words."""
+
+    kind: str
+    order: int | None
+    reduced_kind: str
+    reason: str
+    num_directions: int
+    coefficient_tol: float
+    leading_form_range: tuple[float, float] | None = field(default=None)
+
+
+def _reduced_function(f: Callable, x0: torch.Tensor, N: torch.Tensor, R: torch.Tensor, lam_R: torch.Tensor,
+                      chord_steps: int) -> Callable:
+    """g(u) = f(x₀ + N u + R w(u)) - f(x₀) with w(u) from the chord iteration (see module doc)."""
+    f0 = f(x0).detach()
+    g_f = grad(f)
+
+    def g(u: torch.Tensor) -> torch.Tensor:
+        z = x0 + N @ u
+        if R.shape[1] == 0:
+            return f(z) - f0
+        w = torch.zeros(R.shape[1], dtype=x0.dtype, device=x0.device) * u.sum()
+        for _ in range(chord_steps):
+            w = w - (R.T @ g_f(z + R @ w)) / lam_R
+        return f(z + R @ w) - f0
+
+    return g
+
+
+def _taylor_coefficients(phi: Callable, t0: torch.Tensor, K: int) -> torch.Tensor:
+    """[φ(0), φ'(0)/1!, ..., φ^(K)(0)/K!] by K nested jvp's (each level carries all lower orders)."""
+    def level(k: int) -> Callable:
+        if k == 0:
+            return lambda t: (phi(t),)
+        prev = level(k - 1)
+
+        def fn(t):
+            primal, tangent = jvp(prev, (t,), (torch.ones_like(t),))
+            return tuple(primal) + (tangent[-1],)
+
+        return fn
+
+    derivs = torch.stack(level(K)(t0))
+    fact = torch.tensor([math.factorial(k) for k in range(K + 1)], dtype=derivs.dtype, device=derivs.device)
+    return derivs / fact
+
+
+def _coefficients_along(g: Callable, D: torch.Tensor, K: int) -> torch.Tensor:
+    """(S, K+1) Taylor coefficients of t -> g(t d) for each row d of D."""
+    t0 = torch.zeros((), dtype=D.dtype, device=D.device)
+
+    def one(d):
+        return _taylor_coefficients(lambda t: g(t * d), t0, K)
+
+    return vmap(one)(D)
+
+
+def _sphere_directions(m: int, count: int, dtype, seed: int) -> torch.Tensor:
+    if m == 1:
+        return torch.ones(1, 1, dtype=dtype)
+    if m == 2:
+        theta = torch.arange(count, dtype=dtype) * (math.pi / count) + 0.1234
+        return torch.stack([torch.cos(theta), torch.sin(theta)], 1)
+    gen = torch.Generator().manual_seed(seed)
+    D = torch.randn(count, m, generator=gen, dtype=dtype)
+    D = torch.cat([torch.eye(m, dtype=dtype), D])
+    return D / D.norm(dim=1, keepdim=True)
+
+
+def _monomials(m: int, k: int) -> list[tuple[int, ...]]:
+    return [c for c in itertools.product(range(k + 1), repeat=m) if sum(c) == k]
+
+
+def _form_extremes(D: np.ndarray, values: np.ndarray, k: int, seed: int) -> tuple[float, float, np.ndarray]:
+    """Fit the degree-k form P(d) = Σ a_α d^α to sampled values; min/max over the unit sphere.
+
+    Returns (min, max, argmin direction). The fit is exact (P is a polynomial), so the extremes
+    come from dense sampling of the fitted polynomial plus a local refinement.
+    """
+    from scipy.optimize import minimize
+
+    m = D.shape[1]
+    mons = _monomials(m, k)
+
+    def design(P):
+        return np.stack([np.prod(P ** np.array(a), axis=1) for a in mons], 1)
+
+    coef, *_ = np.linalg.lstsq(design(D), values, rcond=None)
+    if m == 2:
+        th = np.linspace(0, np.pi, 20001)
+        dense = np.stack([np.cos(th), np.sin(th)], 1)
+    else:
+        rng = np.random.default_rng(seed)
+        dense = rng.standard_normal((100000, m))
+        dense /= np.linalg.norm(dense, axis=1, keepdims=True)
+    vals = design(dense) @ coef
+    j = int(np.argmin(vals))
+
+    def obj(v):
+        v = v / np.linalg.norm(v)
+        return float(design(v[None])[0] @ coef)
+
+    res = minimize(obj, dense[j], method="Nelder-Mead", options={"xatol": 1e-12, "fatol": 1e-18, "maxiter": 2000})
+    dmin = res.x / np.linalg.norm(res.x)
+    return min(float(vals.min()), obj(dmin)), float(vals.max()), dmin if obj(dmin) <= vals[j] else dense[j]
+
+
+def higher_order_analysis(f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, eigenvalues: torch.Tensor,
+                          eigenvectors: torch.Tensor, eig_tol: float, *, coefficient_tol: float | None = None,
+                          max_order: int = 6, num_directions: int | None = None,
+                          seed: int = 0) -> HigherOrderResult:
+    """Decide a critical point whose Hessian is semidefinite and singular (see module docstring).
+
+    ``f`` takes a flat tensor; ``eigenvalues``/``eigenvectors`` are H's eigendecomposition at the
+    flat point ``x0``; eigenvalues with |λ| <= ``eig_tol`` span the null space. Coefficients of
+    the reduced function count as zero when |c_k| <= ``coefficient_tol`` (default ``eig_tol``).
+    """
+    null = eigenvalues.abs() <= eig_tol
+    N, R, lam_R = eigenvectors[:, null], eigenvectors[:, ~null], eigenvalues[~null]
+    m = int(null.sum())
+    tol = float(eig_tol if coefficient_tol is None else coefficient_tol)
+    if bool((lam_R > 0).any()) and bool((lam_R < 0).any()):
+        return HigherOrderResult("saddle", 2, "n/a", "the Hessian is indefinite", 0, tol)
+    sign_R = 1 if bool((lam_R > 0).any()) else -1 if bool((lam_R < 0).any()) else 0
+    if m > MAX_NULLITY:
+        return HigherOrderResult(
+            "inconclusive", None, "unknown",
+            f"the Hessian has a {m}-dimensional null space; higher-order analysis samples directions "
+            f"of the null space and is limited to nullity <= {MAX_NULLITY}", 0, tol)
+    result = None
+    for K in sorted({min(4, max_order), max_order}):
+        result = _analyze(f, x0, N, R, lam_R, m, sign_R, K, tol, num_directions, seed)
+        if result.kind != "inconclusive" or result.num_directions < 0:
+            break
+    result.num_directions = abs(result.num_directions)
+    return result
+
+
+def _analyze(f, x0, N, R, lam_R, m, sign_R, K, tol, num_directions, seed) -> HigherOrderResult:
+    # chord iterations k with 2k + 4 > K make g's coefficients exact to order K; one more for margin
+    chord_steps = max(0, (K - 4) // 2 + 1) + 1
+    g = _reduced_function(f, x0, N, R, lam_R, chord_steps=chord_steps)
+    count = num_directions or (1 if m == 1 else 64 if m == 2 else 40 * m * m)
+    D = _sphere_directions(m, count, x0.dtype, seed).to(x0.device)
+    C = _coefficients_along(g, D, K).detach()  # (S, K+1)
+    if not bool(torch.isfinite(C).all()):  # final: a higher order will not help (negative count)
+        return HigherOrderResult("inconclusive", None, "unknown",
+                                 "derivatives of the reduced function are not finite at the point", -len(D), tol)
+    # A critical point located with error δ turns a genuine order-(k+1) term c_{k+1} into a
+    # spurious order-k term of size (k+1)·δ·|c_{k+1}|: such terms are not counted.
+    shift = 10 * math.sqrt(torch.finfo(x0.dtype).eps) * max(1.0, float(x0.norm()))
+    order = None
+    for k in range(3, K + 1):
+        above = float(C[:, k + 1].abs().max()) if k < K else 0.0
+        if float(C[:, k].abs().max()) > tol + shift * (k + 1) * above:
+            order = k
+            break
+    if order is None:
+        return HigherOrderResult(
+            "inconclusive", None, "unknown",
+            f"the reduced function on the {m}-dimensional null space is flat to order {K} "
+            f"(all Taylor coefficients up to order {K} are below {tol:.2g}); the critical point may be "
+            "non-isolated (a valley or ridge of critical points) or flat beyond any finite order",
+            len(D), tol)
+    ck = C[:, order]
+    fit = None
+    if order % 2 == 1:
+        j = int(ck.abs().argmax())
+        reduced = "saddle"
+        reason = (f"the reduced function's leading term is of odd order {order}: along the null direction "
+                  f"d = {_fmt(D[j] @ N.T)} it is {float(ck[j]):.4g}·t^{order}, which changes sign")
+    else:
+        if m == 1:
+            lo = hi = float(ck[0])
+            dmin = D[0].numpy()
+        else:
+            lo, hi, dmin = _form_extremes(D.cpu().numpy(), ck.cpu().numpy(), order, seed)
+        fit = (lo, hi)
+        if lo > tol:
+            reduced = "minimum"
+            reason = f"the reduced function's leading form of order {order} is positive definite (min {lo:.4g} on the unit sphere)"
+        elif hi < -tol:
+            reduced = "maximum"
+            reason = f"the reduced function's leading form of order {order} is negative definite (max {hi:.4g} on the unit sphere)"
+        elif lo < -tol and hi > tol:
+            reduced = "saddle"
+            reason = f"the reduced function's leading form of order {order} is indefinite (values from {lo:.4g} to {hi:.4g})"
+        else:
+            # semidefinite leading form: look along its zero direction at the next orders
+            sgn = 1.0 if hi > tol else -1.0
+            dz = torch.as_tensor(dmin if sgn > 0 else _form_extremes(D.cpu().numpy(), -ck.cpu().numpy(), order, seed)[2],
+                                 dtype=x0.dtype, device=x0.device)
+            cz = _coefficients_along(g, dz[None], K).detach()[0]
+            nxt = next((k for k in range(order + 1, K + 1) if abs(float(cz[k])) > tol), None)
+            where = f"d* = {_fmt(dz @ N.T)}"
+            if nxt is not None and (nxt % 2 == 1 or float(cz[nxt]) * sgn < 0):
+                reduced = "saddle"
+                reason = (f"the leading form of order {order} is semidefinite and vanishes along {where}, where "
+                          f"the next term {float(cz[nxt]):.4g}·t^{nxt} has the opposite sign or odd order")
+                order = nxt
+            else:
+                return HigherOrderResult(
+                    "inconclusive", None, "unknown",
+                    f"the reduced function's leading form of order {order} is semidefinite (range "
+                    f"[{lo:.3g}, {hi:.3g}]) and vanishes along {where}; "
+                    + ("higher orders there agree in sign, but tests along straight lines cannot prove an extremum"
+                       if nxt is not None else f"it is flat there up to order {K}"), len(D), tol, fit)
+    if reduced == "saddle" or sign_R == 0:
+        kind = {"saddle": "degenerate saddle", "minimum": "degenerate minimum", "maximum": "degenerate maximum"}[reduced]
+    elif (reduced == "minimum") == (sign_R > 0):
+        kind = "degenerate minimum" if sign_R > 0 else "degenerate maximum"
+    else:
+        kind = "degenerate saddle"
+        reason += (f"; the non-degenerate directions curve the other way (Hessian eigenvalues "
+                   f"{'> 0' if sign_R > 0 else '< 0'})")
+    if R.shape[1]:
+        reason += f" (reduced by the splitting lemma onto the {m}-dimensional null space)"
+    return HigherOrderResult(kind, order, reduced, reason, len(D), tol, fit)
+
+
+def _fmt(v: torch.Tensor) -> str:
+    return "(" + ", ".join(f"{float(a):.3g}" for a in v) + ")"

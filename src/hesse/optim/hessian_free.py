@@ -1,0 +1,265 @@
+"""Hessian-free optimization (Martens 2010): truncated CG on the damped Gauss-Newton system.
+
+At each step, on the current batch, with gradient ``g`` and GGN ``G = Jᵀ H_ℓ J`` (Schraudolph
+2002; products by ``hesse.GGNOperator``, one ``jvp`` + one ``vjp`` each):
+
+1. **CG** on ``(G + λI) p = −g`` (Martens 2010, §4.1-4.6), i.e. minimizing
+   ``q_λ(p) = gᵀp + ½ pᵀ(G + λI)p``, started from the previous direction times ``cg_decay``
+   (warm start, §4.5), stopped when ``‖r‖ ≤ cg_tol ‖g‖``, after ``cg_max_iter`` iterations, or by
+   Martens' progress test (§4.4): ``i > k``, ``q(p_i) < 0`` and
+   ``(q(p_i) − q(p_{i−k})) / q(p_i) < k · 5e-4`` with ``k = max(10, 0.1 i)``.
+2. **CG iterate backtracking** (§4.6): iterates are kept at ``i = ⌈1.3ʲ⌉`` and at the end; starting
+   from the last, step back while an earlier kept iterate gives a lower loss on the batch.
+3. **Levenberg-Marquardt damping** (§4.1): with the reduction ratio
+   ``ρ = (L(θ+p) − L(θ)) / q₀(p)`` (``q₀`` undamped), ``λ ← 3/2 λ`` if ``ρ < 1/4`` and
+   ``λ ← 2/3 λ`` if ``ρ > 3/4``.
+4. **Line search** (Martens & Sutskever 2012, §8.8): ``α = lr, 0.8 lr, 0.8² lr, ...`` until
+   ``L(θ + αp) ≤ L(θ) + 10⁻² α gᵀp`` (at most 20 tries; no step if none passes), then
+   ``θ ← θ + α p``.
+
+The batch: the optimizer keeps the inputs of the last forward pass of ``model`` and the targets of
+the last call of ``loss_fn`` (an ``nn.Module``) made with gradients enabled, so the closure of
+``torch.optim.LBFGS`` is enough; or pass ``step(closure, inputs=..., targets=...)``.
+
+Cost per step: the closure (one forward/backward) + one forward/backward for the operator's point,
+``(CG iterations + 1)`` GGN products (each ≈ 2 forward/backward), a forward per backtracking and
+line-search trial. ``last_solve`` holds the last CG's ``converged``, residual and iteration count.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from ._common import (
+    BatchRecorder,
+    check_hyper,
+    check_int,
+    check_model,
+    closure_loss,
+    model_param_groups,
+    param_names,
+)
+
+__all__ = ["HessianFree", "CGRecord"]
+
+
+@dataclass
+class CGRecord:
+    """What the last inner CG did: ``converged`` (residual tolerance met), ``relative_residual``
+    ``‖(G+λI)p + g‖/‖g‖``, ``num_iterations``, ``stop`` (why it stopped), ``damping`` (λ used),
+    ``rho`` (reduction ratio), ``alpha`` (line-search step)."""
+
+    converged: bool
+    relative_residual: float
+    num_iterations: int
+    stop: str
+    damping: float
+    rho: float = float("nan")
+    alpha: float = float("nan")
+
+
+def cg_with_iterates(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
+                     x0: torch.Tensor | None, tol: float, max_iter: int,
+                     progress_test: bool = True) -> tuple[torch.Tensor, list, CGRecord]:
+    """CG for ``A x = b`` (A symmetric positive definite) from ``x0``; returns the final iterate, the
+    iterates kept at ``⌈1.3ʲ⌉`` (Martens 2010, §4.6) and a :class:`CGRecord`.
+
+    Hestenes & Stiefel (1952); Nocedal & Wright (2006), Alg. 5.2. One matvec per iteration (plus
+    one for a nonzero ``x0``). Stops on negative curvature ``pᵀAp ≤ 0`` (keeps the last iterate).
+    """
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    r = b - matvec(x) if x0 is not None else b.clone()
+    bnorm = float(b.norm())
+    if bnorm == 0:
+        return x, [(0, x.clone())], CGRecord(True, 0.0, 0, "zero right-hand side", float("nan"))
+    p = r.clone()
+    rr = float(r @ r)
+    keep_at = {math.ceil(1.3 ** j) for j in range(60)}
+    kept: list[tuple[int, torch.Tensor]] = []
+    qs: list[float] = []
+    stop, i = "max_iter", 0
+    for i in range(1, max_iter + 1):
+        Ap = matvec(p)
+        pAp = float(p @ Ap)
+        if pAp <= 0:
+            stop, i = "negative curvature", i - 1
+            break
+        alpha = rr / pAp
+        x = x + alpha * p
+        r = r - alpha * Ap
+        rr_new = float(r @ r)
+        # q(x) = ½ xᵀAx − bᵀx = −½ xᵀ(b + r)
+        qs.append(-0.5 * float(x @ (b + r)))
+        if i in keep_at:
+            kept.append((i, x.clone()))
+        if math.sqrt(rr_new) <= tol * bnorm:
+            stop = "tolerance"
+            break
+        k = max(10, int(0.1 * i))
+        if progress_test and i > k and qs[-1] < 0 and (qs[-1] - qs[-1 - k]) / qs[-1] < k * 5e-4:
+            stop = "progress"
+            break
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    if not kept or kept[-1][0] != i:
+        kept.append((i, x.clone()))
+    rel = float(r.norm()) / bnorm
+    return x, kept, CGRecord(rel <= tol, rel, i, stop, float("nan"))
+
+
+class _BatchCurvatureOptimizer(torch.optim.Optimizer):
+    """Shared by :class:`HessianFree` and :class:`NaturalGradient`: the model, its loss, the batch
+    recorder, flat vectors over the optimized parameters, and loss evaluation at ``θ + p``."""
+
+    _name = "optimizer"
+
+    def _setup(self, model: nn.Module, loss_fn: Callable, params: Any, defaults: dict) -> None:
+        check_model(model, self._name)
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable (outputs, targets) -> scalar loss, e.g. "
+                            f"nn.CrossEntropyLoss(); got {type(loss_fn).__name__}.")
+        torch.optim.Optimizer.__init__(self, model_param_groups(model, params), defaults)
+        self.model, self.loss_fn = model, loss_fn
+        names = param_names(model)
+        self._params = [p for g in self.param_groups for p in g["params"]]
+        self._names = [names[id(p)] for p in self._params]
+        self._recorder = BatchRecorder(model, loss_fn)
+
+    def _flat(self, tensors) -> torch.Tensor:
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def _split(self, v: torch.Tensor) -> list[torch.Tensor]:
+        out, i = [], 0
+        for p in self._params:
+            out.append(v[i:i + p.numel()].view_as(p))
+            i += p.numel()
+        return out
+
+    def _group_scale(self, key: str) -> torch.Tensor:
+        """A flat vector holding each parameter's group value of ``key`` (e.g. its lr)."""
+        return torch.cat([torch.full((p.numel(),), float(g[key]), dtype=p.dtype, device=p.device)
+                          for g in self.param_groups for p in g["params"]])
+
+    @torch.no_grad()
+    def _loss_at(self, direction: torch.Tensor | None, x: Any, y: Any) -> float:
+        """Loss on the batch at ``θ + direction`` (buffers copied: running statistics unchanged)."""
+        params = dict(self.model.named_parameters())
+        if direction is not None:
+            for n, p, d in zip(self._names, self._params, self._split(direction)):
+                params[n] = p + d
+        buffers = {n: b.clone() for n, b in self.model.named_buffers()}
+        out = functional_call(self.model, {**params, **buffers}, (x,))
+        return float(self.loss_fn(out, y))
+
+    def _state0(self) -> dict:
+        return self.state[self._params[0]]
+
+    def _prev_direction(self) -> torch.Tensor | None:
+        if "direction" not in self.state[self._params[0]]:
+            return None
+        return self._flat([self.state[p]["direction"] for p in self._params])
+
+    def _store_direction(self, d: torch.Tensor) -> None:
+        for p, dp in zip(self._params, self._split(d)):
+            self.state[p]["direction"] = dp.clone()
+
+    def _operator_batch(self, closure, inputs, targets):
+        loss = closure_loss(closure, self._name)
+        x, y = self._recorder.batch(inputs, targets, self._name)
+        return loss, x, y
+
+
+class HessianFree(_BatchCurvatureOptimizer):
+    """Hessian-free (truncated Gauss-Newton CG) optimizer, Martens (2010).
+
+    ``HessianFree(model, loss_fn, lr=1.0, damping=1.0, cg_max_iter=50, cg_tol=1e-4, cg_decay=0.95,
+    params=None)``; ``step(closure, inputs=None, targets=None)``.
+    """
+
+    _name = "HessianFree"
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, lr: float = 1.0, damping: float = 1.0,
+                 cg_max_iter: int = 50, cg_tol: float = 1e-4, cg_decay: float = 0.95,
+                 params: Any = None):
+        check_hyper(lr, "lr")
+        check_hyper(damping, "damping")
+        check_int(cg_max_iter, "cg_max_iter")
+        check_hyper(cg_tol, "cg_tol")
+        check_hyper(cg_decay, "cg_decay", allow_zero=True, upper=1.0)
+        self._setup(model, loss_fn, params, dict(lr=lr, damping=damping, cg_max_iter=cg_max_iter,
+                                                 cg_tol=cg_tol, cg_decay=cg_decay))
+        self.last_solve: CGRecord | None = None
+
+    def step(self, closure: Callable | None = None, inputs: Any = None,
+             targets: Any = None) -> torch.Tensor:
+        """One HF step on the batch of the closure; returns the loss before the step."""
+        from ..operators import GGNOperator
+
+        loss, x, y = self._operator_batch(closure, inputs, targets)
+        group0 = self.param_groups[0]
+        st = self._state0()
+        if "damping" not in st:
+            st["damping"] = torch.tensor(float(group0["damping"]), dtype=self._params[0].dtype)
+            st["step"] = torch.zeros((), dtype=torch.int64)
+        st["step"] += 1
+        lam = lam_used = float(st["damping"])
+        with warnings.catch_warnings():  # eval mode + batch BN statistics is intended here
+            warnings.filterwarnings("ignore", message="the model is in training mode")
+            op = GGNOperator(self.model, self.loss_fn, (x, y), params=list(self._names),
+                             bn_mode="batch")
+        gd = op.unflatten(op.gradient)
+        g = self._flat([gd[n] for n in self._names])
+
+        def G(v: torch.Tensor) -> torch.Tensor:
+            out = op.unflatten(op.matvec(op.flatten(dict(zip(self._names, self._split(v))))))
+            return self._flat([out[n] for n in self._names])
+
+        prev = self._prev_direction()
+        x0 = prev * group0["cg_decay"] if prev is not None else None
+        p, kept, rec = cg_with_iterates(lambda v: G(v) + lam * v, -g, x0, group0["cg_tol"],
+                                        group0["cg_max_iter"])
+        f0 = self._loss_at(None, x, y)
+        # CG iterate backtracking (Martens 2010, §4.6)
+        best_i = len(kept) - 1
+        best_f = self._loss_at(kept[best_i][1], x, y)
+        for j in range(len(kept) - 2, -1, -1):
+            fj = self._loss_at(kept[j][1], x, y)
+            if fj < best_f:
+                best_i, best_f = j, fj
+            else:
+                break
+        p = kept[best_i][1]
+        self._store_direction(p)
+        # Levenberg-Marquardt rule on the reduction ratio of the undamped model
+        q0 = float(g @ p) + 0.5 * float(p @ G(p))
+        rho = (best_f - f0) / q0 if q0 < 0 else float("-inf")
+        if rho < 0.25:
+            lam *= 1.5
+        elif rho > 0.75:
+            lam *= 2.0 / 3.0
+        st["damping"].fill_(lam)
+        # backtracking line search (Armijo), per-group lr as the first trial
+        scaled = p * self._group_scale("lr")
+        slope = float(g @ scaled)
+        alpha, accepted = 1.0, False
+        for _ in range(20):
+            if self._loss_at(alpha * scaled, x, y) <= f0 + 1e-2 * alpha * slope and slope < 0:
+                accepted = True
+                break
+            alpha *= 0.8
+        if accepted:
+            with torch.no_grad():
+                for q, d in zip(self._params, self._split(alpha * scaled)):
+                    q.add_(d)
+        rec.damping, rec.rho = lam_used, rho
+        rec.alpha = alpha if accepted else 0.0
+        self.last_solve = rec
+        return loss

@@ -1,0 +1,236 @@
+"""K-FAC: Kronecker-factored approximate curvature (Martens & Grosse 2015; convolutions: Grosse &
+Martens 2016, KFC).
+
+For a layer ``s = W a`` (bias folded in as a last column of ``W`` and a constant 1 appended to
+``a``) the Fisher block of ``vec(W)`` is approximated by ``A ⊗ G`` with ``A = E[a aᵀ]`` and
+``G = E[g gᵀ]``, ``g = ∂ℓ/∂s`` the per-sample output gradient (Martens & Grosse 2015, §3). The
+natural-gradient step for the block is then ``(A ⊗ G)⁻¹ vec(∇W) = vec(G⁻¹ ∇W A⁻¹)``.
+
+* ``nn.Linear``: ``a`` is the layer input, ``g`` the gradient of the per-sample loss w.r.t. the
+  output (the gradient of the mean loss times the batch size).
+* ``nn.Conv2d`` (KFC, Grosse & Martens 2016, §3.1): ``a`` are the input patches (``unfold``) at every
+  spatial location ``t``; ``A`` is their mean over samples and locations and ``G`` the mean over
+  samples of ``Σ_t g_t g_tᵀ`` (spatially uncorrelated derivatives, spatial homogeneity).
+* Statistics are exponential running averages with ``stat_decay``, initialised with the first
+  batch. Every ``inv_every`` steps the factors are eigendecomposed and the damped inverses
+  ``(A + π√λ I)⁻¹`` and ``(G + √λ/π I)⁻¹`` stored, with the factored Tikhonov damping of Martens &
+  Grosse (2015, §6.3): ``π = sqrt((tr A / dim A) / (tr G / dim G))``.
+* The preconditioned direction is rescaled by KL clipping (Ba, Grosse & Martens 2017):
+  ``ν = min(1, sqrt(kl_clip / (lr² Σ ⟨Δ, ∇⟩)))``, then heavy-ball momentum and ``θ ← θ − lr ν Δ``.
+* Parameters outside ``nn.Linear`` / ``nn.Conv2d`` layers (BatchNorm, embeddings, ...) fall back to
+  SGD with the same ``lr``, ``momentum`` and ``weight_decay`` (listed in ``fallback_params``).
+
+Cost per step: one forward/backward (the closure); ``O(d_in² + d_out²)`` per layer for the
+statistics; ``O(d_in³ + d_out³)`` per layer every ``inv_every`` steps for the eigendecompositions.
+The statistics use the observed targets (the empirical Fisher's output gradients), as many
+K-FAC implementations do; the MC-sampled targets of the paper would need a second backward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._common import check_hyper, check_int, check_model, model_param_groups, param_names
+
+__all__ = ["KFAC"]
+
+
+class KFAC(torch.optim.Optimizer):
+    """K-FAC optimizer for the ``nn.Linear`` and ``nn.Conv2d`` layers of ``model``.
+
+    ``KFAC(model, lr=0.1, damping=1e-3, inv_every=10, stat_decay=0.95, momentum=0.9,
+    weight_decay=0.0, kl_clip=1e-3, params=None)`` (``kl_clip=None`` disables KL clipping; with
+    the default, the step length is mostly set by ``kl_clip`` and ``lr`` matters less). ``params`` may restrict the optimized
+    parameters or give param groups (a layer uses the hyperparameters of its weight's group).
+    ``step(closure)`` takes the closure of ``torch.optim.LBFGS`` (or, without a closure, uses the
+    gradients and statistics of the last ``loss.backward()``). Statistics are recorded by hooks
+    during forward/backward passes with gradients enabled and the model in training mode.
+    """
+
+    def __init__(self, model: nn.Module, lr: float = 0.1, damping: float = 1e-3,
+                 inv_every: int = 10, stat_decay: float = 0.95, momentum: float = 0.9,
+                 weight_decay: float = 0.0, kl_clip: float | None = 1e-3, params: Any = None):
+        check_model(model, "KFAC")
+        check_hyper(lr, "lr")
+        check_hyper(damping, "damping")
+        check_int(inv_every, "inv_every")
+        check_hyper(stat_decay, "stat_decay", allow_zero=True, upper=1.0, upper_open=True)
+        check_hyper(momentum, "momentum", allow_zero=True, upper=1.0, upper_open=True)
+        check_hyper(weight_decay, "weight_decay", allow_zero=True)
+        if kl_clip is not None:
+            check_hyper(kl_clip, "kl_clip")
+        defaults = dict(lr=lr, damping=damping, inv_every=inv_every, stat_decay=stat_decay,
+                        momentum=momentum, weight_decay=weight_decay, kl_clip=kl_clip)
+        super().__init__(model_param_groups(model, params), defaults)
+        optimized = {id(p) for g in self.param_groups for p in g["params"]}
+        names = param_names(model)
+        self._layers: list[tuple[nn.Module, torch.Tensor, torch.Tensor | None]] = []
+        covered: set[int] = set()
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)) and id(module.weight) in optimized:
+                if isinstance(module, nn.Conv2d) and (module.groups != 1
+                                                      or isinstance(module.padding, str)):
+                    continue
+                bias = module.bias if (module.bias is not None
+                                       and id(module.bias) in optimized) else None
+                self._layers.append((module, module.weight, bias))
+                covered.add(id(module.weight))
+                if bias is not None:
+                    covered.add(id(bias))
+        self.fallback_params = [names[id(p)] for g in self.param_groups for p in g["params"]
+                                if id(p) not in covered]
+        if not self._layers:
+            raise ValueError(
+                "KFAC found no nn.Linear or nn.Conv2d layer (groups=1) among the optimized "
+                f"parameters of {type(model).__name__}: all of {self.fallback_params} would fall "
+                "back to SGD with momentum. Use torch.optim.SGD or another hesse.optim optimizer.")
+        self._cache: dict[int, dict[str, torch.Tensor]] = {}
+        self._handles = []
+        for module, _, _ in self._layers:
+            self._handles.append(module.register_forward_hook(self._forward_hook))
+
+    # ------------------------------------------------------------------ statistics
+    def _forward_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if not (torch.is_grad_enabled() and module.training and output.requires_grad):
+            return
+        entry = self._cache.setdefault(id(module), {})
+        entry["a"] = args[0].detach()
+
+        def save_grad(g: torch.Tensor) -> None:
+            entry["g"] = g.detach()
+
+        output.register_hook(save_grad)
+
+    @staticmethod
+    def _factors(module: nn.Module, a: torch.Tensor, g: torch.Tensor, has_bias: bool):
+        """``A`` and ``G`` of one batch, from inputs ``a`` and output gradients ``g`` of the mean loss."""
+        m = a.shape[0]
+        if isinstance(module, nn.Linear):
+            a = a.reshape(-1, a.shape[-1])
+            g = g.reshape(-1, g.shape[-1]) * m  # per-sample output gradients
+            rows = a.shape[0]
+            if has_bias:
+                a = torch.cat([a, a.new_ones(rows, 1)], dim=1)
+            return a.T @ a / rows, g.T @ g / m
+        # Conv2d: patches (m, C k k, T) -> (m T, C k k)
+        patches = F.unfold(a, module.kernel_size, dilation=module.dilation,
+                           padding=module.padding, stride=module.stride)
+        T = patches.shape[-1]
+        patches = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        if has_bias:
+            patches = torch.cat([patches, patches.new_ones(patches.shape[0], 1)], dim=1)
+        A = patches.T @ patches / (m * T)
+        gg = (g * m).permute(0, 2, 3, 1).reshape(-1, g.shape[1])
+        G = gg.T @ gg / m
+        return A, G
+
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None) -> torch.Tensor | None:
+        """One K-FAC step; returns the closure's loss (``None`` without a closure)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        updates: dict[int, torch.Tensor] = {}
+        groups = {id(p): g for g in self.param_groups for p in g["params"]}
+        vg_sum: dict[int, float] = {}
+        for module, weight, bias in self._layers:
+            if weight.grad is None:
+                continue
+            group = groups[id(weight)]
+            state = self.state[weight]
+            if "step" not in state:
+                state["step"] = torch.zeros((), dtype=torch.int64)
+            state["step"] += 1
+            step = int(state["step"])
+            cache = self._cache.pop(id(module), None)
+            if cache is not None and "g" in cache:
+                A, G = self._factors(module, cache["a"], cache["g"], bias is not None)
+                if "A" not in state:
+                    state["A"], state["G"] = A.clone(), G.clone()
+                else:
+                    d = group["stat_decay"]
+                    state["A"].mul_(d).add_(A, alpha=1 - d)
+                    state["G"].mul_(d).add_(G, alpha=1 - d)
+            elif "A" not in state:
+                raise RuntimeError(
+                    "KFAC.step found gradients but no recorded statistics for a layer: run the "
+                    "forward and backward pass with the model in training mode and gradients "
+                    "enabled (e.g. inside the closure) before step().")
+            if (step - 1) % group["inv_every"] == 0 or "A_inv" not in state:
+                self._refresh_inverses(state, group["damping"])
+            grad = weight.grad.reshape(weight.shape[0], -1)
+            if bias is not None:
+                grad = torch.cat([grad, bias.grad.reshape(-1, 1) if bias.grad is not None
+                                  else grad.new_zeros(grad.shape[0], 1)], dim=1)
+            if group["weight_decay"]:
+                wd = weight.reshape(weight.shape[0], -1)
+                if bias is not None:
+                    wd = torch.cat([wd, bias.reshape(-1, 1)], dim=1)
+                grad = grad + group["weight_decay"] * wd
+            delta = state["G_inv"] @ grad @ state["A_inv"]
+            updates[id(weight)] = delta
+            key = id(group)
+            vg_sum[key] = vg_sum.get(key, 0.0) + float((delta * grad).sum())
+        # KL clipping per group, momentum, update
+        for group in self.param_groups:
+            kl = group["kl_clip"]
+            nu = 1.0
+            s = vg_sum.get(id(group), 0.0)
+            if kl is not None and s > 0:
+                nu = min(1.0, (kl / (group["lr"] ** 2 * s)) ** 0.5)
+            for _, weight, bias in self._layers:
+                if id(weight) not in updates or groups[id(weight)] is not group:
+                    continue
+                delta = updates[id(weight)] * nu
+                nw = weight[0].numel()
+                self._apply(weight, delta[:, :nw].reshape(weight.shape), group)
+                if bias is not None:
+                    self._apply(bias, delta[:, nw], group)
+        # fallback: SGD with momentum
+        covered = {id(t) for _, w, b in self._layers for t in (w, b) if t is not None}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if id(p) in covered or p.grad is None:
+                    continue
+                d = p.grad
+                if group["weight_decay"]:
+                    d = d + group["weight_decay"] * p
+                self._apply(p, d, group)
+        return loss
+
+    def _apply(self, p: torch.Tensor, direction: torch.Tensor, group: dict) -> None:
+        mom = group["momentum"]
+        if mom:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = direction.clone()
+            else:
+                state["momentum_buffer"].mul_(mom).add_(direction)
+            direction = state["momentum_buffer"]
+        p.add_(direction, alpha=-group["lr"])
+
+    @staticmethod
+    def _refresh_inverses(state: dict, damping: float) -> None:
+        A, G = state["A"], state["G"]
+        dA, QA = torch.linalg.eigh(A)
+        dG, QG = torch.linalg.eigh(G)
+        dA, dG = dA.clamp(min=0), dG.clamp(min=0)
+        tA = float(dA.mean())
+        tG = float(dG.mean())
+        pi = (tA / tG) ** 0.5 if tA > 0 and tG > 0 else 1.0
+        root = damping ** 0.5
+        state["A_inv"] = (QA / (dA + pi * root)) @ QA.T
+        state["G_inv"] = (QG / (dG + root / pi)) @ QG.T
+
+    def remove_hooks(self) -> None:
+        """Detach the statistics hooks from the model (the optimizer can no longer step)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []

@@ -1,0 +1,245 @@
+"""Shared machinery of the optimizers: the counted objective, the stopping tests and history
+(one ``Run`` per call), and the final curvature check that decides success.
+
+Methods receive ``(obj, x0, run, options)`` where ``x0`` is a flat tensor, and end with
+``return run.finish(x, f, g, status)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+
+from hesse._progress import Progress
+from hesse._validation import check_scalar_output
+
+from .result import (
+    CALLBACK,
+    CONVERGED,
+    MAX_ITER,
+    MAX_TIME,
+    NONFINITE,
+    SADDLE,
+    STALLED,
+    STATUS_NAMES,
+    OptimizeHistory,
+    OptimizeResult,
+)
+
+KEEP_ITERATES_MAX_N = 10_000
+DENSE_CURVATURE_MAX_N = 500
+
+
+class Objective:
+    """``f`` on flat vectors with evaluation counters.
+
+    ``value_grad`` is one fused forward + backward pass (counts one value and one gradient);
+    ``hvp_at`` builds the gradient graph once and returns a product closure (reverse-over-reverse,
+    the cheapest product on CPU per ANCHORS.md); ``hessian`` is dense (``hesse.hessian``).
+    """
+
+    def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], shape: torch.Size):
+        self.f_user, self.shape = f, shape
+        self.nfev = self.ngev = self.nhev = self.nhvp = 0
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        return check_scalar_output(self.f_user(x.reshape(self.shape)))
+
+    def flat(self, x: torch.Tensor) -> torch.Tensor:
+        return self._call(x)
+
+    def value(self, x: torch.Tensor) -> float:
+        self.nfev += 1
+        with torch.no_grad():
+            return float(self._call(x))
+
+    def value_grad(self, x: torch.Tensor) -> tuple[float, torch.Tensor]:
+        self.nfev += 1
+        self.ngev += 1
+        xr = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            v = self._call(xr)
+            if v.requires_grad:
+                (g,) = torch.autograd.grad(v, xr)
+            else:
+                g = torch.zeros_like(xr)
+        return float(v.detach()), g.detach()
+
+    def hvp_at(self, x: torch.Tensor):
+        """``(f, g, hvp)`` at ``x``; ``hvp(v)`` reuses the gradient's graph."""
+        self.nfev += 1
+        self.ngev += 1
+        xr = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            v = self._call(xr)
+            if v.requires_grad:
+                (g,) = torch.autograd.grad(v, xr, create_graph=True)
+            else:
+                g = torch.zeros_like(xr)
+
+        def hvp(p: torch.Tensor) -> torch.Tensor:
+            self.nhvp += 1
+            if not g.requires_grad:
+                return torch.zeros_like(p)
+            with torch.enable_grad():
+                (hp,) = torch.autograd.grad(g, xr, p, retain_graph=True, allow_unused=True)
+            return torch.zeros_like(p) if hp is None else hp.detach()
+
+        return float(v.detach()), g.detach(), hvp
+
+    def hessian(self, x: torch.Tensor) -> torch.Tensor:
+        from hesse._autodiff import hessian
+
+        self.nhev += 1
+        return hessian(self.flat, x.detach())
+
+
+def finite(v) -> bool:
+    if isinstance(v, torch.Tensor):
+        return bool(torch.isfinite(v).all())
+    return math.isfinite(v)
+
+
+class Run:
+    """Stopping tests, history, callback, progress and the final result of one minimization."""
+
+    def __init__(self, obj: Objective, method: str, *, gtol: float, ftol: float, xtol: float,
+                 max_iter: int, max_time: float | None, callback, history: bool, progress: bool,
+                 check_curvature: bool = True, curvature_tol: float = 1e-6, n: int = 0):
+        self.obj, self.method = obj, method
+        self.gtol, self.ftol, self.xtol = gtol, ftol, xtol
+        self.max_iter, self.max_time = max_iter, max_time
+        self.callback, self.keep_history = callback, history
+        self.check_curvature, self.curvature_tol = check_curvature, curvature_tol
+        self.nit = 0
+        self.t0 = time.perf_counter()
+        self.history = OptimizeHistory(iterates_kept=history and n <= KEEP_ITERATES_MAX_N) if history else None
+        self.bar = Progress(max_iter, method, progress)
+        self.min_eigenvalue: float | None = None  # set by methods that have the Hessian at x
+        self.njev = 0
+
+    def _record(self, x, f, gnorm, step):
+        h = self.history
+        if h is None:
+            return
+        h.values.append(f)
+        h.grad_norms.append(gnorm)
+        h.step_sizes.append(step)
+        h.evaluations.append(self.obj.nfev)
+        if h.iterates_kept:
+            h.iterates.append(x.detach().to("cpu", copy=True))
+
+    def start(self, x, f: float, gnorm: float) -> int | None:
+        """Record ``x0``; returns a status when ``x0`` already passes the gradient test."""
+        if not math.isfinite(f):
+            raise ValueError(
+                f"f(x0) is not finite ({f}); start from a point where f is defined."
+            )
+        if not math.isfinite(gnorm):
+            raise ValueError("The gradient of f at x0 is not finite; start from a point where f is smooth.")
+        self._record(x, f, gnorm, 0.0)
+        return CONVERGED if gnorm <= self.gtol else None
+
+    def step(self, x_new, f_new: float, gnorm: float, step_norm: float, f_old: float,
+             x_norm: float | None = None) -> int | None:
+        """Record an accepted iterate; returns a status code to stop, or None to go on."""
+        self.nit += 1
+        self._record(x_new, f_new, gnorm, step_norm)
+        self.bar.update(1, info=f"f={f_new:.4g} |g|={gnorm:.2e}")
+        if self.callback is not None:
+            if self.callback(x_new.detach().reshape(self.obj.shape), f_new, gnorm) is True:
+                return CALLBACK
+        if gnorm <= self.gtol:
+            return CONVERGED
+        if self.ftol > 0 and abs(f_old - f_new) <= self.ftol * max(1.0, abs(f_new)):
+            return STALLED
+        if self.xtol > 0:
+            xn = float(x_new.norm()) if x_norm is None else x_norm
+            if step_norm <= self.xtol * (1.0 + xn):
+                return STALLED
+        if self.nit >= self.max_iter:
+            return MAX_ITER
+        if self.max_time is not None and time.perf_counter() - self.t0 >= self.max_time:
+            return MAX_TIME
+        return None
+
+    def smallest_eigenvalue(self, x: torch.Tensor) -> tuple[float, str]:
+        """Smallest Hessian eigenvalue at ``x``: dense ``eigvalsh`` for ``n <= 500``, else
+        Lanczos (:func:`hesse.spectrum.eigsh`, ``which="smallest"``)."""
+        n = x.numel()
+        if n <= DENSE_CURVATURE_MAX_N:
+            H = self.obj.hessian(x)
+            lam = torch.linalg.eigvalsh(H)
+            return float(lam[0]), float(lam.abs().max()), "dense eigvalsh"
+        import warnings
+
+        from hesse.operators import HessianOperator
+        from hesse.spectrum import eigsh
+
+        op = HessianOperator.from_function(self.obj.flat, x.detach())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = eigsh(op, k=1, which="smallest", tol=1e-4, max_matvecs=300)
+        self.obj.nhvp += op.num_matvecs
+        lam = float(res.values[0])
+        how = "Lanczos" + ("" if bool(res.converged.all()) else " (not fully converged)")
+        return lam, max(abs(lam), 1.0), how
+
+    def finish(self, x, f: float, g, status: int, detail: str = "") -> OptimizeResult:
+        self.bar.close()
+        gnorm = float(g.norm()) if isinstance(g, torch.Tensor) else float(g)
+        min_eig, how = self.min_eigenvalue, "not checked"
+        if min_eig is not None:
+            how = "method's Hessian"
+        success = False
+        if status == CONVERGED:
+            if min_eig is None and self.check_curvature and finite(x):
+                min_eig, scale, how = self.smallest_eigenvalue(x)
+            else:
+                scale = max(1.0, abs(min_eig)) if min_eig is not None else 1.0
+            if min_eig is not None and min_eig < -self.curvature_tol * max(1.0, scale):
+                status = SADDLE
+                detail = (
+                    f"||g||={gnorm:.2e} <= gtol but the smallest Hessian eigenvalue is {min_eig:.4g} < 0: "
+                    "this is a saddle point or maximum, not a minimum. Try method='saddle-free-newton', "
+                    "'trust-exact' or 'trust-ncg', or restart from a perturbed point."
+                )
+            else:
+                success = True
+                if not detail:
+                    detail = f"||g||={gnorm:.2e} <= gtol={self.gtol:g}" + (
+                        f"; curvature not negative (smallest eigenvalue {min_eig:.4g}, {how})"
+                        if min_eig is not None else "; curvature not checked (check_curvature=False)"
+                    )
+        elif status == MAX_ITER and not detail:
+            detail = f"||g||={gnorm:.2e} > gtol after {self.nit} iterations; raise max_iter or try a second-order method"
+        elif status == MAX_TIME and not detail:
+            detail = f"||g||={gnorm:.2e} > gtol when max_time={self.max_time}s ran out"
+        elif status == STALLED and not detail:
+            detail = f"ftol/xtol test met with ||g||={gnorm:.2e} > gtol={self.gtol:g}; not a verified minimum"
+        elif status == NONFINITE and not detail:
+            detail = "f returned NaN/Inf even after shrinking the step; x is the last finite iterate"
+        message = STATUS_NAMES[status] + (f": {detail}" if detail else "")
+        obj = self.obj
+        return OptimizeResult(
+            x=x.detach().reshape(obj.shape),
+            fun=float(f),
+            grad_norm=gnorm,
+            nit=self.nit,
+            nfev=obj.nfev,
+            ngev=obj.ngev,
+            nhev=obj.nhev,
+            nhvp=obj.nhvp,
+            njev=self.njev,
+            success=success,
+            status=status,
+            message=message,
+            method=self.method,
+            min_eigenvalue=min_eig,
+            curvature_check=how,
+            wall_time=time.perf_counter() - self.t0,
+            history=self.history,
+        )

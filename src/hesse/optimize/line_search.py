@@ -1,0 +1,157 @@
+"""Line searches along a descent direction ``p`` from ``x``.
+
+* :func:`strong_wolfe` - Nocedal & Wright (2006), Alg. 3.5 (bracketing) and Alg. 3.6 (zoom) with
+  safeguarded cubic interpolation (N&W eq. 3.59); finds ``alpha`` with
+  ``phi(alpha) <= phi(0) + c1 alpha phi'(0)`` and ``|phi'(alpha)| <= c2 |phi'(0)|``.
+* :func:`armijo` - backtracking (N&W Alg. 3.1) with quadratic interpolation, sufficient decrease only.
+
+Each trial costs one fused value+gradient evaluation (``strong_wolfe``) or one value
+(``armijo``). A trial with a NaN/Inf value is met by shrinking ``alpha`` (by 0.5, at most 60 times):
+the search never returns a non-finite point.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class LineSearchResult:
+    alpha: float
+    f: float
+    g: torch.Tensor | None  # gradient at x + alpha p (strong_wolfe) or None (armijo)
+    x: torch.Tensor
+    success: bool
+    num_evals: int
+    message: str = ""
+
+
+def _cubic_min(a, fa, da, b, fb, db):
+    """Minimizer of the cubic interpolating (a, fa, da), (b, fb, db) (N&W eq. 3.59); None if not real."""
+    d1 = da + db - 3 * (fa - fb) / (a - b)
+    disc = d1 * d1 - da * db
+    if disc < 0:
+        return None
+    d2 = math.copysign(math.sqrt(disc), b - a)
+    denom = db - da + 2 * d2
+    if denom == 0:
+        return None
+    t = b - (b - a) * (db + d2 - d1) / denom
+    return t if math.isfinite(t) else None
+
+
+def strong_wolfe(value_grad, x: torch.Tensor, p: torch.Tensor, f0: float, g0: torch.Tensor,
+                 alpha0: float = 1.0, c1: float = 1e-4, c2: float = 0.9, max_evals: int = 30,
+                 alpha_max: float = 1e10) -> LineSearchResult:
+    """Strong Wolfe line search (N&W Alg. 3.5 + 3.6). ``value_grad(x) -> (f, g)``."""
+    d0 = float(torch.dot(g0, p))
+    if not d0 < 0:
+        return LineSearchResult(0.0, f0, g0, x, False, 0, f"not a descent direction (g.p = {d0:.3g})")
+    evals = 0
+
+    def phi(alpha):
+        nonlocal evals
+        xa = torch.add(x, p, alpha=alpha)
+        fa, ga = value_grad(xa)
+        evals += 1
+        return fa, ga, xa
+
+    # shrink until finite
+    alpha = alpha0
+    fa, ga, xa = phi(alpha)
+    shrinks = 0
+    while not (math.isfinite(fa) and bool(torch.isfinite(ga).all())):
+        shrinks += 1
+        if shrinks > 60:
+            return LineSearchResult(0.0, f0, g0, x, False, evals, "non-finite values for every step tried")
+        alpha *= 0.5
+        alpha_max = alpha
+        fa, ga, xa = phi(alpha)
+    da = float(torch.dot(ga, p))
+
+    a_prev, f_prev, d_prev = 0.0, f0, d0
+    prev_point = None
+    first = True
+    while True:
+        if fa > f0 + c1 * alpha * d0 or (not first and fa >= f_prev):
+            return _zoom(phi, p, a_prev, f_prev, d_prev, alpha, fa, da, f0, d0, c1, c2, max_evals, evals,
+                         x, g0, prev_point)
+        if abs(da) <= -c2 * d0:
+            return LineSearchResult(alpha, fa, ga, xa, True, evals)
+        if da >= 0:
+            return _zoom(phi, p, alpha, fa, da, a_prev, f_prev, d_prev, f0, d0, c1, c2, max_evals, evals,
+                         x, g0, (xa, ga))
+        if evals >= max_evals or alpha >= alpha_max:
+            return LineSearchResult(alpha, fa, ga, xa, fa < f0, evals, "bracketing budget exhausted")
+        first = False
+        a_prev, f_prev, d_prev = alpha, fa, da
+        prev_point = (xa, ga)
+        alpha = min(alpha_max, 2.0 * alpha)
+        fa, ga, xa = phi(alpha)
+        evals_guard = 0
+        while not (math.isfinite(fa) and bool(torch.isfinite(ga).all())):
+            evals_guard += 1
+            alpha_max = alpha = a_prev + 0.5 * (alpha - a_prev)
+            if evals_guard > 60:
+                return LineSearchResult(a_prev, f_prev, None, torch.add(x, p, alpha=a_prev), f_prev < f0,
+                                        evals, "non-finite beyond the last step")
+            fa, ga, xa = phi(alpha)
+        da = float(torch.dot(ga, p))
+
+
+def _zoom(phi, p, lo, flo, dlo, hi, fhi, dhi, f0, d0, c1, c2, max_evals, evals, x, g0, lo_point):
+    """N&W Alg. 3.6: shrink [lo, hi] (lo satisfies sufficient decrease) by cubic interpolation."""
+    best = None  # (alpha, f, g, x) of the best sufficient-decrease point so far
+    for _ in range(max(1, max_evals - evals)):
+        width = hi - lo
+        t = _cubic_min(lo, flo, dlo, hi, fhi, dhi)
+        if t is None or not (min(lo, hi) + 0.1 * abs(width) <= t <= max(lo, hi) - 0.1 * abs(width)):
+            t = lo + 0.5 * width
+        fa, ga, xa = phi(t)
+        evals += 1
+        if not (math.isfinite(fa) and bool(torch.isfinite(ga).all())):
+            hi, fhi, dhi = t, flo + abs(flo) + 1.0, dlo
+            continue
+        da = float(torch.dot(ga, p))
+        if fa > f0 + c1 * t * d0 or fa >= flo:
+            hi, fhi, dhi = t, fa, da
+        else:
+            best = (t, fa, ga, xa)
+            if abs(da) <= -c2 * d0:
+                return LineSearchResult(t, fa, ga, xa, True, evals)
+            if da * (hi - lo) >= 0:
+                hi, fhi, dhi = lo, flo, dlo
+            lo, flo, dlo = t, fa, da
+        if abs(hi - lo) <= 1e-16 * max(1.0, abs(lo)):
+            break
+    if best is not None:
+        t, fa, ga, xa = best
+        return LineSearchResult(t, fa, ga, xa, True, evals, "curvature condition not met; sufficient decrease holds")
+    if lo > 0 and flo < f0 and lo_point is not None:
+        xa, ga = lo_point
+        return LineSearchResult(lo, flo, ga, xa, True, evals, "zoom interval collapsed; sufficient decrease holds")
+    return LineSearchResult(0.0, f0, g0, x, False, evals, "zoom found no point with sufficient decrease")
+
+
+def armijo(value, x: torch.Tensor, p: torch.Tensor, f0: float, slope: float, alpha0: float = 1.0,
+           c1: float = 1e-4, max_evals: int = 60) -> LineSearchResult:
+    """Backtracking until ``f(x + alpha p) <= f0 + c1 alpha slope`` (N&W Alg. 3.1), with the
+    minimizer of the quadratic through ``f0, slope, f(alpha)`` clipped to ``[0.1, 0.5] alpha``.
+    Non-finite trials halve ``alpha``. ``value(x) -> float``."""
+    if not slope < 0:
+        return LineSearchResult(0.0, f0, None, x, False, 0, f"not a descent direction (slope {slope:.3g})")
+    alpha = alpha0
+    for k in range(1, max_evals + 1):
+        xa = torch.add(x, p, alpha=alpha)
+        fa = value(xa)
+        if math.isfinite(fa) and fa <= f0 + c1 * alpha * slope:
+            return LineSearchResult(alpha, fa, None, xa, True, k)
+        if not math.isfinite(fa):
+            alpha *= 0.5
+        else:
+            a_new = -slope * alpha * alpha / (2.0 * (fa - f0 - slope * alpha))
+            alpha = min(max(a_new, 0.1 * alpha), 0.5 * alpha)
+    return LineSearchResult(0.0, f0, None, x, False, max_evals, "no sufficient decrease")

@@ -1,0 +1,137 @@
+"""Newton's method and its modified variants, on the dense Hessian (one loop, the direction rule
+passed in).
+
+* ``newton`` (pure): ``x_{k+1} = x_k - H_k^{-1} g_k`` with unit steps. Quadratically convergent
+  near a nondegenerate critical point of any kind, and affine invariant (Nocedal & Wright 2006,
+  Thm 3.5; Boyd & Vandenberghe 2004, Sec. 9.5.1) - it converges to saddles and maxima just as
+  readily, which the result then reports (status 4), never as success.
+* ``newton-damped``: strong Wolfe line search on the direction ``-(H + E)^{-1} g`` where ``E``
+  makes the matrix positive definite: ``modification="lm"`` adds ``tau I`` (Levenberg-Marquardt
+  shift by Cholesky with added multiple of the identity, N&W Alg. 3.3) or ``"eigen"`` replaces
+  eigenvalues below ``delta`` by ``delta`` (N&W Sec. 3.4, eq. 3.41).
+* ``saddle-free-newton``: ``-|H|^{-1} g`` with ``|H| = Q |Lambda| Q^T`` (Dauphin et al. 2014,
+  "Identifying and attacking the saddle point problem"), eigenvalues floored at ``damping``;
+  at a point with ``||g|| <= gtol`` and negative curvature it steps along the eigenvector of the
+  most negative eigenvalue (backtracking until ``f`` decreases) instead of stopping.
+
+Cost per iteration: one dense Hessian (``n`` HVPs), an ``O(n^3)`` factorization, and the line
+search's value+gradient evaluations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .line_search import armijo, strong_wolfe
+from .result import CONVERGED, NONFINITE, STEP_FAILURE
+
+
+def _lm_direction(H, g, state):
+    """Cholesky with added multiple of the identity (N&W Alg. 3.3, beta = 1e-3 * ||H||)."""
+    n = H.shape[0]
+    eye = torch.eye(n, dtype=H.dtype, device=H.device)
+    beta = 1e-3 * max(1.0, float(H.abs().max()))
+    dmin = float(torch.diagonal(H).min())
+    tau = 0.0 if dmin > 0 else -dmin + beta
+    for _ in range(100):
+        L, info = torch.linalg.cholesky_ex(H + tau * eye)
+        if int(info) == 0:
+            return -torch.cholesky_solve(g.unsqueeze(1), L).squeeze(1)
+        tau = max(2.0 * tau, beta)
+    return None
+
+
+def _eigen_direction(H, g, state):
+    lam, Q = torch.linalg.eigh(H)
+    delta = math.sqrt(torch.finfo(H.dtype).eps) * max(1.0, float(lam.abs().max()))
+    lam_mod = torch.clamp(lam, min=delta)
+    return -Q @ ((Q.T @ g) / lam_mod)
+
+
+def _newton_direction(H, g, state):
+    try:
+        p = torch.linalg.solve(H, -g)
+    except RuntimeError:
+        return None
+    return p if bool(torch.isfinite(p).all()) else None
+
+
+def minimize_newton(obj, x, run, *, variant: str, modification: str = "lm", damping: float = 1e-4,
+                    line_search: str = "strong-wolfe"):
+    f, g = obj.value_grad(x)
+    status = run.start(x, f, float(g.norm()))
+    saddle_free = variant == "saddle-free-newton"
+    while True:
+        H = obj.hessian(x)
+        if not bool(torch.isfinite(H).all()):
+            return run.finish(x, f, g, NONFINITE, "the Hessian is not finite at x")
+        lam = Q = None
+        if status == CONVERGED or saddle_free:
+            lam, Q = torch.linalg.eigh(H)
+        if status == CONVERGED:
+            lam_min = float(lam[0])
+            run.min_eigenvalue = lam_min
+            negative = lam_min < -run.curvature_tol * max(1.0, float(lam.abs().max()))
+            if not (saddle_free and negative):
+                return run.finish(x, f, g, CONVERGED)
+            # escape the saddle along the most negative curvature direction
+            v = Q[:, 0]
+            v = v if float(torch.dot(g, v)) <= 0 else -v
+            alpha, accepted = max(1.0, float(x.norm())), False
+            for _ in range(60):
+                x_try = x + alpha * v
+                f_try, g_try = obj.value_grad(x_try)
+                if math.isfinite(f_try) and f_try < f:
+                    accepted = True
+                    break
+                alpha *= 0.5
+            if not accepted:
+                return run.finish(x, f, g, STEP_FAILURE, "could not decrease f along the negative curvature direction")
+            run.min_eigenvalue = None
+            status = run.step(x_try, f_try, float(g_try.norm()), alpha, f)
+            x, f, g = x_try, f_try, g_try
+            if status is not None and status != CONVERGED:
+                return run.finish(x, f, g, status)
+            continue
+        if status is not None:
+            return run.finish(x, f, g, status)
+
+        if saddle_free:
+            scale = max(1.0, float(lam.abs().max()))
+            absl = torch.clamp(lam.abs(), min=damping * scale)
+            p = -Q @ ((Q.T @ g) / absl)
+        elif variant == "newton":
+            p = _newton_direction(H, g, None)
+        elif modification == "eigen":
+            p = _eigen_direction(H, g, None)
+        else:
+            p = _lm_direction(H, g, None)
+        if p is None:
+            return run.finish(x, f, g, STEP_FAILURE, "the Hessian is singular; use method='newton-damped'")
+
+        if variant == "newton":
+            alpha = 1.0
+            for _ in range(61):
+                x_new = x + alpha * p
+                f_new, g_new = obj.value_grad(x_new)
+                if math.isfinite(f_new) and bool(torch.isfinite(g_new).all()):
+                    break
+                alpha *= 0.5
+            else:
+                return run.finish(x, f, g, NONFINITE)
+        elif line_search == "armijo" or saddle_free:
+            ls = armijo(obj.value, x, p, f, float(torch.dot(g, p)))
+            if not ls.success:
+                return run.finish(x, f, g, STEP_FAILURE, f"line search: {ls.message}")
+            x_new, f_new, alpha = ls.x, ls.f, ls.alpha
+            _, g_new = obj.value_grad(x_new)
+            obj.nfev -= 1  # the value was already counted by the line search
+        else:
+            ls = strong_wolfe(obj.value_grad, x, p, f, g)
+            if not ls.success or ls.g is None:
+                return run.finish(x, f, g, STEP_FAILURE, f"line search: {ls.message}")
+            x_new, f_new, g_new, alpha = ls.x, ls.f, ls.g, ls.alpha
+        status = run.step(x_new, f_new, float(g_new.norm()), alpha * float(p.norm()), f)
+        x, f, g = x_new, f_new, g_new

@@ -1,0 +1,115 @@
+"""Quasi-Newton methods with a strong Wolfe line search.
+
+* ``bfgs`` / ``dfp``: one loop over a dense inverse-Hessian approximation ``H_k`` (``n x n``), the
+  update passed in (Nocedal & Wright 2006, Alg. 6.1; eq. 6.17 BFGS, eq. 6.15 DFP). With
+  ``s = x_{k+1} - x_k``, ``y = g_{k+1} - g_k``, ``rho = 1/(y^T s)``:
+
+  - BFGS: ``H+ = (I - rho s y^T) H (I - rho y s^T) + rho s s^T``
+  - DFP:  ``H+ = H - (H y)(H y)^T / (y^T H y) + s s^T / (y^T s)``
+
+  Both satisfy the secant condition ``H+ y = s`` and keep ``H`` positive definite when
+  ``y^T s > 0``, which the strong Wolfe conditions guarantee. Before the first update ``H_0`` is
+  rescaled to ``(y^T s / y^T y) I`` (N&W eq. 6.20). Cost per iteration: one line search
+  (usually one fused value+gradient) and ``O(n^2)`` arithmetic.
+* ``lbfgs``: the two-loop recursion (N&W Alg. 7.4 / 7.5) over the last ``memory`` pairs, held in
+  preallocated ``(memory, n)`` ring buffers and updated in place; ``H_0 = gamma I`` with
+  ``gamma = s^T y / y^T y`` of the latest pair (``h0="latest"``, N&W eq. 7.20) or of the first
+  pair (``h0="first"``: with ``memory >= nit`` the iterates are then those of ``bfgs``). Memory ``2 * memory * n`` numbers; never an ``n x n`` matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .line_search import strong_wolfe
+from .result import STEP_FAILURE
+
+
+def bfgs_update(H: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """BFGS update of the inverse Hessian approximation (N&W eq. 6.17); needs ``y^T s > 0``."""
+    rho = 1.0 / float(torch.dot(y, s))
+    Hy = H @ y
+    yHy = float(torch.dot(y, Hy))
+    return H - rho * (torch.outer(s, Hy) + torch.outer(Hy, s)) + (rho * rho * yHy + rho) * torch.outer(s, s)
+
+
+def dfp_update(H: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """DFP update of the inverse Hessian approximation (N&W eq. 6.15); needs ``y^T s > 0``."""
+    Hy = H @ y
+    return H - torch.outer(Hy, Hy) / float(torch.dot(y, Hy)) + torch.outer(s, s) / float(torch.dot(y, s))
+
+
+UPDATES = {"bfgs": bfgs_update, "dfp": dfp_update}
+
+
+def minimize_quasi_newton(obj, x, run, *, update):
+    f, g = obj.value_grad(x)
+    status = run.start(x, f, float(g.norm()))
+    if status is not None:
+        return run.finish(x, f, g, status)
+    n = x.numel()
+    H = torch.eye(n, dtype=x.dtype, device=x.device)
+    first = True
+    while True:
+        p = -(H @ g)
+        alpha0 = min(1.0, 1.0 / float(g.norm())) if first else 1.0
+        ls = strong_wolfe(obj.value_grad, x, p, f, g, alpha0=alpha0)
+        if not ls.success or ls.g is None:
+            return run.finish(x, f, g, STEP_FAILURE, f"line search: {ls.message}")
+        s = ls.x - x
+        y = ls.g - g
+        ys = float(torch.dot(y, s))
+        if ys > 1e-10 * float(s.norm()) * float(y.norm()):
+            if first:
+                H = (ys / float(torch.dot(y, y))) * H
+                first = False
+            H = update(H, s, y)
+        status = run.step(ls.x, ls.f, float(ls.g.norm()), float(s.norm()), f)
+        x, f, g = ls.x, ls.f, ls.g
+        if status is not None:
+            return run.finish(x, f, g, status)
+
+
+def minimize_lbfgs(obj, x, run, *, memory: int = 10, h0: str = "latest"):
+    f, g = obj.value_grad(x)
+    status = run.start(x, f, float(g.norm()))
+    if status is not None:
+        return run.finish(x, f, g, status)
+    n = x.numel()
+    S = torch.empty((memory, n), dtype=x.dtype, device=x.device)
+    Y = torch.empty((memory, n), dtype=x.dtype, device=x.device)
+    rho = [0.0] * memory
+    alpha = [0.0] * memory
+    q = torch.empty_like(x)
+    count, head, gamma = 0, 0, 1.0  # number of stored pairs, next slot
+    while True:
+        # two-loop recursion: q <- H_k g
+        q.copy_(g)
+        idx = [(head - 1 - i) % memory for i in range(count)]
+        for i in idx:
+            alpha[i] = rho[i] * float(torch.dot(S[i], q))
+            q.add_(Y[i], alpha=-alpha[i])
+        q.mul_(gamma)
+        for i in reversed(idx):
+            beta = rho[i] * float(torch.dot(Y[i], q))
+            q.add_(S[i], alpha=alpha[i] - beta)
+        p = q.neg()
+        alpha0 = min(1.0, 1.0 / float(g.norm())) if count == 0 else 1.0
+        ls = strong_wolfe(obj.value_grad, x, p, f, g, alpha0=alpha0)
+        if not ls.success or ls.g is None:
+            return run.finish(x, f, g, STEP_FAILURE, f"line search: {ls.message}")
+        s, y = S[head], Y[head]
+        torch.sub(ls.x, x, out=s)
+        torch.sub(ls.g, g, out=y)
+        ys = float(torch.dot(y, s))
+        snorm = float(s.norm())
+        if ys > 1e-10 * snorm * float(y.norm()):
+            rho[head] = 1.0 / ys
+            if h0 == "latest" or count == 0:
+                gamma = ys / float(torch.dot(y, y))
+            head = (head + 1) % memory
+            count = min(count + 1, memory)
+        status = run.step(ls.x, ls.f, float(ls.g.norm()), snorm, f)
+        x, f, g = ls.x, ls.f, ls.g
+        if status is not None:
+            return run.finish(x, f, g, status)

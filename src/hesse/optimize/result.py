@@ -1,0 +1,160 @@
+"""Result record of :func:`hesse.minimize` / :func:`hesse.least_squares`, its history, and the
+honest estimate of the convergence order from the tail of the error sequence.
+
+Status codes (``OptimizeResult.status``):
+
+====  ==========================================================================================
+ 0    converged to a minimum: ``||g|| <= gtol`` and the smallest Hessian eigenvalue is not negative
+ 1    ``max_iter`` reached
+ 2    ``max_time`` reached
+ 3    stopped by ``ftol`` or ``xtol`` (progress stalled) while ``||g|| > gtol``
+ 4    stopped at a saddle point or maximum: ``||g|| <= gtol`` but negative curvature
+ 5    a NaN/Inf could not be avoided by shrinking the step; ``x`` is the last finite iterate
+ 6    line search or subproblem failure (no acceptable step; usually rounding at the limit of
+      the attainable accuracy, or a direction that is not a descent direction)
+ 7    stopped by the callback
+====  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+CONVERGED, MAX_ITER, MAX_TIME, STALLED, SADDLE, NONFINITE, STEP_FAILURE, CALLBACK = range(8)
+
+STATUS_NAMES = {
+    CONVERGED: "converged to a minimum",
+    MAX_ITER: "maximum number of iterations reached",
+    MAX_TIME: "maximum time reached",
+    STALLED: "progress stalled (ftol/xtol) before the gradient test held",
+    SADDLE: "stopped at a saddle point or maximum (negative curvature)",
+    NONFINITE: "non-finite values could not be avoided",
+    STEP_FAILURE: "no acceptable step found",
+    CALLBACK: "stopped by the callback",
+}
+
+
+@dataclass
+class OptimizeHistory:
+    """Per-iteration record (entry 0 is the starting point).
+
+    ``iterates`` holds copies of ``x`` (CPU, detached) when ``n <= 10_000`` and is empty otherwise
+    (``iterates_kept=False``) to keep memory bounded at large ``n``.
+    """
+
+    values: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    step_sizes: list[float] = field(default_factory=list)
+    evaluations: list[int] = field(default_factory=list)
+    iterates: list[torch.Tensor] = field(default_factory=list)
+    iterates_kept: bool = True
+
+    def __repr__(self) -> str:
+        return (
+            f"OptimizeHistory({len(self.values)} entries, f: {self.values[0]:.4g} -> "
+            f"{self.values[-1]:.4g}, ||g||: {self.grad_norms[0]:.3g} -> {self.grad_norms[-1]:.3g})"
+            if self.values
+            else "OptimizeHistory(empty)"
+        )
+
+
+def estimate_convergence_order(errors: list[float], floor: float | None = None) -> str:
+    """Classify the convergence of a positive error sequence ``e_k -> 0`` from its tail.
+
+    With ``q_k = log(e_{k+1}/e_k) / log(e_k/e_{k-1})`` (the empirical order, Nocedal & Wright
+    2006, Sec. 2.2 / App. A.2) and ``r_k = e_{k+1}/e_k``:
+
+    * ``"quadratic"``: the median of the last (up to 3) ``q_k`` is >= 1.8;
+    * ``"superlinear"``: median ``q_k`` >= 1.2, or the last three ratios ``r_k`` each fall by 10% or
+      more and end below 0.1;
+    * ``"linear"``: the last ratios are stable, within a factor of 2, and below 1;
+    * ``"unknown"``: fewer than 4 usable errors above the rounding floor, or none of the above.
+
+    Errors at or below ``floor`` (default ``1e-13 * max(e)``, the rounding level in float64) are
+    dropped: they measure rounding, not the method.
+    """
+    e = [float(v) for v in errors if v is not None and math.isfinite(v) and v > 0]
+    if len(e) < 4:
+        return "unknown"
+    floor = floor if floor is not None else 1e-13 * max(e)
+    tail = [v for v in e if v > floor]
+    # only the part where the error actually decreases towards the end
+    while len(tail) >= 2 and tail[-1] >= tail[-2]:
+        tail.pop()
+    if len(tail) < 4:
+        return "unknown"
+    tail = tail[-8:]
+    ratios = [tail[i + 1] / tail[i] for i in range(len(tail) - 1)]
+    orders = []
+    for i in range(1, len(tail) - 1):
+        a, b = math.log(tail[i + 1] / tail[i]), math.log(tail[i] / tail[i - 1])
+        if b < 0 and a < 0:
+            orders.append(a / b)
+    last_orders = sorted(orders[-3:])
+    if last_orders:
+        median = last_orders[len(last_orders) // 2]
+        if median >= 1.8:
+            return "quadratic"
+        if median >= 1.2:
+            return "superlinear"
+    last = ratios[-3:]
+    if len(last) >= 3 and last[-1] < 0.1 and all(b < 0.9 * a for a, b in zip(last[:-1], last[1:])):
+        return "superlinear"
+    if len(last) >= 3 and all(r < 1 for r in last) and max(last) <= 2 * min(last):
+        return "linear"
+    return "unknown"
+
+
+@dataclass
+class OptimizeResult:
+    """Outcome of a minimization, in the spirit of ``scipy.optimize.OptimizeResult``.
+
+    ``success`` is True only when the gradient test held AND the curvature at ``x`` is not
+    negative (``min_eigenvalue`` checked by the method's own Hessian, a dense ``eigvalsh`` for
+    ``n <= 500`` or Lanczos otherwise). ``status``/``message`` say what happened and what to do.
+    Counts: ``nfev`` values, ``ngev`` gradients, ``nhev`` dense Hessians, ``nhvp`` Hessian-vector
+    products, ``njev`` Jacobians (least squares); a fused value+gradient counts once in each.
+    """
+
+    x: torch.Tensor
+    fun: float
+    grad_norm: float
+    nit: int
+    nfev: int
+    ngev: int
+    nhev: int
+    nhvp: int
+    success: bool
+    status: int
+    message: str
+    method: str
+    njev: int = 0
+    min_eigenvalue: float | None = None
+    curvature_check: str = "not checked"
+    wall_time: float = 0.0
+    history: OptimizeHistory | None = None
+
+    @property
+    def convergence_order(self) -> str:
+        """``"linear"``, ``"superlinear"``, ``"quadratic"`` or ``"unknown"``, estimated from the
+        tail of the gradient-norm sequence (proportional to the error ``||x_k - x*||`` near a
+        nondegenerate minimum); see :func:`estimate_convergence_order`."""
+        if self.history is None or len(self.history.grad_norms) < 4:
+            return "unknown"
+        return estimate_convergence_order(self.history.grad_norms)
+
+    def __repr__(self) -> str:
+        eig = "" if self.min_eigenvalue is None else f", min_eigenvalue={self.min_eigenvalue:.4g}"
+        xs = self.x.detach().reshape(-1)
+        xr = (
+            "[" + ", ".join(f"{float(v):.6g}" for v in xs[:6]) + (", ...]" if xs.numel() > 6 else "]")
+        )
+        return (
+            f"OptimizeResult(method={self.method!r}, success={self.success}, status={self.status}, "
+            f"message={self.message!r}, fun={self.fun:.10g}, grad_norm={self.grad_norm:.3g}, "
+            f"nit={self.nit}, nfev={self.nfev}, ngev={self.ngev}, nhev={self.nhev}, "
+            f"nhvp={self.nhvp}{eig}, x={xr})"
+        )

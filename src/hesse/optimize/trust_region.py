@@ -1,0 +1,182 @@
+"""One trust-region loop (Nocedal & Wright 2006, Alg. 4.1) with pluggable subproblem solvers.
+
+The model ``m(p) = f + g^T p + 1/2 p^T B p`` is minimized over ``||p|| <= Delta``; the ratio
+``rho = (f(x) - f(x + p)) / (m(0) - m(p))`` accepts the step (``rho > eta``) and resizes the
+region (``rho < 1/4``: shrink to ``||p||/4``; ``rho > 3/4`` on the boundary: double).
+A non-finite trial value counts as ``rho = -inf`` (the region shrinks).
+
+Subproblem solvers:
+
+* ``trust-ncg`` - Steihaug-Toint truncated CG on Hessian-vector products (N&W Alg. 7.2), with
+  the forcing term ``min(0.5, sqrt(||g||)) ||g||``. Never forms ``B``; cost per iteration:
+  one fused value+gradient and at most ``n`` HVPs (usually a handful).
+* ``trust-exact`` - the nearly exact solution of Moré & Sorensen (1983) (N&W Alg. 4.3): find
+  ``lambda >= max(0, -lambda_1)`` with ``||(B + lambda I)^{-1} g|| = Delta`` by safeguarded
+  Newton on the secular equation ``1/Delta - 1/||p(lambda)||``, handling the hard case with an
+  eigenvector of ``lambda_1``. Here the factorization is an eigendecomposition of the dense
+  Hessian (``O(n^3)`` once per accepted step), which makes each secular-equation step ``O(n)``.
+* ``sr1`` - the symmetric rank-one quasi-Newton matrix (N&W Alg. 6.2, eq. 6.24, skipping the
+  update when ``|s^T(y - Bs)| < 1e-8 ||s|| ||y - Bs||``) with the exact subproblem solver;
+  ``B`` is updated after every trial, accepted or not. Dense ``n x n``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .result import CONVERGED, STEP_FAILURE
+
+
+def steihaug_cg(hvp, g, radius, max_iter=None):
+    """Steihaug-Toint CG (N&W Alg. 7.2). Returns ``(p, on_boundary, num_products)``."""
+    gnorm = float(g.norm())
+    tol = min(0.5, math.sqrt(gnorm)) * gnorm
+    z = torch.zeros_like(g)
+    r = g.clone()
+    d = -r
+    rr = float(torch.dot(r, r))
+    max_iter = max_iter or 2 * g.numel() + 10
+    for j in range(max_iter):
+        Bd = hvp(d)
+        dBd = float(torch.dot(d, Bd))
+        if dBd <= 0:
+            return _to_boundary(z, d, radius), True, j + 1
+        alpha = rr / dBd
+        z_next = z + alpha * d
+        if float(z_next.norm()) >= radius:
+            return _to_boundary(z, d, radius), True, j + 1
+        r = r + alpha * Bd
+        rr_next = float(torch.dot(r, r))
+        if math.sqrt(rr_next) < tol:
+            return z_next, False, j + 1
+        d = -r + (rr_next / rr) * d
+        rr, z = rr_next, z_next
+    return z, False, max_iter
+
+
+def _to_boundary(z, d, radius):
+    """``z + tau d`` with ``tau >= 0`` and ``||z + tau d|| = radius``."""
+    a = float(torch.dot(d, d))
+    b = 2 * float(torch.dot(z, d))
+    c = float(torch.dot(z, z)) - radius * radius
+    tau = (-b + math.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a)
+    return z + tau * d
+
+
+def exact_subproblem(lam, Q, g, radius, max_iter=60):
+    """Moré-Sorensen solution given ``B = Q diag(lam) Q^T``. Returns ``(p, on_boundary)``."""
+    gh = Q.T @ g
+    lam1 = float(lam[0])
+    scale = max(1.0, float(lam.abs().max()))
+    if lam1 > 1e-14 * scale:
+        p = -(Q @ (gh / lam))
+        if float(p.norm()) <= radius:
+            return p, False
+
+    def pnorm(shift):
+        return float(torch.linalg.vector_norm(gh / (lam + shift)))
+
+    lo = max(0.0, -lam1)
+    # hard case: g has (numerically) no component along the eigenvectors of lambda_1
+    mask = (lam - lam1).abs() <= 1e-10 * scale
+    gh_perp = gh.abs()[mask].max()
+    if float(gh_perp) <= 1e-10 * max(1.0, float(g.norm())) and lam1 <= 0:
+        denom = lam - lam1
+        inv = torch.where(mask, torch.zeros_like(lam), 1.0 / torch.where(mask, torch.ones_like(lam), denom))
+        p_hat = -(Q @ (gh * inv))
+        pn = float(p_hat.norm())
+        if pn <= radius:
+            tau = math.sqrt(max(radius * radius - pn * pn, 0.0))
+            return p_hat + tau * Q[:, 0], True
+    # safeguarded Newton on phi(s) = 1/radius - 1/||p(s)|| (N&W Alg. 4.3)
+    s = lo + max(1e-12 * scale, 1e-3 * abs(lo) + 1e-12)
+    hi = lo + float(g.norm()) / radius + scale
+    for _ in range(max_iter):
+        w = gh / (lam + s)
+        pn = float(torch.linalg.vector_norm(w))
+        if abs(pn - radius) <= 1e-10 * radius:
+            break
+        if pn > radius:
+            lo = s
+        else:
+            hi = s
+        q2 = float(torch.dot(w, w / (lam + s)))
+        s_new = s + (pn / radius - 1.0) * pn * pn / q2 if q2 > 0 else 0.5 * (lo + hi)
+        if not (lo < s_new < hi):
+            s_new = 0.5 * (lo + hi)
+        s = s_new
+    p = -(Q @ (gh / (lam + s)))
+    return p, True
+
+
+def minimize_trust_region(obj, x, run, *, subproblem: str, initial_radius: float = 1.0,
+                          max_radius: float = 1e4, eta: float = 0.15):
+    radius = initial_radius
+    if subproblem == "steihaug":
+        f, g, hvp = obj.hvp_at(x)
+    else:
+        f, g = obj.value_grad(x)
+    status = run.start(x, f, float(g.norm()))
+    n = x.numel()
+    B = None
+    lam = Q = None
+    if subproblem == "exact":
+        H = obj.hessian(x)
+        lam, Q = torch.linalg.eigh(H)
+        run.min_eigenvalue = float(lam[0])
+    elif subproblem == "sr1":
+        B = torch.eye(n, dtype=x.dtype, device=x.device)
+    if status is not None:
+        return run.finish(x, f, g, status)
+    rejected = 0
+    while True:
+        if subproblem == "steihaug":
+            p, _, _ = steihaug_cg(hvp, g, radius)
+            Bp = hvp(p)
+        else:
+            if subproblem == "sr1":
+                lam, Q = torch.linalg.eigh(B)
+            p, _ = exact_subproblem(lam, Q, g, radius)
+            Bp = Q @ (lam * (Q.T @ p))
+        predicted = -(float(torch.dot(g, p)) + 0.5 * float(torch.dot(p, Bp)))
+        x_try = x + p
+        if subproblem == "steihaug":
+            f_try, g_try, hvp_try = obj.hvp_at(x_try)
+        else:
+            f_try, g_try = obj.value_grad(x_try)
+        finite = math.isfinite(f_try) and bool(torch.isfinite(g_try).all())
+        actual = f - f_try if finite else -math.inf
+        rho = actual / predicted if predicted > 0 else (-math.inf if actual < 0 else 0.0)
+        pnorm = float(p.norm())
+        if subproblem == "sr1" and finite:
+            s, y = p, g_try - g
+            r = y - B @ s
+            sr = float(torch.dot(s, r))
+            if abs(sr) >= 1e-8 * float(s.norm()) * float(r.norm()) and sr != 0:
+                B = B + torch.outer(r, r) / sr
+        if rho < 0.25:
+            radius = 0.25 * pnorm if finite else 0.25 * min(radius, pnorm)
+        elif rho > 0.75 and pnorm >= 0.99 * radius:
+            radius = min(2.0 * radius, max_radius)
+        if rho > eta and finite and actual > 0:
+            rejected = 0
+            x_old_f = f
+            x, f, g = x_try, f_try, g_try
+            if subproblem == "steihaug":
+                hvp = hvp_try
+            elif subproblem == "exact":
+                lam, Q = torch.linalg.eigh(obj.hessian(x))
+                run.min_eigenvalue = float(lam[0])
+            status = run.step(x, f, float(g.norm()), pnorm, x_old_f)
+            if status is not None:
+                return run.finish(x, f, g, status)
+        else:
+            rejected += 1
+            if radius < 1e-14 * max(1.0, float(x.norm())) or rejected > 60:
+                if float(g.norm()) <= run.gtol:
+                    return run.finish(x, f, g, CONVERGED)
+                return run.finish(x, f, g, STEP_FAILURE,
+                                  f"trust region collapsed (radius {radius:.2e}) with ||g||={float(g.norm()):.2e}; "
+                                  "the attainable accuracy is reached - loosen gtol")

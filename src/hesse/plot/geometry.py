@@ -1,0 +1,149 @@
+"""Figures of a 2-D function's local geometry: the seeds' contour figure and a 3-D surface.
+
+``plot_contour`` reproduces seed 004's figure for 3x² + 2xy + 2y² - 4x - 6y: filled contours
+with white contour lines, the gradient field (quiver, pointing uphill, perpendicular to level
+curves), critical points marked by kind and, at minima (and maxima), the Hessian eigenvector axes
+scaled by 1/sqrt(|λ|) — the steep direction draws shorter (the displacement that raises the
+quadratic model by ½).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["plot_contour", "plot_surface"]
+
+_STYLE = {  # kind -> (marker, color)
+    "minimum": ("o", "crimson"), "degenerate minimum": ("o", "orange"),
+    "maximum": ("^", "royalblue"), "degenerate maximum": ("^", "deepskyblue"),
+    "saddle": ("X", "gold"), "degenerate saddle": ("X", "khaki"),
+    "inconclusive": ("s", "gray"), "not critical": ("d", "white"),
+}
+
+
+def _function(f) -> Callable[[torch.Tensor], torch.Tensor]:
+    func = f.function if hasattr(f, "function") and hasattr(f, "variables") else f
+    if not callable(func):
+        raise TypeError(f"f must be callable (a function of one flat tensor of length 2) or a parsed "
+                        f"expression; got {type(f).__name__}.")
+    return func
+
+
+def _grid(func, bounds, resolution: int):
+    B = np.asarray(bounds, dtype=float)
+    if B.shape != (2, 2) or not (B[:, 0] < B[:, 1]).all():
+        raise ValueError(f"bounds must be two (low, high) pairs with low < high for a 2-D plot; got {bounds!r}.")
+    xs = np.linspace(B[0, 0], B[0, 1], resolution)
+    ys = np.linspace(B[1, 0], B[1, 1], resolution)
+    X, Y = np.meshgrid(xs, ys)
+    P = torch.as_tensor(np.stack([X.ravel(), Y.ravel()], 1), dtype=torch.float64)
+    try:
+        Z = torch.func.vmap(func)(P)
+    except RuntimeError:  # data-dependent control flow: evaluate point by point
+        Z = torch.stack([func(p) for p in P])
+    return X, Y, Z.detach().numpy().reshape(X.shape), B
+
+
+def _points(func, points, bounds):
+    from hesse.geometry import CriticalPoint, classify, critical_points
+
+    if points is None:
+        return list(critical_points(func, bounds, progress=False, num_starts=64))
+    out = []
+    for p in points:
+        out.append(p if isinstance(p, CriticalPoint) else classify(func, torch.as_tensor(np.asarray(p, dtype=float))))
+    return out
+
+
+def plot_contour(f, bounds: Sequence[tuple[float, float]], points=None, ax=None, *, levels: int = 30,
+                 resolution: int = 300, quiver: int = 18, cmap: str = "viridis", axes: bool = True,
+                 title: str | None = "Contours of f, gradient field, and Hessian curvature axes"):
+    """Contour figure of the 2-D function ``f`` over ``bounds`` = [(x_lo, x_hi), (y_lo, y_hi)].
+
+    ``points``: None (find them with :func:`hesse.critical_points`), a list of
+    :class:`~hesse.geometry.CriticalPoint`, or a list of coordinates (each classified). ``axes``
+    draws the Hessian eigenvector axes scaled by 1/sqrt(|λ|) at non-degenerate minima and maxima.
+    Returns the matplotlib Figure (save it with ``fig.savefig(path)``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    func = _function(f)
+    X, Y, Z, B = _grid(func, bounds, resolution)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7.0, 5.5))
+    else:
+        fig = ax.figure
+    cs = ax.contourf(X, Y, Z, levels=levels, cmap=cmap, alpha=0.85)
+    ax.contour(X, Y, Z, levels=levels, colors="white", linewidths=0.4, alpha=0.5)
+    fig.colorbar(cs, ax=ax, label="f(x, y)")
+    if quiver:
+        gx = np.linspace(B[0, 0], B[0, 1], quiver)
+        gy = np.linspace(B[1, 0], B[1, 1], quiver)
+        GX, GY = np.meshgrid(gx, gy)
+        P = torch.as_tensor(np.stack([GX.ravel(), GY.ravel()], 1), dtype=torch.float64)
+        try:
+            G = torch.func.vmap(torch.func.grad(func))(P).detach().numpy()
+        except RuntimeError:
+            G = torch.stack([torch.func.grad(func)(p) for p in P]).detach().numpy()
+        ax.quiver(GX, GY, G[:, 0].reshape(GX.shape), G[:, 1].reshape(GX.shape), color="white", alpha=0.8,
+                  width=0.003)
+    seen = set()
+    for cp in _points(func, points, B.tolist()):
+        x = cp.x.detach().numpy().reshape(-1)
+        marker, color = _STYLE.get(cp.kind, ("o", "black"))
+        label = cp.kind if cp.kind not in seen else None
+        seen.add(cp.kind)
+        ax.plot(x[0], x[1], marker, color=color, markersize=9, markeredgecolor="black", label=label)
+        if axes and cp.kind in ("minimum", "maximum") and cp.eigenvectors is not None:
+            for lam, vec in zip(cp.eigenvalues.tolist(), cp.eigenvectors.T.detach().numpy()):
+                step = vec / np.sqrt(abs(lam))
+                ax.annotate("", xy=x + step, xytext=x - step,
+                            arrowprops=dict(arrowstyle="<->", color=color, lw=2.0))
+    ax.set_xlim(B[0]), ax.set_ylim(B[1])
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    if title:
+        ax.set_title(title)
+    if seen:
+        ax.legend(loc="upper left")
+    ax.set_aspect("equal")
+    fig.tight_layout()
+    return fig
+
+
+def plot_surface(f, bounds: Sequence[tuple[float, float]], points=None, *, resolution: int = 80,
+                 cmap: str = "viridis", title: str | None = "Surface of f"):
+    """3-D surface of the 2-D function ``f`` over ``bounds``, with ``points`` (as in
+    :func:`plot_contour`; pass ``points=[]`` for none) marked by kind. Returns the Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    func = _function(f)
+    X, Y, Z, B = _grid(func, bounds, resolution)
+    fig = plt.figure(figsize=(7.0, 5.5))
+    ax = fig.add_subplot(projection="3d")
+    ax.plot_surface(X, Y, Z, cmap=cmap, alpha=0.8, linewidth=0, antialiased=True)
+    seen = set()
+    for cp in _points(func, points, B.tolist()):
+        x = cp.x.detach().numpy().reshape(-1)
+        marker, color = _STYLE.get(cp.kind, ("o", "black"))
+        ax.scatter([x[0]], [x[1]], [cp.value], marker=marker, color=color, s=60, edgecolors="black",
+                   label=cp.kind if cp.kind not in seen else None, depthshade=False)
+        seen.add(cp.kind)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_zlabel("f(x, y)")
+    if title:
+        ax.set_title(title)
+    if seen:
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig

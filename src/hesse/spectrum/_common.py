@@ -1,0 +1,38 @@
+"""Shared helpers of the spectrum package: argument checks and random probes."""
+
+from __future__ import annotations
+
+import torch
+
+from hesse.operators import CurvatureOperator
+
+
+def check_operator(op, name: str = "op") -> CurvatureOperator:
+    """Raise a clear TypeError unless ``op`` is a :class:`CurvatureOperator`."""
+    if not isinstance(op, CurvatureOperator):
+        raise TypeError(
+            f"{name} must be a hesse CurvatureOperator (e.g. hesse.HessianOperator(model, loss_fn, data) "
+            f"or hesse.DenseOperator(matrix)), got {type(op).__name__}. Wrap a symmetric matrix M with "
+            f"hesse.DenseOperator(M)."
+        )
+    return op
+
+
+def generator(seed: int, device: torch.device) -> torch.Generator:
+    """A torch generator seeded with ``seed`` (CPU generator; tensors are moved afterwards)."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {seed!r}.")
+    g = torch.Generator(device="cpu")
+    g.manual_seed(seed)
+    return g
+
+
+def rademacher(n: int, k: int, gen: torch.Generator, dtype, device) -> torch.Tensor:
+    """An ``(n, k)`` block of independent ±1 entries."""
+    r = torch.randint(0, 2, (n, k), generator=gen, dtype=torch.int8)
+    return (2 * r.to(dtype) - 1).to(device)
+
+
+def gaussian(n: int, k: int, gen: torch.Generator, dtype, device) -> torch.Tensor:
+    """An ``(n, k)`` block of standard normal entries (drawn in float64, cast to ``dtype``)."""
+    return torch.randn((n, k), generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)

@@ -1,0 +1,479 @@
+"""Extreme eigenpairs of a symmetric curvature operator: thick-restart Lanczos (Krylov-Schur).
+
+Math. Lanczos builds an orthonormal basis ``Q_j`` of the Krylov space
+``K_j(A, q_0) = span{q_0, A q_0, ..., A^{j-1} q_0}`` with ``A Q_j = Q_j T_j + r_j e_j^T``; the
+eigenpairs ``(theta_i, Q_j s_i)`` of the small projected matrix ``T_j`` (Ritz pairs) approximate
+the extreme eigenpairs of ``A`` with residual norms ``||A y_i - theta_i y_i|| = ||r_j|| |e_j^T s_i|``,
+known without extra products. We keep the basis orthonormal to working precision by full
+reorthogonalization (classical Gram-Schmidt applied twice, "twice is enough", Giraud et al. 2005)
+and bound memory by *thick restarting* (Wu & Simon 2000, SIAM J. Matrix Anal. Appl. 22(2); the
+symmetric Krylov-Schur method of Stewart 2001): after ``m`` vectors, keep the ``p`` most wanted
+Ritz vectors plus the residual direction, so ``A Q_p = Q_p diag(theta) + q_{p+1} b^T`` and continue.
+The projected matrix is held and diagonalised in float64 whatever the operator's dtype.
+
+A low-memory variant (``low_memory=True``) keeps only the tridiagonal: it runs the three-term
+recurrence (in float64) without reorthogonalization, discards the spurious "ghost" Ritz values with
+the test of Cullum & Willoughby (1985, *Lanczos Algorithms for Large Symmetric Eigenvalue
+Computations*, vol. 1, ch. 4) and recomputes the eigenvectors in a second pass that re-runs the same
+recurrence (Golub & Van Loan 2013, *Matrix Computations*, sec. 10.3). It stores ``4 + k``
+parameter-sized float64 vectors instead of ``m + 1 + k`` but costs twice the products and more steps.
+
+Cost: ``num_matvecs`` products (reported); the default Krylov-Schur path reached relative errors
+below 1e-10 on the top 5 eigenvalues of digits MLPs in about 30-60 products (see the README).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+from hesse._progress import Progress
+from hesse._validation import check_choice
+
+from ._common import check_operator, gaussian, generator
+
+__all__ = ["EigshResult", "eigsh", "lanczos_tridiagonal", "DENSE_THRESHOLD"]
+
+#: Operators with at most this many rows are diagonalised densely (``torch.linalg.eigh``).
+DENSE_THRESHOLD = 500
+
+_WHICH = ("largest", "smallest", "both", "magnitude")
+
+
+@dataclass(repr=False)
+class EigshResult:
+    """Eigenpairs found by :func:`eigsh` or :func:`hesse.power_iteration`.
+
+    ``values[i]`` with ``vectors[:, i]`` (unit norm, operator dtype/device); ``residuals[i]`` is
+    ``||A v_i - lambda_i v_i||`` (estimated from the recurrence unless ``residuals_checked``);
+    ``converged[i]`` says whether that pair met ``residual <= tol * max|lambda|``.
+    """
+
+    values: torch.Tensor
+    vectors: torch.Tensor | None
+    residuals: torch.Tensor
+    converged: torch.Tensor
+    num_matvecs: int
+    num_restarts: int = 0
+    method: str = "lanczos"
+    which: str = "largest"
+    tol: float = 1e-6
+    residuals_checked: bool = False
+    message: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(self.converged.all())
+
+    def __repr__(self) -> str:
+        vals = ", ".join(f"{v:.6g}" for v in self.values.tolist())
+        res = ", ".join(f"{r:.1e}" for r in self.residuals.tolist())
+        return (
+            f"EigshResult(method={self.method!r}, which={self.which!r}, values=[{vals}], "
+            f"residuals=[{res}], converged={self.converged.tolist()}, "
+            f"num_matvecs={self.num_matvecs}, num_restarts={self.num_restarts}, message={self.message!r})"
+        )
+
+
+def _priority(theta: torch.Tensor, which: str) -> torch.Tensor:
+    """Indices of Ritz values ordered from most to least wanted."""
+    if which == "largest":
+        return torch.argsort(theta, descending=True)
+    if which == "smallest":
+        return torch.argsort(theta)
+    if which == "magnitude":
+        return torch.argsort(theta.abs(), descending=True)
+    hi = torch.argsort(theta, descending=True)
+    lo = torch.argsort(theta)
+    order, seen = [], set()
+    for a, b in zip(hi.tolist(), lo.tolist()):
+        for i in (a, b):
+            if i not in seen:
+                seen.add(i)
+                order.append(i)
+    return torch.tensor(order, dtype=torch.long)
+
+
+def _output_order(values: torch.Tensor, which: str) -> torch.Tensor:
+    if which == "smallest":
+        return torch.argsort(values)
+    if which == "magnitude":
+        return torch.argsort(values.abs(), descending=True)
+    return torch.argsort(values, descending=True)
+
+
+def _check_v0(v0, n: int, op) -> torch.Tensor | None:
+    if v0 is None:
+        return None
+    if not isinstance(v0, torch.Tensor):
+        try:
+            v0 = torch.as_tensor(v0, dtype=torch.float64)
+        except Exception as err:  # noqa: BLE001
+            raise TypeError(f"v0 must be a tensor of shape ({n},), got {type(v0).__name__}.") from err
+    v0 = v0.detach().reshape(-1) if v0.numel() == n else v0
+    if v0.shape != (n,):
+        raise ValueError(f"v0 must have shape ({n},) (the operator's size), got {tuple(v0.shape)}.")
+    v0 = v0.to(device=op.device, dtype=op.dtype)
+    if not torch.isfinite(v0).all() or float(v0.norm()) == 0.0:
+        raise ValueError("v0 must be a finite, non-zero vector (e.g. the previous top eigenvector).")
+    return v0
+
+
+def eigsh(
+    op,
+    k: int = 6,
+    which: str = "largest",
+    tol: float = 1e-6,
+    max_matvecs: int | None = None,
+    v0=None,
+    seed: int = 0,
+    progress: bool = False,
+    *,
+    num_basis: int | None = None,
+    low_memory: bool = False,
+    check_residuals: bool = False,
+    dense_threshold: int = DENSE_THRESHOLD,
+    return_vectors: bool = True,
+) -> EigshResult:
+    """``k`` extreme eigenpairs of the symmetric operator ``op``.
+
+    Parameters
+    ----------
+    op : CurvatureOperator
+        Any hesse operator (``HessianOperator``, ``GGNOperator``, ``DenseOperator``...).
+    k : number of eigenpairs.
+    which : ``"largest"`` (algebraic), ``"smallest"`` (algebraic), ``"both"`` (``ceil(k/2)``
+        largest and ``floor(k/2)`` smallest) or ``"magnitude"`` (largest ``|lambda|``).
+    tol : a pair is converged when ``||A v - lambda v|| <= tol * max_i |theta_i|``. The eigenvalue
+        error is then about ``(tol * ||A||)^2 / gap`` (Parlett 1998, Thm 11.7.1), so ``1e-6`` gives
+        eigenvalues to ~1e-12 relative when the spectrum has reasonable gaps.
+    max_matvecs : product budget (default ``max(300, 30 * num_basis)``). When it runs out the
+        result has ``converged=False`` for the unfinished pairs and a warning is issued.
+    v0 : start vector (warm start, e.g. the previous top eigenvector); random Gaussian otherwise.
+    seed : seed of the random start vector.
+    progress : show progress on stderr.
+    num_basis : Krylov basis size ``m`` before a thick restart (default ``max(2k + 10, 20)``).
+    low_memory : keep only the tridiagonal (two-pass Lanczos, ``4 + k`` vectors; see module docs).
+    check_residuals : recompute ``||A v - lambda v||`` explicitly (``k`` more products).
+    dense_threshold : operators with ``n <= dense_threshold`` or ``k >= n / 2`` are diagonalised
+        densely with ``torch.linalg.eigh`` (``method="dense"``, ``n`` products).
+    return_vectors : keep the eigenvectors in the result (``vectors=None`` otherwise).
+
+    Returns
+    -------
+    EigshResult with ``values``, ``vectors`` (n, k), ``residuals``, ``converged`` (per pair),
+    ``num_matvecs`` and ``method`` (``"krylov-schur"``, ``"lanczos-two-pass"`` or ``"dense"``).
+
+    Memory: ``m + 1 + k`` vectors of the parameter size in the operator's dtype (default path).
+    """
+    op = check_operator(op)
+    n = op.shape[0]
+    which = check_choice(which, "which", _WHICH)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive int (number of eigenpairs), got {k!r}.")
+    if k > n:
+        raise ValueError(f"k={k} exceeds the operator size n={n}; ask for at most {n} eigenpairs.")
+    if not isinstance(tol, (int, float)) or not (0 < tol < 1):
+        raise ValueError(f"tol must be a float in (0, 1), got {tol!r}; e.g. tol=1e-6.")
+    if max_matvecs is not None and (not isinstance(max_matvecs, int) or max_matvecs < 1):
+        raise ValueError(f"max_matvecs must be a positive int or None, got {max_matvecs!r}.")
+    v0 = _check_v0(v0, n, op)
+    start_count = op.num_matvecs
+
+    if n <= dense_threshold or 2 * k >= n:
+        return _dense(op, k, which, tol, return_vectors, progress, start_count)
+    m = num_basis if num_basis is not None else max(2 * k + 10, 20)
+    if not isinstance(m, int) or m <= k + 1:
+        raise ValueError(f"num_basis must be an int larger than k + 1 = {k + 1}, got {num_basis!r}.")
+    m = min(m, n - 1)
+    budget = max_matvecs if max_matvecs is not None else max(300, 30 * m)
+    gen = generator(seed, op.device)
+    q0 = v0 if v0 is not None else gaussian(n, 1, gen, op.dtype, op.device)[:, 0]
+    if low_memory:
+        res = _two_pass(op, k, which, tol, budget, q0, progress, return_vectors)
+    else:
+        res = _krylov_schur(op, k, which, tol, budget, q0, gen, m, progress, return_vectors)
+    if check_residuals and res.vectors is not None:
+        AV = op.matmat(res.vectors)
+        r = (AV - res.vectors * res.values.to(op.dtype)).norm(dim=0).to(torch.float64).cpu()
+        scale = res.extra.get("norm_estimate") or float(res.values.abs().max()) or 1.0
+        res.residuals = r
+        res.converged = r <= tol * scale * 1.01
+        res.residuals_checked = True
+    res.num_matvecs = op.num_matvecs - start_count
+    if not res.all_converged:
+        warnings.warn(
+            f"eigsh: {int((~res.converged).sum())} of {k} eigenpairs did not reach tol={tol:g} within "
+            f"{res.num_matvecs} products (max_matvecs={budget}); their values are approximate "
+            f"(see .residuals). Raise max_matvecs or loosen tol.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return res
+
+
+def _dense(op, k, which, tol, return_vectors, progress, start_count) -> EigshResult:
+    n = op.shape[0]
+    with Progress(1, f"eigsh (dense, n={n})", progress) as bar:
+        A = op.to_dense().to(torch.float64)
+        evals, evecs = torch.linalg.eigh(A)
+        bar.update(1)
+    order = _priority(evals, which)[:k]
+    vals, vecs = evals[order], evecs[:, order]
+    out = _output_order(vals, which)
+    vals, vecs = vals[out], vecs[:, out]
+    resid = (A @ vecs - vecs * vals).norm(dim=0).cpu()
+    return EigshResult(
+        values=vals.cpu(), vectors=vecs.to(op.dtype) if return_vectors else None, residuals=resid,
+        converged=torch.ones(k, dtype=torch.bool), num_matvecs=op.num_matvecs - start_count,
+        method="dense", which=which, tol=tol, residuals_checked=True,
+        extra={"norm_estimate": float(evals.abs().max())},
+        message=f"n={n} is small (<= dense_threshold or k >= n/2): dense torch.linalg.eigh on the "
+                f"materialised matrix",
+    )
+
+
+def _orthogonalize(Q: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classical Gram-Schmidt twice against the columns of Q; returns (w, coefficients)."""
+    h = Q.T @ w
+    w = w - Q @ h
+    h2 = Q.T @ w
+    w = w - Q @ h2
+    return w, h + h2
+
+
+def _krylov_schur(op, k, which, tol, budget, q0, gen, m, progress, return_vectors) -> EigshResult:
+    n, dtype, device = op.shape[0], op.dtype, op.device
+    Q = torch.zeros((n, m + 1), dtype=dtype, device=device)
+    H = torch.zeros((m + 1, m), dtype=torch.float64)
+    Q[:, 0] = q0 / q0.norm()
+    p = 0  # number of kept (locked-in) Ritz vectors at the start of a cycle
+    used = 0
+    restarts = 0
+    eps = torch.finfo(dtype).eps
+    scale = 0.0
+    exhausted = False
+    j = 0
+    def ritz(j):
+        Hj = torch.triu(H[:j, :j])
+        Hj = Hj + torch.triu(Hj, 1).T
+        theta, S = torch.linalg.eigh(Hj)
+        resid = (H[j, :j] @ S).abs()
+        order = _priority(theta, which)
+        return theta, S, resid, order
+
+    done = False
+    with Progress(budget, f"eigsh (Krylov-Schur, n={n}, k={k})", progress) as bar:
+        while True:
+            j = p
+            while j < m and used < budget:
+                w = op.matvec(Q[:, j])
+                used += 1
+                w, h = _orthogonalize(Q[:, : j + 1], w)
+                beta = float(w.norm())
+                H[: j + 1, j] = h.to(torch.float64).cpu()
+                scale = max(scale, float(h[j].abs()), beta)
+                if beta <= 10 * eps * max(scale, 1e-300):
+                    # invariant subspace: continue with a random direction orthogonal to Q
+                    H[j + 1, j] = 0.0
+                    r = gaussian(n, 1, gen, dtype, device)[:, 0]
+                    r, _ = _orthogonalize(Q[:, : j + 1], r)
+                    Q[:, j + 1] = r / r.norm()
+                else:
+                    H[j + 1, j] = beta
+                    Q[:, j + 1] = w / beta
+                j += 1
+                bar.update(1, info=f"restart {restarts}")
+                if j >= k and j < m:
+                    # cheap convergence check (a j x j float64 eigh, no products)
+                    theta, S, resid, order = ritz(j)
+                    scale = max(scale, float(theta.abs().max()))
+                    want = order[:k]
+                    if bool((resid[want] <= tol * scale).all()):
+                        done = True
+                        break
+            theta, S, resid, order = ritz(j)
+            scale = max(scale, float(theta.abs().max()))
+            want = order[:k]
+            conv = resid[want] <= tol * scale
+            if done or bool(conv.all()) or used >= budget or j < m:
+                exhausted = used >= budget and not bool(conv.all())
+                break
+            # thick restart: keep the p most wanted Ritz vectors
+            p = min(k + max(1, (m - k) // 2), m - 1)
+            keep = order[:p]
+            Sk = S[:, keep].to(dtype=dtype, device=device)
+            Q[:, :p] = Q[:, :m] @ Sk
+            Q[:, p] = Q[:, m]
+            b = H[m, :m] @ S[:, keep]
+            H.zero_()
+            H[torch.arange(p), torch.arange(p)] = theta[keep]
+            H[p, :p] = b
+            restarts += 1
+    vals = theta[want]
+    vecs = Q[:, :j] @ S[:, want].to(dtype=dtype, device=device)
+    out = _output_order(vals, which)
+    vals, vecs, res_w, conv = vals[out], vecs[:, out], resid[want][out], conv[out]
+    msg = "converged" if bool(conv.all()) else (
+        "product budget exhausted" if exhausted else "Krylov space exhausted")
+    return EigshResult(
+        values=vals, vectors=vecs if return_vectors else None, residuals=res_w, converged=conv,
+        num_matvecs=used, num_restarts=restarts, method="krylov-schur", which=which, tol=tol,
+        message=msg, extra={"num_basis": m, "norm_estimate": scale},
+    )
+
+
+def _spurious(T: torch.Tensor, theta: torch.Tensor, tol: float) -> torch.Tensor:
+    """Cullum-Willoughby test: simple Ritz values that are also eigenvalues of T[1:, 1:]."""
+    if T.shape[0] < 2:
+        return torch.zeros_like(theta, dtype=torch.bool)
+    mu = torch.linalg.eigvalsh(T[1:, 1:])
+    close_mu = (theta[:, None] - mu[None, :]).abs().min(dim=1).values <= tol
+    d = (theta[:, None] - theta[None, :]).abs()
+    d.fill_diagonal_(float("inf"))
+    simple = d.min(dim=1).values > tol
+    return close_mu & simple
+
+
+def _lanczos_pass(op, q0, steps, alphas=None, betas=None, coeffs=None, bar=None):
+    """The float64 three-term recurrence; first pass records (alpha, beta), second accumulates Q @ coeffs."""
+    dtype = op.dtype
+    q = (q0.to(torch.float64) / q0.to(torch.float64).norm())
+    q_prev = torch.zeros_like(q)
+    beta_prev = 0.0
+    acc = None if coeffs is None else torch.zeros((q.shape[0], coeffs.shape[1]), dtype=torch.float64, device=q.device)
+    a_list, b_list = [], []
+    for i in range(steps):
+        if acc is not None:
+            acc += q[:, None] * coeffs[i].to(q.device)[None, :]
+            if i == steps - 1:
+                break
+        w = op.matvec(q.to(dtype)).to(torch.float64)
+        if bar is not None:
+            bar.update(1)
+        if alphas is None:
+            alpha = float(q @ w)
+        else:
+            alpha = float(alphas[i])
+        w = w - alpha * q - beta_prev * q_prev
+        beta = float(w.norm()) if betas is None else float(betas[i])
+        a_list.append(alpha)
+        b_list.append(beta)
+        if beta == 0.0:
+            break
+        q_prev, q = q, w / beta
+        beta_prev = beta
+    return a_list, b_list, acc
+
+
+def _two_pass(op, k, which, tol, budget, q0, progress, return_vectors) -> EigshResult:
+    n = op.shape[0]
+    half = budget // 2
+    alphas: list[float] = []
+    betas: list[float] = []
+    dtype = op.dtype
+    q = q0.to(torch.float64) / q0.to(torch.float64).norm()
+    q_prev = torch.zeros_like(q)
+    beta_prev = 0.0
+    check_every = 5
+    with Progress(half, f"eigsh (two-pass Lanczos, n={n}, k={k})", progress) as bar:
+        while len(alphas) < half:
+            w = op.matvec(q.to(dtype)).to(torch.float64)
+            bar.update(1)
+            alpha = float(q @ w)
+            w = w - alpha * q - beta_prev * q_prev
+            beta = float(w.norm())
+            alphas.append(alpha)
+            betas.append(beta)
+            j = len(alphas)
+            q_prev, q, beta_prev = q, (w / beta if beta > 0 else w), beta
+            if beta == 0.0 or j == n or (j >= 2 * k and j % check_every == 0) or j == half:
+                sel = _select_two_pass(alphas, betas, k, which, tol)
+                if sel is None or bool(sel[2].all()) or beta == 0.0 or j == n:
+                    if sel is not None or beta == 0.0 or j == n:
+                        break
+    j = len(alphas)
+    vals, S, converged, resid = _select_two_pass(alphas, betas, k, which, tol, force=True)
+    vecs = None
+    if return_vectors:
+        # second pass: re-run the recurrence with the stored coefficients, accumulate Q S
+        _, _, acc = _lanczos_pass(op, q0, j, alphas=alphas, betas=betas, coeffs=S)
+        vecs = (acc / acc.norm(dim=0)).to(dtype)
+    out = _output_order(vals, which)
+    return EigshResult(
+        values=vals[out], vectors=None if vecs is None else vecs[:, out], residuals=resid[out],
+        converged=converged[out], num_matvecs=0, method="lanczos-two-pass", which=which, tol=tol,
+        message="converged" if bool(converged.all()) else "product budget exhausted",
+        extra={"num_steps": j, "norm_estimate": float(vals.abs().max())},
+    )
+
+
+def _select_two_pass(alphas, betas, k, which, tol, force=False):
+    j = len(alphas)
+    a = torch.tensor(alphas, dtype=torch.float64)
+    b = torch.tensor(betas[:-1], dtype=torch.float64)
+    T = torch.diag(a) + torch.diag(b, 1) + torch.diag(b, -1)
+    theta, S = torch.linalg.eigh(T)
+    scale = float(theta.abs().max()) or 1.0
+    resid = (betas[-1] * S[-1, :]).abs()
+    bad = _spurious(T, theta, 1e-10 * scale) if j > 1 else torch.zeros(j, dtype=torch.bool)
+    # merge copies (ghosts of converged values) keeping the one with the smallest residual
+    order = _priority(theta, which).tolist()
+    chosen: list[int] = []
+    for i in order:
+        if bool(bad[i]) and resid[i] > tol * scale:
+            continue
+        dup = [c for c in chosen if abs(float(theta[c] - theta[i])) <= math.sqrt(tol) * 1e-3 * scale]
+        if dup:
+            c = dup[0]
+            if resid[i] < resid[c]:
+                chosen[chosen.index(c)] = i
+            continue
+        chosen.append(i)
+        if len(chosen) == k:
+            break
+    if len(chosen) < k:
+        if not force:
+            return None
+        chosen = (chosen + [i for i in order if i not in chosen])[:k]
+    idx = torch.tensor(chosen, dtype=torch.long)
+    return theta[idx], S[:, idx], resid[idx] <= tol * scale, resid[idx]
+
+
+def lanczos_tridiagonal(op, num_steps: int, v0=None, seed: int = 0):
+    """``num_steps`` Lanczos steps with full reorthogonalization from ``v0`` (random if None).
+
+    Returns ``(Q, T, r)`` with ``Q`` (n, j) orthonormal, ``T`` (j, j) tridiagonal in float64 and
+    ``r`` the residual vector, such that ``A Q = Q T + r e_j^T`` (Golub & Van Loan 2013, sec. 10.1).
+    Cost: ``j`` products. Stops early (``j < num_steps``) if the Krylov space becomes invariant.
+    """
+    op = check_operator(op)
+    n = op.shape[0]
+    if not isinstance(num_steps, int) or not 1 <= num_steps <= n:
+        raise ValueError(f"num_steps must be an int in [1, n={n}], got {num_steps!r}.")
+    v0 = _check_v0(v0, n, op)
+    if v0 is None:
+        v0 = gaussian(n, 1, generator(seed, op.device), op.dtype, op.device)[:, 0]
+    Q = torch.zeros((n, num_steps), dtype=op.dtype, device=op.device)
+    Q[:, 0] = v0 / v0.norm()
+    alpha, beta = [], []
+    r = None
+    for j in range(num_steps):
+        w = op.matvec(Q[:, j])
+        r, h = _orthogonalize(Q[:, : j + 1], w)
+        alpha.append(float(h[j]))
+        b = float(r.norm())
+        if j + 1 < num_steps:
+            if b <= 10 * torch.finfo(op.dtype).eps * max(abs(a) for a in alpha):
+                Q = Q[:, : j + 1]
+                break
+            beta.append(b)
+            Q[:, j + 1] = r / b
+    a = torch.tensor(alpha, dtype=torch.float64)
+    b = torch.tensor(beta[: len(alpha) - 1], dtype=torch.float64)
+    T = torch.diag(a) + torch.diag(b, 1) + torch.diag(b, -1)
+    return Q, T, r

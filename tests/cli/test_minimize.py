@@ -1,0 +1,43 @@
+"""`hesse minimize` in-process (needs the safe expression parser hesse.cli.expressions)."""
+
+import json
+
+import pytest
+
+pytest.importorskip("hesse.cli.expressions")
+
+from hesse.cli.main import main  # noqa: E402
+
+ROSEN = "100*(y - x**2)**2 + (1 - x)**2"
+
+
+def test_minimize_json(capsys):
+    rc = main(["minimize", ROSEN, "--x0", "-1.2,1", "--method", "newton-damped", "--json", "--quiet"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["success"]
+    assert out["x"] == pytest.approx([1.0, 1.0], abs=1e-6)
+    assert out["variables"] == ["x", "y"]
+
+
+def test_minimize_compare_and_plot(capsys, tmp_path):
+    png = tmp_path / "traj.png"
+    rc = main(["minimize", ROSEN, "--x0", "-1.2,1", "--compare", "gd,bfgs,newton-damped", "--lr", "0.001",
+               "--max-iter", "200", "--plot", str(png), "--quiet"])
+    text = capsys.readouterr().out
+    assert rc == 1  # gd does not converge in 200 iterations: not success, said so
+    assert "bfgs" in text and "gd" in text and "maximum number of iterations" in text
+    assert png.exists() and (tmp_path / "traj_convergence.png").exists()
+
+
+def test_minimize_saddle_reported(capsys):
+    rc = main(["minimize", "x**2 - y**2", "--x0", "0.5,0.0", "--method", "newton", "--json", "--quiet"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 1 and out["status"] == 4 and not out["success"]
+
+
+def test_minimize_bad_input(capsys):
+    assert main(["minimize", ROSEN, "--x0", "1,2,3", "--quiet"]) == 2
+    assert "--x0 has 3 values" in capsys.readouterr().err
+    assert main(["minimize", ROSEN, "--x0", "1,a", "--quiet"]) == 2
+    assert main(["minimize", ROSEN, "--x0", "1,1", "--method", "adam", "--quiet"]) == 2
+    assert "unknown method" in capsys.readouterr().err

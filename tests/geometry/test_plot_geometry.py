@@ -1,0 +1,48 @@
+"""Plots: the seed 004 contour figure and the 3-D surface render and carry the right artists."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import hesse  # noqa: E402
+
+
+def seed_f(p):
+    x, y = p[0], p[1]
+    return 3 * x**2 + 2 * x * y + 2 * y**2 - 4 * x - 6 * y
+
+
+def test_seed004_contour_figure(tmp_path):
+    fig = hesse.plot.plot_contour(seed_f, ((-1.5, 2.5), (-1.0, 3.0)), points=[[0.2, 1.4]], resolution=80)
+    ax = fig.axes[0]
+    assert ax.get_title().startswith("Contours of f")
+    assert len(ax.collections) >= 3  # filled contours, contour lines, quiver
+    assert any(type(c).__name__ == "Quiver" for c in ax.collections)
+    # two eigen-axes of length 2/sqrt(λ) at the minimum
+    arrows = [a for a in ax.texts if hasattr(a, "arrow_patch")]
+    assert len(arrows) == 2
+    lengths = sorted(float(torch.tensor(a.xy) .sub(torch.tensor(a.xyann)).norm()) for a in arrows)
+    assert lengths == pytest.approx([2 / 7.236068**0.5, 2 / 2.763932**0.5], rel=1e-5)
+    out = tmp_path / "contour.png"
+    fig.savefig(out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_contour_finds_points_itself_and_surface(tmp_path):
+    def quartic(p):
+        return p[0] ** 4 + p[1] ** 4 - 2 * p[0] ** 2 - 2 * p[1] ** 2 + 1
+
+    fig = hesse.plot.plot_contour(quartic, ((-2, 2), (-2, 2)), resolution=60, quiver=8)
+    labels = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
+    assert labels == {"minimum", "saddle", "maximum"}
+    fig3 = hesse.plot.plot_surface(quartic, ((-2, 2), (-2, 2)), resolution=30)
+    assert fig3.axes[0].name == "3d"
+    fig3.savefig(tmp_path / "surface.png")
+
+
+def test_plot_bad_bounds():
+    with pytest.raises(ValueError, match="2-D"):
+        hesse.plot.plot_contour(seed_f, ((0, 1),))

@@ -1,0 +1,32 @@
+"""Figures: they draw the paths they were given."""
+
+import numpy as np
+import pytest
+
+import hesse
+from hesse.plot.optimize import plot_convergence, plot_trajectories
+
+
+def test_trajectories_and_convergence(tmp_path, rosen):
+    res = {m: hesse.minimize(rosen, [-1.2, 1.0], method=m, **({"lr": 1e-3} if m == "gd" else {}),
+                             max_iter=300) for m in ("gd", "newton-damped", "bfgs")}
+    fig = plot_trajectories(rosen, res)
+    ax = fig.axes[0]
+    lines = [ln for ln in ax.get_lines() if ln.get_label().startswith("newton-damped")]
+    xy = np.column_stack(lines[0].get_data())
+    expected = np.stack([x.numpy() for x in res["newton-damped"].history.iterates])
+    np.testing.assert_allclose(xy, expected)  # exactly the iterates, no resampling
+    fig.savefig(tmp_path / "traj.png")
+    fig2 = plot_convergence(res)
+    assert len(fig2.axes) == 2 and len(fig2.axes[0].get_lines()) == 3
+    fig2.savefig(tmp_path / "conv.png")
+    assert (tmp_path / "traj.png").stat().st_size > 1000
+
+
+def test_plot_errors(rosen):
+    r = hesse.minimize(rosen, [-1.2, 1.0], method="bfgs", history=False)
+    with pytest.raises(ValueError, match="history"):
+        plot_convergence(r)
+    r3 = hesse.minimize(lambda x: (x ** 2).sum(), [1.0, 2.0, 3.0], method="bfgs")
+    with pytest.raises(ValueError, match="2 variables"):
+        plot_trajectories(lambda x: (x ** 2).sum(), r3)

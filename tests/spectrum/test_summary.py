@@ -1,0 +1,86 @@
+"""summarize, definiteness verdicts and per-layer spectra against dense ground truth."""
+
+import math
+
+import pytest
+import torch
+
+import hesse
+from hesse.testing.spectra import prescribed_spectrum
+
+
+def test_dense_summary_formulas():
+    lam = torch.tensor([-2.0, -1e-9, 0.5, 1.0, 4.0] + [0.0] * 5, dtype=torch.float64)
+    op = prescribed_spectrum(lam, seed=0)
+    s = hesse.summarize(op)
+    assert s.method == "dense" and s.converged
+    assert abs(s.lambda_max - 4.0) < 1e-12 and abs(s.lambda_min + 2.0) < 1e-12
+    assert abs(s.trace - float(lam.sum())) < 1e-12
+    # nonzero spectrum: |lambda| > 1e-6 * 4 -> {2, 0.5, 1, 4}: kappa = 4 / 0.5
+    assert abs(s.condition_number - 8.0) < 1e-9
+    a = lam.abs()
+    assert abs(s.negative_mass - float((2.0 + 1e-9) / a.sum())) < 1e-9
+    p = a[a > 0] / a.sum()
+    assert abs(s.effective_rank - math.exp(-float((p * p.log()).sum()))) < 1e-6
+    assert s.definiteness == "indefinite" and s.fraction_negative == 0.1
+    assert "condition_number" in repr(s)
+
+
+@pytest.mark.parametrize("lmin, lmax, verdict", [
+    (1.0, 2.0, "positive definite"), (0.0, 2.0, "positive semidefinite"),
+    (-2.0, -1.0, "negative definite"), (-2.0, 0.0, "negative semidefinite"),
+    (-1.0, 1.0, "indefinite"), (0.0, 0.0, "zero"),
+])
+def test_definiteness_verdict(lmin, lmax, verdict):
+    assert hesse.definiteness_verdict(lmin, lmax, 1e-8) == verdict
+
+
+def test_iterative_summary_close_to_exact(lowrank_op):
+    lam = lowrank_op.eigenvalues
+    s = hesse.summarize(lowrank_op, dense_threshold=0, trace_matvecs=60, seed=0)
+    assert s.method == "iterative" and s.converged
+    assert abs(s.lambda_max - float(lam.max())) <= 1e-8 * float(lam.max())
+    assert abs(s.lambda_min - float(lam.min())) <= 1e-8 * float(lam.max())
+    assert abs(s.trace - float(lam.sum())) <= 3 * s.trace_stderr
+    assert s.definiteness == "positive semidefinite" or s.definiteness == "positive definite"
+    exact = hesse.summarize(lowrank_op, dense_threshold=10_000)
+    # SLQ spectral sums: effective rank within 10% (4 probes x 60 steps)
+    assert abs(s.effective_rank - exact.effective_rank) <= 0.1 * exact.effective_rank
+
+
+def test_per_layer_matches_dense_blocks(untrained_problem):
+    prob = untrained_problem
+    model, loss_fn, data, H = prob["model"], prob["loss_fn"], prob["data"], prob["H"]
+    groups = hesse.layer_groups(model)
+    assert list(groups) == ["0", "2", "4"]
+    res = hesse.per_layer(lambda names: hesse.HessianOperator(model, loss_fn, data, params=names), groups,
+                          dense_threshold=1000)
+    # block offsets follow named_parameters order
+    sizes = [sum(p.numel() for n, p in model.named_parameters() if n in names) for names in groups.values()]
+    start = 0
+    for row, size in zip(res.rows, sizes):
+        block = H[start:start + size, start:start + size]
+        ev = torch.linalg.eigvalsh(block)
+        assert row.n == size
+        # first block (1,560 > 1,000) is iterative: eigenvalues to 1e-8 of ||block||, trace to 3 stderr
+        tol = 1e-8 * float(ev.abs().max())
+        assert abs(row.lambda_max - float(ev[-1])) <= tol and abs(row.lambda_min - float(ev[0])) <= tol
+        assert abs(row.trace - float(ev.sum())) <= max(3 * row.trace_stderr, 1e-10)
+        start += size
+    assert "lambda_max" in res.table and len(res.as_dicts()) == 3
+
+
+def test_per_layer_bad_input():
+    with pytest.raises(TypeError, match="op_factory"):
+        hesse.per_layer(3, {"a": ["x"]})
+    with pytest.raises(ValueError, match="groups"):
+        hesse.per_layer(lambda n: None, {})
+    with pytest.raises(TypeError, match="nn.Module"):
+        hesse.layer_groups("model")
+
+
+def test_prescribed_spectrum_ground_truth():
+    op = prescribed_spectrum([3.0, -1.0, 2.0], seed=5)
+    assert torch.allclose(torch.linalg.eigvalsh(op.to_dense()), torch.tensor([-1.0, 2.0, 3.0], dtype=torch.float64), atol=1e-12)
+    with pytest.raises(ValueError, match="finite"):
+        prescribed_spectrum([1.0, float("nan")])
