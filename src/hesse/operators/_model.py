@@ -139,16 +139,21 @@ class ModelLoss:
         return torch.cat([t.reshape(-1) for t in tensors])
 
     def flatten_block(self, tensors, k: int) -> torch.Tensor:
-        """Per-parameter tensors of shape (k, *p.shape) -> (n, k)."""
-        return torch.cat([t.reshape(k, -1) for t in tensors], dim=1).T
+        """Per-parameter tensors of shape (k, *p.shape) -> (k, n), rows contiguous."""
+        return torch.cat([t.reshape(k, -1) for t in tensors], dim=1)
 
     def unflatten(self, v: torch.Tensor) -> list[torch.Tensor]:
         return [c.reshape(s) for c, s in zip(torch.split(v, self.numels), self.shapes)]
 
     def unflatten_block(self, V: torch.Tensor) -> list[torch.Tensor]:
-        """(n, k) -> per-parameter tensors of shape (k, *p.shape)."""
+        """(n, k) -> per-parameter tensors of shape (k, *p.shape).
+
+        The block is transposed once into a contiguous (k, n) copy, so that each column is a
+        contiguous parameter-shaped tensor (strided cotangents make the backward's matmuls slow).
+        """
         k = V.shape[1]
-        return [c.T.reshape(k, *s) for c, s in zip(torch.split(V, self.numels), self.shapes)]
+        VT = V.T.contiguous()
+        return [c.reshape(k, *s) for c, s in zip(torch.split(VT, self.numels, dim=1), self.shapes)]
 
     # ------------------------------------------------------------------ evaluation
     @contextlib.contextmanager

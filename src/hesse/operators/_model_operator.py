@@ -198,19 +198,28 @@ class ModelCurvatureOperator(CurvatureOperator):
         p = self._problem
         k = V.shape[1]
         Vs = p.unflatten_block(V)
-        out = torch.zeros_like(V)
+        out: torch.Tensor | None = None  # (k, n), accumulated in place over batches
+
+        def add(parts, nb):
+            nonlocal out
+            block = p.flatten_block(parts, k)
+            if out is None:
+                out = block.mul_(p.weight(nb))
+            else:
+                out.add_(block, alpha=p.weight(nb))
+
         if self._graphs and len(self._graphs) == len(self._batch_sizes):
             # every batch's graph is kept: no need to touch the data at all
             for i, nb in self._batch_sizes:
-                parts = self._batch_product(i, None, None, Vs, k)
-                out += p.weight(nb) * p.flatten_block(parts, k)
-            return out
-        for i, x, y, nb in p.batches():
-            if nb == 0:
-                continue
-            parts = self._batch_product(i, x, y, Vs, k)
-            out += p.weight(nb) * p.flatten_block(parts, k)
-        return out
+                add(self._batch_product(i, None, None, Vs, k), nb)
+        else:
+            for i, x, y, nb in p.batches():
+                if nb == 0:
+                    continue
+                add(self._batch_product(i, x, y, Vs, k), nb)
+        if out is None:
+            return torch.zeros_like(V)
+        return out.T
 
     def _reduce(self, out: torch.Tensor) -> torch.Tensor:
         """Sum the ranks' partial products (each already weighted by n_b / N with the global N):

@@ -246,11 +246,21 @@ def _orthogonalize(Q: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torc
     return w, h + h2
 
 
+def _orthogonalize_rows(R: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_orthogonalize` against the rows of ``R`` (basis vectors stored contiguously)."""
+    h = torch.mv(R, w)
+    w = torch.addmv(w, R.T, h, alpha=-1)
+    h2 = torch.mv(R, w)
+    w = torch.addmv(w, R.T, h2, alpha=-1)
+    return w, h + h2
+
+
 def _krylov_schur(op, k, which, tol, budget, q0, gen, m, progress, return_vectors) -> EigshResult:
     n, dtype, device = op.shape[0], op.dtype, op.device
-    Q = torch.zeros((n, m + 1), dtype=dtype, device=device)
+    # the basis is stored by rows: Q[j] is the j-th Lanczos vector, contiguous in memory
+    Q = torch.zeros((m + 1, n), dtype=dtype, device=device)
     H = torch.zeros((m + 1, m), dtype=torch.float64)
-    Q[:, 0] = q0 / q0.norm()
+    Q[0] = q0 / q0.norm()
     p = 0  # number of kept (locked-in) Ritz vectors at the start of a cycle
     used = 0
     restarts = 0
@@ -271,9 +281,9 @@ def _krylov_schur(op, k, which, tol, budget, q0, gen, m, progress, return_vector
         while True:
             j = p
             while j < m and used < budget:
-                w = op.matvec(Q[:, j])
+                w = op.matvec(Q[j])
                 used += 1
-                w, h = _orthogonalize(Q[:, : j + 1], w)
+                w, h = _orthogonalize_rows(Q[: j + 1], w)
                 beta = float(w.norm())
                 H[: j + 1, j] = h.to(torch.float64).cpu()
                 scale = max(scale, float(h[j].abs()), beta)
@@ -281,11 +291,11 @@ def _krylov_schur(op, k, which, tol, budget, q0, gen, m, progress, return_vector
                     # invariant subspace: continue with a random direction orthogonal to Q
                     H[j + 1, j] = 0.0
                     r = gaussian(n, 1, gen, dtype, device)[:, 0]
-                    r, _ = _orthogonalize(Q[:, : j + 1], r)
-                    Q[:, j + 1] = r / r.norm()
+                    r, _ = _orthogonalize_rows(Q[: j + 1], r)
+                    Q[j + 1] = r / r.norm()
                 else:
                     H[j + 1, j] = beta
-                    Q[:, j + 1] = w / beta
+                    Q[j + 1] = w / beta
                 j += 1
                 bar.update(1, info=f"restart {restarts}")
                 if j >= k and j < m:
@@ -307,15 +317,15 @@ def _krylov_schur(op, k, which, tol, budget, q0, gen, m, progress, return_vector
             p = min(k + max(1, (m - k) // 2), m - 1)
             keep = order[:p]
             Sk = S[:, keep].to(dtype=dtype, device=device)
-            Q[:, :p] = Q[:, :m] @ Sk
-            Q[:, p] = Q[:, m]
+            Q[:p] = Sk.T @ Q[:m]
+            Q[p] = Q[m]
             b = H[m, :m] @ S[:, keep]
             H.zero_()
             H[torch.arange(p), torch.arange(p)] = theta[keep]
             H[p, :p] = b
             restarts += 1
     vals = theta[want]
-    vecs = Q[:, :j] @ S[:, want].to(dtype=dtype, device=device)
+    vecs = Q[:j].T @ S[:, want].to(dtype=dtype, device=device)
     out = _output_order(vals, which)
     vals, vecs, res_w, conv = vals[out], vecs[:, out], resid[want][out], conv[out]
     msg = "converged" if bool(conv.all()) else (
