@@ -75,6 +75,8 @@ def run_scipy(p, method):
     opts = {"maxiter": 5000}
     if method in ("BFGS", "L-BFGS-B", "trust-ncg", "trust-exact"):
         opts["gtol"] = 1e-5
+    if method == "BFGS":
+        opts["norm"] = 2  # the same stopping test as hesse (||g||_2 <= gtol); scipy's default is max|g_i|
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -109,3 +109,28 @@ def test_fallback_and_errors():
         KFAC(nn.Linear(2, 2), damping=-1e-3)
     with pytest.raises(TypeError, match="model first"):
         KFAC(nn.Linear(2, 2).parameters())
+
+
+def test_factor_every_updates_statistics_only_on_its_steps():
+    """factor_every=3, stat_decay=d: A after 7 steps is the running average of the batches of steps
+    1, 4 and 7 only (the hooks record nothing in between), computed here by hand from the inputs."""
+    torch.manual_seed(3)
+    model = nn.Linear(4, 3).double()
+    loss_fn = nn.CrossEntropyLoss()
+    d = 0.5
+    opt = _kfac(model, factor_every=3, stat_decay=d, lr=0.1)
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(6, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (6,), generator=gen))
+               for _ in range(7)]
+    for X, y in batches:
+        _run_step(model, opt, X, y, loss_fn)
+
+    def a_factor(X):
+        a = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
+        return a.T @ a / len(X)
+
+    expected = a_factor(batches[0][0])
+    for i in (3, 6):
+        expected = d * expected + (1 - d) * a_factor(batches[i][0])
+    torch.testing.assert_close(opt.state[model.weight]["A"], expected, rtol=1e-12, atol=1e-14)
+    assert not opt._cache  # nothing left recorded after a non-statistics step

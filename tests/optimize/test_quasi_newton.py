@@ -39,7 +39,7 @@ def test_bfgs_iterations_keep_pd_and_secant(rosen):
 @pytest.mark.parametrize("name", ["rosenbrock", "helical_valley", "wood"])
 def test_lbfgs_with_large_memory_matches_bfgs(name):
     p = get_problem(name)
-    rb = hesse.minimize(p.f, p.x0, method="bfgs", gtol=1e-8)
+    rb = hesse.minimize(p.f, p.x0, method="bfgs", scale_h0=True, initial_step="unit", gtol=1e-8)
     rl = hesse.minimize(p.f, p.x0, method="lbfgs", memory=500, h0="first", gtol=1e-8)
     assert rb.success and rl.success
     k = min(len(rb.history.iterates), len(rl.history.iterates), 15)
@@ -74,4 +74,6 @@ def test_quasi_newton_reach_minimum(method, name):
         return
     # ||g|| <= 1e-5 and a PD Hessian there: f within 1e-8 of f* = 0
     assert r.fun < 1e-8
+    if name == "box_3d" and abs(float(r.x[0] - r.x[1])) < 1e-3 and abs(float(r.x[2])) < 1e-3:
+        return  # MGH (1981) problem 12: f = 0 on the whole line x1 = x2, x3 = 0 as well as at (1, 10, 1)
     assert torch.allclose(r.x, p.xmin, atol=1e-3 * max(1.0, float(p.xmin.abs().max())))

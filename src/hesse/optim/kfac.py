@@ -12,7 +12,9 @@ natural-gradient step for the block is then ``(A ⊗ G)⁻¹ vec(∇W) = vec(G�
   spatial location ``t``; ``A`` is their mean over samples and locations and ``G`` the mean over
   samples of ``Σ_t g_t g_tᵀ`` (spatially uncorrelated derivatives, spatial homogeneity).
 * Statistics are exponential running averages with ``stat_decay``, initialised with the first
-  batch. Every ``inv_every`` steps the factors are eigendecomposed and the damped inverses
+  batch and updated every ``factor_every`` steps (the ``T_1`` of Martens & Grosse 2015, §8; the
+  hooks record nothing on the other steps, which then cost what SGD costs plus one
+  preconditioning). Every ``inv_every`` steps the factors are eigendecomposed and the damped inverses
   ``(A + π√λ I)⁻¹`` and ``(G + √λ/π I)⁻¹`` stored, with the factored Tikhonov damping of Martens &
   Grosse (2015, §6.3): ``π = sqrt((tr A / dim A) / (tr G / dim G))``.
 * The preconditioned direction is rescaled by KL clipping (Ba, Grosse & Martens 2017):
@@ -44,7 +46,7 @@ class KFAC(torch.optim.Optimizer):
     """K-FAC optimizer for the ``nn.Linear`` and ``nn.Conv2d`` layers of ``model``.
 
     ``KFAC(model, lr=0.1, damping=1e-3, inv_every=10, stat_decay=0.95, momentum=0.9,
-    weight_decay=0.0, kl_clip=1e-3, params=None)`` (``kl_clip=None`` disables KL clipping; with
+    weight_decay=0.0, kl_clip=1e-3, params=None, factor_every=1)`` (``kl_clip=None`` disables KL clipping; with
     the default, the step length is mostly set by ``kl_clip`` and ``lr`` matters less). ``params`` may restrict the optimized
     parameters or give param groups (a layer uses the hyperparameters of its weight's group).
     ``step(closure)`` takes the closure of ``torch.optim.LBFGS`` (or, without a closure, uses the
@@ -54,17 +56,20 @@ class KFAC(torch.optim.Optimizer):
 
     def __init__(self, model: nn.Module, lr: float = 0.1, damping: float = 1e-3,
                  inv_every: int = 10, stat_decay: float = 0.95, momentum: float = 0.9,
-                 weight_decay: float = 0.0, kl_clip: float | None = 1e-3, params: Any = None):
+                 weight_decay: float = 0.0, kl_clip: float | None = 1e-3, params: Any = None,
+                 factor_every: int = 1):
         check_model(model, "KFAC")
         check_hyper(lr, "lr")
         check_hyper(damping, "damping")
         check_int(inv_every, "inv_every")
+        check_int(factor_every, "factor_every")
         check_hyper(stat_decay, "stat_decay", allow_zero=True, upper=1.0, upper_open=True)
         check_hyper(momentum, "momentum", allow_zero=True, upper=1.0, upper_open=True)
         check_hyper(weight_decay, "weight_decay", allow_zero=True)
         if kl_clip is not None:
             check_hyper(kl_clip, "kl_clip")
-        defaults = dict(lr=lr, damping=damping, inv_every=inv_every, stat_decay=stat_decay,
+        defaults = dict(lr=lr, damping=damping, inv_every=inv_every, factor_every=factor_every,
+                        stat_decay=stat_decay,
                         momentum=momentum, weight_decay=weight_decay, kl_clip=kl_clip)
         super().__init__(model_param_groups(model, params), defaults)
         optimized = {id(p) for g in self.param_groups for p in g["params"]}
@@ -91,6 +96,7 @@ class KFAC(torch.optim.Optimizer):
                 "back to SGD with momentum. Use torch.optim.SGD or another hesse.optim optimizer.")
         self._cache: dict[int, dict[str, torch.Tensor]] = {}
         self._handles = []
+        self._weight_of = {id(module): weight for module, weight, _ in self._layers}
         for module, _, _ in self._layers:
             self._handles.append(module.register_forward_hook(self._forward_hook))
 
@@ -98,6 +104,12 @@ class KFAC(torch.optim.Optimizer):
     def _forward_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         if not (torch.is_grad_enabled() and module.training and output.requires_grad):
             return
+        weight = self._weight_of[id(module)]
+        state = self.state[weight]
+        done = int(state["step"]) if "step" in state else 0  # steps taken so far by this layer
+        every = next(g["factor_every"] for g in self.param_groups if any(p is weight for p in g["params"]))
+        if "A" in state and done % every != 0:
+            return  # not a statistics step: no activations kept, no backward hook
         entry = self._cache.setdefault(id(module), {})
         entry["a"] = args[0].detach()
 

@@ -43,6 +43,15 @@ def _cubic_min(a, fa, da, b, fb, db):
     return t if math.isfinite(t) else None
 
 
+def _quadratic_min(a, fa, da, b, fb):
+    """Minimizer of the quadratic through (a, fa) with slope da and (b, fb); None if not convex."""
+    denom = 2.0 * ((fb - fa) - da * (b - a))
+    if denom <= 0:
+        return None
+    t = a - da * (b - a) ** 2 / denom
+    return t if math.isfinite(t) else None
+
+
 def strong_wolfe(value_grad, x: torch.Tensor, p: torch.Tensor, f0: float, g0: torch.Tensor,
                  alpha0: float = 1.0, c1: float = 1e-4, c2: float = 0.9, max_evals: int = 30,
                  alpha_max: float = 1e10) -> LineSearchResult:
@@ -87,9 +96,12 @@ def strong_wolfe(value_grad, x: torch.Tensor, p: torch.Tensor, f0: float, g0: to
         if evals >= max_evals or alpha >= alpha_max:
             return LineSearchResult(alpha, fa, ga, xa, fa < f0, evals, "bracketing budget exhausted")
         first = False
+        # extrapolate: minimizer of the cubic through the last two trials, kept in [1.1, 4] x alpha
+        t = _cubic_min(a_prev, f_prev, d_prev, alpha, fa, da)
+        t = 2.0 * alpha if t is None else min(max(t, 1.1 * alpha), 4.0 * alpha)
         a_prev, f_prev, d_prev = alpha, fa, da
         prev_point = (xa, ga)
-        alpha = min(alpha_max, 2.0 * alpha)
+        alpha = min(alpha_max, t)
         fa, ga, xa = phi(alpha)
         evals_guard = 0
         while not (math.isfinite(fa) and bool(torch.isfinite(ga).all())):
@@ -108,8 +120,16 @@ def _zoom(phi, p, lo, flo, dlo, hi, fhi, dhi, f0, d0, c1, c2, max_evals, evals, 
     for _ in range(max(1, max_evals - evals)):
         width = hi - lo
         t = _cubic_min(lo, flo, dlo, hi, fhi, dhi)
-        if t is None or not (min(lo, hi) + 0.1 * abs(width) <= t <= max(lo, hi) - 0.1 * abs(width)):
+        if fhi > flo and t is not None:
+            # Moré & Thuente (1994), case 1: the trial at hi is worse; take the cubic step when it
+            # is closer to lo than the quadratic through (flo, dlo, fhi), else their average
+            q = _quadratic_min(lo, flo, dlo, hi, fhi)
+            if q is not None and abs(t - lo) >= abs(q - lo):
+                t = 0.5 * (t + q)
+        if t is None:
             t = lo + 0.5 * width
+        else:  # safeguard: stay at least 10 % of the interval away from both ends
+            t = min(max(t, min(lo, hi) + 0.1 * abs(width)), max(lo, hi) - 0.1 * abs(width))
         fa, ga, xa = phi(t)
         evals += 1
         if not (math.isfinite(fa) and bool(torch.isfinite(ga).all())):

@@ -77,9 +77,10 @@ _register(MethodSpec("sr1", "gradient", {"initial_radius": 1.0, "max_radius": 1e
 _register(MethodSpec("newton-cg", "hvp", {"cg_max_iter": None}, minimize_newton_cg,
                      "Hessian-free truncated CG + strong Wolfe line search"))
 for _name in ("bfgs", "dfp"):
-    _register(MethodSpec(_name, "gradient", {}, partial(minimize_quasi_newton, update=UPDATES[_name]),
+    _register(MethodSpec(_name, "gradient", {"scale_h0": False, "initial_step": "interpolate"},
+                         partial(minimize_quasi_newton, update=UPDATES[_name]),
                          f"{_name.upper()} (dense inverse Hessian) + strong Wolfe", forms_matrix=True,
-                         batched=_name == "bfgs"))
+                         batched=_name == "bfgs", choices={"initial_step": ("interpolate", "unit")}))
 _register(MethodSpec("lbfgs", "gradient", {"memory": 10, "h0": "latest"}, minimize_lbfgs,
                      "limited-memory BFGS, two-loop recursion + strong Wolfe",
                      choices={"h0": ("latest", "first")}))
