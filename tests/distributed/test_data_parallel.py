@@ -35,7 +35,27 @@ def _load_worker():
     return module
 
 
+# torch 2.13's gloo backend occasionally aborts a process while it tears its group down after all
+# work is done ("terminate called without an active exception", SIGABRT; pytorch issue 190489,
+# PR 179291): about 1 run in 30 here. Such a run is repeated once; any other failure counts.
+_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def _teardown_abort(run: subprocess.CompletedProcess) -> bool:
+    return run.returncode in (-6, 134) and _TEARDOWN_ABORT in run.stderr
+
+
 def _launch(scenario: str, tmp: Path, world: int = 2) -> list[subprocess.CompletedProcess]:
+    runs = _launch_once(scenario, tmp, world)
+    if any(_teardown_abort(r) for r in runs):
+        for f in tmp.iterdir():
+            if f.is_file():
+                f.unlink()  # the file rendezvous and partial results of the aborted run
+        runs = _launch_once(scenario, tmp, world)
+    return runs
+
+
+def _launch_once(scenario: str, tmp: Path, world: int) -> list[subprocess.CompletedProcess]:
     init = tmp / "rendezvous"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [
@@ -173,6 +193,8 @@ def test_cli_under_torchrun_prints_once(tmp_path):
     cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "hesse.cli.main",
            "spectrum", "--k", "3", "--json", "--quiet"]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=TIMEOUT_S, cwd=tmp_path)
+    if _teardown_abort(run) or ("ChildFailedError" in run.stderr and _TEARDOWN_ABORT in run.stderr):
+        run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=TIMEOUT_S, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout)  # exactly one JSON document: rank 1's stdout went to devnull
     assert isinstance(out, dict) and out

@@ -161,14 +161,21 @@ def torchrun_session(backend: str | None = None):
     created = False
     if launched_by_torchrun() and not is_initialized():
         created = init_from_env(backend)
+    failed = True
     try:
         if is_main_process():
             yield
         else:
             with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
                 yield
+        failed = False
     finally:
         if created and is_initialized():
+            if not failed:
+                # every rank reaches this point before any tears its group down: destroying a gloo
+                # group while a peer still uses it aborts the process ("terminate called ...")
+                with contextlib.suppress(Exception):
+                    dist.barrier()
             dist.destroy_process_group()
 
 
