@@ -50,7 +50,7 @@ def top5_rows(name, model, loss_fn, X, y, truth, peers=True, cheap=False):
     from scipy.sparse.linalg import eigsh as arpack
 
     A = op.to_scipy()
-    walls = {"hesse": [], "arpack": []}
+    walls = {"hesse": [], "arpack": [], "arpack_tol": []}
     for _ in range(3):
         op.reset_counter()
         r, t = timed(lambda: hesse.eigsh(op, k=5, tol=1e-6))
@@ -59,11 +59,19 @@ def top5_rows(name, model, loss_fn, X, y, truth, peers=True, cheap=False):
         v, t = timed(lambda: arpack(A, k=5, which="LA", return_eigenvectors=False))
         walls["arpack"].append(t)
         arpack_products = op.num_matvecs
+        # ARPACK told the accuracy asked of the benchmark (its default tol=0 is machine precision)
+        op.reset_counter()
+        v_tol, t = timed(lambda: arpack(A, k=5, which="LA", tol=1e-10, return_eigenvectors=False))
+        walls["arpack_tol"].append(t)
+        arpack_tol_products = op.num_matvecs
     rows.append(dict(problem=name, method="hesse.eigsh (Krylov-Schur)", products=r.num_matvecs,
                      wall_s=float(np.median(walls["hesse"])), rel_err=rel_err(r.values.numpy(), truth),
                      converged=r.all_converged))
     rows.append(dict(problem=name, method="scipy eigsh (ARPACK) on hesse op", products=arpack_products,
                      wall_s=float(np.median(walls["arpack"])), rel_err=rel_err(v, truth), converged=True))
+    rows.append(dict(problem=name, method="scipy eigsh (ARPACK, tol=1e-10) on hesse op",
+                     products=arpack_tol_products, wall_s=float(np.median(walls["arpack_tol"])),
+                     rel_err=rel_err(v_tol, truth), converged=True))
     if not peers:
         return rows
     if cheap:  # the CNN: skip the second ARPACK run (same algorithm as above)
