@@ -22,6 +22,8 @@ class Progress:
         self._last = 0.0
         self._min_interval = min_interval
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._shown = -1  # count at the last line written
+        self._info = ""
 
     def __enter__(self) -> Progress:
         return self
@@ -31,6 +33,7 @@ class Progress:
 
     def update(self, n: int = 1, info: str = "") -> None:
         self.count += n
+        self._info = info
         if not self.enabled:
             return
         now = time.perf_counter()
@@ -38,6 +41,10 @@ class Progress:
         if not done and now - self._last < self._min_interval:
             return
         self._last = now
+        self._write(now, info)
+
+    def _write(self, now: float, info: str) -> None:
+        self._shown = self.count
         elapsed = now - self.start
         if self.total:
             frac = min(1.0, self.count / self.total)
@@ -52,7 +59,13 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled and self._tty:
+        """Show the final count (an iteration that stops early, e.g. a converged Lanczos run, ends
+        below ``total``) and end the line."""
+        if not self.enabled:
+            return
+        if self.count != self._shown and self.count > 0:
+            self._write(time.perf_counter(), (self._info + " done").strip())
+        if self._tty:
             self.stream.write("\n")
             self.stream.flush()
 
