@@ -139,3 +139,20 @@ def test_not_an_operator():
         warnings.simplefilter("error")
         with pytest.raises(TypeError, match="CurvatureOperator"):
             hesse.power_iteration([[1.0]])
+
+
+def test_basis_is_shrunk_to_max_memory_or_refused(indefinite_op):
+    """n = 2,000 float64: one vector is 16,000 bytes. A 200 kB budget holds 12 vectors: with k = 3
+    the default basis (20) is shrunk to 12 - 1 - 3 = 8 and still converges to the dense truth; an
+    explicit num_basis over the budget, or a budget below k + 2 basis vectors, is refused."""
+    op = indefinite_op
+    truth = torch.linalg.eigvalsh(op.to_dense())[-3:].flip(0)
+    r = hesse.eigsh(op, k=3, tol=1e-8, max_memory=200_000)
+    assert r.extra["num_basis"] == 8 and "shrunk from 20 to 8" in r.message
+    assert r.all_converged
+    torch.testing.assert_close(r.values, truth, rtol=1e-8, atol=0)
+    with pytest.raises(ValueError, match="low_memory=True"):
+        hesse.eigsh(op, k=3, num_basis=20, max_memory=200_000)
+    with pytest.raises(ValueError, match="low_memory=True"):
+        hesse.eigsh(op, k=3, max_memory=100_000)
+    assert hesse.eigsh(op, k=3, low_memory=True, max_memory=100_000).all_converged

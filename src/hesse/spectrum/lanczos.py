@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hesse._memory import default_max_memory, format_bytes
 from hesse._progress import Progress
 from hesse._validation import check_choice
 
@@ -138,6 +139,7 @@ def eigsh(
     check_residuals: bool = False,
     dense_threshold: int = DENSE_THRESHOLD,
     return_vectors: bool = True,
+    max_memory: int | None = None,
 ) -> EigshResult:
     """``k`` extreme eigenpairs of the symmetric operator ``op``.
 
@@ -162,6 +164,10 @@ def eigsh(
     dense_threshold : operators with ``n <= dense_threshold`` or ``k >= n / 2`` are diagonalised
         densely with ``torch.linalg.eigh`` (``method="dense"``, ``n`` products).
     return_vectors : keep the eigenvectors in the result (``vectors=None`` otherwise).
+    max_memory : bytes the Krylov basis may take (default: the dense-matrix guard, 4 GiB or
+        ``HESSE_MAX_MEMORY``). Without an explicit ``num_basis`` the basis is shrunk to fit (at
+        least ``k + 2`` vectors, said in ``message``); if even that does not fit, a ``ValueError``
+        points to ``low_memory=True`` (``4 + k`` float64 vectors).
 
     Returns
     -------
@@ -190,6 +196,20 @@ def eigsh(
     if not isinstance(m, int) or m <= k + 1:
         raise ValueError(f"num_basis must be an int larger than k + 1 = {k + 1}, got {num_basis!r}.")
     m = min(m, n - 1)
+    shrunk = ""
+    if not low_memory:
+        limit = default_max_memory() if max_memory is None else int(max_memory)
+        vec_bytes = n * torch.empty((), dtype=op.dtype).element_size()
+        fits = limit // vec_bytes - 1 - k  # basis of m + 1 vectors plus the k returned vectors
+        if m > fits:
+            if num_basis is not None or fits < k + 2:
+                raise ValueError(
+                    f"eigsh's Krylov basis needs {m + 1 + k} vectors of {format_bytes(vec_bytes)} = "
+                    f"{format_bytes((m + 1 + k) * vec_bytes)}, over max_memory = {format_bytes(limit)}. "
+                    f"Pass low_memory=True (about {4 + k} float64 vectors, twice the products), a "
+                    f"smaller num_basis (at least k + 2 = {k + 2}), or a larger max_memory.")
+            shrunk = f"; basis shrunk from {m} to {fits} vectors to fit max_memory = {format_bytes(limit)}"
+            m = fits
     budget = max_matvecs if max_matvecs is not None else max(300, 30 * m)
     gen = generator(seed, op.device)
     q0 = v0 if v0 is not None else gaussian(n, 1, gen, op.dtype, op.device)[:, 0]
@@ -197,6 +217,8 @@ def eigsh(
         res = _two_pass(op, k, which, tol, budget, q0, progress, return_vectors)
     else:
         res = _krylov_schur(op, k, which, tol, budget, q0, gen, m, progress, return_vectors)
+    if shrunk:
+        res.message += shrunk
     if check_residuals and res.vectors is not None:
         AV = op.matmat(res.vectors)
         r = (AV - res.vectors * res.values.to(op.dtype)).norm(dim=0).to(torch.float64).cpu()
