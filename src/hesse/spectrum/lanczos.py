@@ -291,9 +291,9 @@ def _krylov_schur(op, k, which, tol, budget, q0, gen, m, progress, return_vector
     exhausted = False
     j = 0
     def ritz(j):
-        Hj = torch.triu(H[:j, :j])
-        Hj = Hj + torch.triu(Hj, 1).T
-        theta, S = torch.linalg.eigh(Hj)
+        # the projected matrix is symmetric; its upper triangle holds the orthogonalization
+        # coefficients (column by column), which is all eigh reads with UPLO="U"
+        theta, S = torch.linalg.eigh(H[:j, :j], UPLO="U")
         resid = (H[j, :j] @ S).abs()
         order = _priority(theta, which)
         return theta, S, resid, order
