@@ -7,10 +7,17 @@ term ``Σ_j (∂ℓ/∂z_j) ∇²z_j`` of the Hessian, so it is positive semidef
 convex in the outputs (mean squared error, cross-entropy), and it equals the Hessian for a model
 linear in θ. For cross-entropy and Gaussian likelihoods it is also the exact Fisher.
 
-A product ``G V`` is ``J V`` (forward mode, ``jvp``, batched over the columns with ``vmap``), then
-``H_L (J V)`` (reverse-over-reverse on the loss as a function of the outputs, which is cheap),
+A block product ``G V`` is ``J V`` (forward mode, ``jvp``, batched over the columns with ``vmap``),
+then ``H_L (J V)`` (reverse-over-reverse on the loss as a function of the outputs, which is cheap),
 then ``Jᵀ(·)`` (one ``vjp``, vmapped). Cost per block: about one forward and one backward pass per
 batch, each carrying ``k`` tangents.
+
+Single products (``matvec``, as in Lanczos and CG) reuse a graph kept per batch (``keep_graph``,
+within ``graph_memory``, default 2 GiB): the outputs ``z(θ)``, the vector-Jacobian product
+``Jᵀu`` built with ``create_graph`` for a dummy ``u``, and ``∇_z ℓ``. Then ``J v`` is the
+derivative of ``⟨Jᵀu, v⟩`` with respect to ``u`` (the "double-vjp" form of a Jacobian-vector
+product), ``H_L J v`` one more backward through ``∇_z ℓ`` and ``Jᵀ H_L J v`` a backward through
+``z``: no forward pass per product (measured about 2x faster on digits MLPs and CNNs).
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 from torch.func import grad, jvp, vjp, vmap
 
-from ._model_operator import ModelCurvatureOperator
+from ._model_operator import ModelCurvatureOperator, _SavedBytes
 
 
 class GGNOperator(ModelCurvatureOperator):
@@ -39,11 +47,30 @@ class GGNOperator(ModelCurvatureOperator):
         eval_mode: bool = True,
         check_deterministic: bool = False,
         distributed: Any = None,
+        keep_graph: bool = True,
+        graph_memory: int | None = None,
     ):
+        # graphs for single products, per batch index (filled lazily by the first matvec)
+        self._jvp_graphs: dict[int, tuple] = {}
+        self._jvp_bytes = 0
+        self._jvp_keep = keep_graph
+        self._jvp_attention: bool | None = None
         super().__init__(model, loss_fn, data, params, bn_mode=bn_mode, eval_mode=eval_mode,
-                         check_deterministic=check_deterministic, distributed=distributed, is_psd=True, keep_graph=False)
+                         check_deterministic=check_deterministic, distributed=distributed, is_psd=True,
+                         keep_graph=False, graph_memory=graph_memory)
+
+    def _check_deterministic(self) -> None:
+        # two products must each run the model: no graph may be reused between them
+        keep, saved = self._jvp_keep, self._jvp_graphs
+        self._jvp_keep, self._jvp_graphs = False, {}
+        try:
+            super()._check_deterministic()
+        finally:
+            self._jvp_keep, self._jvp_graphs = keep, saved
 
     def _batch_product(self, index, inputs, targets, Vs, k):
+        if k == 1:
+            return self._single_product(index, inputs, targets, Vs)
         p = self._problem
         params = tuple(q.detach() for q in p.params)
 
@@ -59,3 +86,38 @@ class GGNOperator(ModelCurvatureOperator):
             _, loss_hvp = vjp(grad(loss_of_outputs), z)  # H_L is symmetric: vjp = H_L u
             HJV = vmap(lambda u: loss_hvp(u)[0])(JV)
             return list(vmap(vjp_fn)(HJV)[0])
+
+    def _single_product(self, index, inputs, targets, Vs):
+        p = self._problem
+        if self._jvp_attention != p.math_attention:  # graphs built before an attention fallback
+            self._jvp_graphs.clear()
+            self._jvp_bytes = 0
+            self._jvp_attention = p.math_attention
+        entry = self._jvp_graphs.get(index)
+        if entry is None:
+            params = tuple(q.detach().requires_grad_(True) for q in p.params)
+            counter = _SavedBytes()
+            with p.mode(), counter.hooks():
+                z = p.forward(params, inputs)
+                u = torch.zeros_like(z, requires_grad=True)
+                ju = torch.autograd.grad(z, params, u, create_graph=True, allow_unused=True)
+                zd = z.detach().requires_grad_(True)
+                gl = torch.autograd.grad(p.loss_fn(zd, targets), zd, create_graph=True)[0]
+            entry = (params, z, u, ju, zd, gl)
+            if self._jvp_keep and self._jvp_bytes + counter.bytes <= self._graph_budget:
+                self._jvp_bytes += counter.bytes
+                self._jvp_graphs[index] = entry
+        params, z, u, ju, zd, gl = entry
+        live = [j for j, g in enumerate(ju) if g is not None and g.requires_grad]
+        Jv = None
+        if live:
+            Jv = torch.autograd.grad([ju[j] for j in live], u, [Vs[j][0] for j in live],
+                                     retain_graph=True, allow_unused=True)[0]
+        HJv = None
+        if Jv is not None and gl.requires_grad:
+            HJv = torch.autograd.grad(gl, zd, Jv, retain_graph=True, allow_unused=True)[0]
+        if HJv is None:  # J v = 0 or a loss linear in the outputs: G v = 0
+            return [torch.zeros((1, *shape), dtype=p.dtype, device=p.device) for shape in p.shapes]
+        out = torch.autograd.grad(z, params, HJv, retain_graph=True, allow_unused=True)
+        return [torch.zeros((1, *shape), dtype=p.dtype, device=p.device) if o is None else o.unsqueeze(0)
+                for o, shape in zip(out, p.shapes)]
