@@ -46,7 +46,7 @@ Exactness: for one datum (one row per layer), ``kind="type2"`` equals the GGN's 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -201,7 +201,23 @@ class KFACOperator(CurvatureOperator):
                     params = tuple(q.detach().requires_grad_(True) for q in p.params)
                     with p.mode(), torch.enable_grad():
                         z = p.forward(params, x)
-                        grads, weight = self._output_gradients(z, y, nb, index, layers)
+                        cotangents, weight = self._output_cotangents(z, y, nb, index, layers)
+                        outputs = [t for layer in layers for t in layer.outputs]
+                        # one backward pass per cotangent, accumulated at once: only one set of
+                        # output gradients is alive at a time
+                        for u in cotangents:
+                            gs = iter(torch.autograd.grad(z, outputs, u, retain_graph=True,
+                                                          allow_unused=True))
+                            for j, layer in enumerate(layers):
+                                parts = [next(gs) for _ in layer.outputs]
+                                parts = [torch.zeros_like(o) if g is None else g
+                                         for o, g in zip(layer.outputs, parts)]
+                                if not parts:
+                                    continue
+                                g = torch.cat([layer.rows_out(t) for t in parts])
+                                G = weight * (g.T @ g)
+                                G_sum[j] = G if G_sum[j] is None else G_sum[j] + G
+                        del z, outputs
                     for j, layer in enumerate(layers):
                         if not layer.inputs:
                             continue
@@ -209,10 +225,8 @@ class KFACOperator(CurvatureOperator):
                         A = a.T @ a
                         A_sum[j] = A if A_sum[j] is None else A_sum[j] + A
                         rows[j] += a.shape[0]
-                        for per_layer in grads:
-                            g = torch.cat([layer.rows_out(t) for t in per_layer[j]])
-                            G = weight * (g.T @ g)
-                            G_sum[j] = G if G_sum[j] is None else G_sum[j] + G
+                    for layer in layers:
+                        layer.inputs, layer.outputs, layer.versions = [], [], []
                     total += nb
                     bar.update(1)
         finally:
@@ -232,9 +246,9 @@ class KFACOperator(CurvatureOperator):
             out[layer.name] = (A / r, G / total)
         return out
 
-    def _output_gradients(self, z, y, nb, index, layers):
-        """Per backward pass, the gradients w.r.t. each layer's outputs, and the weight of their
-        outer products (before the division by N)."""
+    def _output_cotangents(self, z, y, nb, index, layers):
+        """The vectors ``u`` (shaped like ``z``) to backpropagate to the layers' outputs, and the
+        weight of the outer products of the results (before the division by N)."""
         p = self._problem
         if not isinstance(z, torch.Tensor) or not z.requires_grad:
             raise ValueError("the model's output must be a tensor that depends on the selected "
@@ -244,7 +258,6 @@ class KFACOperator(CurvatureOperator):
                 raise ValueError(f"the output of layer {layer.name!r} is modified in place later in "
                                  f"the forward pass (e.g. an activation with inplace=True); K-FAC "
                                  f"needs the gradient with respect to it. Use inplace=False.")
-        outputs = [t for layer in layers for t in layer.outputs]
         zd = z.detach()
         loss = p.loss_fn(zd, y)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
@@ -272,16 +285,7 @@ class KFACOperator(CurvatureOperator):
                 zz = zd.clone().requires_grad_(True)
                 cotangents.append(torch.autograd.grad(p.loss_fn(zz, t), zz)[0])
             weight = batch_weight / c * fix / len(targets)
-        result = []
-        for u in cotangents:
-            gs = torch.autograd.grad(z, outputs, u, retain_graph=True, allow_unused=True)
-            it = iter(zip(outputs, gs))
-            per_layer = []
-            for layer in layers:
-                per_layer.append([torch.zeros_like(o) if g is None else g
-                                  for o, g in (next(it) for _ in layer.outputs)])
-            result.append(per_layer)
-        return result, weight
+        return cotangents, weight
 
     # ------------------------------------------------------------------ products
     def _split(self, V: torch.Tensor) -> tuple[list[torch.Tensor], int]:
@@ -460,9 +464,10 @@ def _num_terms(loss_fn: Any, z: torch.Tensor, y: Any) -> int:
     return z.shape[0] if z.ndim >= 1 else 1
 
 
-def _hessian_sqrt_columns(loss_fn: Any, z: torch.Tensor, y: Any, reduction: str) -> list[torch.Tensor]:
+def _hessian_sqrt_columns(loss_fn: Any, z: torch.Tensor, y: Any, reduction: str) -> Iterator[torch.Tensor]:
     """Tensors ``S_m`` shaped like ``z`` with ``∇²_z loss_fn(z, y) = Σ_m vec(S_m) vec(S_m)ᵀ``,
-    block-diagonal over the likelihood terms."""
+    block-diagonal over the likelihood terms; generated one at a time (``C`` of them, each the
+    size of ``z``)."""
     if isinstance(loss_fn, nn.CrossEntropyLoss):
         cdim = 1 if z.ndim > 1 else 0
         prob = torch.softmax(z, dim=cdim)
@@ -471,12 +476,11 @@ def _hessian_sqrt_columns(loss_fn: Any, z: torch.Tensor, y: Any, reduction: str)
         root = torch.sqrt(c * prob)
         if mask is not None:
             root = root * mask.unsqueeze(cdim).to(z.dtype)
-        cols = []
         for m in range(z.shape[cdim]):
             onehot = torch.zeros_like(z)
             onehot.select(cdim, m).fill_(1.0)
-            cols.append(root.narrow(cdim, m, 1) * (onehot - prob))
-        return cols
+            yield root.narrow(cdim, m, 1) * (onehot - prob)
+        return
     c = 1.0 / z.numel() if reduction == "mean" else 1.0
     if isinstance(loss_fn, nn.MSELoss):
         diag = torch.full_like(z, (2.0 * c) ** 0.5)
@@ -484,13 +488,12 @@ def _hessian_sqrt_columns(loss_fn: Any, z: torch.Tensor, y: Any, reduction: str)
         prob = torch.sigmoid(z)
         diag = torch.sqrt(c * prob * (1 - prob))
     if z.ndim < 2:
-        return [diag]
-    cols = []
+        yield diag
+        return
     for m in range(z.shape[-1]):
         col = torch.zeros_like(z)
         col[..., m] = diag[..., m]
-        cols.append(col)
-    return cols
+        yield col
 
 
 def _sample_targets(loss_fn: Any, z: torch.Tensor, y: Any, reduction: str, seed: int,
