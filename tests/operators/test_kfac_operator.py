@@ -334,12 +334,18 @@ def test_conv2d_factors_against_explicit_patches(config, bias):
     assert torch.allclose(op.to_dense()[:nc, :nc], block, atol=TOL, rtol=0)
 
 
-def test_conv2d_reflect_padding_one_datum_is_ggn_block():
-    """Non-zero padding modes pad before unfolding: one datum and a 1x1 output is exact."""
+@pytest.mark.parametrize("config", [dict(kernel_size=3, padding=1, padding_mode="reflect", stride=3),
+                                    dict(kernel_size=(2, 3), padding="same")],
+                         ids=["reflect", "same-even-kernel"])
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+def test_conv2d_padding_modes_one_datum_is_ggn_block(config):
+    """Non-zero padding modes and padding='same' (asymmetric for an even kernel) pad before
+    unfolding: one datum and a 1x1 output location make K-FAC exact."""
     torch.manual_seed(12)
-    conv = nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect", stride=3)
+    size = 3 if config.get("stride") == 3 else 1
+    conv = nn.Conv2d(2, 3, **config)
     model = nn.Sequential(conv, nn.Flatten(), nn.Linear(3, 2))
-    data = (torch.randn(1, 2, 3, 3), torch.randn(1, 2))
+    data = (torch.randn(1, 2, size, size), torch.randn(1, 2))
     K = KFACOperator(model, nn.MSELoss(), data).to_dense()
     G = hesse.GGNOperator(model, nn.MSELoss(), data).to_dense()
     assert torch.allclose(K, G * _block_mask(model, K.shape[0]), atol=TOL, rtol=0)
@@ -376,6 +382,27 @@ def test_unsupported_parameters_are_listed_and_params_selects():
     only = KFACOperator(model, nn.MSELoss(), data, params=["2.weight"])
     full = KFACOperator(model, nn.MSELoss(), data, params=["2.weight", "2.bias"])
     assert torch.allclose(only.to_dense(), full.to_dense()[:8, :8], atol=TOL, rtol=0)
+
+
+def test_parameter_shared_between_modules_refused():
+    torch.manual_seed(14)
+    model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3))
+    model[2].weight = model[0].weight
+    with pytest.raises(ValueError, match=r"shared between modules.*0\.weight \(in 0, 2\)"):
+        KFACOperator(model, nn.MSELoss(), (torch.randn(4, 3), torch.randn(4, 3)))
+
+
+def test_float32_model_gives_float32_operator():
+    gen = torch.Generator().manual_seed(15)
+    x, y = torch.randn(9, 4, generator=gen), torch.randn(9, 3, generator=gen)
+    model = _mlp()
+    ref = KFACOperator(model, nn.MSELoss(), (x, y)).to_dense()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x.float(), y.float()),
+                                         batch_size=4)
+    op = KFACOperator(model.float(), nn.MSELoss(), loader)
+    assert op.dtype == torch.float32 and op.factors["0"][0].dtype == torch.float32
+    # float32 rounding on entries of size ~1
+    assert torch.allclose(op.to_dense().double(), ref, atol=1e-5, rtol=0)
 
 
 def test_user_errors_leave_model_unchanged():
