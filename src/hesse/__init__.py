@@ -17,6 +17,7 @@ from .operators import (
     FisherOperator,
     GGNOperator,
     HessianOperator,
+    KFACOperator,
     LinearSolveResult,
 )
 from .optimize import *  # noqa: F403
@@ -31,6 +32,7 @@ __all__ = [
     "GGNOperator",
     "HessianCheck",
     "HessianOperator",
+    "KFACOperator",
     "LinearSolveResult",
     "check_hessian",
     "gradient",

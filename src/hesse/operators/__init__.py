@@ -5,6 +5,7 @@ from .composition import DenseOperator, ScaledOperator, ShiftedOperator, SumOper
 from .fisher import FisherOperator
 from .ggn import GGNOperator
 from .hessian import FunctionHessianOperator, HessianOperator
+from .kfac import KFACOperator
 from .solve import LinearSolveResult, solve
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "FunctionHessianOperator",
     "GGNOperator",
     "HessianOperator",
+    "KFACOperator",
     "LinearSolveResult",
     "ScaledOperator",
     "ShiftedOperator",
