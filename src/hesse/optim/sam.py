@@ -55,10 +55,11 @@ class SAM(torch.optim.Optimizer):
 
     @torch.no_grad()
     def _restore(self) -> None:
-        """Back to ``θ``: subtract the saved ``ε̂`` (and drop the emptied state entries)."""
+        """Back to ``θ``, copied (``(θ + ε̂) − ε̂`` is not ``θ`` in floating point); the emptied
+        state entries are dropped."""
         for p in self._params():
-            if p in self.state and "e_w" in self.state[p]:
-                p.sub_(self.state[p].pop("e_w"))
+            if p in self.state and "theta" in self.state[p]:
+                p.copy_(self.state[p].pop("theta"))
                 if not self.state[p]:
                     del self.state[p]
 
@@ -86,7 +87,7 @@ class SAM(torch.optim.Optimizer):
                 e = p.grad * scale
                 if group["adaptive"]:
                     e = e * p * p
-                self.state[p]["e_w"] = e.clone()
+                self.state[p]["theta"] = p.clone()
                 p.add_(e)
 
     @torch.no_grad()
