@@ -137,13 +137,18 @@ def check_finite_gradients(params: Any, cls_name: str, names: dict[int, str] | N
     """``ValueError`` if a gradient of ``params`` has a NaN or infinite entry, before the step
     changes any parameter or state (a single non-finite entry would otherwise spread through a
     shared norm, factor or momentum to every parameter)."""
-    for i, p in enumerate(params):
-        g = p.grad
-        if g is not None and not bool(torch.isfinite(g.detach()).all()):
-            label = repr(names[id(p)]) if names and id(p) in names else f"#{i} (shape {tuple(p.shape)})"
-            raise ValueError(
-                f"{cls_name}.step: the gradient of parameter {label} has non-finite entries; "
-                f"nothing was changed. Lower lr, clip the gradients or check the batch.")
+    with_grad = [(i, p) for i, p in enumerate(params) if p.grad is not None]
+    if not with_grad:
+        return
+    device = with_grad[0][1].grad.device
+    flags = torch.stack([torch.isfinite(p.grad.detach()).all().to(device) for _, p in with_grad])
+    if bool(flags.all()):  # one device synchronisation for all parameters
+        return
+    i, p = with_grad[int((~flags).nonzero()[0])]
+    label = repr(names[id(p)]) if names and id(p) in names else f"#{i} (shape {tuple(p.shape)})"
+    raise ValueError(
+        f"{cls_name}.step: the gradient of parameter {label} has non-finite entries; "
+        f"nothing was changed. Lower lr, clip the gradients or check the batch.")
 
 
 def run_closure(closure: Callable | None, cls_name: str, params: Any,

@@ -200,15 +200,16 @@ class KFAC(torch.optim.Optimizer):
     # ------------------------------------------------------------------ step
     @torch.no_grad()
     def step(self, closure: Callable | None = None) -> torch.Tensor | None:
-        """One K-FAC step; returns the closure's loss (``None`` without a closure)."""
+        """One K-FAC step; returns the closure's loss (``None`` without a closure). A non-finite
+        loss, gradient or recorded statistic raises ``ValueError`` and changes nothing."""
         try:
             loss = run_closure(closure, "KFAC", [p for g in self.param_groups for p in g["params"]],
                                self._names)
-            for entry in self._cache.values():
-                if not all(bool(torch.isfinite(t).all()) for t in entry.values()):
-                    raise ValueError("KFAC.step: the recorded layer inputs or output gradients "
-                                     "have non-finite entries; nothing was changed. Check the "
-                                     "batch, lower lr or raise damping.")
+            recorded = [torch.isfinite(t).all() for e in self._cache.values() for t in e.values()]
+            if recorded and not bool(torch.stack(recorded).all()):
+                raise ValueError("KFAC.step: the recorded layer inputs or output gradients have "
+                                 "non-finite entries; nothing was changed. Check the batch, "
+                                 "lower lr or raise damping.")
         except ValueError:
             self._cache.clear()  # this batch's statistics must not enter the running factors
             raise
