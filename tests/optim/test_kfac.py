@@ -210,3 +210,28 @@ def test_statistics_of_a_refused_batch_do_not_enter_the_factors():
         results.append((opt.state[model.weight]["A"], opt.state[model.weight]["G"], model.weight.detach()))
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_conv_factors_match_their_definition_for_both_reductions(reduction):
+    """KFC with 3 samples and 4 locations: A the mean of patch patchᵀ over samples and locations,
+    G = (1/m) Σᵢ Σ_t gᵢₜ gᵢₜᵀ with gᵢ = ∂ℓᵢ/∂sᵢ of the per-sample loss (torch.func), for both
+    reductions. Tolerance 1e-10: exact algebra in float64."""
+    torch.manual_seed(6)
+    conv = nn.Conv2d(2, 3, 2).double()
+    model = nn.Sequential(conv, nn.Flatten())
+    m = 3
+    X = torch.randn(m, 2, 3, 3, dtype=torch.float64)
+    y = torch.tensor([1, 5, 10])
+    ce = nn.CrossEntropyLoss(reduction=reduction)
+    with torch.no_grad():
+        s = conv(X)
+    g = vmap(grad(lambda s_i, t: ce(s_i.reshape(1, -1), t[None])))(s, y)  # (m, 3, 2, 2)
+    patches = nn.functional.unfold(X, 2).transpose(1, 2).reshape(-1, 8)
+    patches = torch.cat([patches, torch.ones(len(patches), 1, dtype=X.dtype)], dim=1)
+    gg = g.permute(0, 2, 3, 1).reshape(-1, 3)
+    opt = _kfac(model, reduction=reduction)
+    _run_step(model, opt, X, y, ce)
+    st = opt.state[conv.weight]
+    torch.testing.assert_close(st["A"], patches.T @ patches / len(patches), rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(st["G"], gg.T @ gg / m, rtol=1e-10, atol=1e-13)
