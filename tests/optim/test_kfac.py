@@ -134,3 +134,104 @@ def test_factor_every_updates_statistics_only_on_its_steps():
         expected = d * expected + (1 - d) * a_factor(batches[i][0])
     torch.testing.assert_close(opt.state[model.weight]["A"], expected, rtol=1e-12, atol=1e-14)
     assert not opt._cache  # nothing left recorded after a non-statistics step
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("positions", [None, 4], ids=["one-term", "sequence-of-4"])
+def test_factors_match_their_definition_for_both_reductions(reduction, positions):
+    """A = E[ã ãᵀ] over samples (and positions), G = (1/m) Σᵢ Σ_t gᵢₜ gᵢₜᵀ with gᵢ = ∂ℓᵢ/∂sᵢ the
+    output gradient of the per-sample loss ℓᵢ (the loss of sample i alone: mean or sum over its
+    tokens, as the batch loss reduces them), computed by torch.func for both layers of an MLP.
+    A batch of 6 with reduction="sum" would otherwise give G 36x too large. Tolerance 1e-10: exact
+    algebra in float64."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    lin1, lin2 = model[0], model[2]
+    m = 6
+    shape = (m,) if positions is None else (m, positions)
+    X = torch.randn(*shape, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, shape)
+    ce = nn.CrossEntropyLoss(reduction=reduction)
+
+    def batch_loss(out, t):
+        return ce(out.reshape(-1, 3), t.reshape(-1))
+
+    def per_sample_loss(out_i, t_i):
+        return batch_loss(out_i[None], t_i[None])
+
+    with torch.no_grad():
+        s1 = lin1(X)
+        h = torch.tanh(s1)
+        s2 = lin2(h)
+    g2 = vmap(grad(per_sample_loss))(s2, y)
+    g1 = vmap(grad(lambda s, t: per_sample_loss(lin2(torch.tanh(s)), t)))(s1, y)
+    opt = _kfac(model, reduction=reduction)
+    _run_step(model, opt, X, y, batch_loss)  # factors of this batch, at the parameters above
+
+    def A_def(a):
+        a = a.reshape(-1, a.shape[-1])
+        a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype)], dim=1)
+        return a.T @ a / len(a)
+
+    def G_def(g):
+        g = g.reshape(-1, g.shape[-1])
+        return g.T @ g / m
+
+    for layer, a, g in ((lin1, X, g1), (lin2, h, g2)):
+        st = opt.state[layer.weight]
+        torch.testing.assert_close(st["A"], A_def(a), rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(st["G"], G_def(g), rtol=1e-10, atol=1e-13)
+
+
+def test_reduction_is_validated():
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+        KFAC(nn.Linear(2, 2), reduction="none")
+
+
+def test_statistics_of_a_refused_batch_do_not_enter_the_factors():
+    """good, NaN batch (refused), good gives exactly the factors of good, good: the activations the
+    hooks recorded during the NaN batch's forward pass are discarded."""
+    torch.manual_seed(5)
+    loss_fn = nn.CrossEntropyLoss()
+    X1, X2 = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    y = torch.arange(6) % 3
+    bad = X1.clone()
+    bad[0, 0] = float("nan")
+    results = []
+    for with_bad in (False, True):
+        model = nn.Linear(4, 3).double()
+        model.load_state_dict({k: torch.ones_like(v) * 0.1 for k, v in model.state_dict().items()})
+        opt = _kfac(model, stat_decay=0.5)
+        _run_step(model, opt, X1, y, loss_fn)
+        if with_bad:
+            with pytest.raises(ValueError, match="non-finite"):
+                _run_step(model, opt, bad, y, loss_fn)
+        _run_step(model, opt, X2, y, loss_fn)
+        results.append((opt.state[model.weight]["A"], opt.state[model.weight]["G"], model.weight.detach()))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_conv_factors_match_their_definition_for_both_reductions(reduction):
+    """KFC with 3 samples and 4 locations: A the mean of patch patchᵀ over samples and locations,
+    G = (1/m) Σᵢ Σ_t gᵢₜ gᵢₜᵀ with gᵢ = ∂ℓᵢ/∂sᵢ of the per-sample loss (torch.func), for both
+    reductions. Tolerance 1e-10: exact algebra in float64."""
+    torch.manual_seed(6)
+    conv = nn.Conv2d(2, 3, 2).double()
+    model = nn.Sequential(conv, nn.Flatten())
+    m = 3
+    X = torch.randn(m, 2, 3, 3, dtype=torch.float64)
+    y = torch.tensor([1, 5, 10])
+    ce = nn.CrossEntropyLoss(reduction=reduction)
+    with torch.no_grad():
+        s = conv(X)
+    g = vmap(grad(lambda s_i, t: ce(s_i.reshape(1, -1), t[None])))(s, y)  # (m, 3, 2, 2)
+    patches = nn.functional.unfold(X, 2).transpose(1, 2).reshape(-1, 8)
+    patches = torch.cat([patches, torch.ones(len(patches), 1, dtype=X.dtype)], dim=1)
+    gg = g.permute(0, 2, 3, 1).reshape(-1, 3)
+    opt = _kfac(model, reduction=reduction)
+    _run_step(model, opt, X, y, ce)
+    st = opt.state[conv.weight]
+    torch.testing.assert_close(st["A"], patches.T @ patches / len(patches), rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(st["G"], gg.T @ gg / m, rtol=1e-10, atol=1e-13)

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from ._common import check_hyper, check_int, closure_loss
+from ._common import check_hyper, check_int, closure_loss, uniform_option
 
 __all__ = ["AdaHessian"]
 
@@ -52,6 +52,8 @@ class AdaHessian(torch.optim.Optimizer):
         self.seed = int(seed)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       hessian_power=hessian_power, update_each=update_each))
+        uniform_option(self.param_groups, "update_each", "AdaHessian",
+                       "one Hutchinson draw covers all parameters")
 
     def _params(self) -> list[torch.Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
@@ -67,7 +69,9 @@ class AdaHessian(torch.optim.Optimizer):
 
     def step(self, closure: Callable | None = None) -> torch.Tensor:
         """One AdaHessian step; the closure must call ``loss.backward(create_graph=True)``."""
-        loss = closure_loss(closure, "AdaHessian")
+        update_each = uniform_option(self.param_groups, "update_each", "AdaHessian",
+                                     "one Hutchinson draw covers all parameters")
+        loss = closure_loss(closure, "AdaHessian", self._params())
         params = [p for p in self._params() if p.grad is not None]
         if not params:
             raise RuntimeError("AdaHessian.step: no parameter has a gradient; did the closure call "
@@ -76,7 +80,7 @@ class AdaHessian(torch.optim.Optimizer):
         st0 = self.state[first]
         step = int(st0["step"]) + 1 if "step" in st0 else 1
         group_of = {id(p): g for g in self.param_groups for p in g["params"]}
-        refresh = (step - 1) % self.param_groups[0]["update_each"] == 0 or any(
+        refresh = (step - 1) % update_each == 0 or any(
             "hess_diag" not in self.state[p] for p in params)
         if refresh:
             if any(p.grad.grad_fn is None for p in params):
@@ -88,14 +92,20 @@ class AdaHessian(torch.optim.Optimizer):
             gen = self._generator(first)
             zs = [torch.randint(0, 2, p.shape, generator=gen, device=p.device).to(p.dtype) * 2 - 1
                   for p in params]
-            st0["rng_state"] = gen.get_state()
             hz = torch.autograd.grad([p.grad for p in params], params, grad_outputs=zs,
                                      allow_unused=True)
+            diags = []
             for p, z, h in zip(params, zs, hz):
                 d = (z * h).abs() if h is not None else torch.zeros_like(p)
                 if p.dim() == 4:  # spatial averaging over the kernel (Yao et al. 2021, §3.3)
                     d = d.mean(dim=(2, 3), keepdim=True).expand_as(p).clone()
-                self.state[p]["hess_diag"] = d.detach()
+                diags.append(d.detach())
+            if not all(bool(torch.isfinite(d).all()) for d in diags):
+                raise ValueError("AdaHessian.step: the Hessian-diagonal estimate has non-finite "
+                                 "entries; nothing was changed. Lower lr or check the batch.")
+            st0["rng_state"] = gen.get_state()
+            for p, d in zip(params, diags):
+                self.state[p]["hess_diag"] = d
         with torch.no_grad():
             for p in params:
                 group = group_of[id(p)]

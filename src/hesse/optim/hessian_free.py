@@ -46,6 +46,7 @@ from ._common import (
     closure_loss,
     model_param_groups,
     param_names,
+    uniform_option,
 )
 
 __all__ = ["HessianFree", "CGRecord"]
@@ -120,6 +121,8 @@ class _BatchCurvatureOptimizer(torch.optim.Optimizer):
     recorder, flat vectors over the optimized parameters, and loss evaluation at ``θ + p``."""
 
     _name = "optimizer"
+    # options of the whole step (one CG solve, ...), with the reason they cannot vary per group
+    _step_options: dict[str, str] = {}
 
     def _setup(self, model: nn.Module, loss_fn: Callable, params: Any, defaults: dict) -> None:
         check_model(model, self._name)
@@ -131,7 +134,18 @@ class _BatchCurvatureOptimizer(torch.optim.Optimizer):
         names = param_names(model)
         self._params = [p for g in self.param_groups for p in g["params"]]
         self._names = [names[id(p)] for p in self._params]
-        self._recorder = BatchRecorder(model, loss_fn)
+        self._name_of = {id(p): names[id(p)] for p in self._params}
+        self._check_step_options()
+        self._recorder = BatchRecorder(model, loss_fn, owner=self)
+
+    def _check_step_options(self) -> None:
+        for key, why in self._step_options.items():
+            uniform_option(self.param_groups, key, self._name, why)
+
+    def remove_hooks(self) -> None:
+        """Detach the batch-recording hooks from ``model`` and ``loss_fn`` (deleting the optimizer
+        does the same); ``step`` then needs ``inputs=`` and ``targets=``."""
+        self._recorder.remove()
 
     def _flat(self, tensors) -> torch.Tensor:
         return torch.cat([t.reshape(-1) for t in tensors])
@@ -172,9 +186,16 @@ class _BatchCurvatureOptimizer(torch.optim.Optimizer):
             self.state[p]["direction"] = dp.clone()
 
     def _operator_batch(self, closure, inputs, targets):
-        loss = closure_loss(closure, self._name)
+        self._check_step_options()
+        loss = closure_loss(closure, self._name, self._params, self._name_of)
         x, y = self._recorder.batch(inputs, targets, self._name)
         return loss, x, y
+
+    def _check_finite(self, v: torch.Tensor, what: str) -> None:
+        """Refuse a non-finite gradient or solution before any parameter or state changes."""
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{self._name}.step: the {what} on this batch has non-finite entries; "
+                             f"nothing was changed. Check the batch, lower lr or raise damping.")
 
 
 class HessianFree(_BatchCurvatureOptimizer):
@@ -182,9 +203,21 @@ class HessianFree(_BatchCurvatureOptimizer):
 
     ``HessianFree(model, loss_fn, lr=1.0, damping=1.0, cg_max_iter=50, cg_tol=1e-4, cg_decay=0.95,
     params=None)``; ``step(closure, inputs=None, targets=None)``.
+
+    Param groups may set their own ``lr`` (the line search's first trial scales each group's part
+    of the direction); ``damping`` and the CG options belong to the single damped system and must
+    be the same in every group (a ``ValueError`` otherwise). A non-finite loss, gradient or CG
+    solution raises ``ValueError`` and changes nothing. :meth:`remove_hooks` takes the
+    batch-recording hooks off the model.
     """
 
     _name = "HessianFree"
+    _step_options = {
+        "damping": "one Levenberg-Marquardt damping is adapted for the whole CG system",
+        "cg_max_iter": "one CG solve covers all groups",
+        "cg_tol": "one CG solve covers all groups",
+        "cg_decay": "one CG solve covers all groups",
+    }
 
     def __init__(self, model: nn.Module, loss_fn: Callable, lr: float = 1.0, damping: float = 1.0,
                  cg_max_iter: int = 50, cg_tol: float = 1e-4, cg_decay: float = 0.95,
@@ -204,19 +237,16 @@ class HessianFree(_BatchCurvatureOptimizer):
         from ..operators import GGNOperator
 
         loss, x, y = self._operator_batch(closure, inputs, targets)
-        group0 = self.param_groups[0]
-        st = self._state0()
-        if "damping" not in st:
-            st["damping"] = torch.tensor(float(group0["damping"]), dtype=self._params[0].dtype)
-            st["step"] = torch.zeros((), dtype=torch.int64)
-        st["step"] += 1
-        lam = lam_used = float(st["damping"])
+        group0 = self.param_groups[0]  # the step options are the same in every group (checked)
         with warnings.catch_warnings():  # eval mode + batch BN statistics is intended here
             warnings.filterwarnings("ignore", message="the model is in training mode")
             op = GGNOperator(self.model, self.loss_fn, (x, y), params=list(self._names),
                              bn_mode="batch")
         gd = op.unflatten(op.gradient)
         g = self._flat([gd[n] for n in self._names])
+        self._check_finite(g, "gradient")
+        st = self._state0()
+        lam = lam_used = float(st["damping"]) if "damping" in st else float(group0["damping"])
 
         def G(v: torch.Tensor) -> torch.Tensor:
             out = op.unflatten(op.matvec(op.flatten(dict(zip(self._names, self._split(v))))))
@@ -237,6 +267,11 @@ class HessianFree(_BatchCurvatureOptimizer):
             else:
                 break
         p = kept[best_i][1]
+        self._check_finite(p, "CG solution")
+        if "damping" not in st:
+            st["damping"] = torch.tensor(float(group0["damping"]), dtype=self._params[0].dtype)
+            st["step"] = torch.zeros((), dtype=torch.int64)
+        st["step"] += 1
         self._store_direction(p)
         # Levenberg-Marquardt rule on the reduction ratio of the undamped model
         q0 = float(g @ p) + 0.5 * float(p @ G(p))

@@ -6,8 +6,14 @@ For a layer ``s = W a`` (bias folded in as a last column of ``W`` and a constant
 ``G = E[g gᵀ]``, ``g = ∂ℓ/∂s`` the per-sample output gradient (Martens & Grosse 2015, §3). The
 natural-gradient step for the block is then ``(A ⊗ G)⁻¹ vec(∇W) = vec(G⁻¹ ∇W A⁻¹)``.
 
-* ``nn.Linear``: ``a`` is the layer input, ``g`` the gradient of the per-sample loss w.r.t. the
-  output (the gradient of the mean loss times the batch size).
+* The loss of a batch of ``m`` samples is ``L = (1/m) Σᵢ ℓᵢ`` (``reduction="mean"``) or
+  ``L = Σᵢ ℓᵢ`` (``reduction="sum"``); ``g`` is an output gradient of the per-sample loss ``ℓᵢ``,
+  i.e. ``∂L/∂s`` times ``m`` or times 1. A sample with several likelihood terms (a sequence whose
+  tokens all enter the loss) has ``ℓᵢ`` the mean (``"mean"``) or the sum (``"sum"``) of its terms,
+  as for ``nn.CrossEntropyLoss(reduction=...)`` over all ``m·T`` tokens.
+* ``nn.Linear``: ``a`` is the layer input; inputs with extra dimensions (``m × T × d``: a layer
+  shared over the ``T`` positions of a sequence) are treated as KFC treats locations:
+  ``A = E[a aᵀ]`` over samples and positions, ``G`` the mean over samples of ``Σ_t g_t g_tᵀ``.
 * ``nn.Conv2d`` (KFC, Grosse & Martens 2016, §3.1): ``a`` are the input patches (``unfold``) at every
   spatial location ``t``; ``A`` is their mean over samples and locations and ``G`` the mean over
   samples of ``Σ_t g_t g_tᵀ`` (spatially uncorrelated derivatives, spatial homogeneity).
@@ -37,28 +43,100 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import check_hyper, check_int, check_model, model_param_groups, param_names
+from ._common import (
+    HookSet,
+    check_hyper,
+    check_int,
+    check_model,
+    model_param_groups,
+    param_names,
+    run_closure,
+    weak_hook,
+)
 
 __all__ = ["KFAC"]
+
+REDUCTIONS = ("mean", "sum")
+
+
+# ---------------------------------------------------------------------- Kronecker factors
+def output_gradient_scale(reduction: str, batch_size: int) -> float:
+    """The factor taking ``∂L/∂s`` of the batch loss to ``∂ℓᵢ/∂s`` of the per-sample loss:
+    ``m`` for ``L = (1/m) Σ ℓᵢ``, 1 for ``L = Σ ℓᵢ``."""
+    return float(batch_size) if reduction == "mean" else 1.0
+
+
+def linear_factors(a: torch.Tensor, g: torch.Tensor, has_bias: bool,
+                   scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``A = E[ã ãᵀ]`` (``ã = [a, 1]`` with a bias) over samples and positions and
+    ``G = (1/m) Σᵢ Σ_t gᵢₜ gᵢₜᵀ`` for an ``nn.Linear`` with inputs ``a`` (``m × ... × d_in``) and
+    output gradients ``∂L/∂s`` ``g`` (``m × ... × d_out``); ``scale`` takes ``g`` to per-sample
+    output gradients (:func:`output_gradient_scale`). Martens & Grosse (2015), §3."""
+    m = a.shape[0]
+    a = a.reshape(-1, a.shape[-1])
+    g = g.reshape(-1, g.shape[-1]) * scale
+    rows = a.shape[0]
+    if has_bias:
+        a = torch.cat([a, a.new_ones(rows, 1)], dim=1)
+    return a.T @ a / rows, g.T @ g / m
+
+
+def conv2d_factors(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, has_bias: bool,
+                   scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """KFC factors of an ``nn.Conv2d`` (Grosse & Martens 2016, §3.1): ``A`` the mean of
+    ``ã ãᵀ`` over samples and the ``T`` patch locations, ``G = (1/m) Σᵢ Σ_t gᵢₜ gᵢₜᵀ`` with the
+    per-sample output gradients ``scale · g``."""
+    m = a.shape[0]
+    patches = F.unfold(a, module.kernel_size, dilation=module.dilation,
+                       padding=module.padding, stride=module.stride)  # (m, C k k, T)
+    T = patches.shape[-1]
+    patches = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    if has_bias:
+        patches = torch.cat([patches, patches.new_ones(patches.shape[0], 1)], dim=1)
+    A = patches.T @ patches / (m * T)
+    gg = (g * scale).permute(0, 2, 3, 1).reshape(-1, g.shape[1])
+    return A, gg.T @ gg / m
+
+
+def layer_factors(module: nn.Module, a: torch.Tensor, g: torch.Tensor, has_bias: bool,
+                  reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, G)`` of one batch for an ``nn.Linear`` or ``nn.Conv2d`` layer, from its recorded
+    inputs ``a`` and the output gradients ``g`` of a loss with the given ``reduction``."""
+    scale = output_gradient_scale(reduction, a.shape[0])
+    if isinstance(module, nn.Linear):
+        return linear_factors(a, g, has_bias, scale)
+    return conv2d_factors(module, a, g, has_bias, scale)
 
 
 class KFAC(torch.optim.Optimizer):
     """K-FAC optimizer for the ``nn.Linear`` and ``nn.Conv2d`` layers of ``model``.
 
     ``KFAC(model, lr=0.1, damping=1e-3, inv_every=10, stat_decay=0.95, momentum=0.9,
-    weight_decay=0.0, kl_clip=1e-3, params=None, factor_every=1)`` (``kl_clip=None`` disables KL clipping; with
-    the default, the step length is mostly set by ``kl_clip`` and ``lr`` matters less). ``params`` may restrict the optimized
-    parameters or give param groups (a layer uses the hyperparameters of its weight's group).
+    weight_decay=0.0, kl_clip=1e-3, params=None, factor_every=1, reduction="mean")``
+    (``kl_clip=None`` disables KL clipping; with the default, the step length is mostly set by
+    ``kl_clip`` and ``lr`` matters less). ``params`` may restrict the optimized parameters or give
+    param groups (a layer uses the hyperparameters of its weight's group). ``reduction`` says how
+    the closure's loss combines the per-sample losses: ``"mean"`` or ``"sum"``, as the
+    ``reduction`` of an ``nn`` loss (pass ``reduction=loss_fn.reduction``); with the wrong one, ``G``
+    is off by the squared batch size.
     ``step(closure)`` takes the closure of ``torch.optim.LBFGS`` (or, without a closure, uses the
     gradients and statistics of the last ``loss.backward()``). Statistics are recorded by hooks
-    during forward/backward passes with gradients enabled and the model in training mode.
+    during forward/backward passes with gradients enabled and the model in training mode, by
+    hooks that :meth:`remove_hooks` (or deleting the optimizer) takes off the model.
+
+    A step whose loss or gradients are not finite raises ``ValueError`` and changes nothing (the
+    statistics recorded on that batch are discarded).
     """
 
     def __init__(self, model: nn.Module, lr: float = 0.1, damping: float = 1e-3,
                  inv_every: int = 10, stat_decay: float = 0.95, momentum: float = 0.9,
                  weight_decay: float = 0.0, kl_clip: float | None = 1e-3, params: Any = None,
-                 factor_every: int = 1):
+                 factor_every: int = 1, reduction: str = "mean"):
         check_model(model, "KFAC")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be 'mean' or 'sum' (how the closure's loss combines "
+                             f"the per-sample losses, as loss_fn.reduction); got {reduction!r}.")
+        self.reduction = reduction
         check_hyper(lr, "lr")
         check_hyper(damping, "damping")
         check_int(inv_every, "inv_every")
@@ -87,6 +165,7 @@ class KFAC(torch.optim.Optimizer):
                 covered.add(id(module.weight))
                 if bias is not None:
                     covered.add(id(bias))
+        self._names = names
         self.fallback_params = [names[id(p)] for g in self.param_groups for p in g["params"]
                                 if id(p) not in covered]
         if not self._layers:
@@ -95,10 +174,10 @@ class KFAC(torch.optim.Optimizer):
                 f"parameters of {type(model).__name__}: all of {self.fallback_params} would fall "
                 "back to SGD with momentum. Use torch.optim.SGD or another hesse.optim optimizer.")
         self._cache: dict[int, dict[str, torch.Tensor]] = {}
-        self._handles = []
         self._weight_of = {id(module): weight for module, weight, _ in self._layers}
+        self._hooks = HookSet(self)
         for module, _, _ in self._layers:
-            self._handles.append(module.register_forward_hook(self._forward_hook))
+            self._hooks.add(module.register_forward_hook(weak_hook(self._forward_hook)))
 
     # ------------------------------------------------------------------ statistics
     def _forward_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
@@ -118,37 +197,29 @@ class KFAC(torch.optim.Optimizer):
 
         output.register_hook(save_grad)
 
-    @staticmethod
-    def _factors(module: nn.Module, a: torch.Tensor, g: torch.Tensor, has_bias: bool):
-        """``A`` and ``G`` of one batch, from inputs ``a`` and output gradients ``g`` of the mean loss."""
-        m = a.shape[0]
-        if isinstance(module, nn.Linear):
-            a = a.reshape(-1, a.shape[-1])
-            g = g.reshape(-1, g.shape[-1]) * m  # per-sample output gradients
-            rows = a.shape[0]
-            if has_bias:
-                a = torch.cat([a, a.new_ones(rows, 1)], dim=1)
-            return a.T @ a / rows, g.T @ g / m
-        # Conv2d: patches (m, C k k, T) -> (m T, C k k)
-        patches = F.unfold(a, module.kernel_size, dilation=module.dilation,
-                           padding=module.padding, stride=module.stride)
-        T = patches.shape[-1]
-        patches = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-        if has_bias:
-            patches = torch.cat([patches, patches.new_ones(patches.shape[0], 1)], dim=1)
-        A = patches.T @ patches / (m * T)
-        gg = (g * m).permute(0, 2, 3, 1).reshape(-1, g.shape[1])
-        G = gg.T @ gg / m
-        return A, G
-
     # ------------------------------------------------------------------ step
     @torch.no_grad()
     def step(self, closure: Callable | None = None) -> torch.Tensor | None:
-        """One K-FAC step; returns the closure's loss (``None`` without a closure)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        """One K-FAC step; returns the closure's loss (``None`` without a closure). A non-finite
+        loss, gradient or recorded statistic raises ``ValueError`` and changes nothing."""
+        try:
+            loss = run_closure(closure, "KFAC", [p for g in self.param_groups for p in g["params"]],
+                               self._names)
+            recorded = [torch.isfinite(t).all() for e in self._cache.values() for t in e.values()]
+            if recorded and not bool(torch.stack(recorded).all()):
+                raise ValueError("KFAC.step: the recorded layer inputs or output gradients have "
+                                 "non-finite entries; nothing was changed. Check the batch, "
+                                 "lower lr or raise damping.")
+        except ValueError:
+            self._cache.clear()  # this batch's statistics must not enter the running factors
+            raise
+        for module, weight, _ in self._layers:
+            if (weight.grad is not None and "A" not in self.state[weight]
+                    and "g" not in self._cache.get(id(module), {})):
+                raise RuntimeError(
+                    "KFAC.step found gradients but no recorded statistics for a layer: run the "
+                    "forward and backward pass with the model in training mode and gradients "
+                    "enabled (e.g. inside the closure) before step().")
         updates: dict[int, torch.Tensor] = {}
         groups = {id(p): g for g in self.param_groups for p in g["params"]}
         vg_sum: dict[int, float] = {}
@@ -163,18 +234,14 @@ class KFAC(torch.optim.Optimizer):
             step = int(state["step"])
             cache = self._cache.pop(id(module), None)
             if cache is not None and "g" in cache:
-                A, G = self._factors(module, cache["a"], cache["g"], bias is not None)
+                A, G = layer_factors(module, cache["a"], cache["g"], bias is not None,
+                                     self.reduction)
                 if "A" not in state:
                     state["A"], state["G"] = A.clone(), G.clone()
                 else:
                     d = group["stat_decay"]
                     state["A"].mul_(d).add_(A, alpha=1 - d)
                     state["G"].mul_(d).add_(G, alpha=1 - d)
-            elif "A" not in state:
-                raise RuntimeError(
-                    "KFAC.step found gradients but no recorded statistics for a layer: run the "
-                    "forward and backward pass with the model in training mode and gradients "
-                    "enabled (e.g. inside the closure) before step().")
             if (step - 1) % group["inv_every"] == 0 or "A_inv" not in state:
                 self._refresh_inverses(state, group["damping"])
             grad = weight.grad.reshape(weight.shape[0], -1)
@@ -242,7 +309,6 @@ class KFAC(torch.optim.Optimizer):
         state["G_inv"] = (QG / (dG + root / pi)) @ QG.T
 
     def remove_hooks(self) -> None:
-        """Detach the statistics hooks from the model (the optimizer can no longer step)."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        """Detach the statistics hooks from the model (the optimizer can no longer step). Deleting
+        the optimizer does the same."""
+        self._hooks.remove()

@@ -5,12 +5,15 @@ mean outer product of per-sample gradients; ``kind="mc"``: targets drawn from th
 predictive distribution, whose expectation is the true Fisher = GGN for cross-entropy; Martens
 2020, §9.2), products by ``hesse.FisherOperator``:
 
-    (F + λI) p = −g   (CG to relative residual ``cg_tol`` or ``cg_max_iter`` iterations,
+    (F + Λ) p = −g    (CG to relative residual ``cg_tol`` or ``cg_max_iter`` iterations,
                         warm-started from the previous direction),
     v ← μ v + p,  θ ← θ + lr · v.
 
-The damped solve is a trust region in the KL divergence (Martens 2020, §6-7); ``damping`` λ is
-fixed (no adaptation). For ``kind="mc"`` the draws of step ``t`` use seed ``seed + t``, and ``t``
+The damped solve is a trust region in the KL divergence (Martens 2020, §6-7); the damping is
+fixed (no adaptation): ``Λ = λI`` or, with param groups of different ``damping``, the
+block-diagonal ``Λ = diag(λ_k I)`` with each group's ``λ_k`` (still symmetric positive definite, so
+CG applies). ``lr`` and ``momentum`` may also differ per group; ``cg_max_iter`` and ``cg_tol``
+belong to the single CG solve and may not. For ``kind="mc"`` the draws of step ``t`` use seed ``seed + t``, and ``t``
 is kept in the optimizer state, so a resumed run draws the same targets.
 
 The batch is found as for :class:`hesse.optim.HessianFree` (hooks on ``model`` and ``loss_fn``,
@@ -38,9 +41,16 @@ __all__ = ["NaturalGradient"]
 class NaturalGradient(_BatchCurvatureOptimizer):
     """``NaturalGradient(model, loss_fn, lr=0.3, damping=0.1, kind="empirical", mc_samples=1,
     seed=0, momentum=0.0, cg_max_iter=20, cg_tol=1e-3, params=None)``;
-    ``step(closure, inputs=None, targets=None)``."""
+    ``step(closure, inputs=None, targets=None)``.
+
+    A non-finite loss, gradient or CG solution raises ``ValueError`` and changes nothing.
+    :meth:`remove_hooks` takes the batch-recording hooks off the model. ``last_solve.damping`` is
+    the damping when all groups share it, NaN when the groups' values differ.
+    """
 
     _name = "NaturalGradient"
+    _step_options = {"cg_max_iter": "one CG solve covers all groups",
+                     "cg_tol": "one CG solve covers all groups"}
 
     def __init__(self, model: nn.Module, loss_fn: Callable, lr: float = 0.3,
                  damping: float = 0.1, kind: str = "empirical", mc_samples: int = 1,
@@ -72,19 +82,18 @@ class NaturalGradient(_BatchCurvatureOptimizer):
         from ..operators import FisherOperator
 
         loss, x, y = self._operator_batch(closure, inputs, targets)
-        group0 = self.param_groups[0]
+        group0 = self.param_groups[0]  # the CG options are the same in every group (checked)
         st = self._state0()
-        if "step" not in st:
-            st["step"] = torch.zeros((), dtype=torch.int64)
-        st["step"] += 1
+        step = int(st["step"]) + 1 if "step" in st else 1
         with warnings.catch_warnings():  # eval mode + batch BN statistics is intended here
             warnings.filterwarnings("ignore", message="the model is in training mode")
             op = FisherOperator(self.model, self.loss_fn, (x, y), params=list(self._names),
                                 kind=self.kind, mc_samples=self.mc_samples,
-                                seed=self.seed + int(st["step"]), bn_mode="batch")
+                                seed=self.seed + step, bn_mode="batch")
         gd = op.unflatten(op.gradient)
         g = self._flat([gd[n] for n in self._names])
-        lam = float(group0["damping"])
+        self._check_finite(g, "gradient")
+        lam = self._group_scale("damping")  # diagonal of the block-diagonal damping Λ
 
         def A(v: torch.Tensor) -> torch.Tensor:
             out = op.unflatten(op.matvec(op.flatten(dict(zip(self._names, self._split(v))))))
@@ -93,7 +102,12 @@ class NaturalGradient(_BatchCurvatureOptimizer):
         prev = self._prev_direction()
         p, _, rec = cg_with_iterates(A, -g, prev, group0["cg_tol"], group0["cg_max_iter"],
                                      progress_test=False)
-        rec.damping = lam
+        self._check_finite(p, "CG solution")
+        dampings = {float(gr["damping"]) for gr in self.param_groups}
+        rec.damping = dampings.pop() if len(dampings) == 1 else float("nan")
+        if "step" not in st:
+            st["step"] = torch.zeros((), dtype=torch.int64)
+        st["step"] += 1
         self._store_direction(p)
         with torch.no_grad():
             lr = self._group_scale("lr")

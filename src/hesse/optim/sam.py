@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ._common import check_hyper, closure_loss
+from ._common import check_finite_gradients, check_hyper, closure_loss
 
 __all__ = ["SAM"]
 
@@ -50,9 +50,23 @@ class SAM(torch.optim.Optimizer):
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
 
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    @torch.no_grad()
+    def _restore(self) -> None:
+        """Back to ``θ``, copied (``(θ + ε̂) − ε̂`` is not ``θ`` in floating point); the emptied
+        state entries are dropped."""
+        for p in self._params():
+            if p in self.state and "theta" in self.state[p]:
+                p.copy_(self.state[p].pop("theta"))
+                if not self.state[p]:
+                    del self.state[p]
+
     @torch.no_grad()
     def first_step(self) -> None:
         """Move to ``θ + ε̂`` using the current gradients (saved so ``second_step`` can return)."""
+        check_finite_gradients(self._params(), "SAM")
         sq = None
         for group in self.param_groups:
             for p in group["params"]:
@@ -73,31 +87,27 @@ class SAM(torch.optim.Optimizer):
                 e = p.grad * scale
                 if group["adaptive"]:
                     e = e * p * p
-                self.state[p]["e_w"] = e.clone()
+                self.state[p]["theta"] = p.clone()
                 p.add_(e)
 
     @torch.no_grad()
     def second_step(self) -> None:
-        """Return to ``θ`` and take the base optimizer's step with the gradients at ``θ + ε̂``."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                if "e_w" in self.state[p]:
-                    p.sub_(self.state[p].pop("e_w"))
+        """Return to ``θ`` and take the base optimizer's step with the gradients at ``θ + ε̂``
+        (refused, back at ``θ``, if those gradients are not finite)."""
+        self._restore()
+        check_finite_gradients(self._params(), "SAM")
         self.base_optimizer.step()
 
     def step(self, closure: Callable | None = None) -> torch.Tensor:
-        """SAM step: closure at ``θ``, perturb, closure at ``θ + ε̂``, restore, base step."""
-        loss = closure_loss(closure, "SAM")
+        """SAM step: closure at ``θ``, perturb, closure at ``θ + ε̂``, restore, base step. A
+        non-finite loss or gradient at either point raises ``ValueError`` with the parameters back
+        at ``θ`` and no state changed."""
+        loss = closure_loss(closure, "SAM", self._params())
         self.first_step()
         try:
-            with torch.enable_grad():
-                closure()
+            closure_loss(closure, "SAM", self._params())
         except BaseException:
-            with torch.no_grad():  # return to θ without stepping
-                for group in self.param_groups:
-                    for p in group["params"]:
-                        if "e_w" in self.state[p]:
-                            p.sub_(self.state[p].pop("e_w"))
+            self._restore()  # return to θ without stepping
             raise
         self.second_step()
         return loss

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ._common import check_hyper, check_int
+from ._common import check_hyper, check_int, run_closure
 
 __all__ = ["Shampoo"]
 
@@ -83,11 +83,9 @@ class Shampoo(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None) -> Any:
-        """One Shampoo step; returns the closure's loss (``None`` without a closure)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        """One Shampoo step; returns the closure's loss (``None`` without a closure). A
+        non-finite loss or gradient raises ``ValueError`` and changes nothing."""
+        loss = run_closure(closure, "Shampoo", [p for g in self.param_groups for p in g["params"]])
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
