@@ -53,6 +53,8 @@ def test_nonfinite_curvature_names_batch_and_parameter(name):
         "trace": lambda: hesse.trace(op),
         "eigsh": lambda: hesse.eigsh(op, k=1),
         "spectral_density": lambda: hesse.spectral_density(op, num_steps=4),
+        "summarize": lambda: hesse.summarize(op),
+        "classify": lambda: hesse.classify(op),
         "composition": lambda: (2.0 * op + 1.0).matvec(torch.ones(n, dtype=torch.float64)),
     }
     for what, call in calls.items():

@@ -6,6 +6,11 @@ class supplies validation, ``matvec``/``@``, counting, dense and SciPy export, a
 (``A + sigma``, ``alpha * A``, ``A + B``) and linear solves. Algorithms take an operator, never a
 model (the design of ``scipy.sparse.linalg.LinearOperator``, curvlinops and lineax).
 
+Every product is checked once for finiteness (``isfinite`` of the input and the output block):
+a curvature that does not exist at the point (a kink such as ``|w|^1.5`` at 0) is refused with a
+``ValueError`` instead of reaching Lanczos or ``eigh`` as NaN; model operators name the batch and
+the parameter. Scalars in the algebra must be finite.
+
 Structure tags: ``is_symmetric`` is always true; ``is_psd`` is ``True`` for Gauss-Newton and Fisher
 matrices, ``False`` when it is known not to hold, ``None`` when unknown (a general Hessian).
 """
