@@ -267,6 +267,14 @@ def test_mc_fisher_refuses_losses_that_are_not_a_likelihood(make):
         hesse.FisherOperator(model, make(), (X, y), kind="mc")
 
 
+def test_mc_fisher_refuses_ignored_targets():
+    model, (X, y) = _mlp(1), _data(1)
+    y[3] = -100
+    with pytest.raises(ValueError, match="ignore_index=-100"):
+        hesse.FisherOperator(model, nn.CrossEntropyLoss(), (X, y), kind="mc").matvec(
+            torch.ones(sum(q.numel() for q in model.parameters())))
+
+
 def test_matmat_equals_columnwise_matvec_for_every_operator():
     model, (X, y) = _mlp(3), _data(3)
     lf = nn.CrossEntropyLoss()

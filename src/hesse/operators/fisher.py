@@ -96,6 +96,12 @@ class FisherOperator(ModelCurvatureOperator):
 
         if self.kind == "empirical":
             return (scale * grad(batch_loss)(z, targets)).unsqueeze(0)
+        ignore = getattr(p.loss_fn, "ignore_index", None)
+        if ignore is not None and isinstance(targets, torch.Tensor) and bool((targets == ignore).any()):
+            raise ValueError(
+                f"kind='mc' draws a target at every position, but batch {self._batch_index} has "
+                f"targets equal to ignore_index={ignore}, which the loss leaves out. Drop those "
+                f"positions from the data, or use kind='empirical' or GGNOperator.")
         ys = self._sample_targets(z)  # (mc_samples, *targets' shape)
         return scale * vmap(grad(batch_loss), in_dims=(None, 0))(z, ys)
 
