@@ -187,12 +187,22 @@ class ModelCurvatureOperator(CurvatureOperator):
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         if self.process_group is None:
-            return self._with_fallback(lambda: self._accumulate(V))
+            return self._products(V)
         try:
-            out = self._with_fallback(lambda: self._accumulate(V))
+            out = self._products(V)
         except Exception as err:  # data-parallel: every rank raises, none waits forever
             return _dist.all_reduce_sum(None, self.process_group, error=err, like=V)
         return self._reduce(out)
+
+    def _products(self, V: torch.Tensor) -> torch.Tensor:
+        try:
+            return self._with_fallback(lambda: self._accumulate(V))
+        except RuntimeError as err:
+            # torch.func's vmap refuses random operations: the loss itself is random
+            if "randomness" not in str(err) or "random operation" not in str(err):
+                raise
+            raise ValueError(_not_deterministic(
+                "the model calls a random operation while a product is taken")) from err
 
     def _accumulate(self, V: torch.Tensor) -> torch.Tensor:
         p = self._problem
@@ -200,9 +210,11 @@ class ModelCurvatureOperator(CurvatureOperator):
         Vs = p.unflatten_block(V)
         out: torch.Tensor | None = None  # (k, n), accumulated in place over batches
 
-        def add(parts, nb):
+        def add(parts, nb, index, inputs, targets):
             nonlocal out
             block = p.flatten_block(parts, k)
+            if not bool(torch.isfinite(block).all()):  # one check per batch; locate on failure
+                raise ValueError(self._nonfinite_message(index, inputs, targets, block))
             if out is None:
                 out = block.mul_(p.weight(nb))
             else:
@@ -211,15 +223,45 @@ class ModelCurvatureOperator(CurvatureOperator):
         if self._graphs and len(self._graphs) == len(self._batch_sizes):
             # every batch's graph is kept: no need to touch the data at all
             for i, nb in self._batch_sizes:
-                add(self._batch_product(i, None, None, Vs, k), nb)
+                add(self._batch_product(i, None, None, Vs, k), nb, i, None, None)
         else:
             for i, x, y, nb in p.batches():
                 if nb == 0:
                     continue
-                add(self._batch_product(i, x, y, Vs, k), nb)
+                add(self._batch_product(i, x, y, Vs, k), nb, i, x, y)
         if out is None:
             return torch.zeros_like(V)
         return out.T
+
+    def _nonfinite_message(self, index: int, inputs: Any, targets: Any, block: torch.Tensor) -> str:
+        """Name the batch and the parameters whose own curvature block ``A_jj`` is not finite:
+        one product per parameter with a vector of ones on its coordinates, read on its rows (a
+        zero vector could not expose an infinite entry, 0 · inf being NaN only by accident)."""
+        p = self._problem
+        bounds = torch.cumsum(torch.tensor([0, *p.numels]), 0).tolist()
+        culprits = []
+        for j, name in enumerate(p.names):
+            ones = [torch.full((1, *s), 1.0 if m == j else 0.0, dtype=p.dtype, device=p.device)
+                    for m, s in enumerate(p.shapes)]
+            try:
+                row = p.flatten_block(self._batch_product(index, inputs, targets, ones, 1), 1)
+            except RuntimeError:
+                continue
+            if not bool(torch.isfinite(row[0, bounds[j]:bounds[j + 1]]).all()):
+                culprits.append(name)
+        if not culprits:  # only mixed blocks are not finite: name the rows that are
+            culprits = [n for j, n in enumerate(p.names)
+                        if not bool(torch.isfinite(block[:, bounds[j]:bounds[j + 1]]).all())]
+        names = ", ".join(repr(n) for n in culprits)
+        return (
+            f"{type(self).__name__}: the curvature is not finite on batch {index}, parameter "
+            f"{names}, although the loss and gradient there are finite ({self.loss:.6g}). The "
+            f"second derivative does not exist at this point: a kink or singularity in how that "
+            f"parameter enters the model (|w|^p with p < 2 at w = 0, sqrt or log at 0, a "
+            f"division by a parameter near 0) or an overflow in {p.dtype}. Move the point, "
+            f"smooth that term or leave the parameter out with params=[...]"
+            + ("." if p.dtype == torch.float64 else ", or use float64.")
+        )
 
     def _reduce(self, out: torch.Tensor) -> torch.Tensor:
         """Sum the ranks' partial products (each already weighted by n_b / N with the global N):
@@ -259,12 +301,9 @@ class ModelCurvatureOperator(CurvatureOperator):
         diff = float((a - b).abs().max())
         scale = max(float(a.abs().max()), 1e-30)
         if diff > tol * scale:
-            raise ValueError(
-                f"the loss is not deterministic: two products with the same vector differ by "
-                f"{diff:.3e} (relative {diff / scale:.1e}). Dropout in training mode, data "
-                f"augmentation or a shuffling sampler with bn_mode='batch' make the curvature "
-                f"random; use eval_mode=True (the default) and fixed data."
-            )
+            raise ValueError(_not_deterministic(
+                f"two products with the same vector differ by {diff:.3e} (relative "
+                f"{diff / scale:.1e})"))
 
     def extra_repr(self) -> str:
         mem = f", graphs kept: {format_bytes(self.graph_bytes)}" if self._graphs else ""
@@ -274,6 +313,12 @@ class ModelCurvatureOperator(CurvatureOperator):
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", {self.extra_repr()})"
+
+
+def _not_deterministic(detail: str) -> str:
+    return (f"the loss is not deterministic: {detail}. Dropout in training mode, data "
+            f"augmentation or a shuffling sampler with bn_mode='batch' make the curvature "
+            f"random; use eval_mode=True (the default) and fixed data.")
 
 
 class _SavedBytes:

@@ -6,6 +6,11 @@ class supplies validation, ``matvec``/``@``, counting, dense and SciPy export, a
 (``A + sigma``, ``alpha * A``, ``A + B``) and linear solves. Algorithms take an operator, never a
 model (the design of ``scipy.sparse.linalg.LinearOperator``, curvlinops and lineax).
 
+Every product is checked once for finiteness (``isfinite`` of the input and the output block):
+a curvature that does not exist at the point (a kink such as ``|w|^1.5`` at 0) is refused with a
+``ValueError`` instead of reaching Lanczos or ``eigh`` as NaN; model operators name the batch and
+the parameter. Scalars in the algebra must be finite.
+
 Structure tags: ``is_symmetric`` is always true; ``is_psd`` is ``True`` for Gauss-Newton and Fisher
 matrices, ``False`` when it is known not to hold, ``None`` when unknown (a general Hessian).
 """
@@ -90,8 +95,9 @@ class CurvatureOperator(ABC):
                 f"matvec expects a vector of shape ({self._n},), got {tuple(v.shape)}. "
                 f"For a block of vectors use matmat with shape ({self._n}, k)."
             )
+        self._check_finite_input(v, "v")
         self.num_matvecs += 1
-        return self._matmat(v.unsqueeze(1)).squeeze(1)
+        return self._checked(self._matmat(v.unsqueeze(1))).squeeze(1)
 
     def matmat(self, V: Any) -> torch.Tensor:
         """``A @ V`` for a block ``V`` of shape ``(n, k)``, computed as one batched product."""
@@ -100,8 +106,27 @@ class CurvatureOperator(ABC):
             raise ValueError(f"matmat expects shape ({self._n}, k), got {tuple(V.shape)}.")
         if V.shape[1] == 0:
             return V.clone()
+        self._check_finite_input(V, "V")
         self.num_matvecs += V.shape[1]
-        return self._matmat(V)
+        return self._checked(self._matmat(V))
+
+    def _check_finite_input(self, V: torch.Tensor, name: str) -> None:
+        if not bool(torch.isfinite(V).all()):
+            raise ValueError(f"{name} has {int((~torch.isfinite(V)).sum())} non-finite entries; "
+                             f"an operator multiplies finite vectors only.")
+
+    def _checked(self, out: torch.Tensor) -> torch.Tensor:
+        """Refuse a non-finite product of finite vectors: one ``isfinite`` per product, so that
+        no algorithm downstream (Lanczos, eigh, Hutchinson) turns it into a silent NaN."""
+        if bool(torch.isfinite(out).all()):
+            return out
+        rows = torch.nonzero(~torch.isfinite(out).reshape(out.shape[0], -1).all(dim=1)).flatten()
+        shown = ", ".join(str(int(r)) for r in rows[:8]) + (" ..." if len(rows) > 8 else "")
+        raise ValueError(
+            f"{type(self).__name__}: the product with a finite vector is not finite (rows {shown}). "
+            f"The curvature does not exist at this point (a kink or singularity such as |x|^p "
+            f"with p < 2 at 0, sqrt or log at 0) or overflows its dtype ({self.dtype}); move the "
+            f"point, smooth the function, or use float64.")
 
     def __matmul__(self, other: Any) -> torch.Tensor:
         if isinstance(other, (torch.Tensor, np.ndarray)) and other.ndim == 2:
@@ -156,7 +181,7 @@ class CurvatureOperator(ABC):
         if isinstance(other, CurvatureOperator):
             return SumOperator(self, other)
         if isinstance(other, numbers.Real) and not isinstance(other, bool):
-            return ShiftedOperator(self, float(other))
+            return ShiftedOperator(self, _finite_scalar(other, "the shift sigma in A + sigma"))
         return NotImplemented
 
     __radd__ = __add__
@@ -165,14 +190,14 @@ class CurvatureOperator(ABC):
         if isinstance(other, CurvatureOperator):
             return self + (-1.0) * other
         if isinstance(other, numbers.Real) and not isinstance(other, bool):
-            return self + (-float(other))
+            return self + (-_finite_scalar(other, "the shift sigma in A - sigma"))
         return NotImplemented
 
     def __mul__(self, alpha: Any) -> CurvatureOperator:
         from .composition import ScaledOperator
 
         if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
-            return ScaledOperator(self, float(alpha))
+            return ScaledOperator(self, _finite_scalar(alpha, "the factor alpha in alpha * A"))
         return NotImplemented
 
     __rmul__ = __mul__
@@ -184,7 +209,7 @@ class CurvatureOperator(ABC):
         if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
             if alpha == 0:
                 raise ZeroDivisionError("cannot divide an operator by zero.")
-            return self * (1.0 / float(alpha))
+            return self * (1.0 / _finite_scalar(alpha, "the divisor alpha in A / alpha"))
         return NotImplemented
 
     # ----------------------------------------------------------------- solves
@@ -206,3 +231,11 @@ class CurvatureOperator(ABC):
             f"{type(self).__name__}(n={self._n}, dtype={self.dtype}, device={self.device}{psd}, "
             f"num_matvecs={self.num_matvecs})"
         )
+
+
+def _finite_scalar(value: Any, what: str) -> float:
+    """``float(value)``, refused when it is NaN or infinite (an operator of NaNs is no operator)."""
+    x = float(value)
+    if not np.isfinite(x):
+        raise ValueError(f"{what} must be a finite real number, got {value!r}.")
+    return x

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import CurvatureOperator
+from .base import CurvatureOperator, _finite_scalar
 
 
 def _combine_psd(*tags: bool | None) -> bool | None:
@@ -18,6 +18,7 @@ class ShiftedOperator(CurvatureOperator):
     """``A + sigma I``: Tikhonov damping / Levenberg-Marquardt shift. Eigenvalues move by sigma."""
 
     def __init__(self, op: CurvatureOperator, sigma: float):
+        sigma = _finite_scalar(sigma, "sigma")
         psd = True if (op.is_psd and sigma >= 0) else None
         super().__init__(op.shape[0], op.dtype, op.device, psd)
         self.op, self.sigma = op, float(sigma)
@@ -30,6 +31,7 @@ class ScaledOperator(CurvatureOperator):
     """``alpha A``."""
 
     def __init__(self, op: CurvatureOperator, alpha: float):
+        alpha = _finite_scalar(alpha, "alpha")
         psd = op.is_psd if alpha > 0 else (None if alpha < 0 else True)
         super().__init__(op.shape[0], op.dtype, op.device, psd)
         self.op, self.alpha = op, float(alpha)

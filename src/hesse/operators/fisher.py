@@ -7,15 +7,25 @@ With outputs ``z_i = model(x_i; θ)``, per-sample loss ``ℓ_i`` and ``r_i = ∂
   in general (Kunstner, Balles & Hennig 2019), but many optimizers use it.
 * Monte-Carlo Fisher (``kind="mc"``): the same with ``y`` drawn from the model's predictive
   distribution ``p(y | z_i)`` (``mc_samples`` draws per sample, averaged). Its expectation is the
-  true Fisher, which for cross-entropy and squared error equals the GGN (Martens 2020, §9.2).
-  The draws come from a ``torch.Generator`` seeded with ``seed`` and the batch index, so the
-  operator is a fixed, reproducible matrix.
+  true Fisher, which for cross-entropy, Bernoulli and Gaussian likelihoods equals the GGN
+  (Martens 2020, §9.2). The draws come from a ``torch.Generator`` seeded with ``seed`` and the
+  batch index, so the operator is a fixed, reproducible matrix.
+
+Likelihood terms. A sample may carry ``K > 1`` independent likelihood terms: cross-entropy on
+logits ``(N, C, d_1, ...)`` has ``K = d_1 ⋯`` categorical terms, ``BCEWithLogitsLoss`` and
+``MSELoss`` one Bernoulli or Gaussian term per output element. With ``reduction="mean"`` the
+per-sample loss is the *mean* of its terms, ``ℓ_i = (1/K) Σ_k −log p(y_ik | z_i)``, so its Fisher
+is ``(1/K) E[∇ log p ∇ log pᵀ] = K · E[∇ℓ_i ∇ℓ_iᵀ]``: the Monte-Carlo estimate of the outer
+products of ``r_i = ∇_z ℓ_i`` is multiplied by ``K`` (with ``reduction="sum"``, ``ℓ_i`` is the
+negative log-likelihood itself and no factor enters). Squared error is the Gaussian likelihood
+``N(z, ½)`` per element: ``(z − y)² = −log p + const``. The empirical Fisher involves no
+likelihood and no ``K``: it is the mean outer product of the per-sample gradients ``∇_θ ℓ_i``
+defined by ``L = (1/N) Σ_i ℓ_i``.
 
 Likelihoods for ``kind="mc"``: ``nn.CrossEntropyLoss`` (categorical over the class dimension 1),
-``nn.MSELoss`` (Gaussian; with ``reduction="mean"`` over ``C`` outputs per sample the loss is
-``‖z − y‖²/C``, the negative log-likelihood of ``N(z, C/2 · I)`` up to a constant) and
-``nn.BCEWithLogitsLoss`` (Bernoulli). A product never forms per-sample gradients: it is
-``Jᵀ(r ⊙ (rᵀ J V))``, one ``jvp`` and one ``vjp`` per batch.
+``nn.MSELoss`` (Gaussian) and ``nn.BCEWithLogitsLoss`` (Bernoulli), without class weights or label
+smoothing (these change the loss away from a negative log-likelihood). A product never forms
+per-sample gradients: it is ``Jᵀ(r ⊙ (rᵀ J V))``, one ``jvp`` and one ``vjp`` per batch.
 """
 
 from __future__ import annotations
@@ -63,6 +73,8 @@ class FisherOperator(ModelCurvatureOperator):
                 f"{', '.join(c.__name__ for c in _MC_LOSSES)}; got {type(loss_fn).__name__}. Use "
                 f"kind='empirical' or GGNOperator."
             )
+        if kind == "mc":
+            _check_likelihood(loss_fn)
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
             raise ValueError(f"mc_samples must be an integer >= 1, got {mc_samples!r}.")
         self.kind, self.mc_samples, self.seed = kind, mc_samples, int(seed)
@@ -84,30 +96,39 @@ class FisherOperator(ModelCurvatureOperator):
 
         if self.kind == "empirical":
             return (scale * grad(batch_loss)(z, targets)).unsqueeze(0)
-        ys = self._sample_targets(z)
-        return torch.stack([scale * grad(batch_loss)(z, y) for y in ys])
+        ignore = getattr(p.loss_fn, "ignore_index", None)
+        if ignore is not None and isinstance(targets, torch.Tensor) and bool((targets == ignore).any()):
+            raise ValueError(
+                f"kind='mc' draws a target at every position, but batch {self._batch_index} has "
+                f"targets equal to ignore_index={ignore}, which the loss leaves out. Drop those "
+                f"positions from the data, or use kind='empirical' or GGNOperator.")
+        ys = self._sample_targets(z)  # (mc_samples, *targets' shape)
+        return scale * vmap(grad(batch_loss), in_dims=(None, 0))(z, ys)
 
-    def _sample_targets(self, z: torch.Tensor) -> list[torch.Tensor]:
+    def _terms_per_sample(self, z: torch.Tensor) -> int:
+        """``K``: independent likelihood terms in one sample's loss (see the module docs)."""
+        per_sample = z[0].numel() if z.ndim > 1 else 1
+        if isinstance(self._problem.loss_fn, nn.CrossEntropyLoss) and z.ndim > 1:
+            per_sample //= z.shape[1]  # one categorical term per position, over C classes
+        return per_sample
+
+    def _sample_targets(self, z: torch.Tensor) -> torch.Tensor:
+        """``mc_samples`` draws of the targets from ``p(y | z)``, stacked on a leading dim."""
         p = self._problem
         gen = torch.Generator(device=z.device)
         gen.manual_seed(self.seed * 1_000_003 + self._batch_index)
-        zd = z.detach()
-        out = []
-        for _ in range(self.mc_samples):
-            if isinstance(p.loss_fn, nn.CrossEntropyLoss):
-                logits = zd.movedim(1, -1) if zd.ndim > 2 else zd
-                probs = torch.softmax(logits, dim=-1).reshape(-1, logits.shape[-1])
-                y = torch.multinomial(probs, 1, generator=gen).reshape(logits.shape[:-1])
-                out.append(y)
-            elif isinstance(p.loss_fn, nn.MSELoss):
-                per_sample = zd[0].numel() if zd.ndim > 1 else 1
-                var = per_sample / 2.0 if p.reduction == "mean" else 0.5
-                noise = torch.randn(zd.shape, generator=gen, device=zd.device, dtype=zd.dtype)
-                out.append(zd + var**0.5 * noise)
-            else:  # BCEWithLogitsLoss
-                u = torch.rand(zd.shape, generator=gen, device=zd.device, dtype=zd.dtype)
-                out.append((u < torch.sigmoid(zd)).to(zd.dtype))
-        return out
+        zd, m = z.detach(), self.mc_samples
+        if isinstance(p.loss_fn, nn.CrossEntropyLoss):
+            logits = zd.movedim(1, -1) if zd.ndim > 2 else zd
+            probs = torch.softmax(logits, dim=-1).reshape(-1, logits.shape[-1])
+            y = torch.multinomial(probs, m, replacement=True, generator=gen)  # (rows, m)
+            return y.T.reshape(m, *logits.shape[:-1])
+        if isinstance(p.loss_fn, nn.MSELoss):
+            # (z - y)² is the negative log-likelihood of N(z, 1/2) per element, up to a constant
+            noise = torch.randn((m, *zd.shape), generator=gen, device=zd.device, dtype=zd.dtype)
+            return zd + 0.5**0.5 * noise
+        u = torch.rand((m, *zd.shape), generator=gen, device=zd.device, dtype=zd.dtype)
+        return (u < torch.sigmoid(zd)).to(zd.dtype)  # BCEWithLogitsLoss: Bernoulli
 
     def _batch_product(self, index, inputs, targets, Vs, k):
         p = self._problem
@@ -128,4 +149,23 @@ class FisherOperator(ModelCurvatureOperator):
             s = prod.sum(dim=dims) if dims else prod
             U = (s.reshape(*s.shape, *([1] * (z.ndim - 1))) * R.unsqueeze(1)).sum(0)
             U = U / (nb * R.shape[0]) if p.reduction == "mean" else U / R.shape[0]
+            if self.kind == "mc" and p.reduction == "mean":
+                U = U * self._terms_per_sample(z)  # Fisher of a mean of K log-likelihoods
             return list(vmap(vjp_fn)(U)[0])
+
+
+def _check_likelihood(loss_fn: Callable) -> None:
+    """Refuse options under which the loss is no longer a negative log-likelihood."""
+    changed = []
+    if getattr(loss_fn, "weight", None) is not None:
+        changed.append("weight")
+    if getattr(loss_fn, "pos_weight", None) is not None:
+        changed.append("pos_weight")
+    if float(getattr(loss_fn, "label_smoothing", 0.0) or 0.0) != 0.0:
+        changed.append("label_smoothing")
+    if changed:
+        raise ValueError(
+            f"kind='mc' samples targets from the likelihood whose negative log is the loss; "
+            f"{type(loss_fn).__name__} with {', '.join(changed)} set is not such a loss. Use "
+            f"kind='empirical' or GGNOperator."
+        )
