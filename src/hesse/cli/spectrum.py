@@ -50,7 +50,12 @@ def add_data_options(p) -> None:
 def run(args) -> int:
     import hesse
     from hesse._progress import message
-    from hesse.cli._model_loader import build_operator, check_device, check_output_path, prepare_problem
+    from hesse.cli._model_loader import (
+        build_operator,
+        check_device,
+        check_output_path,
+        prepare_problem,
+    )
     from hesse.cli.main import CLIError
 
     verbose = not args.quiet

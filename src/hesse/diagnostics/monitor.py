@@ -52,6 +52,7 @@ from hesse.operators import CurvatureOperator, HessianOperator
 from hesse.spectrum import SpectralDensity, eigsh, spectral_density
 from hesse.spectrum import trace as estimate_trace
 
+from ._data import read_once
 from .logging import SharpnessLog, read_log
 
 __all__ = ["SharpnessMonitor", "SharpnessRecord", "DiagonalCongruence", "stability_limit"]
@@ -189,7 +190,7 @@ class SharpnessMonitor:
                 raise ValueError(f"{name} must be a nonnegative float, got {val!r}.")
         if resume and log_dir is None:
             raise ValueError("resume=True needs log_dir (the directory of the log to continue).")
-        self.model, self.loss_fn, self.data, self.params = model, loss_fn, data, params
+        self.model, self.loss_fn, self.data, self.params = model, loss_fn, read_once(data), params
         self.every, self.k, self.trace, self.density = every, k, bool(trace), bool(density)
         self.negative, self.progress = bool(negative), bool(progress)
         self.tol, self.eos_band = float(tol), (float(band[0]), float(band[1]))
@@ -315,6 +316,32 @@ class SharpnessMonitor:
                 f"({ratio:.2f})  {status}  [{op.num_matvecs} products]", self.progress)
         return record
 
+    def state_dict(self) -> dict:
+        """What a resumed monitor needs besides its log: the step counter and the warm-start vectors.
+
+        Plain tensors, ints and strings (loadable with ``torch.load(weights_only=True)``); save it
+        with the model's checkpoint so that both describe the same step.
+        """
+        return {"num_steps": self.num_steps, "last_step": self.records[-1].step if self.records else None,
+                "operator_kind": self._operator_kind,
+                "v_top": None if self._v_top is None else self._v_top.detach().cpu(),
+                "v_bottom": None if self._v_bottom is None else self._v_bottom.detach().cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; records measured after ``state["last_step"]`` are dropped."""
+        last = state.get("last_step")
+        self.records = [r for r in self.records if last is not None and r.step <= last]
+        self.densities = [(s, d) for s, d in self.densities if last is not None and s <= last]
+        self.num_steps = int(state["num_steps"])
+        self._operator_kind = state.get("operator_kind")
+        device = None
+        for key, attr in (("v_top", "_v_top"), ("v_bottom", "_v_bottom")):
+            v = state.get(key)
+            if v is not None:
+                device = device or next((p.device for p in self.model.parameters()), None)
+                v = v.to(device)
+            setattr(self, attr, v)
+
     def close(self) -> None:
         if self.log is not None:
             self.log.close()
@@ -373,10 +400,7 @@ class SharpnessMonitor:
         return os.path.join(self.log_dir, _STATE_FILE)
 
     def _save_state(self) -> None:
-        state = {"num_steps": self.num_steps, "last_step": self.records[-1].step,
-                 "operator_kind": self._operator_kind,
-                 "v_top": None if self._v_top is None else self._v_top.cpu(),
-                 "v_bottom": None if self._v_bottom is None else self._v_bottom.cpu()}
+        state = self.state_dict()
         tmp = self._state_path() + ".tmp"
         torch.save(state, tmp)
         os.replace(tmp, self._state_path())  # atomic: a crash leaves the old or the new state
@@ -394,6 +418,8 @@ class SharpnessMonitor:
                 self.num_steps = int(state["num_steps"])
                 self._operator_kind = state["operator_kind"]
                 self._v_top, self._v_bottom = state["v_top"], state["v_bottom"]
+            elif self.records:  # the state lags or leads the log (an interruption between the two)
+                self.num_steps = self.records[-1].step
         elif self.records:
             self.num_steps = self.records[-1].step
         density_path = os.path.join(self.log_dir, "density.jsonl")
