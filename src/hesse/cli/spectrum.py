@@ -117,7 +117,7 @@ def run(args) -> int:
         print(json.dumps(out, indent=2))
         return 0
     print(f"model: {source}   parameters: {op.shape[0]}   loss: {op.loss:.6g}   curvature: {name}")
-    print(f"{args.which} eigenvalues ({res.method}, {res.num_matvecs} Hessian-vector products):")
+    print(f"{args.which} eigenvalues ({res.method}, {res.num_matvecs} {name}-vector products):")
     for i, (v, r, c) in enumerate(zip(res.values.tolist(), res.residuals.tolist(), res.converged.tolist())):
         print(f"  lambda_{i + 1:<3d} {v: .10g}   residual {r:.1e}{'' if c else '   NOT CONVERGED'}")
     if args.trace:

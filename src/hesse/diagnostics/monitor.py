@@ -1,8 +1,8 @@
 """Watch the curvature of a network while it trains: :class:`SharpnessMonitor`.
 
 Math. Gradient descent ``θ ← θ - η ∇L(θ)`` on the quadratic model ``L(θ*+d) ≈ L* + ½ dᵀHd`` moves
-each eigen-coordinate by ``c ← (1 - η λ) c``: it is stable iff ``λ_max(H) < 2/η`` (the seeds' step
-limit; Nocedal & Wright 2006, sec. 3.3). With heavy-ball momentum β the limit is ``(2 + 2β)/η``.
+each eigen-coordinate by ``c ← (1 - η λ) c``: it is stable iff ``λ_max(H) < 2/η`` (the step-size
+limit of gradient descent on a quadratic; Nocedal & Wright 2006, sec. 3.3). With heavy-ball momentum β the limit is ``(2 + 2β)/η``.
 Cohen et al. (2021, "Gradient descent on neural networks typically occurs at the edge of
 stability", ICLR) observed that full-batch GD drives ``λ_max`` up to ``2/η`` ("progressive
 sharpening") and then hovers there ("edge of stability", EoS) while the loss keeps falling
