@@ -164,3 +164,19 @@ def test_device_flag(mf, capsys):
     assert out["eigenvalues"]["values"] == pytest.approx(ref.values.tolist(), rel=1e-10)
     _one_line_error(capsys, ["--model", f"{mf}:small", "--device", "cuda:99"], "--device cuda:99")
     _one_line_error(capsys, ["--model", f"{mf}:small", "--device", "toaster"], "--device 'toaster'")
+
+
+def test_prepare_problem_leaves_the_model_as_it_was():
+    # the check pass evaluates in eval mode: BatchNorm statistics and the train/eval flag unchanged
+    from hesse.cli._model_loader import prepare_problem
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    X, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
+    out = prepare_problem({"model": model, "loss_fn": torch.nn.CrossEntropyLoss(), "data": iter([(X, y)] * 3)})
+    assert model.training and len(out["data"]) == 3
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="batch 1: the loss is nan"):
+        prepare_problem({"model": model, "loss_fn": torch.nn.CrossEntropyLoss(),
+                         "data": [(X, y), (X * float("nan"), y)]})

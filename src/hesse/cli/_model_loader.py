@@ -188,7 +188,8 @@ def prepare_problem(prob: dict, batches: int | None = None, device: Any = None) 
     Returns ``prob`` with ``data`` replaced by a list of ``(inputs, targets)`` pairs when it had to
     be read (a one-shot iterator, ``batches`` or ``device`` given) and kept otherwise. Errors raised
     while reading batch ``i`` or while evaluating the model or the loss on it become a
-    :class:`CLIError` ``"batch i: ..."`` naming the shapes and the likely fix. The model is evaluated
+    ``ValueError`` ``"batch i: ..."`` naming the shapes and the likely fix (a user error: one line,
+    exit status 2). The model is evaluated
     in eval mode (no BatchNorm statistics change) and left in the mode it had.
     """
     import torch
@@ -225,10 +226,10 @@ def prepare_problem(prob: dict, batches: int | None = None, device: Any = None) 
             except StopIteration:
                 break
             except Exception as err:  # noqa: BLE001
-                raise CLIError(f"batch {i}: reading it from 'data' raised {_first_line(err)}; check the data "
+                raise ValueError(f"batch {i}: reading it from 'data' raised {_first_line(err)}; check the data "
                                "set or loader (files, paths, workers).") from err
             if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-                raise CLIError(f"batch {i}: expected a pair (inputs, targets), got {_describe(batch)}.")
+                raise ValueError(f"batch {i}: expected a pair (inputs, targets), got {_describe(batch)}.")
             x, y = batch
             if device is not None:
                 x, y = _to_device(x, device), _to_device(y, device)
@@ -236,16 +237,19 @@ def prepare_problem(prob: dict, batches: int | None = None, device: Any = None) 
                 try:
                     out = model(x)
                 except Exception as err:  # noqa: BLE001
-                    raise CLIError(f"batch {i}: the model failed on inputs of {_describe(x)} ({_first_line(err)}); "
+                    raise ValueError(f"batch {i}: the model failed on inputs of {_describe(x)} ({_first_line(err)}); "
                                    f"{_model_hint(model, x)}.") from err
                 try:
                     loss = loss_fn(out, y)
                 except Exception as err:  # noqa: BLE001
-                    raise CLIError(f"batch {i}: loss_fn failed on outputs of {_describe(out)} and targets of "
+                    raise ValueError(f"batch {i}: loss_fn failed on outputs of {_describe(out)} and targets of "
                                    f"{_describe(y)} ({_first_line(err)}); {_loss_hint(loss_fn, out, y)}.") from err
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise CLIError(f"batch {i}: loss_fn must return a scalar tensor (the mean loss), got "
+                raise ValueError(f"batch {i}: loss_fn must return a scalar tensor (the mean loss), got "
                                f"{_describe(loss)}; use reduction='mean'.")
+            if not bool(torch.isfinite(loss).all()):
+                raise ValueError(f"batch {i}: the loss is {float(loss)} at the starting weights; the batch or the "
+                                 "model's weights hold NaN/inf (check the data set and any --checkpoint).")
             count += 1
             if materialise:
                 kept.append((x, y))

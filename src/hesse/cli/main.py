@@ -69,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hesse {args.verb}: interrupted", file=sys.stderr)
         return 130
-    except Exception:  # noqa: BLE001 -- not a user error: show everything
+    except Exception as err:  # noqa: BLE001 -- not a user error: show everything
+        if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+            print(f"hesse {args.verb}: error: out of memory ({' '.join(str(err).split())[:200]}); analyse fewer "
+                  "batches (--batches N), smaller batches, or use a device with more memory.", file=sys.stderr)
+            return 2
         traceback.print_exc()
         print(f"hesse {args.verb}: internal error: this is a bug in hesse, please report it "
               "(with the command line and the traceback above).", file=sys.stderr)
