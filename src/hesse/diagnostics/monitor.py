@@ -53,7 +53,7 @@ from hesse.spectrum import SpectralDensity, eigsh, spectral_density
 from hesse.spectrum import trace as estimate_trace
 
 from ._data import read_once
-from .logging import SharpnessLog, read_log
+from .logging import SharpnessLog, read_log, truncate_log
 
 __all__ = ["SharpnessMonitor", "SharpnessRecord", "DiagonalCongruence", "stability_limit"]
 
@@ -154,7 +154,9 @@ class SharpnessMonitor:
     negative : also measure the most negative eigenvalue (enables the saddle/plateau flag).
     progress : one line per check on stderr.
     resume : continue the log in ``log_dir`` (records, step counter and warm-start vector are
-        restored; steps already logged are not measured again).
+        restored; steps already logged are not measured again). When resuming from a model
+        checkpoint, save :meth:`state_dict` with it and call :meth:`load_state_dict` after
+        construction: the log is cut back to the checkpoint's step.
     tol : eigsh tolerance (relative residual); ``eos_band``: the edge-of-stability band as a
         fraction of the limit, symmetric (a float) or ``(below, above)``: Cohen et al. (2021) see
         λ_max hover *just above* 2/η, so e.g. ``(0.05, 0.25)`` fits full-batch GD; ``saddle_grad_tol``, ``saddle_curvature_rtol``: see the
@@ -328,10 +330,23 @@ class SharpnessMonitor:
                 "v_bottom": None if self._v_bottom is None else self._v_bottom.detach().cpu()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`; records measured after ``state["last_step"]`` are dropped."""
+        """Restore :meth:`state_dict`; records measured after ``state["last_step"]`` are dropped.
+
+        With a ``log_dir`` the log files are cut back the same way (rank 0), so a run resumed from a
+        model checkpoint saved together with this state writes the log an uninterrupted run writes,
+        even when the interruption fell between a log write and the checkpoint.
+        """
         last = state.get("last_step")
-        self.records = [r for r in self.records if last is not None and r.step <= last]
-        self.densities = [(s, d) for s, d in self.densities if last is not None and s <= last]
+        cut = -1 if last is None else int(last)
+        self.records = [r for r in self.records if r.step <= cut]
+        self.densities = [(s, d) for s, d in self.densities if s <= cut]
+        if self.log_dir is not None and is_main_process():
+            reopen = self.log is not None
+            if reopen:
+                self.log.close()  # its CSV handle would keep appending to the replaced file
+            truncate_log(self.log_dir, cut)
+            if reopen:
+                self.log = SharpnessLog(self.log_dir, resume=True)
         self.num_steps = int(state["num_steps"])
         self._operator_kind = state.get("operator_kind")
         device = None

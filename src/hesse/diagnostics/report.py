@@ -236,7 +236,6 @@ def train_monitored(model, loss_fn, data, *, train_steps: int, lr: float | None 
     starts afresh when there is none yet. ``lr=None``: ``1/λ_max`` at the start.
     """
     import hesse
-    from hesse.diagnostics.logging import truncate_log
     from hesse.diagnostics.monitor import SharpnessMonitor
 
     data = read_once(data)
@@ -247,7 +246,6 @@ def train_monitored(model, loss_fn, data, *, train_steps: int, lr: float | None 
             raise ValueError("resume=True needs log_dir (the folder of the run to continue).")
         if os.path.exists(ckpt):
             state = torch.load(ckpt, weights_only=True)
-            truncate_log(log_dir, int(state["step"]))
         else:
             message(f"[train] no checkpoint in {log_dir!r} yet: starting afresh", progress)
     monitor = SharpnessMonitor(model, loss_fn, data, every=every, k=1, negative=True, log_dir=log_dir,
@@ -255,7 +253,7 @@ def train_monitored(model, loss_fn, data, *, train_steps: int, lr: float | None 
                                density_probes=1, density_steps=40, seed=seed)
     if state is not None:
         model.load_state_dict(state["model"])
-        monitor.load_state_dict(state["monitor"])
+        monitor.load_state_dict(state["monitor"])  # cuts the log back to the checkpoint's step
         training_losses = [float(v) for v in state["training_losses"]]
         lr = float(state["lr"])
         start = int(state["step"])
