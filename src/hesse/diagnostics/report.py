@@ -443,7 +443,9 @@ def summary_markdown(payload: dict, title: str) -> str:
                   f"- loss {losses[0]:.4g} -> {losses[-1]:.4g}" if losses else "- (resumed: no new steps)",
                   f"- lambda_max {sh['initial_lambda_max']:.4g} -> {sh['final_lambda_max']:.4g} "
                   f"(max ratio to 2/lr {sh['max_ratio']:.3f} at step {sh['max_ratio_step']}); "
-                  f"checks: {sh['num_edge_of_stability']} edge of stability, {sh['num_unstable']} unstable",
+                  + (f"training diverged ({sh['divergence']}), {sh['num_unstable']} checks above the band"
+                     if sh.get("diverged") else
+                     f"checks: {sh['num_edge_of_stability']} edge of stability, {sh['num_unstable']} unstable"),
                   "- figures: `sharpness.png`, `loss.png`, `density_snapshots.png`", ""]
     lines += ["## Final point", "",
               f"- {final['num_parameters']} parameters, loss {final['loss']:.4g}, gradient norm {final['gradient_norm']:.3g}",
