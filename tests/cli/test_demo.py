@@ -46,7 +46,7 @@ def test_demo_quick_writes_every_file(demo_run):
 def test_demo_numbers_are_sane(demo_run):
     _, out, payload = demo_run
     ex = payload["example"]
-    assert ex["critical_point"] == pytest.approx([0.2, 1.4], abs=1e-12)  # the seeds' printed values
+    assert ex["critical_point"] == pytest.approx([0.2, 1.4], abs=1e-12)  # H^{-1} (4, 6) for H = [[6, 2], [2, 4]]
     assert ex["eigenvalues"] == pytest.approx([2.763932, 7.236068], abs=1e-6)
     assert "minimum" in ex["classification"].lower()
     recs = payload["records"]

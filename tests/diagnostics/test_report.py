@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hesse.diagnostics.report import bulk_edge, describe_sharpness, seed_example
+from hesse.diagnostics.report import bulk_edge, describe_sharpness, quadratic_example
 from hesse.spectrum import SpectralDensity
 
 
@@ -37,12 +37,27 @@ def test_bulk_edge_is_weighted_quantile():
     assert bulk_edge(d, 0.9) == pytest.approx(0.1)
 
 
-def test_seed_example_numbers():
-    ex, f = seed_example()
-    # seed 004, sec. 6: p* = H^{-1} (4, 6) = (0.2, 1.4); eigenvalues 5 -+ sqrt(5); kappa = (5+sqrt5)/(5-sqrt5)
+def test_quadratic_example_numbers():
+    ex, f = quadratic_example()
+    # f = 3x^2 + 2xy + 2y^2 - 4x - 6y, H = [[6, 2], [2, 4]]: p* = H^{-1} (4, 6) = (0.2, 1.4);
+    # eigenvalues 5 -+ sqrt(5); kappa = (5+sqrt5)/(5-sqrt5)
     assert ex["critical_point"] == pytest.approx([0.2, 1.4], abs=1e-12)
     assert ex["eigenvalues"] == pytest.approx([5 - 5**0.5, 5 + 5**0.5], rel=1e-12)
     assert ex["condition_number"] == pytest.approx((5 + 5**0.5) / (5 - 5**0.5), rel=1e-12)
     assert "minimum" in ex["classification"].lower()
     assert ex["taylor_check"]["exact"] == pytest.approx(ex["taylor_check"]["model"], abs=1e-12)
     assert ex["taylor_check"]["exact"] == pytest.approx(-0.82, abs=1e-12)
+
+
+def test_summary_names_the_worked_example_by_its_function():
+    from hesse.diagnostics.report import summary_markdown
+
+    ex, _ = quadratic_example()
+    summary = {"lambda_min": 0.1, "trace": 1.0, "negative_mass": 0.0, "fraction_negative": 0.0,
+               "effective_rank": 1.0, "definiteness": "positive definite"}
+    final = {"num_parameters": 3, "loss": 0.5, "gradient_norm": 0.1, "top_eigenvalues": [1.0],
+             "top_converged": True, "top_num_matvecs": 3, "bulk_edge": 0.1, "num_outliers": 1,
+             "outliers_at_least": True, "summary": summary}
+    md = summary_markdown({"final": final, "example": ex, "files": []}, "t")
+    assert "## Worked example: f(x, y) = 3x^2 + 2xy + 2y^2 - 4x - 6y" in md
+    assert "seed" not in md.lower()

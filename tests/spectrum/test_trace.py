@@ -67,3 +67,64 @@ def test_trace_bad_seed_and_operator(lowrank_op):
         hesse.diagonal(torch.eye(4))
     with pytest.raises(ValueError, match="num_matvecs"):
         hesse.diagonal(lowrank_op, method="diag++", num_matvecs=2)
+
+
+def _small_op(n: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    A = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    return hesse.DenseOperator(A + A.T), A + A.T
+
+
+TRACE_MIN = {"hutchinson": 2, "hutch++": 3, "xtrace": 4}
+
+
+@pytest.mark.parametrize("n", [7, 44])
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++", "xtrace"])
+@pytest.mark.parametrize("where", ["below", "equal", "above"])
+def test_trace_budget_against_n(method, where, n):
+    op, A = _small_op(n)
+    truth = float(torch.trace(A))
+    budget = {"below": max(TRACE_MIN[method], n - 1), "equal": n, "above": n + 5}[where]
+    est = hesse.trace(op, method=method, num_matvecs=budget, seed=0)
+    if where == "below":
+        # a Monte-Carlo estimate: within 5 of its own standard errors (deterministic seed); XTrace
+        # spends an even number of products (pairs of probe and deflation), so up to one fewer
+        assert est.method == method and budget - 1 <= est.num_matvecs <= budget
+        assert abs(est.value - truth) <= 5 * est.stderr + 1e-12
+    else:
+        # n unit-vector products give the trace to rounding: relative 1e-12 in float64
+        assert est.method == "exact" and est.stderr == 0.0 and est.num_matvecs == n
+        assert est.value == pytest.approx(truth, rel=1e-12, abs=1e-12 * float(A.abs().sum()))
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++", "xtrace"])
+def test_trace_default_budget_small_operator(method):
+    # the default budget (198) exceeds n = 44: the exact trace, not a QR of a 44 x 99 block
+    op, A = _small_op(44)
+    est = hesse.trace(op, method=method)
+    assert est.method == "exact" and est.num_matvecs == 44
+    assert est.value == pytest.approx(float(torch.trace(A)), rel=1e-12, abs=1e-10)
+
+
+@pytest.mark.parametrize("n", [8, 40])
+@pytest.mark.parametrize("method", ["hutchinson", "diag++"])
+@pytest.mark.parametrize("where", ["below", "equal", "above"])
+def test_diagonal_budget_against_n(method, where, n):
+    op, A = _small_op(n, seed=1)
+    d = torch.diagonal(A)
+    budget = {"below": max(6, n - 1), "equal": n, "above": n + 7}[where]
+    est = hesse.diagonal(op, method=method, num_matvecs=budget, seed=0)
+    if where == "below":
+        assert est.method == method and est.num_matvecs == budget
+        # per-entry errors within 6 standard errors (fixed seed; a few-probe stderr is itself noisy)
+        assert bool(((est.value - d).abs() <= 6 * est.stderr + 1e-12).all())
+    else:
+        # exact: unit vectors read the diagonal to rounding
+        assert est.method == "exact" and est.num_matvecs == n and bool((est.stderr == 0).all())
+        assert torch.allclose(est.value, d, rtol=0, atol=1e-12)
+
+
+def test_diagonal_default_budget_small_operator():
+    op, A = _small_op(30)
+    est = hesse.diagonal(op, method="diag++")  # default budget 100 > n = 30
+    assert est.method == "exact" and torch.allclose(est.value, torch.diagonal(A), atol=1e-12)

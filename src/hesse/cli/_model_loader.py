@@ -13,17 +13,32 @@ over samples) and ``data`` (a DataLoader, an iterable of ``(inputs, targets)``, 
         return {"model": model, "loss_fn": torch.nn.CrossEntropyLoss(), "data": (X, y)}
 
     $ hesse spectrum --model mymodel.py:make
+
+After loading, :func:`prepare_problem` reads the data once (a one-shot iterator is kept as a list),
+keeps the first ``--batches N`` batches, moves model and batches to ``--device`` and evaluates the
+model and loss on every batch once, so that a mistake in the user's data or model (integer inputs,
+float targets for cross-entropy, a wrong feature size, a loader that raises) is reported as one line
+naming the batch and the fix, before any curvature is computed. :func:`build_operator` builds the
+curvature matrix chosen by ``--curvature``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 from hesse.cli.main import CLIError
 
-__all__ = ["load_model_factory"]
+__all__ = ["load_model_factory", "prepare_problem", "build_operator", "check_device", "check_output_path",
+           "CURVATURES"]
+
+#: ``--curvature`` choices: the loss Hessian, the generalized Gauss-Newton matrix, the Fisher
+#: (FisherOperator's default kind, the empirical Fisher).
+CURVATURES = ("hessian", "ggn", "fisher")
 
 
 def load_model_factory(spec: str) -> dict:
@@ -74,3 +89,188 @@ def load_model_factory(spec: str) -> dict:
     if not callable(out["loss_fn"]):
         raise CLIError(f"--model: 'loss_fn' must be callable (outputs, targets) -> loss, got {type(out['loss_fn']).__name__}.")
     return {"model": out["model"], "loss_fn": out["loss_fn"], "data": out["data"]}
+
+
+def check_device(spec: str | None):
+    """``--device``: a ``torch.device`` that exists on this machine, or a :class:`CLIError` saying why not."""
+    import torch
+
+    if spec is None:
+        return None
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError) as err:
+        raise CLIError(f"--device {spec!r} is not a torch device ({err}); use e.g. cpu, cuda, cuda:1, mps.") from err
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index is not None and device.index >= count):
+            raise CLIError(f"--device {spec}: CUDA is not available here ({count} CUDA device(s) visible); "
+                           "use --device cpu or run on a machine with a GPU.")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise CLIError(f"--device {spec}: the MPS backend is not available here; use --device cpu.")
+    elif device.type != "cpu":
+        try:
+            torch.empty(0, device=device)
+        except Exception as err:  # noqa: BLE001 -- any backend failure means: not usable here
+            raise CLIError(f"--device {spec} is not usable here ({type(err).__name__}: {err}); "
+                           "use --device cpu.") from err
+    return device
+
+
+def check_output_path(option: str, path: str | None, suffixes: tuple[str, ...] | None = None) -> None:
+    """Refuse an output file whose folder does not exist (or a wrong suffix) before any work is done."""
+    if path is None:
+        return
+    if suffixes and not path.lower().endswith(suffixes):
+        raise CLIError(f"{option} expects a {', '.join(suffixes)} path, got {path!r}.")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CLIError(f"{option} {path!r}: the folder {folder!r} does not exist; create it first "
+                       f"(mkdir -p {folder}).")
+    if os.path.isdir(path):
+        raise CLIError(f"{option} {path!r} is a directory; give a file name.")
+    if not os.access(folder, os.W_OK):
+        raise CLIError(f"{option} {path!r}: the folder {folder!r} is not writable.")
+
+
+def _to_device(obj: Any, device) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _describe(x: Any) -> str:
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return f"shape {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}"
+    if isinstance(x, (tuple, list)):
+        return f"{type(x).__name__} of {len(x)}"
+    return type(x).__name__
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:300] if text else ''}"
+
+
+def _model_hint(model, x) -> str:
+    import torch
+
+    param = next(iter(model.parameters()), None)
+    if isinstance(x, torch.Tensor) and param is not None and x.dtype != param.dtype:
+        kind = "integer" if not (x.is_floating_point() or x.is_complex()) else str(x.dtype).replace("torch.", "")
+        return (f"the inputs are {kind} but the model's parameters are {str(param.dtype).replace('torch.', '')}: "
+                f"convert them in the factory (X = X.to({param.dtype}))")
+    return ("the inputs do not fit the model: check the feature size (the last dimension of the inputs) "
+            "against the model's first layer, and the inputs' dtype and device")
+
+
+def _loss_hint(loss_fn, out, y) -> str:
+    import torch
+
+    if isinstance(loss_fn, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)) and isinstance(y, torch.Tensor) \
+            and isinstance(out, torch.Tensor) and y.is_floating_point() and y.ndim == out.ndim - 1:
+        return "cross-entropy takes class indices as targets: make them integers in the factory (y = y.long())"
+    return "check that loss_fn(outputs, targets) accepts the targets (shape, dtype) your data provides"
+
+
+def prepare_problem(prob: dict, batches: int | None = None, device: Any = None) -> dict:
+    """Read the data once, keep the first ``batches`` batches, move to ``device``, evaluate every batch.
+
+    Returns ``prob`` with ``data`` replaced by a list of ``(inputs, targets)`` pairs when it had to
+    be read (a one-shot iterator, ``batches`` or ``device`` given) and kept otherwise. Errors raised
+    while reading batch ``i`` or while evaluating the model or the loss on it become a
+    ``ValueError`` ``"batch i: ..."`` naming the shapes and the likely fix (a user error: one line,
+    exit status 2). The model is evaluated
+    in eval mode (no BatchNorm statistics change) and left in the mode it had.
+    """
+    import torch
+
+    model, loss_fn, data = prob["model"], prob["loss_fn"], prob["data"]
+    if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 1):
+        raise CLIError(f"--batches must be a positive integer, got {batches!r}.")
+    is_pair = (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor)
+               and isinstance(data[1], torch.Tensor))
+    if is_pair:
+        source: Any = [tuple(data)]
+    elif isinstance(data, torch.Tensor) or not hasattr(data, "__iter__"):
+        raise CLIError(f"--model: 'data' must be a DataLoader, an iterable of (inputs, targets) batches or one "
+                       f"(inputs, targets) pair, got {_describe(data)}.")
+    else:
+        source = data
+    materialise = is_pair or batches is not None or device is not None or isinstance(data, Iterator)
+    kept: list = []
+    count = 0
+    try:
+        iterator = iter(source)
+    except Exception as err:  # noqa: BLE001 -- the user's data object failed: one line, exit 2
+        raise CLIError(f"--model: iterating 'data' raised {_first_line(err)}; check the data set or loader.") from err
+    if batches is not None:
+        iterator = itertools.islice(iterator, batches)
+    was_training = model.training
+    if device is not None:
+        model.to(device)
+    model.eval()  # evaluate as the operators do (eval mode): no running statistics move
+    try:
+        for i in itertools.count():
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                break
+            except Exception as err:  # noqa: BLE001
+                raise ValueError(f"batch {i}: reading it from 'data' raised {_first_line(err)}; check the data "
+                               "set or loader (files, paths, workers).") from err
+            if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+                raise ValueError(f"batch {i}: expected a pair (inputs, targets), got {_describe(batch)}.")
+            x, y = batch
+            if device is not None:
+                x, y = _to_device(x, device), _to_device(y, device)
+            with torch.no_grad():
+                try:
+                    out = model(x)
+                except Exception as err:  # noqa: BLE001
+                    raise ValueError(f"batch {i}: the model failed on inputs of {_describe(x)} ({_first_line(err)}); "
+                                   f"{_model_hint(model, x)}.") from err
+                try:
+                    loss = loss_fn(out, y)
+                except Exception as err:  # noqa: BLE001
+                    raise ValueError(f"batch {i}: loss_fn failed on outputs of {_describe(out)} and targets of "
+                                   f"{_describe(y)} ({_first_line(err)}); {_loss_hint(loss_fn, out, y)}.") from err
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise ValueError(f"batch {i}: loss_fn must return a scalar tensor (the mean loss), got "
+                               f"{_describe(loss)}; use reduction='mean'.")
+            if not bool(torch.isfinite(loss).all()):
+                raise ValueError(f"batch {i}: the loss is {float(loss)} at the starting weights; the batch or the "
+                                 "model's weights hold NaN/inf (check the data set and any --checkpoint).")
+            count += 1
+            if materialise:
+                kept.append((x, y))
+    finally:
+        model.train(was_training)
+    if not count:
+        raise CLIError("--model: 'data' holds no batches (an empty data set, or an iterator already consumed).")
+    if batches is not None and count < batches:
+        raise CLIError(f"--batches {batches}: the data has only {count} batch(es); give --batches {count} "
+                       "or fewer.")
+    out = dict(prob)
+    if materialise:
+        out["data"] = kept
+    return out
+
+
+def build_operator(kind: str, model, loss_fn, data, params: Any = None):
+    """The curvature operator of ``--curvature``: Hessian, GGN or Fisher (FisherOperator's default kind)."""
+    import hesse
+
+    if kind not in CURVATURES:
+        raise CLIError(f"--curvature must be one of {', '.join(CURVATURES)}, got {kind!r}.")
+    cls = {"hessian": hesse.HessianOperator, "ggn": hesse.GGNOperator, "fisher": hesse.FisherOperator}[kind]
+    return cls(model, loss_fn, data, params)

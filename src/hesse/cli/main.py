@@ -1,8 +1,12 @@
 """Entry point of the ``hesse`` command.
 
 Each verb lives in its own module ``hesse.cli.<verb>`` exposing ``add_parser(subparsers)`` (which
-registers the verb and sets ``func``) — this file only lists them and dispatches. Errors a user can
-fix (bad expression, bad file, bad option) print one line to stderr and exit with status 2.
+registers the verb and sets ``func``) — this file only lists them and dispatches.
+
+Errors a user can fix (bad expression, bad file, bad option, a model or data set that does not fit)
+print one line to stderr and exit with status 2: :class:`CLIError` and the ``ValueError`` /
+``TypeError`` / ``OSError`` that hesse raises on bad input. Any other exception is a defect of hesse
+itself: its traceback is printed with a request to report it, exit status 1.
 """
 
 from __future__ import annotations
@@ -10,12 +14,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 
 VERBS = ("demo", "analyze", "minimize", "spectrum", "report")
 
 
 class CLIError(Exception):
     """A user error with a message to print (exit status 2)."""
+
+
+#: Exceptions reported as a user's mistake: one line, exit status 2. hesse validates its inputs
+#: with ValueError/TypeError (house style); OSError covers files the user named.
+USER_ERRORS = (CLIError, ValueError, TypeError, OSError)
+
+BUG_EXIT_STATUS = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,15 +62,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with torchrun_session():  # under torchrun: one process group, stdout on rank 0 only
             return int(args.func(args) or 0)
-    except CLIError as err:
-        print(f"hesse {args.verb}: error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError) as err:
-        print(f"hesse {args.verb}: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        text = " ".join(str(err).split()) or type(err).__name__
+        print(f"hesse {args.verb}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hesse {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 -- not a user error: show everything
+        if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+            print(f"hesse {args.verb}: error: out of memory ({' '.join(str(err).split())[:200]}); analyse fewer "
+                  "batches (--batches N), smaller batches, or use a device with more memory.", file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        print(f"hesse {args.verb}: internal error: this is a bug in hesse, please report it "
+              "(with the command line and the traceback above).", file=sys.stderr)
+        return BUG_EXIT_STATUS
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,13 +5,23 @@ The factory follows the ``--model`` protocol of ``hesse.cli._model_loader`` (a f
 one under ``"model"`` / ``"state_dict"``) with ``torch.load(weights_only=True)`` before the analysis:
 no pickled code runs. ``--train STEPS`` first trains by full-batch gradient descent under the
 sharpness monitor (``--lr``, default ``1/lambda_max`` at the start); ``--resume`` continues an
-interrupted ``--train`` run from ``OUT/log`` (its monitor log and ``checkpoint.pt``).
+interrupted ``--train`` run from ``OUT/log`` (its monitor log and ``checkpoint.pt``), whatever the
+moment of the interruption. ``--batches N``, ``--curvature hessian|ggn|fisher`` and ``--device`` work
+as for ``hesse spectrum`` (the curvature matrix of the final-point analysis; the sharpness monitor
+measures the Hessian, whose λ_max the stability limit 2/lr is about).
+
+Exit status: 0 for a report, 2 for a user error (one line), 3 when the report was written but the
+training diverged (its diagnosis says so). A run that fails removes an earlier ``report.json`` /
+``summary.md`` in ``--out``: they would describe a run the new log does not belong to.
 """
 
 from __future__ import annotations
 
 import json
 import os
+
+#: Exit status of a report whose training diverged (the report is written; its diagnosis says so).
+DIVERGED_EXIT_STATUS = 3
 
 
 def add_parser(sub) -> None:
@@ -29,6 +39,9 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted --train run in OUT/log")
     p.add_argument("--json", action="store_true", help="print every number as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    from hesse.cli.spectrum import add_data_options
+
+    add_data_options(p)
     p.set_defaults(func=run)
 
 
@@ -57,10 +70,10 @@ def _load_checkpoint(model, path: str) -> None:
 
 def run(args) -> int:
     from hesse._progress import message
-    from hesse.cli._model_loader import load_model_factory
+    from hesse.cli._model_loader import check_device, load_model_factory, prepare_problem
     from hesse.cli.main import CLIError
-    from hesse.diagnostics.report import analyze_training, diagnosis
-    from hesse.plot.report import write_report
+    from hesse.diagnostics.report import analyze_training, diagnosis, training_divergence
+    from hesse.plot.report import remove_stale_report, write_report
 
     verbose = not args.quiet
     if args.train < 0:
@@ -71,23 +84,44 @@ def run(args) -> int:
         raise CLIError(f"--lr must be positive, got {args.lr}.")
     if args.resume and not args.train:
         raise CLIError("--resume continues a --train run: give --train STEPS as well.")
+    if args.batches is not None and args.batches < 1:
+        raise CLIError(f"--batches must be a positive integer, got {args.batches}.")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise CLIError(f"--out {args.out!r} exists and is not a directory.")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(parent):
+        raise CLIError(f"--out {args.out!r}: the folder {parent!r} does not exist; create it first "
+                       f"(mkdir -p {parent}).")
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        raise CLIError(f"--checkpoint: file {args.checkpoint!r} not found.")
+    device = check_device(args.device)
     prob = load_model_factory(args.model)
     if args.checkpoint:
         _load_checkpoint(prob["model"], args.checkpoint)
         message(f"[report] loaded weights from {args.checkpoint}", verbose)
-    result = analyze_training(prob["model"], prob["loss_fn"], prob["data"], train_steps=args.train, lr=args.lr,
-                              every=args.every, k=args.k, log_dir=os.path.join(args.out, "log"),
-                              resume=args.resume, progress=verbose)
-    files = write_report(args.out, result, title=f"hesse report: {args.model}", progress=verbose)
+    prob = prepare_problem(prob, batches=args.batches, device=device)
+    n = sum(p.numel() for p in prob["model"].parameters() if p.requires_grad)
+    if args.k > n:
+        raise CLIError(f"--k {args.k} exceeds the number of parameters n={n}; ask for at most {n} eigenvalues.")
+    try:
+        result = analyze_training(prob["model"], prob["loss_fn"], prob["data"], train_steps=args.train,
+                                  lr=args.lr, every=args.every, k=args.k, log_dir=os.path.join(args.out, "log"),
+                                  resume=args.resume, curvature=args.curvature, progress=verbose)
+        files = write_report(args.out, result, title=f"hesse report: {args.model}", progress=verbose)
+    except BaseException:
+        # the earlier report in --out describes another run than the log now there: remove it
+        for path in remove_stale_report(args.out):
+            message(f"[report] removed {path} (an earlier run's report; this run failed)", verbose)
+        raise
     if not files:  # another rank of a torchrun job: rank 0 writes and prints
         return 0
     with open(files["report.json"]) as fh:
         payload = json.load(fh)
+    status = DIVERGED_EXIT_STATUS if args.train and training_divergence(
+        payload["records"], payload["training_losses"]) is not None else 0
     if args.json:
         print(json.dumps(payload, indent=2))
-        return 0
+        return status
     print("Diagnosis: " + diagnosis(payload))
     print(f"Report written to {args.out}/ ({', '.join(payload['files'])})")
-    return 0
+    return status

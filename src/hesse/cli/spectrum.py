@@ -1,4 +1,9 @@
-"""``hesse spectrum``: top eigenvalues, trace, density and per-layer table of a model's Hessian."""
+"""``hesse spectrum``: top eigenvalues, trace, density and per-layer table of a model's Hessian.
+
+PyHessian's habits carry over: ``--batches N`` analyses the first N batches of the data only,
+``--curvature hessian|ggn|fisher`` picks the curvature matrix (Fisher: the empirical Fisher,
+FisherOperator's default kind), ``--device`` moves model and batches (e.g. ``cuda``).
+"""
 
 from __future__ import annotations
 
@@ -13,11 +18,11 @@ def add_parser(sub) -> None:
         "given by --model file.py:factory (a function returning {'model', 'loss_fn', 'data'}).",
     )
     p.add_argument("--model", metavar="FILE.py:FUNC", help="user model factory (see README 'spectrum')")
-    p.add_argument("--k", type=int, default=5, help="number of eigenvalues (default 5)")
+    p.add_argument("--k", type=int, default=5, help="number of eigenvalues (default 5; at most the parameter count)")
     p.add_argument("--which", default="largest", choices=["largest", "smallest", "both", "magnitude"])
     p.add_argument("--tol", type=float, default=1e-6, help="residual tolerance relative to ||H|| (default 1e-6)")
     p.add_argument("--trace", action="store_true", help="also estimate the trace (XTrace) with its standard error")
-    p.add_argument("--trace-matvecs", type=int, default=100, help="products for --trace (default 100)")
+    p.add_argument("--trace-matvecs", type=int, default=100, help="products for --trace (default 100; at least the parameter count gives the exact trace)")
     p.add_argument("--density", action="store_true", help="also compute the spectral density (SLQ)")
     p.add_argument("--probes", type=int, default=4, help="SLQ probes for --density (default 4)")
     p.add_argument("--steps", type=int, default=60, help="Lanczos steps per probe for --density (default 60)")
@@ -26,19 +31,40 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print every number as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--seed", type=int, default=0, help="random seed (start vector and probes)")
+    add_data_options(p)
     p.set_defaults(func=run)
+
+
+def add_data_options(p) -> None:
+    """``--batches``, ``--curvature``, ``--device``: shared by ``spectrum`` and ``report``."""
+    from hesse.cli._model_loader import CURVATURES
+
+    p.add_argument("--batches", type=int, default=None, metavar="N",
+                   help="analyse only the first N batches of the data (default: all)")
+    p.add_argument("--curvature", default="hessian", choices=CURVATURES,
+                   help="curvature matrix: the loss Hessian (default), the generalized Gauss-Newton matrix, "
+                   "or the (empirical) Fisher")
+    p.add_argument("--device", default=None, help="move model and batches to this device (cpu, cuda, cuda:1, mps)")
 
 
 def run(args) -> int:
     import hesse
     from hesse._progress import message
+    from hesse.cli._model_loader import (
+        build_operator,
+        check_device,
+        check_output_path,
+        prepare_problem,
+    )
     from hesse.cli.main import CLIError
 
     verbose = not args.quiet
     if args.k < 1:
         raise CLIError(f"--k must be a positive integer, got {args.k}.")
-    if args.plot and not args.plot.lower().endswith((".png", ".pdf", ".svg")):
-        raise CLIError(f"--plot expects a .png, .pdf or .svg path, got {args.plot!r}.")
+    if args.batches is not None and args.batches < 1:
+        raise CLIError(f"--batches must be a positive integer, got {args.batches}.")
+    check_output_path("--plot", args.plot, (".png", ".pdf", ".svg"))
+    device = check_device(args.device)
     if args.model:
         from hesse.cli._model_loader import load_model_factory
 
@@ -51,11 +77,15 @@ def run(args) -> int:
         message("no --model given: the demo MLP trained briefly on scikit-learn digits", verbose)
         prob = digits_mlp_problem()
         source = "demo: digits MLP"
-    op = hesse.HessianOperator(prob["model"], prob["loss_fn"], prob["data"])
-    message(f"Hessian operator: n={op.shape[0]} parameters, loss={op.loss:.6g}", verbose)
-    out: dict = {"model": source, "num_parameters": op.shape[0], "loss": op.loss}
-    res = hesse.eigsh(op, k=min(args.k, op.shape[0]), which=args.which, tol=args.tol, seed=args.seed,
-                      progress=verbose)
+    prob = prepare_problem(prob, batches=args.batches, device=device)
+    op = build_operator(args.curvature, prob["model"], prob["loss_fn"], prob["data"])
+    name = {"hessian": "Hessian", "ggn": "GGN", "fisher": "Fisher"}[args.curvature]
+    message(f"{name} operator: n={op.shape[0]} parameters, loss={op.loss:.6g}", verbose)
+    out: dict = {"model": source, "curvature": args.curvature, "num_parameters": op.shape[0], "loss": op.loss}
+    if args.batches is not None:
+        out["batches"] = args.batches
+    # k > n is refused by eigsh with its own message (a ValueError: exit status 2), never clamped
+    res = hesse.eigsh(op, k=args.k, which=args.which, tol=args.tol, seed=args.seed, progress=verbose)
     out["eigenvalues"] = {
         "which": args.which, "values": res.values.tolist(), "residuals": res.residuals.tolist(),
         "converged": res.converged.tolist(), "num_matvecs": res.num_matvecs, "method": res.method,
@@ -73,7 +103,7 @@ def run(args) -> int:
                           "num_matvecs": dens.num_matvecs}
     if args.per_layer:
         model, loss_fn, data = prob["model"], prob["loss_fn"], prob["data"]
-        table = hesse.per_layer(lambda names: hesse.HessianOperator(model, loss_fn, data, params=names),
+        table = hesse.per_layer(lambda names: build_operator(args.curvature, model, loss_fn, data, params=names),
                                 hesse.layer_groups(model), seed=args.seed, progress=verbose)
         out["per_layer"] = table.as_dicts()
     if args.plot:
@@ -86,13 +116,14 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    print(f"model: {source}   parameters: {op.shape[0]}   loss: {op.loss:.6g}")
-    print(f"{args.which} eigenvalues ({res.method}, {res.num_matvecs} Hessian-vector products):")
+    print(f"model: {source}   parameters: {op.shape[0]}   loss: {op.loss:.6g}   curvature: {name}")
+    print(f"{args.which} eigenvalues ({res.method}, {res.num_matvecs} {name}-vector products):")
     for i, (v, r, c) in enumerate(zip(res.values.tolist(), res.residuals.tolist(), res.converged.tolist())):
         print(f"  lambda_{i + 1:<3d} {v: .10g}   residual {r:.1e}{'' if c else '   NOT CONVERGED'}")
     if args.trace:
         t = out["trace"]
-        print(f"trace: {t['value']:.6g} ± {t['stderr']:.2g} (XTrace, {t['num_matvecs']} products)")
+        how = "exact" if t["method"] == "exact" else "XTrace"
+        print(f"trace: {t['value']:.6g} ± {t['stderr']:.2g} ({how}, {t['num_matvecs']} products)")
     if dens is not None:
         print(f"density: {dens.num_probes} probes x {dens.num_steps} steps, nodes in "
               f"[{float(dens.nodes.min()):.4g}, {float(dens.nodes.max()):.4g}], sigma {dens.sigma:.3g}")

@@ -30,6 +30,8 @@ from hesse.operators import HessianOperator
 from hesse.operators._model import ModelLoss
 from hesse.spectrum import eigsh
 
+from ._data import read_once
+
 __all__ = ["landscape", "LandscapeResult", "filter_normalized_direction"]
 
 
@@ -108,6 +110,7 @@ def landscape(model: torch.nn.Module, loss_fn: Any, data: Any, directions: str =
         raise ValueError(f"steps must be an int >= 2 (grid points per axis), got {steps!r}.")
     if not isinstance(span, (int, float)) or isinstance(span, bool) or not span > 0 or span == float("inf"):
         raise ValueError(f"span must be a positive finite float, got {span!r}.")
+    data = read_once(data)  # iterated once per evaluation
     problem = ModelLoss(model, loss_fn, data, params)
     theta = problem.params
     eigenvalues = None

@@ -17,7 +17,7 @@ import math
 import os
 from typing import Any
 
-__all__ = ["SharpnessLog", "read_log", "CSV_COLUMNS"]
+__all__ = ["SharpnessLog", "read_log", "truncate_log", "CSV_COLUMNS"]
 
 #: Scalar columns of ``sharpness.csv`` (lists are joined with ``;``, missing values left empty).
 CSV_COLUMNS = ("step", "loss", "grad_norm", "lr", "stability_limit", "lambda_max", "sharpness_ratio",
@@ -45,6 +45,50 @@ def _trim_partial_line(path: str) -> None:
         if data.endswith(b"\n"):
             return
         fh.truncate(data.rfind(b"\n") + 1)
+
+
+def _keep_lines(path: str, keep) -> None:
+    """Rewrite ``path`` with the complete lines for which ``keep(line)`` is true (temp file, then os.replace)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as fh:
+        text = fh.read()
+    lines = text.split("\n")
+    complete = lines[:-1]  # the text after the last newline is a line cut short by an interruption
+    kept = [line for i, line in enumerate(complete) if keep(i, line)]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def truncate_log(log_dir: str | os.PathLike, step: int) -> None:
+    """Drop every record (JSON lines, CSV rows, density snapshots) measured after ``step``.
+
+    A resumed run restarts from a checkpoint at ``step``; records written after that checkpoint
+    (an interruption fell between the log write and the next checkpoint) will be measured again,
+    so they are removed first and the resumed log equals an uninterrupted one.
+    """
+    log_dir = os.fspath(log_dir)
+
+    def json_step_at_most(_i, line):
+        try:
+            return int(json.loads(line)["step"]) <= step
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            return False
+
+    for name in ("sharpness.jsonl", "density.jsonl"):
+        _keep_lines(os.path.join(log_dir, name), json_step_at_most)
+
+    def csv_step_at_most(i, line):
+        if i == 0:
+            return True  # header
+        try:
+            return int(next(csv.reader([line]))[0]) <= step
+        except (StopIteration, ValueError, IndexError):
+            return False
+
+    _keep_lines(os.path.join(log_dir, "sharpness.csv"), csv_step_at_most)
 
 
 class SharpnessLog:

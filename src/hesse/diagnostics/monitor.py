@@ -1,8 +1,8 @@
 """Watch the curvature of a network while it trains: :class:`SharpnessMonitor`.
 
 Math. Gradient descent ``θ ← θ - η ∇L(θ)`` on the quadratic model ``L(θ*+d) ≈ L* + ½ dᵀHd`` moves
-each eigen-coordinate by ``c ← (1 - η λ) c``: it is stable iff ``λ_max(H) < 2/η`` (the seeds' step
-limit; Nocedal & Wright 2006, sec. 3.3). With heavy-ball momentum β the limit is ``(2 + 2β)/η``.
+each eigen-coordinate by ``c ← (1 - η λ) c``: it is stable iff ``λ_max(H) < 2/η`` (the step-size
+limit of gradient descent on a quadratic; Nocedal & Wright 2006, sec. 3.3). With heavy-ball momentum β the limit is ``(2 + 2β)/η``.
 Cohen et al. (2021, "Gradient descent on neural networks typically occurs at the edge of
 stability", ICLR) observed that full-batch GD drives ``λ_max`` up to ``2/η`` ("progressive
 sharpening") and then hovers there ("edge of stability", EoS) while the loss keeps falling
@@ -52,7 +52,8 @@ from hesse.operators import CurvatureOperator, HessianOperator
 from hesse.spectrum import SpectralDensity, eigsh, spectral_density
 from hesse.spectrum import trace as estimate_trace
 
-from .logging import SharpnessLog, read_log
+from ._data import read_once
+from .logging import SharpnessLog, read_log, truncate_log
 
 __all__ = ["SharpnessMonitor", "SharpnessRecord", "DiagonalCongruence", "stability_limit"]
 
@@ -153,7 +154,9 @@ class SharpnessMonitor:
     negative : also measure the most negative eigenvalue (enables the saddle/plateau flag).
     progress : one line per check on stderr.
     resume : continue the log in ``log_dir`` (records, step counter and warm-start vector are
-        restored; steps already logged are not measured again).
+        restored; steps already logged are not measured again). When resuming from a model
+        checkpoint, save :meth:`state_dict` with it and call :meth:`load_state_dict` after
+        construction: the log is cut back to the checkpoint's step.
     tol : eigsh tolerance (relative residual); ``eos_band``: the edge-of-stability band as a
         fraction of the limit, symmetric (a float) or ``(below, above)``: Cohen et al. (2021) see
         λ_max hover *just above* 2/η, so e.g. ``(0.05, 0.25)`` fits full-batch GD; ``saddle_grad_tol``, ``saddle_curvature_rtol``: see the
@@ -189,7 +192,7 @@ class SharpnessMonitor:
                 raise ValueError(f"{name} must be a nonnegative float, got {val!r}.")
         if resume and log_dir is None:
             raise ValueError("resume=True needs log_dir (the directory of the log to continue).")
-        self.model, self.loss_fn, self.data, self.params = model, loss_fn, data, params
+        self.model, self.loss_fn, self.data, self.params = model, loss_fn, read_once(data), params
         self.every, self.k, self.trace, self.density = every, k, bool(trace), bool(density)
         self.negative, self.progress = bool(negative), bool(progress)
         self.tol, self.eos_band = float(tol), (float(band[0]), float(band[1]))
@@ -315,6 +318,45 @@ class SharpnessMonitor:
                 f"({ratio:.2f})  {status}  [{op.num_matvecs} products]", self.progress)
         return record
 
+    def state_dict(self) -> dict:
+        """What a resumed monitor needs besides its log: the step counter and the warm-start vectors.
+
+        Plain tensors, ints and strings (loadable with ``torch.load(weights_only=True)``); save it
+        with the model's checkpoint so that both describe the same step.
+        """
+        return {"num_steps": self.num_steps, "last_step": self.records[-1].step if self.records else None,
+                "operator_kind": self._operator_kind,
+                "v_top": None if self._v_top is None else self._v_top.detach().cpu(),
+                "v_bottom": None if self._v_bottom is None else self._v_bottom.detach().cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; records measured after ``state["last_step"]`` are dropped.
+
+        With a ``log_dir`` the log files are cut back the same way (rank 0), so a run resumed from a
+        model checkpoint saved together with this state writes the log an uninterrupted run writes,
+        even when the interruption fell between a log write and the checkpoint.
+        """
+        last = state.get("last_step")
+        cut = -1 if last is None else int(last)
+        self.records = [r for r in self.records if r.step <= cut]
+        self.densities = [(s, d) for s, d in self.densities if s <= cut]
+        if self.log_dir is not None and is_main_process():
+            reopen = self.log is not None
+            if reopen:
+                self.log.close()  # its CSV handle would keep appending to the replaced file
+            truncate_log(self.log_dir, cut)
+            if reopen:
+                self.log = SharpnessLog(self.log_dir, resume=True)
+        self.num_steps = int(state["num_steps"])
+        self._operator_kind = state.get("operator_kind")
+        device = None
+        for key, attr in (("v_top", "_v_top"), ("v_bottom", "_v_bottom")):
+            v = state.get(key)
+            if v is not None:
+                device = device or next((p.device for p in self.model.parameters()), None)
+                v = v.to(device)
+            setattr(self, attr, v)
+
     def close(self) -> None:
         if self.log is not None:
             self.log.close()
@@ -373,10 +415,7 @@ class SharpnessMonitor:
         return os.path.join(self.log_dir, _STATE_FILE)
 
     def _save_state(self) -> None:
-        state = {"num_steps": self.num_steps, "last_step": self.records[-1].step,
-                 "operator_kind": self._operator_kind,
-                 "v_top": None if self._v_top is None else self._v_top.cpu(),
-                 "v_bottom": None if self._v_bottom is None else self._v_bottom.cpu()}
+        state = self.state_dict()
         tmp = self._state_path() + ".tmp"
         torch.save(state, tmp)
         os.replace(tmp, self._state_path())  # atomic: a crash leaves the old or the new state
@@ -394,6 +433,8 @@ class SharpnessMonitor:
                 self.num_steps = int(state["num_steps"])
                 self._operator_kind = state["operator_kind"]
                 self._v_top, self._v_bottom = state["v_top"], state["v_bottom"]
+            elif self.records:  # the state lags or leads the log (an interruption between the two)
+                self.num_steps = self.records[-1].step
         elif self.records:
             self.num_steps = self.records[-1].step
         density_path = os.path.join(self.log_dir, "density.jsonl")

@@ -12,11 +12,21 @@ Steps (each number in ``report.json`` is computed here, none is hard-coded):
    fraction negative, trace, effective rank), and the outlier count: top eigenvalues larger than
    ``outlier_factor`` times the bulk edge, the 99th percentile of ``|λ|`` under the SLQ
    distribution (Ghorbani et al. 2019 and Papyan 2019 describe trained networks' Hessians as a few
-   outliers over a bulk concentrated near zero; the seeds say the same).
+   outliers over a bulk concentrated near zero).
 3. Loss-landscape slices along the top eigenvector (1-D) and two filter-normalized random
    directions (2-D), :func:`hesse.landscape`.
-4. The seeds' 2-D example ``f(x, y) = 3x² + 2xy + 2y² − 4x − 6y``: critical point, Hessian,
-   eigenvalues, classification and the contour figure.
+4. The worked 2-D example ``f(x, y) = 3x² + 2xy + 2y² − 4x − 6y`` (:func:`quadratic_example`):
+   critical point, Hessian, eigenvalues, classification and the contour figure.
+
+Divergence (:func:`training_divergence`) is judged before any edge-of-stability statement: a run
+whose loss ended far above its start (or became non-finite), or whose last λ_max is far above 2/η,
+diverged, and the diagnosis says so instead of describing its sharpness as the edge of stability.
+
+Resuming (``resume=True``): the checkpoint ``log_dir/checkpoint.pt`` (model, learning rate, losses
+and the monitor's state, written to a temporary file and ``os.replace``'d) is the commit point. The
+monitor's log may run ahead of it (an interruption between a log write and the next checkpoint);
+records after the checkpoint's step are removed and measured again, so an interrupted and resumed
+run writes the log an uninterrupted run writes.
 
 Files: ``sharpness.png``, ``loss.png``, ``density_snapshots.png`` (when trained), ``density.png``,
 ``top_eigenvalues.png``, ``landscape_1d.png``, ``landscape_2d.png``, ``contour.png``, ``report.json``,
@@ -34,13 +44,35 @@ import torch
 
 from hesse._progress import Progress, message
 
-__all__ = ["analyze_training", "seed_example", "bulk_edge", "describe_sharpness", "diagnosis", "summary_markdown"]
+from ._data import read_once
 
-SEED_EXAMPLE = "3x^2 + 2xy + 2y^2 - 4x - 6y"
+__all__ = ["analyze_training", "train_monitored", "quadratic_example", "bulk_edge", "describe_sharpness",
+           "training_divergence", "diagnosis", "summary_markdown", "DIVERGENCE_LOSS_FACTOR", "DIVERGENCE_RATIO"]
+
+QUADRATIC_EXAMPLE = "3x^2 + 2xy + 2y^2 - 4x - 6y"
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+#: A run diverged when its loss ended more than this factor above its starting loss. Gradient
+#: descent at a stable step size decreases the loss; at the edge of stability it oscillates but
+#: still decreases over a run (Cohen et al. 2021, sec. 3), and a catapult (Lewkowycz et al. 2020)
+#: returns below its start. A tenfold rise at the end is none of these.
+DIVERGENCE_LOSS_FACTOR = 10.0
+
+#: ... or when the last λ_max / (2/η) exceeds this. At the edge of stability the ratio hovers at
+#: 1 (Cohen et al. 2021 measure it within a few tens of percent above, the default band's upper edge
+#: is 1.25); at ratio r the top eigen-coordinate of the quadratic model is multiplied by |1 - 2r| per
+#: step, at least 3 for r >= 2: the iterates are leaving, not hovering.
+DIVERGENCE_RATIO = 2.0
 
 
-def seed_example() -> tuple[dict, Any]:
-    """The seeds' worked example (seed 004, sec. 6) analysed with hesse: ``(numbers, f)``."""
+def quadratic_example() -> tuple[dict, Any]:
+    """The worked example ``f(x, y) = 3x² + 2xy + 2y² − 4x − 6y`` analysed with hesse: ``(numbers, f)``.
+
+    A convex quadratic with ``H = [[6, 2], [2, 4]]`` (eigenvalues ``5 ∓ √5``) and its minimum at
+    ``H⁻¹ (4, 6) = (0.2, 1.4)``; the Taylor check compares ``f(x0 + v)`` with its second-order model,
+    exact for a quadratic.
+    """
     import hesse
 
     def f(p):
@@ -61,11 +93,14 @@ def seed_example() -> tuple[dict, Any]:
             kind = str(verdict)
     x0, v = torch.tensor([0.5, -0.5], dtype=torch.float64), torch.tensor([0.3, 0.4], dtype=torch.float64)
     taylor = float(f(x0) + hesse.gradient(f, x0) @ v + 0.5 * v @ hesse.hessian(f, x0) @ v)
-    return {"function": SEED_EXAMPLE, "critical_point": x_star.tolist(),
+    return {"function": QUADRATIC_EXAMPLE, "critical_point": x_star.tolist(),
             "gradient_norm": float(hesse.gradient(f, x_star).norm()), "hessian": H.tolist(),
             "eigenvalues": eig.tolist(), "condition_number": float(eig.max() / eig.min()),
             "classification": kind, "taylor_check": {"x0": x0.tolist(), "v": v.tolist(),
                                                      "exact": float(f(x0 + v)), "model": taylor}}, f
+
+
+seed_example = quadratic_example  # the earlier name (hesse.cli.demo imports it)
 
 
 def bulk_edge(density, quantile: float = 0.99) -> float:
@@ -78,12 +113,49 @@ def bulk_edge(density, quantile: float = 0.99) -> float:
     return float(nodes[order][idx])
 
 
-def describe_sharpness(records: list[dict], eos_band: tuple[float, float]) -> dict:
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def training_divergence(records: list[dict], losses: list[float] | None = None) -> str | None:
+    """Why a training run diverged, or ``None`` when it did not.
+
+    Diverged: a non-finite loss (training or at a check); the loss at the end more than
+    :data:`DIVERGENCE_LOSS_FACTOR` times the loss at the start; or the last check's
+    ``λ_max / (2/η)`` above :data:`DIVERGENCE_RATIO`. ``records`` are monitor records (dicts),
+    ``losses`` the training losses per step.
+    """
+    losses = [float("nan") if v is None else float(v) for v in (losses or [])]
+    # a logged loss of None is a non-finite value written as JSON null; a record without one says nothing
+    rec_losses = [float("nan") if r["loss"] is None else float(r["loss"]) for r in records if "loss" in r]
+    bad = [v for v in losses + rec_losses if not math.isfinite(v)]
+    if bad:
+        return f"the loss became {bad[0]}"
+    start = losses[0] if losses else (rec_losses[0] if rec_losses else None)
+    ends = ([losses[-1]] if losses else []) + ([rec_losses[-1]] if rec_losses else [])
+    if start is not None and ends:
+        end = max(ends)
+        if end > DIVERGENCE_LOSS_FACTOR * max(start, 0.0) and end > start:
+            return (f"the loss rose from {start:.4g} to {end:.4g} (more than {DIVERGENCE_LOSS_FACTOR:g}x its "
+                    "start)")
+    if records:
+        last = records[-1]
+        ratio = last.get("sharpness_ratio")
+        if ratio is None or not _finite(ratio):
+            return "lambda_max / (2/lr) became non-finite"
+        if ratio > DIVERGENCE_RATIO:
+            return (f"lambda_max / (2/lr) = {ratio:.3g} at the last check (step {last['step']}), far above "
+                    f"the stability limit (more than {DIVERGENCE_RATIO:g}x)")
+    return None
+
+
+def describe_sharpness(records: list[dict], eos_band: tuple[float, float], losses: list[float] | None = None) -> dict:
     """When λ_max first reached the limit (``ratio >= 1 - eos_band[0]``) and whether it stayed at or
-    above that afterwards: plain numbers and a sentence."""
+    above that afterwards: plain numbers and a sentence. A diverged run (:func:`training_divergence`)
+    gets ``diverged=True`` and a sentence saying so, with no edge-of-stability claim."""
     if not records:
-        return {"sentence": "no sharpness checks were made", "reached_step": None}
-    ratios = [r["sharpness_ratio"] for r in records]
+        return {"sentence": "no sharpness checks were made", "reached_step": None, "diverged": False}
+    ratios = [r["sharpness_ratio"] if _finite(r.get("sharpness_ratio")) else float("inf") for r in records]
     reached = next((i for i, q in enumerate(ratios) if q >= 1 - eos_band[0]), None)
     first, last = records[0], records[-1]
     out = {"initial_lambda_max": first["lambda_max"], "final_lambda_max": last["lambda_max"],
@@ -91,7 +163,14 @@ def describe_sharpness(records: list[dict], eos_band: tuple[float, float]) -> di
            "max_ratio_step": records[ratios.index(max(ratios))]["step"],
            "num_checks": len(records), "num_unstable": sum(r["status"] == "unstable" for r in records),
            "num_edge_of_stability": sum(r["status"] == "edge_of_stability" for r in records),
-           "reached_step": None, "stayed_fraction": None}
+           "reached_step": None, "stayed_fraction": None, "diverged": False}
+    reason = training_divergence(records, losses)
+    if reason is not None:
+        out.update(diverged=True, divergence=reason)
+        out["sentence"] = (f"training diverged: {reason}; lambda_max went from {first['lambda_max']:.3g} to "
+                           f"{last['lambda_max']:.3g} against 2/lr = {last['stability_limit']:.3g}. Lower the "
+                           "learning rate (gradient descent is stable for lambda_max < 2/lr)")
+        return out
     if reached is None:
         out["sentence"] = (f"lambda_max went from {first['lambda_max']:.3g} to {last['lambda_max']:.3g} and did not "
                            f"reach 2/lr = {last['stability_limit']:.3g} (at most {max(ratios):.0%} of it, "
@@ -135,87 +214,157 @@ def _full_batch_gradient_step(model, loss_fn, data, lr: float) -> float:
     return total / count
 
 
-def analyze_training(model, loss_fn, data, *, train_steps: int = 0, lr: float | None = None, every: int = 10,
-                     k: int = 10, density_every: int | None = None, log_dir: str | None = None,
-                     resume: bool = False, eos_band: tuple[float, float] = (0.05, 0.25), density_probes: int = 2,
-                     density_steps: int = 60, landscape_steps: int = 21, seed: int = 0,
-                     progress: bool = True) -> dict:
-    """Train (full-batch GD, monitored) for ``train_steps`` steps, then analyse the final point.
+def _save_checkpoint(path: str, step: int, lr: float, model, losses: list[float], monitor) -> None:
+    """Model, learning rate, losses and monitor state at ``step``: a temporary file, then os.replace
+    (an interruption leaves the previous checkpoint or this one, never half of one)."""
+    tmp = path + ".tmp"
+    torch.save({"step": step, "lr": lr, "model": model.state_dict(),
+                "training_losses": torch.tensor(losses, dtype=torch.float64),
+                "monitor": monitor.state_dict()}, tmp)
+    os.replace(tmp, path)
 
-    Returns a dict with ``records`` (monitor records as dicts), ``training_losses``,
-    ``sharpness`` (:func:`describe_sharpness`), ``final`` (eigenvalues, summary, outliers),
-    and the objects needed for the figures (``_monitor``, ``_density``, ``_top``, ``_landscape1``,
-    ``_landscape2``; keys starting with ``_`` are not written to JSON).
+
+def train_monitored(model, loss_fn, data, *, train_steps: int, lr: float | None = None, every: int = 10,
+                    density_every: int | None = None, log_dir: str | None = None, resume: bool = False,
+                    eos_band: tuple[float, float] = (0.05, 0.25), seed: int = 0,
+                    progress: bool = True) -> tuple[Any, float, list[float]]:
+    """Full-batch gradient descent for ``train_steps`` steps under a :class:`SharpnessMonitor`.
+
+    Returns ``(monitor, lr, training_losses)``. With ``log_dir`` the monitor log and a checkpoint
+    (``checkpoint.pt``, after step 0 and after every check) are written there; ``resume=True``
+    continues from the checkpoint (module docs: the log is cut back to the checkpoint's step), or
+    starts afresh when there is none yet. ``lr=None``: ``1/λ_max`` at the start.
     """
     import hesse
-    from hesse.diagnostics.landscape import landscape
     from hesse.diagnostics.monitor import SharpnessMonitor
 
-    if not isinstance(train_steps, int) or isinstance(train_steps, bool) or train_steps < 0:
-        raise ValueError(f"train_steps must be a nonnegative int, got {train_steps!r}.")
-    if lr is not None and (not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive float (or None: 1/lambda_max at the start), got {lr!r}.")
-    out: dict[str, Any] = {}
-    t0 = time.perf_counter()
+    data = read_once(data)
+    ckpt = None if log_dir is None else os.path.join(log_dir, CHECKPOINT_FILE)
+    state = None
+    if resume:
+        if ckpt is None:
+            raise ValueError("resume=True needs log_dir (the folder of the run to continue).")
+        if os.path.exists(ckpt):
+            state = torch.load(ckpt, weights_only=True)
+        else:
+            message(f"[train] no checkpoint in {log_dir!r} yet: starting afresh", progress)
     monitor = SharpnessMonitor(model, loss_fn, data, every=every, k=1, negative=True, log_dir=log_dir,
-                               resume=resume, progress=False, eos_band=eos_band,
+                               resume=state is not None, progress=False, eos_band=eos_band,
                                density_probes=1, density_steps=40, seed=seed)
-    training_losses: list[float] = []
-    if train_steps:
+    if state is not None:
+        model.load_state_dict(state["model"])
+        monitor.load_state_dict(state["monitor"])  # cuts the log back to the checkpoint's step
+        training_losses = [float(v) for v in state["training_losses"]]
+        lr = float(state["lr"])
+        start = int(state["step"])
+        message(f"[train] resumed at step {start} from {ckpt}", progress)
+    else:
         if lr is None:
             H0 = hesse.HessianOperator(model, loss_fn, data)
             lam0 = float(hesse.eigsh(H0, k=1, tol=1e-4, seed=seed).values[0])
             lr = 1.0 / lam0 if lam0 > 0 else 0.1
             message(f"[train] lr not given: 1/lambda_max = {lr:.4g} (half the stability limit)", progress)
-        start = monitor.num_steps
-        ckpt = None if log_dir is None else os.path.join(log_dir, "checkpoint.pt")
-        if resume and ckpt is not None and os.path.exists(ckpt) and start > 0:
-            state = torch.load(ckpt, weights_only=True)
-            if int(state["step"]) != start:
-                raise ValueError(f"cannot resume: the checkpoint in {log_dir!r} is at step {int(state['step'])} "
-                                 f"but the monitor log at step {start}; start afresh without --resume.")
-            model.load_state_dict(state["model"])
-            training_losses = [float(v) for v in state["training_losses"]]
-            lr = float(state["lr"])
-            message(f"[train] resumed at step {start} from {ckpt}", progress)
-        elif resume and start > 0:
-            raise ValueError(f"cannot resume: {log_dir!r} has a monitor log but no checkpoint.pt.")
-        if start == 0:
-            monitor.measure(lr=lr, step=0)
-        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
-        density_every = density_every or max(every, train_steps // 4)
-        with Progress(train_steps - start, "training (full-batch GD)", progress) as bar:
-            for step in range(start + 1, train_steps + 1):
-                loss = _full_batch_gradient_step(model, loss_fn, data, lr)
-                training_losses.append(loss)
-                if not math.isfinite(loss):
-                    raise ValueError(f"training diverged at step {step} (loss {loss}); lower --lr "
-                                     f"(the stability limit is 2/lambda_max).")
-                monitor.density = step % density_every == 0 or step == train_steps
-                rec = monitor.step(opt)
-                if rec is not None and ckpt is not None:
-                    tmp = ckpt + ".tmp"
-                    torch.save({"step": step, "lr": lr, "model": model.state_dict(),
-                                "training_losses": torch.tensor(training_losses, dtype=torch.float64)}, tmp)
-                    os.replace(tmp, ckpt)
-                info = f"loss {loss:.4f}"
-                if monitor.last is not None:
-                    info += f"  lambda_max {monitor.last.lambda_max:.3g} / 2/lr {monitor.last.stability_limit:.3g}"
-                bar.update(1, info=info)
-        monitor.density = False
+        training_losses = []
+        start = 0
+        monitor.measure(lr=lr, step=0)
+        if ckpt is not None:
+            _save_checkpoint(ckpt, 0, lr, model, training_losses, monitor)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    density_every = density_every or max(every, train_steps // 4)
+    with Progress(train_steps - start, "training (full-batch GD)", progress) as bar:
+        for step in range(start + 1, train_steps + 1):
+            loss = _full_batch_gradient_step(model, loss_fn, data, lr)
+            training_losses.append(loss)
+            if not math.isfinite(loss):
+                raise ValueError(f"training diverged at step {step} (loss {loss}); lower --lr "
+                                 f"(the stability limit is 2/lambda_max).")
+            monitor.density = step % density_every == 0 or step == train_steps
+            rec = monitor.step(opt)
+            if ckpt is not None and (rec is not None or step == train_steps):
+                _save_checkpoint(ckpt, step, lr, model, training_losses, monitor)
+            info = f"loss {loss:.4f}"
+            if monitor.last is not None:
+                info += f"  lambda_max {monitor.last.lambda_max:.3g} / 2/lr {monitor.last.stability_limit:.3g}"
+            bar.update(1, info=info)
+    monitor.density = False
     monitor.close()
+    return monitor, lr, training_losses
+
+
+def analyze_training(model, loss_fn, data, *, train_steps: int = 0, lr: float | None = None, every: int = 10,
+                     k: int = 10, density_every: int | None = None, log_dir: str | None = None,
+                     resume: bool = False, eos_band: tuple[float, float] = (0.05, 0.25), density_probes: int = 2,
+                     density_steps: int = 60, landscape_steps: int = 21, seed: int = 0,
+                     curvature: str = "hessian", progress: bool = True) -> dict:
+    """Train (full-batch GD, monitored) for ``train_steps`` steps, then analyse the final point.
+
+    Returns a dict with ``records`` (monitor records as dicts), ``training_losses``,
+    ``sharpness`` (:func:`describe_sharpness`), ``final`` (eigenvalues, summary, outliers),
+    and the objects needed for the figures (``_monitor``, ``_density``, ``_top``, ``_landscape1``,
+    ``_landscape2``; keys starting with ``_`` are not written to JSON). ``curvature``
+    (``"hessian"``, ``"ggn"``, ``"fisher"``) picks the matrix of the final-point analysis; the
+    sharpness monitor always measures the Hessian, whose λ_max the stability limit 2/η is about.
+    ``data`` may be a one-shot iterator: it is read once into a list.
+    """
+    import hesse
+    from hesse.diagnostics.landscape import landscape
+
+    if not isinstance(train_steps, int) or isinstance(train_steps, bool) or train_steps < 0:
+        raise ValueError(f"train_steps must be a nonnegative int, got {train_steps!r}.")
+    if lr is not None and (not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive float (or None: 1/lambda_max at the start), got {lr!r}.")
+    operators = {"hessian": hesse.HessianOperator, "ggn": hesse.GGNOperator, "fisher": hesse.FisherOperator}
+    if curvature not in operators:
+        raise ValueError(f"curvature must be one of {', '.join(operators)}, got {curvature!r}.")
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n_params:
+        raise ValueError(f"k must be an int between 1 and the number of parameters ({n_params}), got {k!r}.")
+    data = read_once(data)  # read several times below: once per operator and loss evaluation
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    training_losses: list[float] = []
+    if train_steps:
+        monitor, lr, training_losses = train_monitored(
+            model, loss_fn, data, train_steps=train_steps, lr=lr, every=every, density_every=density_every,
+            log_dir=log_dir, resume=resume, eos_band=eos_band, seed=seed, progress=progress)
+    else:
+        from hesse.diagnostics.monitor import SharpnessMonitor
+
+        monitor = SharpnessMonitor(model, loss_fn, data, every=every, k=1, negative=True, log_dir=log_dir,
+                                   resume=resume, progress=False, eos_band=eos_band, seed=seed)
+        monitor.close()
     out["lr"] = lr
     out["eos_band"] = eos_band
     out["train_steps"] = train_steps
+    out["curvature"] = curvature
     out["training_losses"] = training_losses
     out["records"] = [r.as_dict() for r in monitor.records]
-    out["sharpness"] = describe_sharpness(out["records"], eos_band) if train_steps else None
+    out["sharpness"] = describe_sharpness(out["records"], eos_band, training_losses) if train_steps else None
     out["training_seconds"] = time.perf_counter() - t0
-    # ---- final point
+    divergence = training_divergence(out["records"], training_losses) if train_steps else None
+    try:
+        _analyze_final_point(out, model, loss_fn, data, operators[curvature], k=k, density_probes=density_probes,
+                             density_steps=density_steps, landscape_steps=landscape_steps, seed=seed,
+                             progress=progress, landscape=landscape)
+    except ValueError as err:
+        if divergence is None:
+            raise
+        raise ValueError(f"training diverged ({divergence}); the final point cannot be analysed ({err}). "
+                         "Lower --lr (gradient descent is stable for lambda_max < 2/lr).") from err
+    out["seconds"] = time.perf_counter() - t0
+    out["_monitor"] = monitor
+    return out
+
+
+def _analyze_final_point(out: dict, model, loss_fn, data, operator_cls, *, k: int, density_probes: int,
+                         density_steps: int, landscape_steps: int, seed: int, progress: bool, landscape) -> None:
+    """Top eigenvalues, SLQ density, summary and landscape slices at the current parameters, into ``out``."""
+    import hesse
+
     message("[analyse] final point: top eigenvalues, spectral density, summary", progress)
-    H = hesse.HessianOperator(model, loss_fn, data)
+    H = operator_cls(model, loss_fn, data)
     n = H.shape[0]
-    top = hesse.eigsh(H, k=min(k, n), which="largest", tol=1e-6, seed=seed)
+    top = hesse.eigsh(H, k=k, which="largest", tol=1e-6, seed=seed)
     density = hesse.spectral_density(H, num_probes=density_probes, num_steps=min(density_steps, n), seed=seed)
     summary = hesse.summarize(H, seed=seed)
     edge = bulk_edge(density)
@@ -240,9 +389,7 @@ def analyze_training(model, loss_fn, data, *, train_steps: int = 0, lr: float | 
                       span=1.0, seed=seed, progress=progress)
     out["landscape_1d"] = land1.as_dict()
     out["landscape_2d"] = land2.as_dict()
-    out["seconds"] = time.perf_counter() - t0
-    out.update(_monitor=monitor, _density=density, _top=top, _landscape1=land1, _landscape2=land2)
-    return out
+    out.update(_density=density, _top=top, _landscape1=land1, _landscape2=land2)
 
 
 def _final_sentence(final: dict) -> str:
@@ -261,11 +408,25 @@ def _final_sentence(final: dict) -> str:
 
 
 def diagnosis(payload: dict) -> str:
-    """The one-paragraph diagnosis: sharpness history and the final spectrum, from the numbers."""
+    """The one-paragraph diagnosis: sharpness history and the final spectrum, from the numbers.
+
+    Divergence comes first (:func:`training_divergence` on the payload's records and training
+    losses): a diverged run is said to have diverged, and its sharpness is not described as the
+    edge of stability (a ratio far above 1 there means the iterates are leaving, not hovering).
+    """
     parts = []
-    if payload.get("sharpness"):
+    if payload.get("train_steps"):
+        records, losses = payload.get("records") or [], payload.get("training_losses") or []
+        reason = training_divergence(records, losses)
+        if reason is not None:
+            parts.append(f"training diverged: {reason}. Lower the learning rate (gradient descent is stable "
+                         "for lambda_max < 2/lr); the final point below is where the diverged run stopped")
+        elif payload.get("sharpness"):
+            parts.append(payload["sharpness"]["sentence"])
+    elif payload.get("sharpness"):
         parts.append(payload["sharpness"]["sentence"])
-    parts.append(_final_sentence(payload["final"]))
+    if payload.get("final"):
+        parts.append(_final_sentence(payload["final"]))
     return ". ".join(p[0].upper() + p[1:] for p in parts) + "."
 
 
@@ -282,7 +443,9 @@ def summary_markdown(payload: dict, title: str) -> str:
                   f"- loss {losses[0]:.4g} -> {losses[-1]:.4g}" if losses else "- (resumed: no new steps)",
                   f"- lambda_max {sh['initial_lambda_max']:.4g} -> {sh['final_lambda_max']:.4g} "
                   f"(max ratio to 2/lr {sh['max_ratio']:.3f} at step {sh['max_ratio_step']}); "
-                  f"checks: {sh['num_edge_of_stability']} edge of stability, {sh['num_unstable']} unstable",
+                  + (f"training diverged ({sh['divergence']}), {sh['num_unstable']} checks above the band"
+                     if sh.get("diverged") else
+                     f"checks: {sh['num_edge_of_stability']} edge of stability, {sh['num_unstable']} unstable"),
                   "- figures: `sharpness.png`, `loss.png`, `density_snapshots.png`", ""]
     lines += ["## Final point", "",
               f"- {final['num_parameters']} parameters, loss {final['loss']:.4g}, gradient norm {final['gradient_norm']:.3g}",
@@ -295,7 +458,7 @@ def summary_markdown(payload: dict, title: str) -> str:
               "- figures: `top_eigenvalues.png`, `density.png`, `landscape_1d.png`, `landscape_2d.png`", ""]
     ex = payload.get("example")
     if ex:
-        lines += [f"## The seeds' example f(x, y) = {ex['function']}", "",
+        lines += [f"## Worked example: f(x, y) = {ex['function']}", "",
                   f"- critical point ({ex['critical_point'][0]:.6g}, {ex['critical_point'][1]:.6g}), "
                   f"gradient norm {ex['gradient_norm']:.2g}",
                   f"- Hessian {ex['hessian']}, eigenvalues {', '.join(f'{v:.6g}' for v in ex['eigenvalues'])}, "

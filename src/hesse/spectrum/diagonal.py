@@ -8,6 +8,11 @@
   and run the Hutchinson estimator on the deflated remainder ``A - Q Q^T A Q Q^T`` with the rest
   (``m/3`` products); strong on operators with a few large eigenvalues.
 - ``"exact"``: ``n`` products with unit vectors, in blocks.
+
+A budget ``num_matvecs >= n`` buys the exact diagonal (``n`` unit-vector products cost no more than
+the budget and have no error), so every method returns it then, reported as ``method="exact"``
+with zero standard error; the sketching methods could not run anyway (a sketch of more than ``n``
+columns has no orthonormal basis).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from hesse._validation import check_choice
 
 from ._common import check_operator, generator, rademacher
 
-__all__ = ["DiagonalEstimate", "diagonal"]
+__all__ = ["DiagonalEstimate", "diagonal", "exact_diagonal"]
 
 _METHODS = ("hutchinson", "diag++", "exact")
 
@@ -41,27 +46,38 @@ class DiagonalEstimate:
                 f"num_matvecs={self.num_matvecs}, mean stderr={float(self.stderr.mean()):.2g})")
 
 
+def exact_diagonal(op, progress: bool = False, label: str = "diagonal (exact)") -> torch.Tensor:
+    """``diag(op)`` from ``n`` products with unit vectors ``e_i`` (``A e_i`` read at row ``i``), in blocks."""
+    n = op.shape[0]
+    out = torch.empty(n, dtype=op.dtype, device=op.device)
+    chunk = min(n, 256)
+    with Progress(n, label, progress) as bar:
+        for a in range(0, n, chunk):
+            b = min(n, a + chunk)
+            E = torch.zeros((n, b - a), dtype=op.dtype, device=op.device)
+            E[torch.arange(a, b), torch.arange(b - a)] = 1
+            out[a:b] = op.matmat(E)[torch.arange(a, b), torch.arange(b - a)]
+            bar.update(b - a)
+    return out
+
+
 def diagonal(op, method: str = "hutchinson", num_matvecs: int = 100, seed: int = 0,
              progress: bool = False) -> DiagonalEstimate:
-    """Estimate ``diag(op)`` with ``num_matvecs`` products (see module docs)."""
+    """Estimate ``diag(op)`` with ``num_matvecs`` products (see module docs).
+
+    ``num_matvecs >= n`` returns the exact diagonal (``n`` products, ``method="exact"``).
+    """
     op = check_operator(op)
     method = check_choice(method, "method", _METHODS)
     n = op.shape[0]
     start = op.num_matvecs
-    if method == "exact":
-        out = torch.empty(n, dtype=op.dtype, device=op.device)
-        chunk = min(n, 256)
-        with Progress(n, "diagonal (exact)", progress) as bar:
-            for a in range(0, n, chunk):
-                b = min(n, a + chunk)
-                E = torch.zeros((n, b - a), dtype=op.dtype, device=op.device)
-                E[torch.arange(a, b), torch.arange(b - a)] = 1
-                out[a:b] = op.matmat(E)[torch.arange(a, b), torch.arange(b - a)]
-                bar.update(b - a)
+    if method != "exact":
+        minimum = 2 if method == "hutchinson" else 6
+        if not isinstance(num_matvecs, int) or isinstance(num_matvecs, bool) or num_matvecs < minimum:
+            raise ValueError(f"num_matvecs must be an int >= {minimum} for method={method!r}, got {num_matvecs!r}.")
+    if method == "exact" or num_matvecs >= n:
+        out = exact_diagonal(op, progress)
         return DiagonalEstimate(out, torch.zeros_like(out), op.num_matvecs - start, "exact")
-    minimum = 2 if method == "hutchinson" else 6
-    if not isinstance(num_matvecs, int) or isinstance(num_matvecs, bool) or num_matvecs < minimum:
-        raise ValueError(f"num_matvecs must be an int >= {minimum} for method={method!r}, got {num_matvecs!r}.")
     gen = generator(seed, op.device)
     with Progress(num_matvecs, f"diagonal ({method})", progress) as bar:
         low = torch.zeros(n, dtype=op.dtype, device=op.device)
