@@ -22,7 +22,7 @@ def _per_sample_grads(model, loss_fn, X, y):
 
 
 def _kfac(model, **kw):
-    opts = dict(lr=1.0, damping=1e-2, inv_every=1, stat_decay=0.0, momentum=0.0, kl_clip=None)
+    opts = dict(lr=1.0, damping=1e-2, inverse_every=1, stat_decay=0.0, momentum=0.0, kl_clip=None)
     opts.update(kw)
     return KFAC(model, **opts)
 
