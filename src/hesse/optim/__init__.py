@@ -4,7 +4,7 @@ AdaHessian. Import as ``hesse.optim``.
 All are ``torch.optim.Optimizer`` subclasses that accept param groups, take the closure of
 ``torch.optim.LBFGS`` and resume bit-for-bit from ``state_dict()``. Options that belong to the whole
 step rather than to a parameter (HessianFree's damping and CG settings, NaturalGradient's CG
-settings, AdaHessian's ``update_each``) must agree across groups (``ValueError`` otherwise). A
+settings, AdaHessian's ``hessian_every``) must agree across groups (``ValueError`` otherwise). A
 non-finite loss or gradient raises ``ValueError`` before any parameter or state changes. Hooks
 placed on the model (KFAC, HessianFree, NaturalGradient) hold the optimizer weakly and are removed
 by ``remove_hooks()`` or when the optimizer is garbage-collected. Those that need the module

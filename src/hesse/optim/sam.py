@@ -98,7 +98,8 @@ class SAM(torch.optim.Optimizer):
         check_finite_gradients(self._params(), "SAM")
         self.base_optimizer.step()
 
-    def step(self, closure: Callable | None = None) -> torch.Tensor:
+    def step(  # type: ignore[override]  # torch's stub says float; the loss is a tensor
+            self, closure: Callable | None = None) -> torch.Tensor:
         """SAM step: closure at ``θ``, perturb, closure at ``θ + ε̂``, restore, base step. A
         non-finite loss or gradient at either point raises ``ValueError`` with the parameters back
         at ``θ`` and no state changed."""
