@@ -37,6 +37,11 @@ sequence model each position counts as a sample. For BCE with ``reduction="mean"
 features a row's loss ``(1/D) Σ_e ℓ_e`` is a tempered likelihood; the MC factor is multiplied by
 ``D`` so that its expectation is still the type-2 factor.
 
+The rows (``nn.Linear`` inputs and ``nn.Conv2d`` patches, padded as the layer pads) and the
+damped inverses come from ``hesse.operators._kronecker``, shared with the optimizer
+:class:`hesse.optim.KFAC`; :meth:`KFACOperator.inverse` offers the exact damping
+``(K + λ I)⁻¹`` and the factored damping of Martens & Grosse (2015, §6.3) that the optimizer uses.
+
 Exactness: for one datum (one row per layer), ``kind="type2"`` equals the GGN's diagonal blocks
 (the whole GGN for a single layer) and ``kind="empirical"``/``"mc"`` equal those of
 :class:`FisherOperator`. Cost: one forward pass and, per batch, ``C`` backward passes for type-2

@@ -281,6 +281,7 @@ class DeprecatedOptions(torch.optim.Optimizer):
         super().add_param_group(self._upgrade_options(param_group, "param group"))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        groups = [self._upgrade_options(g, "saved state_dict")
-                  for g in state_dict.get("param_groups", [])]
-        super().load_state_dict({**state_dict, "param_groups": groups})
+        if "param_groups" in state_dict:
+            state_dict = {**state_dict, "param_groups": [
+                self._upgrade_options(g, "saved state_dict") for g in state_dict["param_groups"]]}
+        super().load_state_dict(state_dict)
