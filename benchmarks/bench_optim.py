@@ -37,7 +37,7 @@ def make(name: str, model: nn.Module, lr: float, loss_fn: nn.Module):
         return torch.optim.Adam(p, lr=lr)
     if name == "KFAC":
         # statistics every 5 steps, inverses every 10 (Martens & Grosse 2015, sec. 8: T1, T3)
-        return KFAC(model, lr=lr, factor_every=5, inv_every=10)
+        return KFAC(model, lr=lr, factor_every=5, inverse_every=10)
     if name == "Shampoo":
         return Shampoo(p, lr=lr)
     if name == "SAM(SGD)":

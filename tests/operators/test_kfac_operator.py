@@ -279,6 +279,31 @@ def test_singular_kfac_refused_without_damping():
     assert op.logdet(1e-3) > -float("inf")
 
 
+def test_factored_damping_inverse_is_the_kronecker_product_of_damped_factor_inverses():
+    """damping_mode="factored": (A + π√d I)⁻¹ ⊗ (G + √d/π I)⁻¹ with π = sqrt((tr A/dim A) /
+    (tr G/dim G)) (Martens & Grosse 2015, §6.3), built densely with torch.linalg.inv for one
+    bias-free layer, whose row-major vec(W) makes the operator G ⊗ A. It differs from the exact
+    (K + d I)⁻¹ by the cross terms π√d G ⊗ I + √d/π I ⊗ A, which is checked too."""
+    torch.manual_seed(3)
+    model = nn.Linear(4, 3, bias=False).double()
+    x, y = torch.randn(12, 4, dtype=torch.float64), torch.randn(12, 3, dtype=torch.float64)
+    op = KFACOperator(model, nn.MSELoss(), (x, y))
+    A, G = op.factors["<root>"]
+    assert torch.allclose(op.to_dense(), torch.kron(G, A), atol=1e-12, rtol=0)
+    d = 1e-2
+    pi = float(((torch.trace(A) / 4) / (torch.trace(G) / 3)).sqrt())
+    I3, I4 = torch.eye(3, dtype=torch.float64), torch.eye(4, dtype=torch.float64)
+    expected = torch.kron(torch.linalg.inv(G + d ** 0.5 / pi * I3),
+                          torch.linalg.inv(A + pi * d ** 0.5 * I4))
+    factored = op.inverse(d, damping_mode="factored").to_dense()
+    assert torch.allclose(factored, expected, atol=1e-9, rtol=0)  # cond <= ~1e3, float64
+    assert not torch.allclose(factored, op.inverse(d).to_dense(), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="damping > 0"):
+        op.inverse(0.0, damping_mode="factored")
+    with pytest.raises(ValueError, match="damping_mode must be"):
+        op.inverse(d, damping_mode="tikhonov")
+
+
 # ------------------------------------------------------------------ (e) Conv2d
 def _patches_by_slicing(x, conv):
     """Rows a_t: the input patch at each output location, cut out with explicit loops."""

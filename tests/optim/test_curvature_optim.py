@@ -24,7 +24,7 @@ def test_cg_solves_damped_ggn_system_to_tolerance():
     lam = 1e-2
     A = G + lam * torch.eye(len(G), dtype=G.dtype)
     p, kept, rec = cg_with_iterates(lambda v: A @ v, -g, None, 1e-10, 2000, progress_test=False)
-    assert rec.converged and rec.stop == "tolerance"
+    assert rec.converged and rec.message == "tolerance"
     assert float((A @ p + g).norm() / g.norm()) <= 1e-10
     torch.testing.assert_close(p, torch.linalg.solve(A, -g), rtol=1e-6, atol=1e-9)
     assert [i for i, _ in kept][:4] == [1, 2, 3, 4]  # ⌈1.3ʲ⌉ schedule
@@ -46,7 +46,7 @@ def test_hessian_free_step_solves_its_ggn_system_and_adapts_damping():
 
     opt.step(closure)
     rec = opt.last_solve
-    assert rec.damping == 0.5 and rec.num_iterations > 0
+    assert rec.damping == 0.5 and rec.nit > 0
     p = torch.cat([opt.state[q]["direction"].reshape(-1) for q in model.parameters()])
     A = Gd + 0.5 * torch.eye(len(Gd), dtype=Gd.dtype)
     if rec.converged:  # the kept iterate is the last one unless backtracking chose an earlier one

@@ -14,8 +14,8 @@ from hesse import FisherOperator
 from hesse.optim import KFAC, SAM, AdaHessian, HessianFree, NaturalGradient, Shampoo
 
 FACTORIES = {
-    "KFAC": lambda m, lf: KFAC(m, lr=0.1, inv_every=1),
-    "Shampoo": lambda m, lf: Shampoo(m.parameters(), lr=0.01, precond_every=1),
+    "KFAC": lambda m, lf: KFAC(m, lr=0.1, inverse_every=1),
+    "Shampoo": lambda m, lf: Shampoo(m.parameters(), lr=0.01, precondition_every=1),
     "SAM": lambda m, lf: SAM(m.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9),
     "HessianFree": lambda m, lf: HessianFree(m, lf, cg_max_iter=5),
     "NaturalGradient": lambda m, lf: NaturalGradient(m, lf, cg_max_iter=5, momentum=0.5),
@@ -174,9 +174,9 @@ def _two_groups(model, **second):
     (lambda m, lf, g: HessianFree(m, lf, params=g), "cg_decay", 0.5),
     (lambda m, lf, g: NaturalGradient(m, lf, params=g), "cg_max_iter", 3),
     (lambda m, lf, g: NaturalGradient(m, lf, params=g), "cg_tol", 1e-2),
-    (lambda m, lf, g: AdaHessian(g), "update_each", 3),
+    (lambda m, lf, g: AdaHessian(g), "hessian_every", 3),
 ], ids=["HF-damping", "HF-cg_max_iter", "HF-cg_tol", "HF-cg_decay", "NG-cg_max_iter", "NG-cg_tol",
-        "AdaHessian-update_each"])
+        "AdaHessian-hessian_every"])
 def test_per_group_step_options_are_refused(make, key, value):
     """An option of the whole step given in a second group is refused (at construction, and at
     step when set on param_groups afterwards, before anything changes), not silently ignored."""

@@ -20,7 +20,7 @@ def test_shampoo_preconditioner_matches_direct_computation():
     Tolerance 1e-8: float64 eigh vs scipy's Schur-based fractional power, cond <= 1e4."""
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(3, 4, dtype=torch.float64))
-    opt = Shampoo([w], lr=0.5, momentum=0.0, epsilon=1e-4, precond_every=1, graft="none")
+    opt = Shampoo([w], lr=0.5, momentum=0.0, eps=1e-4, precondition_every=1, graft="none")
     grads = [torch.randn(3, 4, dtype=torch.float64) for _ in range(3)]
     for G in grads:
         before = w.detach().clone()
@@ -40,7 +40,7 @@ def test_shampoo_vector_uses_inverse_square_root_and_grafting_norm():
     step's norm (exact up to rounding)."""
     torch.manual_seed(1)
     b = nn.Parameter(torch.randn(5, dtype=torch.float64))
-    opt = Shampoo([b], lr=0.1, momentum=0.0, precond_every=1, graft="adagrad")
+    opt = Shampoo([b], lr=0.1, momentum=0.0, precondition_every=1, graft="adagrad")
     G = torch.randn(5, dtype=torch.float64)
     before = b.detach().clone()
     b.grad = G.clone()

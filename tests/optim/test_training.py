@@ -10,16 +10,16 @@ from hesse.demo_models import digits_data, digits_mlp
 from hesse.optim import KFAC, SAM, AdaHessian, HessianFree, NaturalGradient, Shampoo
 
 FACTORIES = {
-    "KFAC": lambda m, lf: KFAC(m, lr=0.1, inv_every=3),
-    "Shampoo": lambda m, lf: Shampoo(m.parameters(), lr=0.01, precond_every=3),
-    "Shampoo-adam": lambda m, lf: Shampoo(m.parameters(), lr=0.01, precond_every=3, graft="adam"),
+    "KFAC": lambda m, lf: KFAC(m, lr=0.1, inverse_every=3),
+    "Shampoo": lambda m, lf: Shampoo(m.parameters(), lr=0.01, precondition_every=3),
+    "Shampoo-adam": lambda m, lf: Shampoo(m.parameters(), lr=0.01, precondition_every=3, graft="adam"),
     "SAM": lambda m, lf: SAM(m.parameters(), torch.optim.SGD, rho=0.05, lr=0.3, momentum=0.9),
     "ASAM-Adam": lambda m, lf: SAM(m.parameters(), torch.optim.Adam, rho=0.5, adaptive=True, lr=0.01),
     "HessianFree": lambda m, lf: HessianFree(m, lf, cg_max_iter=10),
     "NaturalGradient": lambda m, lf: NaturalGradient(m, lf, lr=0.3, damping=0.1, cg_max_iter=10),
     "NaturalGradient-mc": lambda m, lf: NaturalGradient(m, lf, kind="mc", lr=0.3, damping=0.1,
                                                         cg_max_iter=10, momentum=0.5),
-    "AdaHessian": lambda m, lf: AdaHessian(m.parameters(), lr=0.03, update_each=2),
+    "AdaHessian": lambda m, lf: AdaHessian(m.parameters(), lr=0.03, hessian_every=2),
 }
 
 

@@ -37,6 +37,11 @@ sequence model each position counts as a sample. For BCE with ``reduction="mean"
 features a row's loss ``(1/D) Σ_e ℓ_e`` is a tempered likelihood; the MC factor is multiplied by
 ``D`` so that its expectation is still the type-2 factor.
 
+The rows (``nn.Linear`` inputs and ``nn.Conv2d`` patches, padded as the layer pads) and the
+damped inverses come from ``hesse.operators._kronecker``, shared with the optimizer
+:class:`hesse.optim.KFAC`; :meth:`KFACOperator.inverse` offers the exact damping
+``(K + λ I)⁻¹`` and the factored damping of Martens & Grosse (2015, §6.3) that the optimizer uses.
+
 Exactness: for one datum (one row per layer), ``kind="type2"`` equals the GGN's diagonal blocks
 (the whole GGN for a single layer) and ``kind="empirical"``/``"mc"`` equal those of
 :class:`FisherOperator`. Cost: one forward pass and, per batch, ``C`` backward passes for type-2
@@ -50,9 +55,18 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ._kronecker import (
+    DAMPING_MODES,
+    FactorEigh,
+    KroneckerInverse,
+    damped_kronecker_inverse,
+    factor_eigh,
+    input_rows,
+    output_rows,
+    supports_layer,
+)
 from ._model import ModelLoss
 from .base import CurvatureOperator
 
@@ -74,35 +88,12 @@ class _Layer:
 
     def rows_in(self, x: torch.Tensor) -> torch.Tensor:
         """The rows ``a_r`` (with the selected weight columns and a trailing 1 for the bias)."""
-        m = self.module
-        if isinstance(m, nn.Linear):
-            a = x.reshape(-1, x.shape[-1])
-        else:  # Conv2d: patches (N, C k k, L) -> (N L, C k k), in the order of weight.reshape(out, -1)
-            if x.ndim == 3:
-                x = x.unsqueeze(0)
-            if isinstance(m.padding, str) or m.padding_mode != "zeros":
-                mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
-                x = F.pad(x, m._reversed_padding_repeated_twice, mode=mode)
-                padding: Any = 0
-            else:
-                padding = m.padding
-            patches = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=padding,
-                               stride=m.stride)
-            a = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-        parts = []
-        if self.weight_index is not None:
-            parts.append(a)
-        if self.bias_index is not None:
-            parts.append(a.new_ones(a.shape[0], 1))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        return input_rows(self.module, x, weight=self.weight_index is not None,
+                          bias=self.bias_index is not None)
 
     def rows_out(self, g: torch.Tensor) -> torch.Tensor:
         """Output gradients as rows ``g_r`` matching :meth:`rows_in`."""
-        if isinstance(self.module, nn.Linear):
-            return g.reshape(-1, g.shape[-1])
-        if g.ndim == 3:
-            g = g.unsqueeze(0)
-        return g.movedim(1, -1).reshape(-1, g.shape[1])
+        return output_rows(self.module, g)
 
 
 class KFACOperator(CurvatureOperator):
@@ -147,7 +138,7 @@ class KFACOperator(CurvatureOperator):
         p = self._problem
         super().__init__(p.n, p.dtype, p.device, is_psd=True)
         self._layers = _find_layers(p)
-        self._eig: dict[str, tuple] = {}
+        self._eig: dict[str, FactorEigh] = {}
         self.factors = self._compute_factors(progress)
 
     # ------------------------------------------------------------------ public helpers
@@ -176,8 +167,8 @@ class KFACOperator(CurvatureOperator):
 
         p = self._problem
         layers = self._layers
-        A_sum = [None] * len(layers)
-        G_sum = [None] * len(layers)
+        A_sum: list[torch.Tensor | None] = [None] * len(layers)
+        G_sum: list[torch.Tensor | None] = [None] * len(layers)
         rows = [0] * len(layers)
         total = 0
         handles = []
@@ -216,14 +207,16 @@ class KFACOperator(CurvatureOperator):
                                     continue
                                 g = torch.cat([layer.rows_out(t) for t in parts])
                                 G = weight * (g.T @ g)
-                                G_sum[j] = G if G_sum[j] is None else G_sum[j] + G
+                                G_prev = G_sum[j]
+                                G_sum[j] = G if G_prev is None else G_prev + G
                         del z, outputs
                     for j, layer in enumerate(layers):
                         if not layer.inputs:
                             continue
                         a = torch.cat([layer.rows_in(t) for t in layer.inputs])
                         A = a.T @ a
-                        A_sum[j] = A if A_sum[j] is None else A_sum[j] + A
+                        A_prev = A_sum[j]
+                        A_sum[j] = A if A_prev is None else A_prev + A
                         rows[j] += a.shape[0]
                     for layer in layers:
                         layer.inputs, layer.outputs, layer.versions = [], [], []
@@ -242,8 +235,11 @@ class KFACOperator(CurvatureOperator):
             raise ValueError(f"layer(s) {unused} were not called by the model's forward pass; "
                              f"exclude their parameters with params=.")
         out = {}
-        for layer, A, G, r in zip(layers, A_sum, G_sum, rows):
-            out[layer.name] = (A / r, G / total)
+        for layer, A_total, G_total, r in zip(layers, A_sum, G_sum, rows):
+            # a layer with rows has inputs and, through its outputs, at least one cotangent
+            if A_total is None or G_total is None:
+                raise RuntimeError(f"K-FAC recorded no factor for layer {layer.name!r}.")
+            out[layer.name] = (A_total / r, G_total / total)
         return out
 
     def _output_cotangents(self, z, y, nb, index, layers):
@@ -323,13 +319,9 @@ class KFACOperator(CurvatureOperator):
         """``tr K = Σ_l tr(A_l) tr(G_l)`` (exact for the Kronecker products; no products)."""
         return float(sum(torch.trace(A) * torch.trace(G) for A, G in self.factors.values()))
 
-    def _eigh(self, name: str) -> tuple[torch.Tensor, ...]:
+    def _eigh(self, name: str) -> FactorEigh:
         if name not in self._eig:
-            A, G = self.factors[name]
-            lA, QA = torch.linalg.eigh(A)
-            lG, QG = torch.linalg.eigh(G)
-            # A and G are Gram matrices: negative eigenvalues are rounding
-            self._eig[name] = (lA.clamp(min=0), QA, lG.clamp(min=0), QG)
+            self._eig[name] = factor_eigh(*self.factors[name])
         return self._eig[name]
 
     def _check_damping(self, damping: Any) -> float:
@@ -363,19 +355,30 @@ class KFACOperator(CurvatureOperator):
             total += float(torch.log(torch.outer(lG, lA) + d).sum())
         return total
 
-    def inverse(self, damping: float = 0.0) -> KFACInverseOperator:
-        """The operator ``(K + damping I)⁻¹``, exact for the block-diagonal Kronecker product:
-        with ``A = Q_A Λ_A Q_Aᵀ``, ``G = Q_G Λ_G Q_Gᵀ`` (cached),
-        ``(A ⊗ G + d I)⁻¹ vec(V) = vec(Q_G [(Q_Gᵀ V Q_A) / (λ_G λ_Aᵀ + d)] Q_Aᵀ)`` (not the factored
-        damping ``(A + π√d I)⁻¹ ⊗ (G + √d/π I)⁻¹`` of Martens & Grosse 2015, §6.3). A singular
-        ``K`` with ``damping=0`` raises ``ValueError``."""
+    def inverse(self, damping: float = 0.0, *,
+                damping_mode: str = "exact") -> KFACInverseOperator:
+        """The operator ``(K + damping I)⁻¹`` from the factors' (cached) eigendecompositions
+        ``A = Q_A Λ_A Q_Aᵀ``, ``G = Q_G Λ_G Q_Gᵀ``.
+
+        ``damping_mode="exact"`` (default): exact for the block-diagonal Kronecker product,
+        ``(A ⊗ G + d I)⁻¹ vec(V) = vec(Q_G [(Q_Gᵀ V Q_A) / (λ_G λ_Aᵀ + d)] Q_Aᵀ)``. A singular
+        ``K`` with ``damping=0`` raises ``ValueError``.
+        ``damping_mode="factored"``: ``(A + π√d I)⁻¹ ⊗ (G + √d/π I)⁻¹`` per layer, the factored
+        Tikhonov damping of Martens & Grosse (2015, §6.3) that :class:`hesse.optim.KFAC`
+        preconditions with (``damping > 0`` required).
+        """
         d = self._check_damping(damping)
+        if damping_mode not in DAMPING_MODES:
+            raise ValueError(f"damping_mode must be 'exact' or 'factored', got {damping_mode!r}.")
+        if d == 0 and damping_mode == "factored":
+            raise ValueError("damping_mode='factored' needs damping > 0 (it splits √damping "
+                             "between the factors); pass damping > 0 or damping_mode='exact'.")
         if d == 0:
             bad = self._singular_layers()
             if bad:
                 raise ValueError(f"K-FAC is singular (a factor of layer(s) {bad} has a zero "
                                  f"eigenvalue) and has no inverse; pass damping > 0.")
-        return KFACInverseOperator(self, d)
+        return KFACInverseOperator(self, d, damping_mode)
 
     def __repr__(self) -> str:
         return (super().__repr__()[:-1] + f", kind={self.kind!r}, {len(self._layers)} layers, "
@@ -383,19 +386,19 @@ class KFACOperator(CurvatureOperator):
 
 
 class KFACInverseOperator(CurvatureOperator):
-    """``(K + damping I)⁻¹`` for a :class:`KFACOperator` ``K``, from the factors'
-    eigendecompositions; PSD. Build it with ``KFACOperator.inverse(damping)``."""
+    """``(K + damping I)⁻¹`` for a :class:`KFACOperator` ``K`` (or its factored-damping
+    approximation), from the factors' eigendecompositions; PSD. Build it with
+    ``KFACOperator.inverse(damping, damping_mode=...)``."""
 
-    def __init__(self, kfac: KFACOperator, damping: float):
+    def __init__(self, kfac: KFACOperator, damping: float, damping_mode: str = "exact"):
         super().__init__(kfac.shape[0], kfac.dtype, kfac.device, is_psd=True)
-        self.kfac, self.damping = kfac, damping
+        self.kfac, self.damping, self.damping_mode = kfac, damping, damping_mode
+        self._inverses: dict[str, KroneckerInverse] = {
+            name: damped_kronecker_inverse(kfac._eigh(name), damping, damping_mode=damping_mode)
+            for name in kfac.factors}
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        def block(layer, M):
-            lA, QA, lG, QG = self.kfac._eigh(layer.name)
-            return QG @ ((QG.T @ M @ QA) / (torch.outer(lG, lA) + self.damping)) @ QA.T
-
-        return self.kfac._apply_layers(V, block)
+        return self.kfac._apply_layers(V, lambda layer, M: self._inverses[layer.name].matmul(M))
 
 
 # ---------------------------------------------------------------------- layers
@@ -413,9 +416,7 @@ def _find_layers(p: ModelLoss) -> list[_Layer]:
             shared.append(f"{name} (in {', '.join(m or '<root>' for m, _, _ in found)})")
             continue
         mname, module, pname = found[0]
-        ok = (isinstance(module, nn.Linear)
-              or (isinstance(module, nn.Conv2d) and module.groups == 1))
-        if not ok or pname not in ("weight", "bias"):
+        if not supports_layer(module) or pname not in ("weight", "bias"):
             unsupported.append(f"{name} ({type(module).__name__})")
             continue
         layer = layers.setdefault(id(module), _Layer(mname or "<root>", module, None, None))

@@ -14,7 +14,7 @@ Alg. 1, §3.2-3.3) then uses
 **Closure requirement**: the Hessian-vector product ``H z = ∂(g · z)/∂θ`` differentiates the
 gradient, so the closure must call ``loss.backward(create_graph=True)`` (as the paper's code
 does); ``step`` says so if the gradients carry no graph. The Hessian diagonal is re-estimated every
-``update_each`` steps (kept in between). The Rademacher draws come from a generator whose state is
+``hessian_every`` steps (kept in between; the paper's "Hessian update span"). The Rademacher draws come from a generator whose state is
 kept in the optimizer's state (resumes bit-for-bit).
 
 Cost per step: one forward/backward with ``create_graph`` plus one Hessian-vector product
@@ -24,22 +24,33 @@ Cost per step: one forward/backward with ``create_graph`` plus one Hessian-vecto
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
-from ._common import check_hyper, check_int, closure_loss, uniform_option
+from ._common import DeprecatedOptions, check_hyper, check_int, closure_loss, uniform_option
 
 __all__ = ["AdaHessian"]
 
 
-class AdaHessian(torch.optim.Optimizer):
+_WHY_ONE_CADENCE = "one Hutchinson draw covers all parameters"
+
+
+class AdaHessian(DeprecatedOptions):
     """``AdaHessian(params, lr=0.15, betas=(0.9, 0.999), eps=1e-4, weight_decay=0.0,
-    hessian_power=1.0, update_each=1, seed=0)``; ``step(closure)`` with a closure that calls
-    ``loss.backward(create_graph=True)``."""
+    hessian_power=1.0, hessian_every=1, seed=0)``; ``step(closure)`` with a closure that calls
+    ``loss.backward(create_graph=True)``.
+
+    ``update_each`` is the deprecated name of ``hessian_every`` (a ``FutureWarning``; saved
+    ``state_dict``s with it still load)."""
+
+    _renamed_options = {"update_each": "hessian_every"}
 
     def __init__(self, params: Iterable, lr: float = 0.15, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-4, weight_decay: float = 0.0, hessian_power: float = 1.0,
-                 update_each: int = 1, seed: int = 0):
+                 hessian_every: int = 1, seed: int = 0, **deprecated: Any):
+        hessian_every = self._take_deprecated(deprecated, {"hessian_every": hessian_every},
+                                              {"hessian_every": 1})["hessian_every"]
         check_hyper(lr, "lr")
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}.")
@@ -48,12 +59,11 @@ class AdaHessian(torch.optim.Optimizer):
         check_hyper(eps, "eps")
         check_hyper(weight_decay, "weight_decay", allow_zero=True)
         check_hyper(hessian_power, "hessian_power", upper=1.0)
-        check_int(update_each, "update_each")
+        check_int(hessian_every, "hessian_every")
         self.seed = int(seed)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                      hessian_power=hessian_power, update_each=update_each))
-        uniform_option(self.param_groups, "update_each", "AdaHessian",
-                       "one Hutchinson draw covers all parameters")
+                                      hessian_power=hessian_power, hessian_every=hessian_every))
+        uniform_option(self.param_groups, "hessian_every", "AdaHessian", _WHY_ONE_CADENCE)
 
     def _params(self) -> list[torch.Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
@@ -67,12 +77,15 @@ class AdaHessian(torch.optim.Optimizer):
             gen.manual_seed(self.seed)
         return gen
 
-    def step(self, closure: Callable | None = None) -> torch.Tensor:
+    def step(  # type: ignore[override]  # torch's stub says float; the loss is a tensor
+            self, closure: Callable | None = None) -> torch.Tensor:
         """One AdaHessian step; the closure must call ``loss.backward(create_graph=True)``."""
-        update_each = uniform_option(self.param_groups, "update_each", "AdaHessian",
-                                     "one Hutchinson draw covers all parameters")
+        hessian_every = uniform_option(self.param_groups, "hessian_every", "AdaHessian",
+                                       _WHY_ONE_CADENCE)
         loss = closure_loss(closure, "AdaHessian", self._params())
-        params = [p for p in self._params() if p.grad is not None]
+        with_grad = [(p, p.grad) for p in self._params() if p.grad is not None]
+        params = [p for p, _ in with_grad]
+        grads = [g for _, g in with_grad]
         if not params:
             raise RuntimeError("AdaHessian.step: no parameter has a gradient; did the closure call "
                                "loss.backward(create_graph=True)?")
@@ -80,10 +93,10 @@ class AdaHessian(torch.optim.Optimizer):
         st0 = self.state[first]
         step = int(st0["step"]) + 1 if "step" in st0 else 1
         group_of = {id(p): g for g in self.param_groups for p in g["params"]}
-        refresh = (step - 1) % update_each == 0 or any(
+        refresh = (step - 1) % hessian_every == 0 or any(
             "hess_diag" not in self.state[p] for p in params)
         if refresh:
-            if any(p.grad.grad_fn is None for p in params):
+            if any(g.grad_fn is None for g in grads):
                 for p in params:
                     p.grad = None
                 raise ValueError(
@@ -92,7 +105,7 @@ class AdaHessian(torch.optim.Optimizer):
             gen = self._generator(first)
             zs = [torch.randint(0, 2, p.shape, generator=gen, device=p.device).to(p.dtype) * 2 - 1
                   for p in params]
-            hz = torch.autograd.grad([p.grad for p in params], params, grad_outputs=zs,
+            hz = torch.autograd.grad(grads, params, grad_outputs=zs,
                                      allow_unused=True)
             diags = []
             for p, z, h in zip(params, zs, hz):
@@ -107,10 +120,10 @@ class AdaHessian(torch.optim.Optimizer):
             for p, d in zip(params, diags):
                 self.state[p]["hess_diag"] = d
         with torch.no_grad():
-            for p in params:
+            for p, grad in zip(params, grads):
                 group = group_of[id(p)]
                 state = self.state[p]
-                g = p.grad.detach()
+                g = grad.detach()
                 if "step" not in state:
                     state["step"] = torch.zeros((), dtype=torch.int64)
                     state["exp_avg"] = torch.zeros_like(p)
@@ -134,6 +147,6 @@ class AdaHessian(torch.optim.Optimizer):
                 p.add_(upd, alpha=-group["lr"])
             if "step" not in st0:
                 st0["step"] = torch.ones((), dtype=torch.int64)
-            for p in params:  # free the graph held by the gradients
-                p.grad = p.grad.detach()
+            for p, grad in zip(params, grads):  # free the graph held by the gradients
+                p.grad = grad.detach()
         return loss

@@ -23,7 +23,8 @@ the last call of ``loss_fn`` (an ``nn.Module``) made with gradients enabled, so 
 
 Cost per step: the closure (one forward/backward) + one forward/backward for the operator's point,
 ``(CG iterations + 1)`` GGN products (each ≈ 2 forward/backward), a forward per backtracking and
-line-search trial. ``last_solve`` holds the last CG's ``converged``, residual and iteration count.
+line-search trial. ``last_solve`` is a :class:`CGRecord` of the last CG solve (``converged``,
+``relative_residual``, ``nit``, ``num_matvecs``, ``message``, damping, ρ and the step).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .._result import Result
 from ._common import (
     BatchRecorder,
     check_hyper,
@@ -52,19 +54,64 @@ from ._common import (
 __all__ = ["HessianFree", "CGRecord"]
 
 
-@dataclass
-class CGRecord:
-    """What the last inner CG did: ``converged`` (residual tolerance met), ``relative_residual``
-    ``‖(G+λI)p + g‖/‖g‖``, ``num_iterations``, ``stop`` (why it stopped), ``damping`` (λ used),
-    ``rho`` (reduction ratio), ``alpha`` (line-search step)."""
+# Martens (2010), §4.6: CG iterates are kept at i = ⌈GROWTHʲ⌉ for the backtracking over them.
+_KEEP_GROWTH = 1.3
+# Martens (2010), §4.4: stop CG when the quadratic decreased by less than k·TOL (relative) over the
+# last k = max(WINDOW_MIN, WINDOW_FRACTION · i) iterations.
+_PROGRESS_WINDOW_MIN = 10
+_PROGRESS_WINDOW_FRACTION = 0.1
+_PROGRESS_TOL = 5e-4
+# Martens (2010), §4.1: Levenberg-Marquardt rule, λ grows by 3/2 when the quadratic model
+# over-predicts the decrease (ρ < 1/4) and shrinks by 2/3 when it predicts it well (ρ > 3/4).
+_RHO_LOW, _RHO_HIGH = 0.25, 0.75
+_DAMPING_GROW, _DAMPING_SHRINK = 1.5, 2.0 / 3.0
+# Martens & Sutskever (2012), §8.8: Armijo backtracking with sufficient-decrease constant 10⁻²,
+# step shrink 0.8, and a bounded number of trials (0.8²⁰ ≈ 1%: a shorter step is not worth it).
+_ARMIJO_C = 1e-2
+_BACKTRACK_FACTOR = 0.8
+_MAX_LINE_SEARCH_TRIALS = 20
+
+_RENAMED_FIELDS = {"num_iterations": "nit", "stop": "message"}
+
+
+@dataclass(repr=False)
+class CGRecord(Result):
+    """What the last inner CG did (a :class:`hesse._result.Result`): ``converged`` (residual
+    tolerance met), ``relative_residual`` ``‖(G+λI)p + g‖/‖g‖`` (recursive residual), ``nit`` (CG
+    iterations), ``num_matvecs`` (products with the damped matrix inside CG), ``message`` (why
+    it stopped: ``"tolerance"``, ``"progress"`` (Martens' test), ``"max_iter"``,
+    ``"negative curvature"``, ``"zero right-hand side"``), ``damping`` (λ used), ``rho``
+    (reduction ratio), ``alpha`` (line-search step; 0 when no trial was accepted).
+
+    ``num_iterations`` and ``stop`` are deprecated names of ``nit`` and ``message``.
+    """
 
     converged: bool
     relative_residual: float
-    num_iterations: int
-    stop: str
-    damping: float
+    nit: int
+    num_matvecs: int
+    message: str
+    damping: float = float("nan")
     rho: float = float("nan")
     alpha: float = float("nan")
+
+    def __getattr__(self, name: str) -> Any:
+        # only called for names that are not fields: the deprecated spellings
+        if name in _RENAMED_FIELDS:
+            new = _RENAMED_FIELDS[name]
+            warnings.warn(f"CGRecord.{name} is deprecated and will be removed in the next "
+                          f"release; use CGRecord.{new}.", FutureWarning, stacklevel=2)
+            return getattr(self, new)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+def _keep_schedule(max_iter: int) -> set[int]:
+    """``{⌈1.3ʲ⌉ : j ≥ 0} ∩ [1, max_iter]`` (Martens 2010, §4.6)."""
+    keep, j = set(), 0
+    while (i := math.ceil(_KEEP_GROWTH ** j)) <= max_iter:
+        keep.add(i)
+        j += 1
+    return keep
 
 
 def cg_with_iterates(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
@@ -76,19 +123,28 @@ def cg_with_iterates(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Te
     Hestenes & Stiefel (1952); Nocedal & Wright (2006), Alg. 5.2. One matvec per iteration (plus
     one for a nonzero ``x0``). Stops on negative curvature ``pᵀAp ≤ 0`` (keeps the last iterate).
     """
+    num_matvecs = 0
+
+    def A(v: torch.Tensor) -> torch.Tensor:
+        nonlocal num_matvecs
+        num_matvecs += 1
+        return matvec(v)
+
     x = torch.zeros_like(b) if x0 is None else x0.clone()
-    r = b - matvec(x) if x0 is not None else b.clone()
+    r = b - A(x) if x0 is not None else b.clone()
     bnorm = float(b.norm())
     if bnorm == 0:
-        return x, [(0, x.clone())], CGRecord(True, 0.0, 0, "zero right-hand side", float("nan"))
+        return x, [(0, x.clone())], CGRecord(converged=True, relative_residual=0.0, nit=0,
+                                              num_matvecs=num_matvecs,
+                                              message="zero right-hand side")
     p = r.clone()
     rr = float(r @ r)
-    keep_at = {math.ceil(1.3 ** j) for j in range(60)}
+    keep_at = _keep_schedule(max_iter)
     kept: list[tuple[int, torch.Tensor]] = []
     qs: list[float] = []
     stop, i = "max_iter", 0
     for i in range(1, max_iter + 1):
-        Ap = matvec(p)
+        Ap = A(p)
         pAp = float(p @ Ap)
         if pAp <= 0:
             stop, i = "negative curvature", i - 1
@@ -104,8 +160,9 @@ def cg_with_iterates(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Te
         if math.sqrt(rr_new) <= tol * bnorm:
             stop = "tolerance"
             break
-        k = max(10, int(0.1 * i))
-        if progress_test and i > k and qs[-1] < 0 and (qs[-1] - qs[-1 - k]) / qs[-1] < k * 5e-4:
+        k = max(_PROGRESS_WINDOW_MIN, int(_PROGRESS_WINDOW_FRACTION * i))
+        if (progress_test and i > k and qs[-1] < 0
+                and (qs[-1] - qs[-1 - k]) / qs[-1] < k * _PROGRESS_TOL):
             stop = "progress"
             break
         p = r + (rr_new / rr) * p
@@ -113,7 +170,8 @@ def cg_with_iterates(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Te
     if not kept or kept[-1][0] != i:
         kept.append((i, x.clone()))
     rel = float(r.norm()) / bnorm
-    return x, kept, CGRecord(rel <= tol, rel, i, stop, float("nan"))
+    return x, kept, CGRecord(converged=rel <= tol, relative_residual=rel, nit=i,
+                             num_matvecs=num_matvecs, message=stop)
 
 
 class _BatchCurvatureOptimizer(torch.optim.Optimizer):
@@ -231,8 +289,9 @@ class HessianFree(_BatchCurvatureOptimizer):
                                                  cg_tol=cg_tol, cg_decay=cg_decay))
         self.last_solve: CGRecord | None = None
 
-    def step(self, closure: Callable | None = None, inputs: Any = None,
-             targets: Any = None) -> torch.Tensor:
+    def step(  # type: ignore[override]  # torch's stub says float; the loss is a tensor
+            self, closure: Callable | None = None, inputs: Any = None,
+            targets: Any = None) -> torch.Tensor:
         """One HF step on the batch of the closure; returns the loss before the step."""
         from ..operators import GGNOperator
 
@@ -276,20 +335,20 @@ class HessianFree(_BatchCurvatureOptimizer):
         # Levenberg-Marquardt rule on the reduction ratio of the undamped model
         q0 = float(g @ p) + 0.5 * float(p @ G(p))
         rho = (best_f - f0) / q0 if q0 < 0 else float("-inf")
-        if rho < 0.25:
-            lam *= 1.5
-        elif rho > 0.75:
-            lam *= 2.0 / 3.0
+        if rho < _RHO_LOW:
+            lam *= _DAMPING_GROW
+        elif rho > _RHO_HIGH:
+            lam *= _DAMPING_SHRINK
         st["damping"].fill_(lam)
         # backtracking line search (Armijo), per-group lr as the first trial
         scaled = p * self._group_scale("lr")
         slope = float(g @ scaled)
         alpha, accepted = 1.0, False
-        for _ in range(20):
-            if self._loss_at(alpha * scaled, x, y) <= f0 + 1e-2 * alpha * slope and slope < 0:
+        for _ in range(_MAX_LINE_SEARCH_TRIALS):
+            if slope < 0 and self._loss_at(alpha * scaled, x, y) <= f0 + _ARMIJO_C * alpha * slope:
                 accepted = True
                 break
-            alpha *= 0.8
+            alpha *= _BACKTRACK_FACTOR
         if accepted:
             with torch.no_grad():
                 for q, d in zip(self._params, self._split(alpha * scaled)):

@@ -14,22 +14,29 @@ natural-gradient step for the block is then ``(A ⊗ G)⁻¹ vec(∇W) = vec(G�
 * ``nn.Linear``: ``a`` is the layer input; inputs with extra dimensions (``m × T × d``: a layer
   shared over the ``T`` positions of a sequence) are treated as KFC treats locations:
   ``A = E[a aᵀ]`` over samples and positions, ``G`` the mean over samples of ``Σ_t g_t g_tᵀ``.
-* ``nn.Conv2d`` (KFC, Grosse & Martens 2016, §3.1): ``a`` are the input patches (``unfold``) at every
-  spatial location ``t``; ``A`` is their mean over samples and locations and ``G`` the mean over
-  samples of ``Σ_t g_t g_tᵀ`` (spatially uncorrelated derivatives, spatial homogeneity).
+* ``nn.Conv2d`` with ``groups=1`` (KFC, Grosse & Martens 2016, §3.1): ``a`` are the input
+  patches (``unfold``, padded as the layer pads) at every spatial location ``t``; ``A`` is their
+  mean over samples and locations and ``G`` the mean over samples of ``Σ_t g_t g_tᵀ`` (spatially
+  uncorrelated derivatives, spatial homogeneity).
+* These per-batch factors and the damped inverse below are those of :class:`hesse.KFACOperator`
+  (one implementation, in ``hesse.operators``); this module adds what an optimizer needs: hooks
+  that record the layers' inputs and output gradients, running averages, the update cadence, KL
+  clipping, momentum and the step.
 * Statistics are exponential running averages with ``stat_decay``, initialised with the first
   batch and updated every ``factor_every`` steps (the ``T_1`` of Martens & Grosse 2015, §8; the
   hooks record nothing on the other steps, which then cost what SGD costs plus one
-  preconditioning). Every ``inv_every`` steps the factors are eigendecomposed and the damped inverses
-  ``(A + π√λ I)⁻¹`` and ``(G + √λ/π I)⁻¹`` stored, with the factored Tikhonov damping of Martens &
-  Grosse (2015, §6.3): ``π = sqrt((tr A / dim A) / (tr G / dim G))``.
+  preconditioning). Every ``inverse_every`` steps the factors are eigendecomposed and the damped
+  inverses ``(A + π√λ I)⁻¹`` and ``(G + √λ/π I)⁻¹`` stored, with the factored Tikhonov damping
+  of Martens & Grosse (2015, §6.3): ``π = sqrt((tr A / dim A) / (tr G / dim G))``
+  (``KFACOperator.inverse(λ, damping_mode="factored")`` is the same matrix).
 * The preconditioned direction is rescaled by KL clipping (Ba, Grosse & Martens 2017):
   ``ν = min(1, sqrt(kl_clip / (lr² Σ ⟨Δ, ∇⟩)))``, then heavy-ball momentum and ``θ ← θ − lr ν Δ``.
 * Parameters outside ``nn.Linear`` / ``nn.Conv2d`` layers (BatchNorm, embeddings, ...) fall back to
   SGD with the same ``lr``, ``momentum`` and ``weight_decay`` (listed in ``fallback_params``).
 
 Cost per step: one forward/backward (the closure); ``O(d_in² + d_out²)`` per layer for the
-statistics; ``O(d_in³ + d_out³)`` per layer every ``inv_every`` steps for the eigendecompositions.
+statistics; ``O(d_in³ + d_out³)`` per layer every ``inverse_every`` steps for the
+eigendecompositions.
 The statistics use the observed targets (the empirical Fisher's output gradients), as many
 K-FAC implementations do; the MC-sampled targets of the paper would need a second backward pass.
 """
@@ -40,10 +47,23 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+# The per-batch factors and the damped inverse are shared with hesse.KFACOperator; the factor
+# functions stay importable from here (explicit re-exports).
+from ..operators._kronecker import (
+    REDUCTIONS,
+    KroneckerInverse,
+    damped_kronecker_inverse,
+    factor_eigh,
+    supports_layer,
+)
+from ..operators._kronecker import conv2d_factors as conv2d_factors
+from ..operators._kronecker import layer_factors as layer_factors
+from ..operators._kronecker import linear_factors as linear_factors
+from ..operators._kronecker import output_gradient_scale as output_gradient_scale
 from ._common import (
+    DeprecatedOptions,
     HookSet,
     check_hyper,
     check_int,
@@ -56,62 +76,11 @@ from ._common import (
 
 __all__ = ["KFAC"]
 
-REDUCTIONS = ("mean", "sum")
 
-
-# ---------------------------------------------------------------------- Kronecker factors
-def output_gradient_scale(reduction: str, batch_size: int) -> float:
-    """The factor taking ``∂L/∂s`` of the batch loss to ``∂ℓᵢ/∂s`` of the per-sample loss:
-    ``m`` for ``L = (1/m) Σ ℓᵢ``, 1 for ``L = Σ ℓᵢ``."""
-    return float(batch_size) if reduction == "mean" else 1.0
-
-
-def linear_factors(a: torch.Tensor, g: torch.Tensor, has_bias: bool,
-                   scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``A = E[ã ãᵀ]`` (``ã = [a, 1]`` with a bias) over samples and positions and
-    ``G = (1/m) Σᵢ Σ_t gᵢₜ gᵢₜᵀ`` for an ``nn.Linear`` with inputs ``a`` (``m × ... × d_in``) and
-    output gradients ``∂L/∂s`` ``g`` (``m × ... × d_out``); ``scale`` takes ``g`` to per-sample
-    output gradients (:func:`output_gradient_scale`). Martens & Grosse (2015), §3."""
-    m = a.shape[0]
-    a = a.reshape(-1, a.shape[-1])
-    g = g.reshape(-1, g.shape[-1]) * scale
-    rows = a.shape[0]
-    if has_bias:
-        a = torch.cat([a, a.new_ones(rows, 1)], dim=1)
-    return a.T @ a / rows, g.T @ g / m
-
-
-def conv2d_factors(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, has_bias: bool,
-                   scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """KFC factors of an ``nn.Conv2d`` (Grosse & Martens 2016, §3.1): ``A`` the mean of
-    ``ã ãᵀ`` over samples and the ``T`` patch locations, ``G = (1/m) Σᵢ Σ_t gᵢₜ gᵢₜᵀ`` with the
-    per-sample output gradients ``scale · g``."""
-    m = a.shape[0]
-    patches = F.unfold(a, module.kernel_size, dilation=module.dilation,
-                       padding=module.padding, stride=module.stride)  # (m, C k k, T)
-    T = patches.shape[-1]
-    patches = patches.transpose(1, 2).reshape(-1, patches.shape[1])
-    if has_bias:
-        patches = torch.cat([patches, patches.new_ones(patches.shape[0], 1)], dim=1)
-    A = patches.T @ patches / (m * T)
-    gg = (g * scale).permute(0, 2, 3, 1).reshape(-1, g.shape[1])
-    return A, gg.T @ gg / m
-
-
-def layer_factors(module: nn.Module, a: torch.Tensor, g: torch.Tensor, has_bias: bool,
-                  reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A, G)`` of one batch for an ``nn.Linear`` or ``nn.Conv2d`` layer, from its recorded
-    inputs ``a`` and the output gradients ``g`` of a loss with the given ``reduction``."""
-    scale = output_gradient_scale(reduction, a.shape[0])
-    if isinstance(module, nn.Linear):
-        return linear_factors(a, g, has_bias, scale)
-    return conv2d_factors(module, a, g, has_bias, scale)
-
-
-class KFAC(torch.optim.Optimizer):
+class KFAC(DeprecatedOptions):
     """K-FAC optimizer for the ``nn.Linear`` and ``nn.Conv2d`` layers of ``model``.
 
-    ``KFAC(model, lr=0.1, damping=1e-3, inv_every=10, stat_decay=0.95, momentum=0.9,
+    ``KFAC(model, lr=0.1, damping=1e-3, inverse_every=10, stat_decay=0.95, momentum=0.9,
     weight_decay=0.0, kl_clip=1e-3, params=None, factor_every=1, reduction="mean")``
     (``kl_clip=None`` disables KL clipping; with the default, the step length is mostly set by
     ``kl_clip`` and ``lr`` matters less). ``params`` may restrict the optimized parameters or give
@@ -126,39 +95,44 @@ class KFAC(torch.optim.Optimizer):
 
     A step whose loss or gradients are not finite raises ``ValueError`` and changes nothing (the
     statistics recorded on that batch are discarded).
+
+    ``inv_every`` is the deprecated name of ``inverse_every`` (a ``FutureWarning``; saved
+    ``state_dict``s with it still load).
     """
 
+    _renamed_options = {"inv_every": "inverse_every"}
+
     def __init__(self, model: nn.Module, lr: float = 0.1, damping: float = 1e-3,
-                 inv_every: int = 10, stat_decay: float = 0.95, momentum: float = 0.9,
+                 inverse_every: int = 10, stat_decay: float = 0.95, momentum: float = 0.9,
                  weight_decay: float = 0.0, kl_clip: float | None = 1e-3, params: Any = None,
-                 factor_every: int = 1, reduction: str = "mean"):
+                 factor_every: int = 1, reduction: str = "mean", **deprecated: Any):
         check_model(model, "KFAC")
+        inverse_every = self._take_deprecated(deprecated, {"inverse_every": inverse_every},
+                                              {"inverse_every": 10})["inverse_every"]
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be 'mean' or 'sum' (how the closure's loss combines "
                              f"the per-sample losses, as loss_fn.reduction); got {reduction!r}.")
         self.reduction = reduction
         check_hyper(lr, "lr")
         check_hyper(damping, "damping")
-        check_int(inv_every, "inv_every")
+        check_int(inverse_every, "inverse_every")
         check_int(factor_every, "factor_every")
         check_hyper(stat_decay, "stat_decay", allow_zero=True, upper=1.0, upper_open=True)
         check_hyper(momentum, "momentum", allow_zero=True, upper=1.0, upper_open=True)
         check_hyper(weight_decay, "weight_decay", allow_zero=True)
         if kl_clip is not None:
             check_hyper(kl_clip, "kl_clip")
-        defaults = dict(lr=lr, damping=damping, inv_every=inv_every, factor_every=factor_every,
-                        stat_decay=stat_decay,
-                        momentum=momentum, weight_decay=weight_decay, kl_clip=kl_clip)
+        defaults = dict(lr=lr, damping=damping, inverse_every=inverse_every,
+                        factor_every=factor_every, stat_decay=stat_decay, momentum=momentum,
+                        weight_decay=weight_decay, kl_clip=kl_clip)
         super().__init__(model_param_groups(model, params), defaults)
         optimized = {id(p) for g in self.param_groups for p in g["params"]}
         names = param_names(model)
         self._layers: list[tuple[nn.Module, torch.Tensor, torch.Tensor | None]] = []
         covered: set[int] = set()
         for module in model.modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)) and id(module.weight) in optimized:
-                if isinstance(module, nn.Conv2d) and (module.groups != 1
-                                                      or isinstance(module.padding, str)):
-                    continue
+            if (isinstance(module, (nn.Linear, nn.Conv2d)) and supports_layer(module)
+                    and id(module.weight) in optimized):
                 bias = module.bias if (module.bias is not None
                                        and id(module.bias) in optimized) else None
                 self._layers.append((module, module.weight, bias))
@@ -199,7 +173,8 @@ class KFAC(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()
-    def step(self, closure: Callable | None = None) -> torch.Tensor | None:
+    def step(  # type: ignore[override]  # torch's stub says float; the loss is a tensor
+            self, closure: Callable | None = None) -> torch.Tensor | None:
         """One K-FAC step; returns the closure's loss (``None`` without a closure). A non-finite
         loss, gradient or recorded statistic raises ``ValueError`` and changes nothing."""
         try:
@@ -242,7 +217,7 @@ class KFAC(torch.optim.Optimizer):
                     d = group["stat_decay"]
                     state["A"].mul_(d).add_(A, alpha=1 - d)
                     state["G"].mul_(d).add_(G, alpha=1 - d)
-            if (step - 1) % group["inv_every"] == 0 or "A_inv" not in state:
+            if (step - 1) % group["inverse_every"] == 0 or "A_inv" not in state:
                 self._refresh_inverses(state, group["damping"])
             grad = weight.grad.reshape(weight.shape[0], -1)
             if bias is not None:
@@ -253,7 +228,7 @@ class KFAC(torch.optim.Optimizer):
                 if bias is not None:
                     wd = torch.cat([wd, bias.reshape(-1, 1)], dim=1)
                 grad = grad + group["weight_decay"] * wd
-            delta = state["G_inv"] @ grad @ state["A_inv"]
+            delta = KroneckerInverse(state["G_inv"], state["A_inv"]).matmul(grad)
             updates[id(weight)] = delta
             key = id(group)
             vg_sum[key] = vg_sum.get(key, 0.0) + float((delta * grad).sum())
@@ -297,16 +272,11 @@ class KFAC(torch.optim.Optimizer):
 
     @staticmethod
     def _refresh_inverses(state: dict, damping: float) -> None:
-        A, G = state["A"], state["G"]
-        dA, QA = torch.linalg.eigh(A)
-        dG, QG = torch.linalg.eigh(G)
-        dA, dG = dA.clamp(min=0), dG.clamp(min=0)
-        tA = float(dA.mean())
-        tG = float(dG.mean())
-        pi = (tA / tG) ** 0.5 if tA > 0 and tG > 0 else 1.0
-        root = damping ** 0.5
-        state["A_inv"] = (QA / (dA + pi * root)) @ QA.T
-        state["G_inv"] = (QG / (dG + root / pi)) @ QG.T
+        """Store the factored-damping inverses ``(A + π√λ I)⁻¹`` and ``(G + √λ/π I)⁻¹`` of the
+        running factors (Martens & Grosse 2015, §6.3), kept until the next refresh."""
+        inverse = damped_kronecker_inverse(factor_eigh(state["A"], state["G"]), damping,
+                                           damping_mode="factored")
+        state["G_inv"], state["A_inv"] = inverse.left, inverse.right
 
     def remove_hooks(self) -> None:
         """Detach the statistics hooks from the model (the optimizer can no longer step). Deleting

@@ -76,8 +76,9 @@ class NaturalGradient(_BatchCurvatureOptimizer):
                                  f"{type(loss_fn).__name__}. Use kind='empirical'.")
         self.last_solve: CGRecord | None = None
 
-    def step(self, closure: Callable | None = None, inputs: Any = None,
-             targets: Any = None) -> torch.Tensor:
+    def step(  # type: ignore[override]  # torch's stub says float; the loss is a tensor
+            self, closure: Callable | None = None, inputs: Any = None,
+            targets: Any = None) -> torch.Tensor:
         """One natural-gradient step on the batch of the closure; returns the loss before it."""
         from ..operators import FisherOperator
 

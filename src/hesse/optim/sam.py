@@ -24,6 +24,10 @@ from ._common import check_finite_gradients, check_hyper, closure_loss
 
 __all__ = ["SAM"]
 
+# Added to ‖∇L‖ in ε̂ = ρ ∇L / ‖∇L‖: keeps ε̂ finite (zero) at a point with zero gradient, as
+# Foret et al.'s public code does; far below any gradient norm that moves the parameters.
+_NORM_FLOOR = 1e-12
+
 
 class SAM(torch.optim.Optimizer):
     """``SAM(params, base_optimizer_cls, rho=0.05, adaptive=False, **base_kwargs)``.
@@ -80,7 +84,7 @@ class SAM(torch.optim.Optimizer):
                                "loss.backward()?")
         norm = float(sq.sqrt())
         for group in self.param_groups:
-            scale = group["rho"] / (norm + 1e-12)
+            scale = group["rho"] / (norm + _NORM_FLOOR)
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -98,7 +102,8 @@ class SAM(torch.optim.Optimizer):
         check_finite_gradients(self._params(), "SAM")
         self.base_optimizer.step()
 
-    def step(self, closure: Callable | None = None) -> torch.Tensor:
+    def step(  # type: ignore[override]  # torch's stub says float; the loss is a tensor
+            self, closure: Callable | None = None) -> torch.Tensor:
         """SAM step: closure at ``θ``, perturb, closure at ``θ + ε̂``, restore, base step. A
         non-finite loss or gradient at either point raises ``ValueError`` with the parameters back
         at ``θ`` and no state changed."""

@@ -3,36 +3,48 @@
 For a parameter viewed as a matrix ``W`` (``m × n``; a 1-D parameter is ``m × 1``; a tensor of
 order > 2 is reshaped to ``shape[0] × rest``) with gradient ``G_t`` (Gupta et al. 2018, Alg. 1):
 
-    L_t = β₂ L_{t-1} + G_t G_tᵀ,     R_t = β₂ R_{t-1} + G_tᵀ G_t     (β₂ = 1: the paper's sums)
+    L_t = β L_{t-1} + G_t G_tᵀ,     R_t = β R_{t-1} + G_tᵀ G_t     (β = stat_decay; 1: the paper's sums)
     P_t = (L_t + εI)^{-1/4} G_t (R_t + εI)^{-1/4}
 
 The inverse 4th roots are computed by ``eigh`` (eigenvalues clamped at 0, then ``+ ε``) every
-``precond_every`` steps and kept in between. A side longer than ``max_precond_dim`` is not
-preconditioned (identity); a parameter with one preconditioned side (a 1-D parameter, or one
+``precondition_every`` steps and kept in between. A side longer than ``max_precondition_dim`` is
+not preconditioned (identity); a parameter with one preconditioned side (a 1-D parameter, or one
 side too long) uses the inverse square root on that side (the paper's order-1 case).
 
 Learning-rate grafting (Agarwal et al. 2020, "Disentangling adaptive gradient methods"): the
 direction ``P_t`` is rescaled to the norm of the direction of a first-order method,
-``graft="adagrad"`` (``G / (√Σ G² + ε)``) or ``graft="adam"`` (``m̂ / (√v̂ + ε)``), per parameter,
-so that the step size follows the grafted method and only the direction comes from Shampoo. Then
-heavy-ball momentum and ``θ ← θ − lr (P + wd θ)``.
+``graft="adagrad"`` (``G / (√Σ G² + ε)``) or ``graft="adam"`` (``m̂ / (√v̂ + ε)`` with
+``graft_betas``), per parameter, so that the step size follows the grafted method and only the
+direction comes from Shampoo. Then heavy-ball momentum and ``θ ← θ − lr (P + wd θ)``.
+
+Names: ``eps`` and ``graft_betas=(β₁, β₂)`` as in ``torch.optim.Adam``. The statistics' decay is
+one number, ``stat_decay`` (as in :class:`hesse.optim.KFAC`), not half of a ``betas`` pair:
+Shampoo's ``momentum`` is heavy-ball momentum on the step (``v ← μ v + P``, as in
+``torch.optim.SGD``), not a decaying first-moment average paired with it. Unlike KFAC's average,
+the statistics are sums (no ``1 − β`` factor), as in the paper.
 
 Cost per step: ``O(m² n + m n²)`` per parameter for the statistics and the product; ``O(m³ + n³)``
-every ``precond_every`` steps for the eigendecompositions. No extra forward/backward pass.
+every ``precondition_every`` steps for the eigendecompositions. No extra forward/backward pass.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
-from ._common import check_hyper, check_int, run_closure
+from ._common import DeprecatedOptions, check_hyper, check_int, run_closure
 
 __all__ = ["Shampoo"]
 
 GRAFTS = ("adagrad", "adam", "none")
+# Added to the relative ε: a statistic that is still zero (only zero gradients so far) has a zero
+# largest eigenvalue, and the inverse root of (0 + 0·I) would be infinite.
+_EPS_FLOOR = 1e-30
+_GRAFT_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults
+_DEFAULT_STAT_DECAY = 1.0  # the paper's sums
 
 
 def inverse_root(M: torch.Tensor, p: int, eps: float) -> torch.Tensor:
@@ -42,38 +54,80 @@ def inverse_root(M: torch.Tensor, p: int, eps: float) -> torch.Tensor:
     return (Q * d.pow(-1.0 / p)) @ Q.T
 
 
-class Shampoo(torch.optim.Optimizer):
-    """Shampoo with grafting: ``Shampoo(params, lr=0.01, momentum=0.9, beta2=1.0, epsilon=1e-4,
-    precond_every=10, max_precond_dim=1024, graft="adagrad", graft_eps=1e-8, beta1_graft=0.9,
-    beta2_graft=0.999, weight_decay=0.0)``.
+def _check_betas(betas: Any, name: str) -> tuple[float, float]:
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"{name} must be a pair (beta1, beta2), got {betas!r}.")
+    return (check_hyper(betas[0], f"{name}[0]", allow_zero=True, upper=1.0, upper_open=True),
+            check_hyper(betas[1], f"{name}[1]", upper=1.0, upper_open=True))
 
-    ``step(closure=None)`` takes the closure of ``torch.optim.LBFGS`` (optional). ``epsilon`` is
-    relative: the added ``εI`` is ``epsilon`` times the largest eigenvalue of the statistic (plus
+
+class Shampoo(DeprecatedOptions):
+    """Shampoo with grafting: ``Shampoo(params, lr=0.01, momentum=0.9, stat_decay=1.0, eps=1e-4,
+    precondition_every=10, max_precondition_dim=1024, graft="adagrad", graft_eps=1e-8,
+    graft_betas=(0.9, 0.999), weight_decay=0.0)``.
+
+    ``step(closure=None)`` takes the closure of ``torch.optim.LBFGS`` (optional). ``eps`` is
+    relative: the added ``εI`` is ``eps`` times the largest eigenvalue of the statistic (plus
     1e-30), so it does not depend on the scale of the loss.
+
+    Deprecated names (a ``FutureWarning``; saved ``state_dict``s with them still load):
+    ``beta2`` (``stat_decay``), ``epsilon`` (``eps``), ``precond_every``
+    (``precondition_every``), ``max_precond_dim`` (``max_precondition_dim``), ``beta1_graft`` and
+    ``beta2_graft`` (``graft_betas``).
     """
 
+    _renamed_options = {"beta2": "stat_decay", "epsilon": "eps",
+                        "precond_every": "precondition_every",
+                        "max_precond_dim": "max_precondition_dim"}
+    _graft_beta_names = ("beta1_graft", "beta2_graft")
+
     def __init__(self, params: Iterable, lr: float = 0.01, momentum: float = 0.9,
-                 beta2: float = 1.0, epsilon: float = 1e-4, precond_every: int = 10,
-                 max_precond_dim: int = 1024, graft: str = "adagrad", graft_eps: float = 1e-8,
-                 beta1_graft: float = 0.9, beta2_graft: float = 0.999,
-                 weight_decay: float = 0.0):
+                 stat_decay: float = _DEFAULT_STAT_DECAY, eps: float = 1e-4,
+                 precondition_every: int = 10, max_precondition_dim: int = 1024,
+                 graft: str = "adagrad", graft_eps: float = 1e-8,
+                 graft_betas: tuple[float, float] = _GRAFT_BETAS, weight_decay: float = 0.0,
+                 **deprecated: Any):
+        given = dict(stat_decay=stat_decay, eps=eps, precondition_every=precondition_every,
+                     max_precondition_dim=max_precondition_dim, graft_betas=graft_betas)
+        defaults_of_renamed = dict(stat_decay=_DEFAULT_STAT_DECAY, eps=1e-4,
+                                   precondition_every=10, max_precondition_dim=1024,
+                                   graft_betas=_GRAFT_BETAS)
+        opts = self._take_deprecated(deprecated, given, defaults_of_renamed)
         check_hyper(lr, "lr")
         check_hyper(momentum, "momentum", allow_zero=True, upper=1.0, upper_open=True)
-        check_hyper(beta2, "beta2", upper=1.0)
-        check_hyper(epsilon, "epsilon")
-        check_int(precond_every, "precond_every")
-        check_int(max_precond_dim, "max_precond_dim")
+        check_hyper(opts["stat_decay"], "stat_decay", upper=1.0)
+        check_hyper(opts["eps"], "eps")
+        check_int(opts["precondition_every"], "precondition_every")
+        check_int(opts["max_precondition_dim"], "max_precondition_dim")
         if graft not in GRAFTS:
             raise ValueError(f"graft must be one of {GRAFTS}; got {graft!r}.")
         check_hyper(graft_eps, "graft_eps")
-        check_hyper(beta1_graft, "beta1_graft", allow_zero=True, upper=1.0, upper_open=True)
-        check_hyper(beta2_graft, "beta2_graft", upper=1.0, upper_open=True)
+        opts["graft_betas"] = _check_betas(opts["graft_betas"], "graft_betas")
         check_hyper(weight_decay, "weight_decay", allow_zero=True)
-        defaults = dict(lr=lr, momentum=momentum, beta2=beta2, epsilon=epsilon,
-                        precond_every=precond_every, max_precond_dim=max_precond_dim,
-                        graft=graft, graft_eps=graft_eps, beta1_graft=beta1_graft,
-                        beta2_graft=beta2_graft, weight_decay=weight_decay)
+        defaults = dict(lr=lr, momentum=momentum, graft=graft, graft_eps=graft_eps,
+                        weight_decay=weight_decay, **opts)
         super().__init__(params, defaults)
+
+    def _known_deprecated(self) -> list[str]:
+        return [*self._renamed_options, *self._graft_beta_names]
+
+    def _upgrade_options(self, options: dict[str, Any], where: str) -> dict[str, Any]:
+        """One-to-one renames, and ``beta1_graft``/``beta2_graft`` folded into ``graft_betas``
+        (the other entry from ``graft_betas`` if given, else from the defaults)."""
+        out = super()._upgrade_options(options, where)
+        old = [k for k in self._graft_beta_names if k in out]
+        if not old:
+            return out
+        if "graft_betas" in out:
+            raise TypeError(f"Shampoo: {where} gives both {old[0]!r} and 'graft_betas'; give only "
+                            f"'graft_betas' ({old[0]!r} is deprecated).")
+        warnings.warn(f"Shampoo: the option(s) {', '.join(map(repr, old))} ({where}) are "
+                      f"deprecated and will be removed in the next release; use "
+                      f"graft_betas=(beta1, beta2).", FutureWarning, stacklevel=4)
+        base = getattr(self, "defaults", {}).get("graft_betas", _GRAFT_BETAS)
+        out["graft_betas"] = (float(out.pop("beta1_graft", base[0])),
+                              float(out.pop("beta2_graft", base[1])))
+        return out
 
     @staticmethod
     def _matrix_shape(p: torch.Tensor) -> tuple[int, int]:
@@ -82,7 +136,8 @@ class Shampoo(torch.optim.Optimizer):
         return p.shape[0], max(1, p.numel() // p.shape[0])
 
     @torch.no_grad()
-    def step(self, closure: Callable | None = None) -> Any:
+    def step(  # type: ignore[override]  # torch's stub says float; the loss is a tensor
+            self, closure: Callable | None = None) -> Any:
         """One Shampoo step; returns the closure's loss (``None`` without a closure). A
         non-finite loss or gradient raises ``ValueError`` and changes nothing."""
         loss = run_closure(closure, "Shampoo", [p for g in self.param_groups for p in g["params"]])
@@ -97,8 +152,8 @@ class Shampoo(torch.optim.Optimizer):
         state = self.state[p]
         m, n = self._matrix_shape(p)
         G = grad.reshape(m, n)
-        use_L = 1 < m <= group["max_precond_dim"]
-        use_R = 1 < n <= group["max_precond_dim"]
+        use_L = 1 < m <= group["max_precondition_dim"]
+        use_R = 1 < n <= group["max_precondition_dim"]
         if "step" not in state:
             state["step"] = torch.zeros((), dtype=torch.int64)
             if use_L:
@@ -111,17 +166,20 @@ class Shampoo(torch.optim.Optimizer):
                 state["graft_m"] = torch.zeros_like(G)
         state["step"] += 1
         t = int(state["step"])
-        b2 = group["beta2"]
+        decay = group["stat_decay"]
         if use_L:
-            state["L"].mul_(b2).add_(G @ G.T)
+            state["L"].mul_(decay).add_(G @ G.T)
         if use_R:
-            state["R"].mul_(b2).add_(G.T @ G)
-        if (t - 1) % group["precond_every"] == 0:
+            state["R"].mul_(decay).add_(G.T @ G)
+        if (t - 1) % group["precondition_every"] == 0:
+            # inverse 4th roots with both sides preconditioned, the square root with one
+            # (Gupta et al. 2018, Alg. 1 and the order-1 case)
+            power = 4 if (use_L and use_R) else 2
             for key in ("L", "R"):
                 if key in state:
                     M = state[key]
-                    eps = group["epsilon"] * float(torch.linalg.eigvalsh(M)[-1].clamp(min=0)) + 1e-30
-                    power = 4 if (use_L and use_R) else 2
+                    largest = float(torch.linalg.eigvalsh(M)[-1].clamp(min=0))
+                    eps = group["eps"] * largest + _EPS_FLOOR
                     state[key + "_inv_root"] = inverse_root(M, power, eps)
         P = G
         if "L_inv_root" in state:
@@ -135,11 +193,11 @@ class Shampoo(torch.optim.Optimizer):
                 state["graft_sq"].add_(G * G)
                 D = G / (state["graft_sq"].sqrt() + eps)
             else:
-                b1, b2g = group["beta1_graft"], group["beta2_graft"]
+                b1, b2 = group["graft_betas"]
                 state["graft_m"].mul_(b1).add_(G, alpha=1 - b1)
-                state["graft_sq"].mul_(b2g).addcmul_(G, G, value=1 - b2g)
+                state["graft_sq"].mul_(b2).addcmul_(G, G, value=1 - b2)
                 D = (state["graft_m"] / (1 - b1 ** t)) / (
-                    (state["graft_sq"] / (1 - b2g ** t)).sqrt() + eps)
+                    (state["graft_sq"] / (1 - b2 ** t)).sqrt() + eps)
             pn = float(P.norm())
             P = P * (float(D.norm()) / pn) if pn > 0 else D
         P = P.reshape(p.shape)
