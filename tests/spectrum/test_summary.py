@@ -52,7 +52,7 @@ def test_per_layer_matches_dense_blocks(untrained_problem):
     prob = untrained_problem
     model, loss_fn, data, H = prob["model"], prob["loss_fn"], prob["data"], prob["H"]
     groups = hesse.layer_groups(model)
-    assert list(groups) == ["0", "2", "4"]
+    assert list(groups) == ["0 (Linear)", "2 (Linear)", "4 (Linear)"]
     res = hesse.per_layer(lambda names: hesse.HessianOperator(model, loss_fn, data, params=names), groups,
                           dense_threshold=1000)
     # block offsets follow named_parameters order
@@ -68,6 +68,31 @@ def test_per_layer_matches_dense_blocks(untrained_problem):
         assert abs(row.trace - float(ev.sum())) <= max(3 * row.trace_stderr, 1e-10)
         start += size
     assert "lambda_max" in res.table and len(res.as_dicts()) == 3
+
+
+@pytest.mark.parametrize("make, labels", [
+    # a Sequential's paths are bare indices: the class says which layer a row is
+    (lambda: torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1)),
+     {"0 (Linear)": ["0.weight", "0.bias"], "2 (Linear)": ["2.weight", "2.bias"]}),
+    # nested named modules: the full path, not the last index
+    (lambda: torch.nn.ModuleDict({"layers": torch.nn.Sequential(torch.nn.Linear(2, 2)),
+                                  "norm": torch.nn.LayerNorm(2)}),
+     {"layers.0 (Linear)": ["layers.0.weight", "layers.0.bias"],
+      "norm (LayerNorm)": ["norm.weight", "norm.bias"]}),
+])
+def test_layer_groups_labels_name_the_module(make, labels):
+    assert hesse.layer_groups(make()) == labels
+
+
+def test_layer_groups_root_parameter_and_frozen():
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1))
+            self.lin = torch.nn.Linear(2, 2)
+            self.lin.bias.requires_grad_(False)
+
+    assert hesse.layer_groups(Scaled()) == {"scale": ["scale"], "lin (Linear)": ["lin.weight"]}
 
 
 def test_per_layer_bad_input():
