@@ -6,7 +6,8 @@ Rules (also the rules for writing pages):
   working directory a temporary folder (files the examples write land there).
 - A ```` ```text ```` block right after a python block is the expected output of that block: the
   printed text must match it, numbers to the digits shown (a shown ``2.763932`` accepts anything that
-  rounds to it, plus one unit in the last digit for rounding on another platform), other text word
+  rounds to it, plus one unit in the last digit for rounding on another platform; integers exactly),
+  other text word
   for word (whitespace-insensitive). ``...`` in the expected text matches anything.
 - ```` ```console ```` blocks: each line ``$ hesse ARGS`` runs ``hesse.cli.main.main(ARGS)`` in the
   same process and must exit 0; the lines after it, up to the next ``$``, are its expected output
@@ -48,6 +49,8 @@ def _number_close(got: str, shown: str) -> bool:
         g, s = float(got), float(shown)
     except ValueError:
         return False
+    if re.fullmatch(r"[-+]?\d+", shown):  # an integer shown is an integer checked: counts, sizes
+        return g == s
     mantissa = shown.lower().split("e")[0]
     decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
     exponent = int(shown.lower().split("e")[1]) if "e" in shown.lower() else 0
