@@ -2,6 +2,7 @@
 
 - ``<!-- cli-reference -->`` in a page becomes the ``--help`` text of ``hesse`` and of each of its
   subcommands, taken from the argparse parser that ``hesse.cli.main`` builds.
+- Sphinx roles left in docstrings (``:func:`x` ``) are shown as plain code in the API pages.
 - ``<!-- source: PATH -->`` becomes the contents of the file PATH (relative to the repository
   root) in a code block, so an example page shows the script the tests run.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 _SOURCE = re.compile(r"<!-- source: (\S+) -->")
+_ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|exc|obj):(?=<code)")
 
 
 def _cli_reference() -> str:
@@ -41,3 +43,7 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     if "<!-- cli-reference -->" in markdown:
         markdown = markdown.replace("<!-- cli-reference -->", _cli_reference())
     return _SOURCE.sub(_source, markdown)
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    return _ROLE.sub("", html)

@@ -8,7 +8,6 @@ running statistics (the model's eval mode), the same function at every product; 
 trained briefly first so those statistics describe the data.
 """
 
-import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 

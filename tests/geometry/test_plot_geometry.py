@@ -1,4 +1,4 @@
-"""Plots: the seed 004 contour figure and the 3-D surface render and carry the right artists."""
+"""Plots: the contour figure of 3x² + 2xy + 2y² - 4x - 6y and the 3-D surface render and carry the right artists."""
 
 import matplotlib
 

@@ -109,3 +109,19 @@ def test_prescribed_spectrum_ground_truth():
     assert torch.allclose(torch.linalg.eigvalsh(op.to_dense()), torch.tensor([-1.0, 2.0, 3.0], dtype=torch.float64), atol=1e-12)
     with pytest.raises(ValueError, match="finite"):
         prescribed_spectrum([1.0, float("nan")])
+
+
+@pytest.mark.parametrize("edge, lambda_max, near_zero", [
+    (0.0997, 2.11, True),    # 4.7% of lambda_max: near zero
+    (1.38, 2.11, False),     # 65%: a wide bulk, never "near zero"
+    (0.2, 2.0, False),       # 10%
+    (0.0, 0.0, True),
+])
+def test_describe_bulk_follows_the_numbers(edge, lambda_max, near_zero):
+    from hesse.spectrum.summary import describe_bulk
+
+    text = describe_bulk(edge, lambda_max)
+    assert ("near zero" in text) is near_zero
+    assert f"{edge:.3g}" in text
+    with pytest.raises(ValueError, match="finite"):
+        describe_bulk(float("nan"), 1.0)

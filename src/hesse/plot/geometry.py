@@ -1,7 +1,7 @@
-"""Figures of a 2-D function's local geometry: the seeds' contour figure and a 3-D surface.
+"""Figures of a 2-D function's local geometry: a contour figure and a 3-D surface.
 
-``plot_contour`` reproduces seed 004's figure for 3x² + 2xy + 2y² - 4x - 6y: filled contours
-with white contour lines, the gradient field (quiver, pointing uphill, perpendicular to level
+``plot_contour`` draws, e.g. for 3x² + 2xy + 2y² - 4x - 6y: filled contours with white contour
+lines, the gradient field (quiver, pointing uphill, perpendicular to level
 curves), critical points marked by kind and, at minima (and maxima), the Hessian eigenvector axes
 scaled by 1/sqrt(|λ|) — the steep direction draws shorter (the displacement that raises the
 quadratic model by ½).
