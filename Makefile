@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/hesse demo
 
 test: $(STAMP)
-	$(BIN)/python -m ruff check src tests benchmarks examples
+	$(BIN)/python -m ruff check src tests benchmarks examples docs
 	$(BIN)/python -m pytest -n 2 -q tests
 
 bench: $(STAMP)

@@ -22,7 +22,7 @@ _ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|exc|obj):(?=<code)")
 
 def _cli_reference() -> str:
     sys.path.insert(0, str(ROOT / "src"))
-    os.environ["COLUMNS"] = "100"  # argparse wraps help text to the terminal width
+    os.environ["COLUMNS"] = "84"  # argparse wraps help text to the terminal width
     from hesse.cli.main import build_parser
 
     parser = build_parser()
