@@ -169,3 +169,38 @@ def test_docs_have_code():
     """The test looks where the code is: the pages exist and hold runnable blocks."""
     units = [u for p in PAGES for u in page_blocks(p) if not u["skipped"]]
     assert len(PAGES) > 10 and len(units) > 20
+
+
+def test_cli_reference_renders_every_subcommand():
+    """The hook that writes the CLI page takes every verb from the parser, with its options."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    text = hooks.on_page_markdown("<!-- cli-reference -->", None, None, None)
+    from hesse.cli.main import VERBS
+
+    for verb in VERBS:
+        assert f"## hesse {verb}\n" in text and f"usage: hesse {verb}" in text
+    assert "--model FILE.py:FACTORY" in text and "--x0" in text
+
+
+@pytest.mark.parametrize("package", ["operators", "spectrum", "geometry", "optimize", "optim",
+                                     "diagnostics", "distributed", "plot", "testing"])
+def test_api_page_lists_every_public_name(package):
+    """Each subpackage has a reference page; a public name that shares its name with a submodule
+    (``hesse.spectrum.trace`` is a function and a module), and a module-level constant, are not
+    picked up from the package and need their own ``:::`` directive."""
+    import importlib
+    import importlib.util
+
+    module = importlib.import_module(f"hesse.{package}")
+    page = (ROOT / "docs" / "reference" / f"{package}.md").read_text()
+    assert f"::: hesse.{package}\n" in page
+    for name in module.__all__:
+        shadowed = importlib.util.find_spec(f"hesse.{package}.{name}") is not None
+        constant = name.isupper() and not isinstance(getattr(module, name), type)  # e.g. KINDS
+        if shadowed or constant:
+            assert re.search(rf"^::: hesse\.{package}\.[\w.]*\b{name}$", page, re.M), (
+                f"docs/reference/{package}.md needs '::: hesse.{package}.<module>.{name}'")
