@@ -22,7 +22,7 @@ class Progress:
     """``with Progress(total, "Lanczos", enabled) as bar: bar.update(1, info="λ=3.2")``.
 
     ``total=None`` counts without a bar. An iteration that stops early (a converged Lanczos run)
-    ends below ``total``; ``close`` shows the final count. ``count`` is kept whether or not the bar
+    ends below ``total``; ``close`` then shows the final count as a full bar, marked "done". ``count`` is kept whether or not the bar
     is shown.
     """
 
@@ -55,7 +55,10 @@ class Progress:
         """Show the final count and end the line (idempotent)."""
         if self._bar is not None:
             if self.total and self.count < self.total:
+                # stopped early (converged): the bar ends full at the count reached, not at 2%
+                self._bar.total = self.count
                 self._bar.set_postfix_str(((self._bar.postfix or "") + " done").strip(), refresh=False)
+            self._bar.refresh()
             self._bar.close()
             self._bar = None
 
