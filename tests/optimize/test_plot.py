@@ -56,3 +56,26 @@ def test_convergence_log_x_when_runs_differ_in_length(rosen, lengths_differ):
     assert [a.get_xscale() for a in fig.axes] == [scale, scale]
     assert ("log scale" in fig.axes[0].get_xlabel()) is lengths_differ
     assert plot_convergence(res, log_x=True).axes[0].get_xscale() == "symlog"
+
+
+def test_plots_leave_the_backend_alone(rosen):
+    # a user's backend (here svg) is theirs: figures must not switch it to Agg
+    import matplotlib
+
+    import hesse.plot.diagnostics
+    import hesse.plot.geometry
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        r = hesse.minimize(rosen, [-1.2, 1.0], method="bfgs")
+        plot_trajectories(rosen, r)
+        plot_convergence(r)
+        hesse.plot.geometry.plot_contour(rosen, [(-2, 2), (-1, 3)], points=[], resolution=10)
+        hesse.plot.diagnostics.plot_density_snapshots([])
+    except ValueError:
+        pass  # an empty snapshot list may be refused; the backend is what is checked
+    finally:
+        after = matplotlib.get_backend()
+        matplotlib.use(before)
+    assert after == "svg"
