@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench docs docs-figures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +18,23 @@ demo: $(STAMP)
 	$(BIN)/hesse demo
 
 test: $(STAMP)
-	$(BIN)/python -m ruff check src tests benchmarks examples
+	$(BIN)/python -m ruff check src tests benchmarks examples docs
 	$(BIN)/python -m pytest -n 2 -q tests
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[bench]"
 	$(BIN)/python benchmarks/run_all.py
 
+docs: $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[docs]"
+	$(BIN)/mkdocs build --strict
+
+# the figures of the examples pages, written by the example scripts themselves
+docs-figures: $(STAMP)
+	$(BIN)/python examples/geometry_of_a_function.py --out docs/examples/figures
+	$(BIN)/python examples/monitor_training.py --out /tmp/hesse-monitor-example
+	cp /tmp/hesse-monitor-example/sharpness.png docs/examples/figures/monitor_sharpness.png
+	cp /tmp/hesse-monitor-example/landscape.png docs/examples/figures/monitor_landscape.png
+
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info
+	rm -rf $(VENV) build dist site src/*.egg-info

@@ -41,3 +41,18 @@ def test_minimize_bad_input(capsys):
     assert main(["minimize", ROSEN, "--x0", "1,a", "--quiet"]) == 2
     assert main(["minimize", ROSEN, "--x0", "1,1", "--method", "adam", "--quiet"]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("json_out", [False, True])
+def test_minimize_plot_prints_every_file(capsys, tmp_path, json_out):
+    png = tmp_path / "rosen.png"
+    argv = ["minimize", ROSEN, "--x0", "-1.2,1", "--method", "bfgs", "--plot", str(png), "--quiet"]
+    rc = main(argv + (["--json"] if json_out else []))
+    captured = capsys.readouterr()
+    files = [png, tmp_path / "rosen_convergence.png"]
+    assert rc == 0 and all(f.stat().st_size > 1000 for f in files)
+    # text mode lists them on stdout; with --json stdout stays one JSON document, the list on stderr
+    listing = captured.err if json_out else captured.out
+    assert all(f"wrote {f}" in listing for f in files)
+    if json_out:
+        assert json.loads(captured.out)["success"]

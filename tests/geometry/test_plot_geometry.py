@@ -1,4 +1,4 @@
-"""Plots: the seed 004 contour figure and the 3-D surface render and carry the right artists."""
+"""Plots: the contour figure of 3x² + 2xy + 2y² - 4x - 6y and the 3-D surface render and carry the right artists."""
 
 import matplotlib
 
@@ -46,3 +46,16 @@ def test_contour_finds_points_itself_and_surface(tmp_path):
 def test_plot_bad_bounds():
     with pytest.raises(ValueError, match="2-D"):
         hesse.plot.plot_contour(seed_f, ((0, 1),))
+
+
+def test_contour_axes_named_by_variables():
+    from hesse.cli.expressions import parse_expression
+
+    expr = parse_expression("3*a**2 + 2*a*b + 2*b**2 - 4*a - 6*b")
+    ax = hesse.plot.plot_contour(expr, ((-1.5, 2.5), (-1.0, 3.0)), points=[], resolution=20).axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == tuple(expr.variables)
+    ax = hesse.plot.plot_contour(seed_f, ((-1, 1), (-1, 1)), points=[], resolution=20,
+                                 variables=("u", "v")).axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("u", "v")
+    with pytest.raises(ValueError, match="2 axes"):
+        hesse.plot.plot_contour(seed_f, ((-1, 1), (-1, 1)), points=[], variables=("u",))

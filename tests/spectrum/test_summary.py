@@ -52,7 +52,7 @@ def test_per_layer_matches_dense_blocks(untrained_problem):
     prob = untrained_problem
     model, loss_fn, data, H = prob["model"], prob["loss_fn"], prob["data"], prob["H"]
     groups = hesse.layer_groups(model)
-    assert list(groups) == ["0", "2", "4"]
+    assert list(groups) == ["0 (Linear)", "2 (Linear)", "4 (Linear)"]
     res = hesse.per_layer(lambda names: hesse.HessianOperator(model, loss_fn, data, params=names), groups,
                           dense_threshold=1000)
     # block offsets follow named_parameters order
@@ -70,6 +70,31 @@ def test_per_layer_matches_dense_blocks(untrained_problem):
     assert "lambda_max" in res.table and len(res.as_dicts()) == 3
 
 
+@pytest.mark.parametrize("make, labels", [
+    # a Sequential's paths are bare indices: the class says which layer a row is
+    (lambda: torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1)),
+     {"0 (Linear)": ["0.weight", "0.bias"], "2 (Linear)": ["2.weight", "2.bias"]}),
+    # nested named modules: the full path, not the last index
+    (lambda: torch.nn.ModuleDict({"layers": torch.nn.Sequential(torch.nn.Linear(2, 2)),
+                                  "norm": torch.nn.LayerNorm(2)}),
+     {"layers.0 (Linear)": ["layers.0.weight", "layers.0.bias"],
+      "norm (LayerNorm)": ["norm.weight", "norm.bias"]}),
+])
+def test_layer_groups_labels_name_the_module(make, labels):
+    assert hesse.layer_groups(make()) == labels
+
+
+def test_layer_groups_root_parameter_and_frozen():
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1))
+            self.lin = torch.nn.Linear(2, 2)
+            self.lin.bias.requires_grad_(False)
+
+    assert hesse.layer_groups(Scaled()) == {"scale": ["scale"], "lin (Linear)": ["lin.weight"]}
+
+
 def test_per_layer_bad_input():
     with pytest.raises(TypeError, match="op_factory"):
         hesse.per_layer(3, {"a": ["x"]})
@@ -84,3 +109,19 @@ def test_prescribed_spectrum_ground_truth():
     assert torch.allclose(torch.linalg.eigvalsh(op.to_dense()), torch.tensor([-1.0, 2.0, 3.0], dtype=torch.float64), atol=1e-12)
     with pytest.raises(ValueError, match="finite"):
         prescribed_spectrum([1.0, float("nan")])
+
+
+@pytest.mark.parametrize("edge, lambda_max, near_zero", [
+    (0.0997, 2.11, True),    # 4.7% of lambda_max: near zero
+    (1.38, 2.11, False),     # 65%: a wide bulk, never "near zero"
+    (0.2, 2.0, False),       # 10%
+    (0.0, 0.0, True),
+])
+def test_describe_bulk_follows_the_numbers(edge, lambda_max, near_zero):
+    from hesse.spectrum.summary import describe_bulk
+
+    text = describe_bulk(edge, lambda_max)
+    assert ("near zero" in text) is near_zero
+    assert f"{edge:.3g}" in text
+    with pytest.raises(ValueError, match="finite"):
+        describe_bulk(float("nan"), 1.0)

@@ -71,17 +71,20 @@ def run(args) -> int:
             opts["lr"] = args.lr
         results[m] = hesse.minimize(expr.function, torch.tensor(x0, dtype=torch.float64), method=m,
                                     gtol=args.gtol, max_iter=args.max_iter, progress=not args.quiet, **opts)
+    written = []
     if args.plot:
         from hesse.plot.optimize import plot_convergence, plot_trajectories
 
         if len(x0) == 2:
-            fig = plot_trajectories(expr.function, results)
+            fig = plot_trajectories(expr.function, results, variables=expr.variables)
             fig.savefig(args.plot)
-            conv_path = args.plot.rsplit(".", 1)
-            conv_path = f"{conv_path[0]}_convergence.{conv_path[1]}" if len(conv_path) == 2 else args.plot + "_convergence"
+            written.append(args.plot)
+            stem, dot, ext = args.plot.rpartition(".")
+            conv_path = f"{stem}_convergence.{ext}" if dot else args.plot + "_convergence"
         else:
             conv_path = args.plot
         plot_convergence(results).savefig(conv_path)
+        written.append(conv_path)
     if args.json:
         out = [
             dict(method=m, success=r.success, status=r.status, message=r.message, x=r.x.tolist(),
@@ -92,6 +95,8 @@ def run(args) -> int:
         ]
         json.dump(out if len(out) > 1 else out[0], sys.stdout, indent=1)
         print()
+        for path in written:  # stdout holds one JSON document: the file list goes to stderr
+            print(f"wrote {path}", file=sys.stderr)
     else:
         names = ", ".join(expr.variables)
         print(f"f({names}) = {args.expression}    x0 = {x0}")
@@ -103,4 +108,6 @@ def run(args) -> int:
         for m, r in results.items():
             if not r.success:
                 print(f"  {m}: {r.message}")
+        for path in written:
+            print(f"wrote {path}")
     return 0 if all(r.success for r in results.values()) else 1

@@ -9,10 +9,7 @@ _FLAG_COLORS = {"unstable": "C3", "edge_of_stability": "C1", "saddle_plateau": "
 
 
 def _axes(ax, figsize=(6.5, 4)):
-    import matplotlib
-
     if ax is None:
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=figsize)

@@ -1,7 +1,7 @@
-"""Figures of a 2-D function's local geometry: the seeds' contour figure and a 3-D surface.
+"""Figures of a 2-D function's local geometry: a contour figure and a 3-D surface.
 
-``plot_contour`` reproduces seed 004's figure for 3x² + 2xy + 2y² - 4x - 6y: filled contours
-with white contour lines, the gradient field (quiver, pointing uphill, perpendicular to level
+``plot_contour`` draws, e.g. for 3x² + 2xy + 2y² - 4x - 6y: filled contours with white contour
+lines, the gradient field (quiver, pointing uphill, perpendicular to level
 curves), critical points marked by kind and, at minima (and maxima), the Hessian eigenvector axes
 scaled by 1/sqrt(|λ|) — the steep direction draws shorter (the displacement that raises the
 quadratic model by ½).
@@ -58,19 +58,26 @@ def _points(func, points, bounds):
     return out
 
 
+def _axis_names(f, variables) -> tuple[str, str]:
+    """The two axis labels: ``variables`` if given, else a parsed expression's own names, else x, y."""
+    names = variables if variables is not None else getattr(f, "variables", None) or ("x", "y")
+    if len(names) != 2:
+        raise ValueError(f"variables must name the 2 axes, e.g. ('x', 'y'); got {list(names)}.")
+    return str(names[0]), str(names[1])
+
+
 def plot_contour(f, bounds: Sequence[tuple[float, float]], points=None, ax=None, *, levels: int = 30,
                  resolution: int = 300, quiver: int = 18, cmap: str = "viridis", axes: bool = True,
-                 title: str | None = "Contours of f, gradient field, and Hessian curvature axes"):
+                 title: str | None = "Contours of f, gradient field, and Hessian curvature axes",
+                 variables: Sequence[str] | None = None):
     """Contour figure of the 2-D function ``f`` over ``bounds`` = [(x_lo, x_hi), (y_lo, y_hi)].
 
     ``points``: None (find them with :func:`hesse.critical_points`), a list of
     :class:`~hesse.geometry.CriticalPoint`, or a list of coordinates (each classified). ``axes``
     draws the Hessian eigenvector axes scaled by 1/sqrt(|λ|) at non-degenerate minima and maxima.
-    Returns the matplotlib Figure (save it with ``fig.savefig(path)``).
+    ``variables`` names the two axes (default: a parsed expression's variables, else x and y). Returns the matplotlib Figure (save it with
+    ``fig.savefig(path)``).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     func = _function(f)
@@ -106,8 +113,9 @@ def plot_contour(f, bounds: Sequence[tuple[float, float]], points=None, ax=None,
                 ax.annotate("", xy=x + step, xytext=x - step,
                             arrowprops=dict(arrowstyle="<->", color=color, lw=2.0))
     ax.set_xlim(B[0]), ax.set_ylim(B[1])
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
+    xlabel, ylabel = _axis_names(f, variables)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
     if seen:
@@ -118,12 +126,11 @@ def plot_contour(f, bounds: Sequence[tuple[float, float]], points=None, ax=None,
 
 
 def plot_surface(f, bounds: Sequence[tuple[float, float]], points=None, *, resolution: int = 80,
-                 cmap: str = "viridis", title: str | None = "Surface of f"):
+                 cmap: str = "viridis", title: str | None = "Surface of f",
+                 variables: Sequence[str] | None = None):
     """3-D surface of the 2-D function ``f`` over ``bounds``, with ``points`` (as in
-    :func:`plot_contour`; pass ``points=[]`` for none) marked by kind. Returns the Figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    :func:`plot_contour`; pass ``points=[]`` for none) marked by kind; ``variables`` names the
+    horizontal axes. Returns the Figure."""
     import matplotlib.pyplot as plt
 
     func = _function(f)
@@ -138,8 +145,9 @@ def plot_surface(f, bounds: Sequence[tuple[float, float]], points=None, *, resol
         ax.scatter([x[0]], [x[1]], [cp.value], marker=marker, color=color, s=60, edgecolors="black",
                    label=cp.kind if cp.kind not in seen else None, depthshade=False)
         seen.add(cp.kind)
-    ax.set_xlabel("x")
-    ax.set_ylabel("y")
+    xlabel, ylabel = _axis_names(f, variables)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_zlabel("f(x, y)")
     if title:
         ax.set_title(title)

@@ -4,7 +4,7 @@ iterations and against function evaluations)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -38,18 +38,21 @@ def plot_trajectories(
     log_scale: bool = True,
     grid: int = 200,
     title: str | None = None,
+    variables: Sequence[str] | None = None,
 ):
     """Iterates of each result over filled contours of the 2-D function ``f``.
 
     ``results``: an ``OptimizeResult``, a list of them, or a dict ``{label: result}`` (from
     ``hesse.minimize(..., history=True)`` on a function of 2 variables). ``log_scale`` draws the
     contours of ``log(f - f_min + 1e-12)`` (Rosenbrock's valley is invisible otherwise).
+    ``variables`` names the two axes (e.g. ``("x", "y")``; default ``x[0]``, ``x[1]``).
     Returns the matplotlib Figure.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    if variables is not None and len(variables) != 2:
+        raise ValueError(f"variables must name the 2 axes, e.g. ('x', 'y'); got {list(variables)}.")
+    xlabel, ylabel = variables if variables is not None else ("x[0]", "x[1]")
 
     items = _as_named(results)
     paths = {}
@@ -84,31 +87,43 @@ def plot_trajectories(
     ax.plot(*start, "w*", ms=12, label="start")
     ax.set_xlim(xlim)
     ax.set_ylim(ylim)
-    ax.set_xlabel("x[0]")
-    ax.set_ylabel("x[1]")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=8, loc="best")
     ax.set_title(title or "optimization trajectories")
     fig.tight_layout()
     return fig
 
 
-def plot_convergence(results, title: str | None = None):
-    """Two panels: ``log10 ||grad f||`` against iterations and against function evaluations
-    (the fair axis when methods differ in cost per iteration). Returns the Figure."""
-    import matplotlib
+#: When the longest run is this many times the shortest, the x axes are log-scaled (symlog, linear
+#: below 1 so iteration 0 stays on the axis): 20 Newton steps next to 1000 gradient steps would
+#: otherwise be squeezed against the left edge.
+LOG_X_RATIO = 20
 
-    matplotlib.use("Agg")
+
+def plot_convergence(results, title: str | None = None, log_x: bool | None = None):
+    """Two panels: ``||grad f||`` (log scale) against iterations and against function evaluations
+    (the fair axis when methods differ in cost per iteration).
+
+    ``log_x=None`` log-scales the x axes when the longest run has more than ``LOG_X_RATIO`` times
+    the iterations of the shortest; ``True``/``False`` force it. Returns the Figure.
+    """
     import matplotlib.pyplot as plt
 
     items = _as_named(results)
+    lengths = [len(r.history.grad_norms) for r in items.values()]
+    if log_x is None:
+        log_x = max(lengths) > LOG_X_RATIO * max(1, min(lengths))
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, r in items.items():
         g = np.maximum(np.asarray(r.history.grad_norms, dtype=float), 1e-300)
-        a1.semilogy(np.arange(len(g)), g, label=f"{name} ({r.convergence_order})")
+        a1.semilogy(np.arange(len(g)), g, label=f"{name} ({r.nit} it, {r.convergence_order})")
         a2.semilogy(np.asarray(r.history.evaluations), g, label=name)
-    a1.set_xlabel("iteration")
-    a2.set_xlabel("function evaluations")
+    a1.set_xlabel("iteration (log scale)" if log_x else "iteration")
+    a2.set_xlabel("function evaluations (log scale)" if log_x else "function evaluations")
     for a in (a1, a2):
+        if log_x:
+            a.set_xscale("symlog", linthresh=1.0)
         a.set_ylabel("||grad f||")
         a.grid(True, which="both", alpha=0.3)
         a.legend(fontsize=8)

@@ -50,11 +50,12 @@ class PerLayerSpectrum:
 
     @property
     def table(self) -> str:
-        head = f"{'layer':<24} {'n':>8} {'lambda_max':>12} {'lambda_min':>12} {'trace':>12} {'± stderr':>9}  definiteness"
+        width = max([24, *(len(r.layer) for r in self.rows)])
+        head = f"{'layer':<{width}} {'n':>8} {'lambda_max':>12} {'lambda_min':>12} {'trace':>12} {'± stderr':>9}  definiteness"
         lines = [head, "-" * len(head)]
         for r in self.rows:
             flag = "" if r.converged else " (not converged)"
-            lines.append(f"{r.layer:<24} {r.n:>8d} {r.lambda_max:>12.5g} {r.lambda_min:>12.5g} "
+            lines.append(f"{r.layer:<{width}} {r.n:>8d} {r.lambda_max:>12.5g} {r.lambda_min:>12.5g} "
                          f"{r.trace:>12.5g} {r.trace_stderr:>9.2g}  {r.definiteness}{flag}")
         return "\n".join(lines)
 
@@ -69,14 +70,22 @@ class PerLayerSpectrum:
 
 
 def layer_groups(model: torch.nn.Module) -> dict[str, list[str]]:
-    """Trainable parameter names grouped by the module that owns them (``"0.weight"``, ``"0.bias"`` -> ``"0"``)."""
+    """Trainable parameter names grouped by the module that owns them, labelled by module path.
+
+    The label is the module's path in ``model.named_modules()`` followed by its class, so a row of
+    a table says which layer it is: ``"layers.0 (Linear)"`` for ``layers.0.weight`` and
+    ``layers.0.bias``; in an ``nn.Sequential``, whose paths are bare indices, ``"0 (Linear)"``,
+    ``"2 (Linear)"``. Parameters registered on ``model`` itself keep their own name.
+    """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    modules = dict(model.named_modules())
     groups: dict[str, list[str]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            layer = name.rsplit(".", 1)[0] if "." in name else name
-            groups.setdefault(layer, []).append(name)
+            path = name.rsplit(".", 1)[0] if "." in name else ""
+            label = f"{path} ({type(modules[path]).__name__})" if path else name
+            groups.setdefault(label, []).append(name)
     if not groups:
         raise ValueError("model has no trainable parameters (requires_grad=True).")
     return groups

@@ -88,6 +88,27 @@ def definiteness_verdict(lambda_min: float, lambda_max: float, tolerance: float)
     return "indefinite"
 
 
+#: A bulk whose edge is at most this fraction of lambda_max is described as "near zero".
+NEAR_ZERO_FRACTION = 0.05
+
+
+def describe_bulk(bulk_edge: float, lambda_max: float) -> str:
+    """Words for the bulk of a spectrum that follow its numbers.
+
+    ``bulk_edge`` is where the bulk ends (e.g. the 99th percentile of ``|lambda|`` under the SLQ
+    density). Only a bulk whose edge is at most ``NEAR_ZERO_FRACTION`` of ``|lambda_max|`` is
+    "near zero"; otherwise the text gives its extent, so an edge of 1.38 under a top eigenvalue
+    of 2.1 is never called near zero.
+    """
+    edge, scale = abs(float(bulk_edge)), abs(float(lambda_max))
+    if not (math.isfinite(edge) and math.isfinite(scale)):
+        raise ValueError(f"bulk_edge and lambda_max must be finite, got {bulk_edge!r} and {lambda_max!r}.")
+    if edge <= NEAR_ZERO_FRACTION * scale:
+        return f"a bulk near zero (|lambda| <= {edge:.3g})"
+    return f"a bulk extending to |lambda| = {edge:.3g} ({edge / scale:.0%} of lambda_max)" if scale > 0 \
+        else f"a bulk extending to |lambda| = {edge:.3g}"
+
+
 def _sums(values: torch.Tensor, mass: torch.Tensor, n: int, zero_rtol: float, t: float):
     """Spectral sums from a discrete measure ``sum_l mass_l delta(values_l)`` of total mass ``n``."""
     a = values.abs()
