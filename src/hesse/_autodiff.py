@@ -63,8 +63,18 @@ def _scalar_fn(
     """
 
     def wrapped(x: torch.Tensor) -> torch.Tensor:
-        value = check_scalar_output(f(x))
-        if require_connected and not value.requires_grad:
+        if not require_connected:
+            return check_scalar_output(f(x))
+        try:
+            out = f(x)
+        except RuntimeError as err:
+            # .numpy() (and anything else reading raw memory) fails on torch.func's wrapped
+            # tensors with this message: f leaves torch, so it cannot be differentiated
+            if "data pointer" in str(err) or "doesn't have storage" in str(err):
+                raise disconnected_error() from None
+            raise
+        value = check_scalar_output(out)
+        if not value.requires_grad:
             raise disconnected_error()
         return value
 

@@ -385,7 +385,7 @@ def minimize(
         return results
     n = x0.numel()
     if spec.dense_matrices:
-        guard_dense(n, x0.dtype, max_memory, what=f"method={name!r}'s dense n x n matrices",
+        guard_dense(n, x0.dtype, max_memory, what=f"dense n x n matrices of method={name!r}",
                     count=spec.dense_matrices, alternative=MATRIX_FREE_METHODS)
     obj = Objective(fun, x0.shape, max_memory=max_memory)
     run = Run(obj, name, n=n, **common)
