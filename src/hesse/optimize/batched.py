@@ -282,6 +282,10 @@ def minimize_batched(f, X0: torch.Tensor, *, method: str, gtol: float, ftol: flo
                 f"; smallest Hessian eigenvalue {me:.4g}" if me is not None else "; curvature not checked")
         elif s == SADDLE:
             detail = f"||g|| <= gtol but the smallest Hessian eigenvalue is {me:.4g} < 0"
+        elif s == UNBOUNDED:
+            detail = (f"f = {float(Fc[b]):.4g} at ||x|| = {float(X[b].norm()):.3g} (from f(x0) = "
+                      f"{float(F0[b]):.4g}): f kept decreasing as x ran away. Check the sign of f, "
+                      "add a regularizer or penalty, or rescale x")
         else:
             detail = f"||g||={float(Gc[b]):.2e}"
         results.append(OptimizeResult(
