@@ -204,6 +204,7 @@ def test_unbounded_function_stops_early_with_status_unbounded(problem, method):
     assert r.nfev <= 200 and r.fun < -1e8
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # scipy's own overflow warnings on x + y
 def test_scipy_on_the_same_unbounded_problem_spends_thousands_of_evaluations():
     # the comparison behind the early stop: scipy's BFGS on x + y ends in "precision loss" after
     # thousands of evaluations, hesse stops after one line search
