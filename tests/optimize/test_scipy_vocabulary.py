@@ -183,6 +183,15 @@ def test_args_with_batched_starts():
         np.testing.assert_allclose(r.x.numpy(), [1.0, -1.0], atol=1e-10)
 
 
+def test_scipy_style_callback_gets_the_iterate():
+    seen = []
+    r = hesse.minimize(rosen, X0, method="BFGS", callback=lambda xk: seen.append(xk.clone()))
+    assert len(seen) == r.nit and torch.equal(seen[-1], r.x)
+    full = []
+    hesse.minimize(rosen, X0, method="bfgs", callback=lambda x, f, g: full.append((f, g)))
+    assert len(full) == r.nit and full[-1][0] == r.fun
+
+
 # --- unbounded below ----------------------------------------------------------------------
 
 UNBOUNDED_PROBLEMS = {

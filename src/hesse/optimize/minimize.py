@@ -7,6 +7,7 @@ is adding one entry.
 
 from __future__ import annotations
 
+import inspect
 import numbers
 import warnings
 from collections.abc import Callable
@@ -306,7 +307,8 @@ def minimize(
         ``|f_k - f_{k+1}| <= ftol * max(1, |f_{k+1}|)``; 0 turns it off.
     xtol : stop (status 3) when ``||x_{k+1} - x_k|| <= xtol * (1 + ||x_{k+1}||)``; 0 turns it off.
     max_iter, max_time : iteration and wall-clock (seconds) budgets.
-    callback : ``callback(x, f, grad_norm)`` after every iteration; returning True stops (status 7).
+    callback : ``callback(x, f, grad_norm)`` after every iteration (or scipy's ``callback(xk)``,
+        recognised by its single parameter); returning True stops (status 7).
     history : keep values, gradient norms, step sizes (and iterates when ``n <= 10^4``).
     progress : show a progress line on stderr.
     check_curvature : for methods without the Hessian at hand, check the smallest Hessian
@@ -363,6 +365,7 @@ def minimize(
     curvature_tol = check_positive_float(curvature_tol, "curvature_tol", allow_zero=True)
     if callback is not None:
         check_callable(callback, "callback")
+        callback = _adapt_callback(callback)
     opts = _check_options(spec, method_options)
     if not isinstance(args, tuple):
         args = (args,)
@@ -393,6 +396,23 @@ def minimize(
     if disp:
         _display(result)
     return result
+
+
+def _adapt_callback(callback: Callable) -> Callable:
+    """Accept scipy's ``callback(xk)`` as well as hesse's ``callback(x, f, grad_norm)``: a
+    callback that takes exactly one positional argument gets the iterate only."""
+    try:
+        params = list(inspect.signature(callback).parameters.values())
+    except (TypeError, ValueError):
+        return callback
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind == p.VAR_POSITIONAL for p in params) or len(positional) != 1:
+        return callback
+
+    def scipy_style(x, f, grad_norm):
+        return callback(x)
+
+    return scipy_style
 
 
 def _with_args(f: Callable, args: tuple) -> Callable[[torch.Tensor], torch.Tensor]:
