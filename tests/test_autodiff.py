@@ -243,3 +243,95 @@ def test_lists_become_float64_and_v_shape_checked():
 def test_memory_guard_refuses_and_points_to_matrix_free():
     with pytest.raises(ValueError, match=r"matrix-free.*HessianOperator"):
         hesse.hessian(lambda x: (x**2).sum(), torch.zeros(2000, dtype=torch.float64), max_memory=10**6)
+
+
+# --- every entry point refuses outputs not connected to x, non-finite and empty points ---------
+
+def _sum_squares(x):
+    return (x**2).sum()
+
+
+ENTRY_POINTS = {
+    "gradient": lambda f, x: hesse.gradient(f, x),
+    "hvp": lambda f, x: hesse.hvp(f, x, torch.ones_like(torch.as_tensor(x, dtype=torch.float64))),
+    "hvp-reverse": lambda f, x: hesse.hvp(f, x, torch.ones_like(torch.as_tensor(x, dtype=torch.float64)),
+                                          mode="reverse"),
+    "hessian": lambda f, x: hesse.hessian(f, x),
+    "jacobian": lambda f, x: hesse.jacobian(lambda z: f(z).reshape(1), x),
+    "check_hessian": lambda f, x: hesse.check_hessian(f, x),
+}
+
+_OUTSIDE = torch.ones(2, dtype=torch.float64, requires_grad=True)
+DISCONNECTED = {
+    "item": lambda x: torch.tensor(x[0].item() ** 2 + x[1].item() ** 2),
+    "torch.tensor": lambda x: torch.tensor(float(x.detach().sum()) ** 2, dtype=torch.float64),
+    "numpy": lambda x: torch.as_tensor(np.sum(x.detach().numpy() ** 2)),
+    "captured tensor only": lambda x: (_OUTSIDE**2).sum(),
+}
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("kind", DISCONNECTED)
+def test_output_not_connected_to_x_is_refused(entry, kind):
+    # before: zeros returned (gradient [0, 0], Hessian 0) as if f were constant
+    with pytest.raises(ValueError, match=r"does not depend on x.*\.item\(\).*torch\.tensor.*NumPy"):
+        ENTRY_POINTS[entry](DISCONNECTED[kind], [1.0, 2.0])
+
+
+@pytest.mark.parametrize("entry", ["gradient", "hvp", "hvp-reverse", "hessian", "jacobian"])
+def test_constant_written_with_torch_ops_is_connected_and_has_zero_derivatives(entry):
+    # connected to x, so its zero derivatives are the truth (exact zeros, no tolerance needed)
+    out = ENTRY_POINTS[entry](lambda x: x.sum() * 0 + 1, [1.0, 2.0])
+    assert torch.count_nonzero(out) == 0
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("point, where", [([float("nan"), 1.0], r"x\[0\] = nan"),
+                                          ([1.0, float("inf")], r"x\[1\] = inf"),
+                                          ([[1.0, 2.0], [-float("inf"), 0.0]], r"x\[\(1, 0\)\] = -inf")])
+def test_non_finite_point_is_refused_with_its_positions(entry, point, where):
+    # before: hessian(f, [nan, 1]) of a quadratic returned the finite matrix 2 I
+    with pytest.raises(ValueError, match=rf"x is not finite at 1 position\(s\): {where}"):
+        ENTRY_POINTS[entry](_sum_squares, point)
+
+
+def test_non_finite_direction_v_is_refused():
+    with pytest.raises(ValueError, match=r"v is not finite.*v\[1\] = nan"):
+        hesse.hvp(_sum_squares, [1.0, 2.0], [0.0, float("nan")])
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_empty_point_is_refused_as_empty(entry):
+    # before: hessian(f, torch.zeros(0)) said "chunk_size must be >= 1, got 0"
+    with pytest.raises(ValueError, match=r"x is empty \(shape \(0,\)\)"):
+        ENTRY_POINTS[entry](_sum_squares, torch.zeros(0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("chunk_size", [0, -3, 1.5])
+def test_bad_chunk_size_is_named(chunk_size):
+    with pytest.raises(ValueError, match="chunk_size"):
+        hesse.hessian(_sum_squares, [1.0, 2.0], chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("n, chunk_size", [(7, 1), (7, 3), (7, 7), (12, 5)])
+def test_blockwise_symmetrization_matches_torch_func(n, chunk_size):
+    # the tiles of the in-place symmetrization must cover every entry once: compare with
+    # torch.func.hessian (exact autodiff both ways, so 1e-12 absolute on O(1) entries)
+    g = torch.Generator().manual_seed(n)
+    A = torch.randn(n, n, generator=g, dtype=torch.float64)
+
+    def f(x):
+        return torch.sin(A @ x).sum() + (x**3).sum() * x[0]
+
+    x = torch.randn(n, generator=g, dtype=torch.float64)
+    H = hesse.hessian(f, x, chunk_size=chunk_size)
+    assert torch.equal(H, H.T)
+    torch.testing.assert_close(H, torch.func.hessian(f)(x), atol=1e-12, rtol=0)
+
+
+def test_jacobian_memory_guard_refuses_before_allocating():
+    # 10^5 x 10^5 float64 = 80 GB (plus the basis): refused with the size, the limit and the knob
+    with pytest.raises(ValueError, match=r"Jacobian \(100000 x 100000.*max_memory.*HESSE_MAX_MEMORY"):
+        hesse.jacobian(lambda z: 2 * z, torch.zeros(100_000, dtype=torch.float64))
+    J = hesse.jacobian(lambda z: 2 * z, torch.zeros(3, dtype=torch.float64), max_memory=10**6)
+    torch.testing.assert_close(J, 2 * torch.eye(3, dtype=torch.float64), atol=0, rtol=0)

@@ -20,8 +20,18 @@ from dataclasses import dataclass
 import torch
 from torch.func import grad, jacfwd, jacrev, jvp, vjp, vmap
 
-from ._memory import guard_dense
-from ._validation import as_point, check_callable, check_finite, check_scalar_output
+from ._memory import guard_bytes, guard_dense
+from ._validation import (
+    as_point,
+    check_callable,
+    check_connected,
+    check_finite,
+    check_finite_point,
+    check_point,
+    check_positive_int,
+    check_scalar_output,
+    disconnected_error,
+)
 
 __all__ = ["gradient", "hvp", "hessian", "jacobian", "check_hessian", "HessianCheck"]
 
@@ -40,18 +50,40 @@ def _is_forward_mode_failure(err: BaseException) -> bool:
     )
 
 
-def _scalar_fn(f: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Wrap f so that a non-scalar or non-tensor output raises our message inside transforms."""
+def _scalar_fn(
+    f: Callable[[torch.Tensor], torch.Tensor], require_connected: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Wrap f so that a non-scalar or non-tensor output raises our message inside transforms.
+
+    With ``require_connected=True`` the wrapper must run inside a ``torch.func`` reverse-mode
+    transform (``grad``, ``vjp``): there ``requires_grad`` of the output says whether it is
+    connected to the transform's input (an output built by ``torch.tensor(x.item())``, or from
+    tensors captured outside ``f`` only, is not), and a disconnected output is refused instead of
+    differentiated to zeros. A constant written with torch ops (``x.sum() * 0 + 1``) is connected.
+    """
 
     def wrapped(x: torch.Tensor) -> torch.Tensor:
-        return check_scalar_output(f(x))
+        if not require_connected:
+            return check_scalar_output(f(x))
+        try:
+            out = f(x)
+        except RuntimeError as err:
+            # .numpy() (and anything else reading raw memory) fails on torch.func's wrapped
+            # tensors with this message: f leaves torch, so it cannot be differentiated
+            if "data pointer" in str(err) or "doesn't have storage" in str(err):
+                raise disconnected_error() from None
+            raise
+        value = check_scalar_output(out)
+        if not value.requires_grad:
+            raise disconnected_error()
+        return value
 
     return wrapped
 
 
 def _prepare(f, x, name: str = "x") -> tuple[Callable, torch.Tensor]:
     check_callable(f)
-    return _scalar_fn(f), as_point(x, name)
+    return _scalar_fn(f, require_connected=True), check_point(x, name)
 
 
 def gradient(f: Callable[[torch.Tensor], torch.Tensor], x) -> torch.Tensor:
@@ -94,6 +126,7 @@ def hvp(
         raise ValueError(
             f"v must have the shape of x, {tuple(x.shape)}; got {tuple(v.shape)}."
         )
+    check_finite_point(v, "v")
     if mode not in ("auto", "forward", "reverse"):
         raise ValueError(f"mode must be 'auto', 'forward' or 'reverse'; got {mode!r}.")
     if mode == "reverse":
@@ -132,29 +165,42 @@ def hessian(
 
     Built column block by column block from batched Hessian-vector products: the gradient's
     graph is built once (reverse mode) and ``vjp`` is vmapped over ``chunk_size`` unit vectors at
-    a time, so peak memory is the matrix plus one chunk of products. ``max_memory`` (bytes,
-    default 4 GiB or ``HESSE_MAX_MEMORY``) refuses a matrix that would not fit; use
+    a time, so peak memory is the matrix plus one chunk of products (the unit vectors are made
+    per chunk, never as an ``n x n`` identity). ``max_memory`` (bytes, default 4 GiB or
+    ``HESSE_MAX_MEMORY``) refuses a matrix that would not fit; use
     :class:`hesse.HessianOperator` and matrix-free algorithms instead.
     """
     fs, x = _prepare(f, x)
     n = x.numel()
-    guard_dense(n, x.dtype, max_memory)
     if chunk_size is None:
         chunk_size = min(n, 512)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    guard_dense(n, x.dtype, max_memory)
     flat_f = _flatten_input(fs, x.shape)
     x_flat = x.reshape(-1)
     _, vjp_fn = vjp(grad(flat_f), x_flat)
     H = torch.empty((n, n), dtype=x.dtype, device=x.device)
-    eye_block = torch.eye(n, dtype=x.dtype, device=x.device)
     for start in range(0, n, chunk_size):
         stop = min(n, start + chunk_size)
-        H[:, start:stop] = vmap(lambda e: vjp_fn(e)[0])(eye_block[start:stop]).T
-    # symmetrize: reverse-mode columns agree with rows up to rounding
-    H = 0.5 * (H + H.T)
+        basis = torch.zeros((stop - start, n), dtype=x.dtype, device=x.device)
+        basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+        H[:, start:stop] = vmap(lambda e: vjp_fn(e)[0])(basis).T
+    _symmetrize_in_place(H, chunk_size)
     check_finite(H, "The Hessian of f at x")
     return H.reshape(*x.shape, *x.shape)
+
+
+def _symmetrize_in_place(H: torch.Tensor, block: int) -> None:
+    """``H <- (H + H^T) / 2`` block by block: reverse-mode columns agree with rows only up to
+    rounding. Works on ``block x block`` tiles so that no second ``n x n`` matrix is made."""
+    n = H.shape[0]
+    for i in range(0, n, block):
+        i_end = min(n, i + block)
+        for j in range(i, n, block):
+            j_end = min(n, j + block)
+            avg = 0.5 * (H[i:i_end, j:j_end] + H[j:j_end, i:i_end].T)
+            H[i:i_end, j:j_end] = avg
+            H[j:j_end, i:i_end] = avg.T
 
 
 def _flatten_input(fs, shape):
@@ -164,18 +210,27 @@ def _flatten_input(fs, shape):
     return flat
 
 
-def jacobian(F: Callable[[torch.Tensor], torch.Tensor], x) -> torch.Tensor:
+def jacobian(F: Callable[[torch.Tensor], torch.Tensor], x, max_memory: int | None = None) -> torch.Tensor:
     """Jacobian of a tensor-valued ``F`` at ``x``, shape ``F(x).shape + x.shape``.
 
     Reverse mode (``jacrev``) when the output is smaller than the input, forward mode otherwise,
-    each falling back to the other if an operation lacks the needed rule.
+    each falling back to the other if an operation lacks the needed rule. Memory: the ``m x n``
+    matrix plus the ``min(m, n)``-square basis of unit vectors that the transform vmaps over;
+    refused over ``max_memory`` bytes (default 4 GiB or ``HESSE_MAX_MEMORY``). An output not
+    connected to ``x`` (``.item()``, ``torch.tensor(...)``, NumPy inside ``F``) is refused.
     """
     check_callable(F, "F")
-    x = as_point(x)
-    out = F(x)
+    x = check_point(x)
+    out = check_connected(F, x, "F")
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"F(x) must return a torch.Tensor, got {type(out).__name__}.")
-    first, second = (jacrev, jacfwd) if out.numel() < x.numel() else (jacfwd, jacrev)
+    m, n = out.numel(), x.numel()
+    itemsize = out.element_size() if out.is_floating_point() else x.element_size()
+    guard_bytes((m * n + min(m, n) ** 2) * itemsize, max_memory,
+                f"The Jacobian ({m} x {n}, plus the {min(m, n)}-square basis of unit vectors)",
+                "hesse.HessianOperator / GGNOperator products, or torch.func.jvp / vjp one vector "
+                "at a time")
+    first, second = (jacrev, jacfwd) if m < n else (jacfwd, jacrev)
     try:
         J = first(F)(x)
     except (RuntimeError, NotImplementedError) as err:
@@ -225,6 +280,8 @@ def check_hessian(
     """
     fs, x = _prepare(f, x)
     n = x.numel()
+    # the Hessian, the scaled identity and the two gradient stacks: four n x n matrices
+    guard_dense(n, x.dtype, None, what="finite-difference check", count=4)
     H = hessian(fs, x).reshape(n, n)
     eps = torch.finfo(x.dtype).eps
     scale = max(1.0, float(x.abs().max())) if n else 1.0

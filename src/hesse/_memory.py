@@ -30,15 +30,32 @@ def format_bytes(num: float) -> str:
     return f"{num:.1f} TiB"
 
 
-def guard_dense(n: int, dtype: torch.dtype, max_memory: int | None, what: str = "dense Hessian") -> None:
-    """Raise MemoryError-like ValueError if an n x n matrix of ``dtype`` exceeds ``max_memory``."""
+MATRIX_FREE_ALTERNATIVE = "hesse.HessianOperator and op @ v, hesse.eigsh, hesse.trace"
+
+
+def guard_bytes(need: int, max_memory: int | None, description: str,
+                alternative: str = MATRIX_FREE_ALTERNATIVE) -> None:
+    """Refuse (``ValueError``) an allocation estimated at ``need`` bytes over ``max_memory``.
+
+    ``description`` says what would be allocated and how the estimate was made; the message
+    names the limit, both ways to raise it (the ``max_memory`` argument, ``HESSE_MAX_MEMORY``)
+    and the matrix-free ``alternative``. Call it before allocating: the point is to refuse while
+    nothing has been touched.
+    """
     limit = default_max_memory() if max_memory is None else int(max_memory)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    need = n * n * itemsize
     if need > limit:
         raise ValueError(
-            f"The {what} would be {n} x {n} {dtype} = {format_bytes(need)} ({need} bytes), over the "
+            f"{description} would need about {format_bytes(need)} ({need} bytes), over the "
             f"max_memory guard of {format_bytes(limit)}. Use the matrix-free path instead "
-            f"(hesse.HessianOperator and op @ v, hesse.eigsh, hesse.trace), or raise max_memory "
-            f"if the machine really has room."
+            f"({alternative}), or raise the guard (max_memory=... in bytes, or the environment "
+            f"variable HESSE_MAX_MEMORY) if the machine really has room."
         )
+
+
+def guard_dense(n: int, dtype: torch.dtype, max_memory: int | None, what: str = "dense Hessian",
+                count: int = 1, alternative: str = MATRIX_FREE_ALTERNATIVE) -> None:
+    """Refuse ``count`` n x n matrices of ``dtype`` over ``max_memory`` (see :func:`guard_bytes`)."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    need = count * n * n * itemsize
+    times = f"{count} x " if count != 1 else ""
+    guard_bytes(need, max_memory, f"The {what} ({times}{n} x {n} {dtype})", alternative)

@@ -5,6 +5,7 @@ Inner code trusts what passes through here (STYLE: errors at the boundary, in th
 
 from __future__ import annotations
 
+import difflib
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -86,6 +87,91 @@ def check_finite(t: torch.Tensor, what: str) -> None:
     if not bool(torch.isfinite(t).all()):
         bad = "NaN" if bool(torch.isnan(t).any()) else "Inf"
         raise ValueError(f"{what} is not finite (contains {bad}).")
+
+
+MAX_POSITIONS_SHOWN = 8
+"""How many bad positions a non-finite-input message lists before it says "and N more"."""
+
+
+def check_finite_point(t: torch.Tensor, name: str = "x") -> None:
+    """Refuse a point holding NaN or Inf, naming the argument and the positions.
+
+    Derivatives at a non-finite point are meaningless, and NaN does not always propagate (a
+    quadratic's Hessian is the same everywhere), so such a point would otherwise give a finite,
+    wrong-looking answer.
+    """
+    bad = ~torch.isfinite(t)
+    if not bool(bad.any()):
+        return
+    idx = bad.nonzero().cpu()
+    count = idx.shape[0]
+    shown = []
+    for row in idx[:MAX_POSITIONS_SHOWN].tolist():
+        value = float(t[tuple(row)])
+        where = str(row[0]) if len(row) == 1 else str(tuple(row))
+        shown.append(f"{name}[{where}] = {value}" if row else f"{name} = {value}")
+    more = f" and {count - MAX_POSITIONS_SHOWN} more" if count > MAX_POSITIONS_SHOWN else ""
+    raise ValueError(
+        f"{name} is not finite at {count} position(s): {', '.join(shown)}{more}. "
+        f"Derivatives are only defined at finite points; pass a finite {name}."
+    )
+
+
+def check_nonempty(t: torch.Tensor, name: str = "x") -> None:
+    """Refuse a point with no entries (shape with a zero): there is nothing to differentiate."""
+    if t.numel() == 0:
+        raise ValueError(
+            f"{name} is empty (shape {tuple(t.shape)}); give at least one variable."
+        )
+
+
+def check_point(x: Any, name: str = "x", dtype: torch.dtype | None = None) -> torch.Tensor:
+    """:func:`as_point`, then refuse empty and non-finite points (every public entry that takes
+    a point goes through here)."""
+    t = as_point(x, name, dtype)
+    check_nonempty(t, name)
+    check_finite_point(t, name)
+    return t
+
+
+def disconnected_error(fname: str = "f", argument: str = "x") -> ValueError:
+    """The error for an output that autograd cannot connect to the input."""
+    return ValueError(
+        f"{fname}({argument}) does not depend on {argument} through torch operations: its output "
+        f"is not connected to {argument} in the autograd graph, so every derivative would be "
+        f"reported as zero. Usual causes: .item(), float(...) or .tolist() on a tensor; "
+        f"torch.tensor(...) or torch.as_tensor(...) built from computed numbers; NumPy or math "
+        f"functions inside {fname}; .detach() or torch.no_grad(). Write {fname} with torch "
+        f"operations on {argument} (torch.sin(x), x.pow(2).sum(), torch.stack([...]))."
+    )
+
+
+def check_connected(f: Callable, x: torch.Tensor, fname: str = "f") -> torch.Tensor:
+    """Evaluate ``f(x)`` once with plain autograd and refuse an output not connected to ``x``.
+
+    Connection, not a non-zero gradient, is tested: ``x.sum() * 0 + 1`` is connected (its zero
+    gradient is the truth), ``torch.tensor(x[0].item() ** 2)`` is not. The test is whether
+    ``d(sum of outputs)/dx`` exists in the graph (``allow_unused``), which also catches an output
+    that depends only on tensors captured from outside ``f``. Returns the (detached) output.
+    """
+    xr = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = f(xr)
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        return out
+    if not out.requires_grad:
+        raise disconnected_error(fname)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(out.sum(), xr, allow_unused=True)
+    if g is None:
+        raise disconnected_error(fname)
+    return out.detach()
+
+
+def suggest(name: str, candidates) -> str:
+    """`` Did you mean 'x'?`` for the closest candidate (difflib), or an empty string."""
+    close = difflib.get_close_matches(str(name), list(candidates), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def check_callable(f: Any, name: str = "f") -> Callable:

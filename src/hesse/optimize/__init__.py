@@ -3,7 +3,7 @@
 the registry ``METHODS``."""
 
 from .least_squares import least_squares
-from .minimize import METHODS, MethodSpec, minimize
+from .minimize import METHODS, MethodSpec, minimize, resolve_method
 from .result import OptimizeHistory, OptimizeResult, estimate_convergence_order
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "estimate_convergence_order",
     "METHODS",
     "MethodSpec",
+    "resolve_method",
 ]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from hesse._progress import Progress
-from hesse._validation import check_scalar_output
+from hesse._validation import check_scalar_output, disconnected_error
 
 from .result import (
     CALLBACK,
@@ -25,12 +25,21 @@ from .result import (
     SADDLE,
     STALLED,
     STATUS_NAMES,
+    UNBOUNDED,
     OptimizeHistory,
     OptimizeResult,
 )
 
 KEEP_ITERATES_MAX_N = 10_000
 DENSE_CURVATURE_MAX_N = 500
+UNBOUNDED_F = 1e20
+"""f below ``-UNBOUNDED_F * max(1, |f(x0)|)`` while decreasing: no finite minimum is in sight."""
+RUNAWAY_HINT_X = 1e3
+"""At ``max_iter``, ``||x|| > RUNAWAY_HINT_X * (1 + ||x0||)`` with f decreasing adds a hint."""
+UNBOUNDED_X = 1e8
+"""``||x|| > UNBOUNDED_X * (1 + ||x0||)`` while f decreases: the iterates run away. A line search
+on a function unbounded below extrapolates by about 1e9 per iteration, so this stops such a run
+after one or two iterations instead of ``max_iter`` line searches."""
 
 
 class Objective:
@@ -38,12 +47,32 @@ class Objective:
 
     ``value_grad`` is one fused forward + backward pass (counts one value and one gradient);
     ``hvp_at`` builds the gradient graph once and returns a product closure (reverse-over-reverse,
-    the cheapest product on CPU per ANCHORS.md); ``hessian`` is dense (``hesse.hessian``).
+    the cheapest product on CPU); ``hessian`` is dense (``hesse.hessian``, guarded by
+    ``max_memory``).
+
+    The first gradient refuses an output that is not connected to ``x`` (``.item()``,
+    ``torch.tensor(...)``, NumPy inside ``f``): its gradient would be reported as zero and the
+    start called a minimum. Later evaluations give a zero gradient for a disconnected output
+    (a piecewise-constant branch of ``f`` far from the start, say) so a run is not lost midway.
     """
 
-    def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], shape: torch.Size):
+    def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], shape: torch.Size,
+                 max_memory: int | None = None):
         self.f_user, self.shape = f, shape
+        self.max_memory = max_memory
         self.nfev = self.ngev = self.nhev = self.nhvp = 0
+        self.connection_checked = False
+
+    def _gradient_or_refuse(self, v, xr, create_graph: bool):
+        g = None
+        if v.requires_grad:
+            (g,) = torch.autograd.grad(v, xr, create_graph=create_graph, allow_unused=True)
+        if g is None:
+            if not self.connection_checked:
+                raise disconnected_error()
+            g = torch.zeros_like(xr)
+        self.connection_checked = True
+        return g
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         return check_scalar_output(self.f_user(x.reshape(self.shape)))
@@ -62,10 +91,7 @@ class Objective:
         xr = x.detach().requires_grad_(True)
         with torch.enable_grad():
             v = self._call(xr)
-            if v.requires_grad:
-                (g,) = torch.autograd.grad(v, xr)
-            else:
-                g = torch.zeros_like(xr)
+            g = self._gradient_or_refuse(v, xr, create_graph=False)
         return float(v.detach()), g.detach()
 
     def hvp_at(self, x: torch.Tensor):
@@ -75,10 +101,7 @@ class Objective:
         xr = x.detach().requires_grad_(True)
         with torch.enable_grad():
             v = self._call(xr)
-            if v.requires_grad:
-                (g,) = torch.autograd.grad(v, xr, create_graph=True)
-            else:
-                g = torch.zeros_like(xr)
+            g = self._gradient_or_refuse(v, xr, create_graph=True)
 
         def hvp(p: torch.Tensor) -> torch.Tensor:
             self.nhvp += 1
@@ -94,7 +117,7 @@ class Objective:
         from hesse._autodiff import hessian
 
         self.nhev += 1
-        return hessian(self.flat, x.detach())
+        return hessian(self.flat, x.detach(), max_memory=self.max_memory)
 
 
 def finite(v) -> bool:
@@ -120,6 +143,8 @@ class Run:
         self.bar = Progress(max_iter, method, progress)
         self.min_eigenvalue: float | None = None  # set by methods that have the Hessian at x
         self.njev = 0
+        self.f0 = math.nan
+        self.x0_norm = self.x_norm = 0.0
 
     def _record(self, x, f, gnorm, step):
         h = self.history
@@ -141,6 +166,8 @@ class Run:
         if not math.isfinite(gnorm):
             raise ValueError("The gradient of f at x0 is not finite; start from a point where f is smooth.")
         self._record(x, f, gnorm, 0.0)
+        self.f0 = f
+        self.x0_norm = self.x_norm = float(x.norm())
         return CONVERGED if gnorm <= self.gtol else None
 
     def step(self, x_new, f_new: float, gnorm: float, step_norm: float, f_old: float,
@@ -154,11 +181,14 @@ class Run:
                 return CALLBACK
         if gnorm <= self.gtol:
             return CONVERGED
+        self.x_norm = float(x_new.norm()) if x_norm is None else x_norm
+        if f_new < self.f0 and (f_new < -UNBOUNDED_F * max(1.0, abs(self.f0))
+                                or self.x_norm > UNBOUNDED_X * (1.0 + self.x0_norm)):
+            return UNBOUNDED
         if self.ftol > 0 and abs(f_old - f_new) <= self.ftol * max(1.0, abs(f_new)):
             return STALLED
         if self.xtol > 0:
-            xn = float(x_new.norm()) if x_norm is None else x_norm
-            if step_norm <= self.xtol * (1.0 + xn):
+            if step_norm <= self.xtol * (1.0 + self.x_norm):
                 return STALLED
         if self.nit >= self.max_iter:
             return MAX_ITER
@@ -216,6 +246,18 @@ class Run:
                     )
         elif status == MAX_ITER and not detail:
             detail = f"||g||={gnorm:.2e} > gtol after {self.nit} iterations; raise max_iter or try a second-order method"
+            if float(f) < self.f0 and self.x_norm > RUNAWAY_HINT_X * (1.0 + self.x0_norm):
+                detail += (
+                    f". f fell from {self.f0:.4g} to {float(f):.4g} while ||x|| grew from "
+                    f"{self.x0_norm:.3g} to {self.x_norm:.3g}: f may be unbounded below"
+                )
+        elif status == UNBOUNDED and not detail:
+            detail = (
+                f"f = {float(f):.4g} at ||x|| = {self.x_norm:.3g} (from f(x0) = {self.f0:.4g}, "
+                f"||x0|| = {self.x0_norm:.3g}): f kept decreasing as x ran away. Check the sign of f "
+                "(to maximize g, minimize -g), add a regularizer or penalty, or rescale x if the "
+                "minimizer really lies that far away"
+            )
         elif status == MAX_TIME and not detail:
             detail = f"||g||={gnorm:.2e} > gtol when max_time={self.max_time}s ran out"
         elif status == STALLED and not detail:

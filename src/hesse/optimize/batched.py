@@ -23,8 +23,11 @@ import time
 import torch
 from torch.func import grad_and_value, hessian, vmap
 
+from hesse._memory import guard_bytes
 from hesse._progress import Progress
+from hesse._validation import check_connected, check_finite_point
 
+from ._core import UNBOUNDED_F, UNBOUNDED_X
 from .result import (
     CONVERGED,
     MAX_ITER,
@@ -34,6 +37,7 @@ from .result import (
     STALLED,
     STATUS_NAMES,
     STEP_FAILURE,
+    UNBOUNDED,
     OptimizeHistory,
     OptimizeResult,
 )
@@ -41,10 +45,19 @@ from .result import (
 BATCHED_METHODS = ("gd", "newton", "newton-damped", "bfgs")
 BATCHED_MAX_N = 500
 
+# (B, n, n) buffers alive at the peak, for the memory guard: peak resident memory measured on
+# 200 starts x 400 variables (float32, a quartic), in units of one (B, n, n) buffer. The
+# vmapped Hessian (jacfwd over jacrev) alone takes about 7; Newton adds the eigenvectors and
+# the scaled products (9 in all); BFGS keeps Hinv and its update's outer products (7 with the
+# final curvature check, which is itself one vmapped Hessian).
+BATCHED_MATRICES = {"newton": 9, "newton-damped": 9, "bfgs": 7, "gd": 7}
+CURVATURE_CHECK_MATRICES = 7
+
 
 def minimize_batched(f, X0: torch.Tensor, *, method: str, gtol: float, ftol: float, xtol: float,
                      max_iter: int, max_time: float | None, callback, history: bool, progress: bool,
-                     check_curvature: bool, curvature_tol: float, **opts) -> list[OptimizeResult]:
+                     check_curvature: bool, curvature_tol: float, max_memory: int | None = None,
+                     **opts) -> list[OptimizeResult]:
     if method not in BATCHED_METHODS:
         raise ValueError(
             f"batched=True supports method in {BATCHED_METHODS}; got {method!r}. "
@@ -60,14 +73,28 @@ def minimize_batched(f, X0: torch.Tensor, *, method: str, gtol: float, ftol: flo
     B, n = X0.shape
     if n > BATCHED_MAX_N:
         raise ValueError(f"batched=True is for n <= {BATCHED_MAX_N} (dense curvature checks); got n={n}.")
-    if not bool(torch.isfinite(X0).all()):
-        raise ValueError("x0 contains NaN or Inf; start from finite points.")
+    check_finite_point(X0, "x0")
+    matrices = BATCHED_MATRICES[method]
+    if method == "gd" and not check_curvature and opts.get("lr", "auto") != "auto":
+        matrices = 0
+    elif check_curvature:
+        matrices = max(matrices, CURVATURE_CHECK_MATRICES)
+    if matrices:
+        guard_bytes(matrices * B * n * n * X0.element_size(), max_memory,
+                    f"batched method={method!r} on {B} starts x {n} variables "
+                    f"({matrices} buffers of {B} x {n} x {n} {X0.dtype})",
+                    alternative="fewer starts per call (split x0 into chunks of rows), or "
+                                "batched=False with method='lbfgs' or 'newton-cg' per start")
 
     def fs(z):
         out = f(z)
         if not isinstance(out, torch.Tensor) or out.numel() != 1:
             raise ValueError("f(x) must return a scalar tensor for each starting point.")
         return out.reshape(())
+
+    # one plain-autograd evaluation at the first start: refuse an f not connected to x, whose
+    # gradients vmap would report as zeros (or fail on .item() with a message about vmap)
+    check_connected(fs, X0[0])
 
     vg = vmap(grad_and_value(fs))
     vh = vmap(hessian(fs))
@@ -76,7 +103,18 @@ def minimize_batched(f, X0: torch.Tensor, *, method: str, gtol: float, ftol: flo
     t0 = time.perf_counter()
 
     X = X0.detach().clone()
-    G, F = vg(X)
+    try:
+        G, F = vg(X)
+    except RuntimeError as err:
+        if "vmap" not in str(err):
+            raise
+        first_line = str(err).strip().splitlines()[0][:160]
+        raise ValueError(
+            f"f cannot be evaluated for all starts at once with vmap ({first_line}). Usual causes: "
+            "data-dependent control flow (if x[0] > 0: ...) or .item() inside f; write it with "
+            "torch.where, or use batched=False and loop over the starts."
+        ) from None
+    F0, X0_norm = F.clone(), X.norm(dim=1)
     nfev = torch.ones(B, dtype=torch.long)
     ngev = torch.ones(B, dtype=torch.long)
     nhev = torch.zeros(B, dtype=torch.long)
@@ -208,6 +246,10 @@ def minimize_batched(f, X0: torch.Tensor, *, method: str, gtol: float, ftol: flo
                     st[b] = NONFINITE if method in ("gd", "newton") and not bad_cpu[b] else STEP_FAILURE
                 elif float(gnorm[b]) <= gtol:
                     st[b] = CONVERGED
+                elif float(F[b]) < float(F0[b]) and (
+                        float(F[b]) < -UNBOUNDED_F * max(1.0, abs(float(F0[b])))
+                        or float(X[b].norm()) > UNBOUNDED_X * (1.0 + float(X0_norm[b]))):
+                    st[b] = UNBOUNDED
                 elif ftol > 0 and abs(float(F_old[b]) - float(F[b])) <= ftol * max(1.0, abs(float(F[b]))):
                     st[b] = STALLED
                 elif xtol > 0 and float(step[b]) <= xtol * (1 + float(X[b].norm())):
@@ -240,6 +282,10 @@ def minimize_batched(f, X0: torch.Tensor, *, method: str, gtol: float, ftol: flo
                 f"; smallest Hessian eigenvalue {me:.4g}" if me is not None else "; curvature not checked")
         elif s == SADDLE:
             detail = f"||g|| <= gtol but the smallest Hessian eigenvalue is {me:.4g} < 0"
+        elif s == UNBOUNDED:
+            detail = (f"f = {float(Fc[b]):.4g} at ||x|| = {float(X[b].norm()):.3g} (from f(x0) = "
+                      f"{float(F0[b]):.4g}): f kept decreasing as x ran away. Check the sign of f, "
+                      "add a regularizer or penalty, or rescale x")
         else:
             detail = f"||g||={float(Gc[b]):.2e}"
         results.append(OptimizeResult(

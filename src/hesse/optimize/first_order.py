@@ -46,9 +46,11 @@ def auto_learning_rate(obj, x) -> float:
 
 
 def minimize_first_order(obj, x, run, *, variant: str, lr="auto", beta: float = 0.9):
+    # the first gradient comes before lr="auto": it refuses an f not connected to x, which
+    # would otherwise show up as "needs positive curvature" from a zero Hessian
+    f, g = obj.value_grad(x)
     if lr == "auto":
         lr = auto_learning_rate(obj, x)
-    f, g = obj.value_grad(x)
     status = run.start(x, f, float(g.norm()))
     if status is not None:
         return run.finish(x, f, g, status)

@@ -24,7 +24,16 @@ from collections.abc import Callable
 import torch
 from torch.func import jacrev
 
-from hesse._validation import as_point, check_callable, check_positive_float, check_positive_int
+from hesse._memory import guard_bytes
+from hesse._validation import (
+    as_point,
+    check_callable,
+    check_connected,
+    check_finite_point,
+    check_nonempty,
+    check_positive_float,
+    check_positive_int,
+)
 
 from ._core import Objective, Run
 from .line_search import armijo
@@ -48,6 +57,7 @@ def least_squares(
     progress: bool = False,
     check_curvature: bool = True,
     initial_radius_factor: float = 100.0,
+    max_memory: int | None = None,
 ) -> OptimizeResult:
     """Minimize ``1/2 ||residuals(x)||^2``.
 
@@ -55,6 +65,12 @@ def least_squares(
     ``gtol`` is on ``||J^T r||_2``; the other stopping rules and the result are as in
     :func:`hesse.minimize` (``fun = 1/2 ||r||^2``, ``njev`` counts Jacobians). Success needs the
     gradient test and a Hessian of ``1/2||r||^2`` without negative eigenvalues at ``x``.
+
+    Both methods form the dense ``m x n`` Jacobian; the call is refused before it is allocated
+    when the estimate (see :func:`jacobian_bytes`) exceeds ``max_memory`` bytes (default 4 GiB or
+    ``HESSE_MAX_MEMORY``). Without a Jacobian: ``hesse.minimize(lambda x: 0.5 * (r(x) ** 2).sum(),
+    x0, method="lbfgs" or "newton-cg")``. Residuals not connected to ``x`` (``.item()``,
+    ``torch.tensor(...)``, NumPy inside ``residuals``) are refused.
     """
     check_callable(residuals, "residuals")
     if method not in LEAST_SQUARES_METHODS:
@@ -64,9 +80,11 @@ def least_squares(
     xtol = check_positive_float(xtol, "xtol", allow_zero=True)
     max_iter = check_positive_int(max_iter, "max_iter")
     initial_radius_factor = check_positive_float(initial_radius_factor, "initial_radius_factor")
+    if max_memory is not None:
+        max_memory = check_positive_int(max_memory, "max_memory")
     x0 = as_point(x0, "x0")
-    if not bool(torch.isfinite(x0).all()):
-        raise ValueError("x0 contains NaN or Inf; start from a finite point.")
+    check_nonempty(x0, "x0")
+    check_finite_point(x0, "x0")
     shape = x0.shape
 
     def resid(x):
@@ -79,7 +97,17 @@ def least_squares(
         r = resid(x)
         return 0.5 * torch.dot(r, r)
 
-    obj = Objective(lambda z: half_sq(z.reshape(-1)), shape)
+    r0 = check_connected(resid, x0.detach().reshape(-1), "residuals")
+    if r0.ndim != 1 or r0.numel() == 0:
+        raise ValueError("residuals(x) must return a non-empty vector of residuals.")
+    m, n = r0.numel(), x0.numel()
+    guard_bytes(jacobian_bytes(m, n, x0.element_size()), max_memory,
+                f"least_squares(method={method!r}) with m = {m} residuals and n = {n} variables "
+                f"(the {m} x {n} Jacobian, the {m}-square basis jacrev pushes through, and the "
+                f"factorization)",
+                alternative="hesse.minimize(lambda x: 0.5 * (residuals(x) ** 2).sum(), x0, "
+                            "method='lbfgs' or 'newton-cg'), which never forms the Jacobian")
+    obj = Objective(lambda z: half_sq(z.reshape(-1)), shape, max_memory=max_memory)
     run = Run(obj, method, gtol=gtol, ftol=ftol, xtol=xtol, max_iter=max_iter, max_time=max_time,
               callback=callback, history=history, progress=progress, check_curvature=check_curvature,
               n=x0.numel())
@@ -140,6 +168,15 @@ def least_squares(
         x, f, g, r, J = x_new, f_new, g_new, r_new, J_new
         if status is not None:
             return run.finish(x, f, g, status)
+
+
+def jacobian_bytes(m: int, n: int, itemsize: int) -> int:
+    """Bytes alive at the peak of one iteration, counted from the code (an estimate for the
+    memory guard): the ``m x m`` identity ``jacrev`` vmaps over, the Jacobians at ``x`` and at
+    the trial point, the scaled ``J D^{-1}`` (or the pseudo-inverse), and the thin SVD's
+    ``U`` (``m x k``) and ``V^T`` (``k x n``), ``k = min(m, n)``."""
+    k = min(m, n)
+    return (m * m + 3 * m * n + k * (m + n)) * itemsize
 
 
 def _lm_step(J, r, D, radius):

@@ -7,7 +7,9 @@ is adding one entry.
 
 from __future__ import annotations
 
+import inspect
 import numbers
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -15,7 +17,16 @@ from typing import Any
 
 import torch
 
-from hesse._validation import as_point, check_callable, check_positive_float, check_positive_int
+from hesse._memory import guard_dense
+from hesse._validation import (
+    as_point,
+    check_callable,
+    check_finite_point,
+    check_nonempty,
+    check_positive_float,
+    check_positive_int,
+    suggest,
+)
 
 from ._core import Objective, Run
 from .first_order import minimize_first_order
@@ -36,11 +47,23 @@ class MethodSpec:
     run: Callable
     summary: str
     forms_matrix: bool = False  # keeps an n x n matrix (dense Hessian or quasi-Newton matrix)
+    dense_matrices: int = 0  # n x n matrices alive at the peak (for the memory guard)
     batched: bool = False  # supported by batched=True
     choices: dict[str, tuple] = field(default_factory=dict)
 
 
 METHODS: dict[str, MethodSpec] = {}
+
+# n x n matrices alive at the peak, for the memory guard. Peak resident memory measured at
+# n = 2000-4000 (float64, a quartic): the dense Hessian alone takes about 4 (the matrix, the
+# per-chunk products of the vmapped double backward and allocator slack), Newton's factorization
+# or eigendecomposition (with LAPACK's workspace) and the shifted copy about 2 more; SR1 and
+# BFGS/DFP keep the matrix, its update's outer products and the eigenvectors or the new matrix.
+NEWTON_MATRICES = 6
+TRUST_EXACT_MATRICES = 6
+SR1_MATRICES = 6
+QUASI_NEWTON_MATRICES = 6
+MATRIX_FREE_METHODS = "method='lbfgs', 'newton-cg' or 'trust-ncg', which never form an n x n matrix"
 
 
 def _register(spec: MethodSpec) -> None:
@@ -55,44 +78,165 @@ for _name, _summary in (
     _register(MethodSpec(_name, "gradient", {"lr": "auto", "beta": 0.9},
                          partial(minimize_first_order, variant=_name), _summary, batched=_name == "gd"))
 _register(MethodSpec("newton", "hessian", {}, partial(minimize_newton, variant="newton"),
-                     "pure Newton, unit steps", forms_matrix=True, batched=True))
+                     "pure Newton, unit steps", forms_matrix=True, batched=True, dense_matrices=NEWTON_MATRICES))
 _register(MethodSpec("newton-damped", "hessian",
                      {"modification": "lm", "line_search": "strong-wolfe"},
                      partial(minimize_newton, variant="newton-damped"),
                      "Newton + line search, Hessian made PD (LM shift or eigenvalue modification)",
-                     forms_matrix=True, batched=True,
+                     forms_matrix=True, batched=True, dense_matrices=NEWTON_MATRICES,
                      choices={"modification": ("lm", "eigen"), "line_search": ("strong-wolfe", "armijo")}))
 _register(MethodSpec("saddle-free-newton", "hessian", {"damping": 1e-4},
                      partial(minimize_newton, variant="saddle-free-newton"),
-                     "Newton on |H| (Dauphin et al. 2014)", forms_matrix=True))
+                     "Newton on |H| (Dauphin et al. 2014)", forms_matrix=True,
+                     dense_matrices=NEWTON_MATRICES))
 _register(MethodSpec("trust-ncg", "hvp", {"initial_radius": 1.0, "max_radius": 1e4, "eta": 0.15},
                      partial(minimize_trust_region, subproblem="steihaug"),
                      "trust region, Steihaug-Toint CG on HVPs"))
 _register(MethodSpec("trust-exact", "hessian", {"initial_radius": 1.0, "max_radius": 1e4, "eta": 0.15},
                      partial(minimize_trust_region, subproblem="exact"),
-                     "trust region, Moré-Sorensen exact subproblem", forms_matrix=True))
+                     "trust region, Moré-Sorensen exact subproblem", forms_matrix=True,
+                     dense_matrices=TRUST_EXACT_MATRICES))
 _register(MethodSpec("sr1", "gradient", {"initial_radius": 1.0, "max_radius": 1e4, "eta": 0.15},
                      partial(minimize_trust_region, subproblem="sr1"),
-                     "SR1 quasi-Newton in a trust region", forms_matrix=True))
+                     "SR1 quasi-Newton in a trust region", forms_matrix=True,
+                     dense_matrices=SR1_MATRICES))
 _register(MethodSpec("newton-cg", "hvp", {"cg_max_iter": None}, minimize_newton_cg,
                      "Hessian-free truncated CG + strong Wolfe line search"))
 for _name in ("bfgs", "dfp"):
     _register(MethodSpec(_name, "gradient", {"scale_h0": False, "initial_step": "interpolate"},
                          partial(minimize_quasi_newton, update=UPDATES[_name]),
                          f"{_name.upper()} (dense inverse Hessian) + strong Wolfe", forms_matrix=True,
+                         dense_matrices=QUASI_NEWTON_MATRICES,
                          batched=_name == "bfgs", choices={"initial_step": ("interpolate", "unit")}))
 _register(MethodSpec("lbfgs", "gradient", {"memory": 10, "h0": "latest"}, minimize_lbfgs,
                      "limited-memory BFGS, two-loop recursion + strong Wolfe",
                      choices={"h0": ("latest", "first")}))
 
 
+# scipy.optimize.minimize / torchmin spellings (lower case, "_" read as "-") of hesse methods,
+# with a note when the hesse method is not the same algorithm
+METHOD_ALIASES: dict[str, tuple[str, str | None]] = {
+    "l-bfgs": ("lbfgs", None),
+    "l-bfgs-b": ("lbfgs", "hesse has no bound constraints: method='L-BFGS-B' runs unconstrained "
+                          "L-BFGS (method='lbfgs'); put bounds in f as a penalty or a change of "
+                          "variables (x = lo + (hi - lo) * sigmoid(z))"),
+    "newton-exact": ("newton-damped", None),
+    "trust-newton-cg": ("trust-ncg", None),
+}
+
+# scipy / torchmin methods hesse does not have, and what to use instead
+MISSING_METHODS: dict[str, str] = {
+    "cg": "nonlinear conjugate gradient is not in hesse; use 'lbfgs' (the same O(n) memory, "
+          "usually fewer evaluations) or 'newton-cg'",
+    "nelder-mead": "derivative-free methods are not in hesse (it differentiates f by autograd); "
+                   "use 'bfgs' or 'lbfgs', or scipy.optimize.minimize for a non-differentiable f",
+    "powell": "derivative-free methods are not in hesse (it differentiates f by autograd); "
+              "use 'bfgs' or 'lbfgs', or scipy.optimize.minimize for a non-differentiable f",
+    "tnc": "bound-constrained truncated Newton is not in hesse; use 'newton-cg' (truncated "
+           "Newton, unconstrained)",
+    "dogleg": "the dogleg trust region is not in hesse; use 'trust-exact' (the exact subproblem "
+              "on the same dense Hessian) or 'trust-ncg'",
+    "trust-krylov": "the GLTR (Lanczos) trust region is not in hesse; use 'trust-ncg' "
+                    "(Steihaug CG on Hessian-vector products) or 'trust-exact'",
+    "cobyla": "constrained methods are not in hesse; add the constraints to f as penalties or "
+              "use scipy.optimize.minimize",
+    "cobyqa": "constrained methods are not in hesse; add the constraints to f as penalties or "
+              "use scipy.optimize.minimize",
+    "slsqp": "constrained methods are not in hesse; add the constraints to f as penalties or "
+             "use scipy.optimize.minimize",
+    "trust-constr": "constrained methods are not in hesse; add the constraints to f as penalties "
+                    "or use scipy.optimize.minimize",
+}
+
+# the settings of the run itself (not of one method), accepted as keywords or in options={...}
+RUN_SETTINGS = ("gtol", "ftol", "xtol", "max_iter", "max_time", "history", "progress",
+                "check_curvature", "curvature_tol", "max_memory", "disp")
+
+# scipy's option names -> hesse's (as in scipy.optimize.show_options for the methods above)
+SCIPY_OPTION_NAMES: dict[str, str] = {
+    "maxiter": "max_iter",
+    "return_all": "history",
+    "xrtol": "xtol",
+    "maxcor": "memory",
+    "initial_trust_radius": "initial_radius",
+    "max_trust_radius": "max_radius",
+    "initial_tr_radius": "initial_radius",
+}
+
+# scipy arguments and options with no hesse counterpart, and why
+SCIPY_UNSUPPORTED: dict[str, str] = {
+    "jac": "hesse differentiates f by autograd; drop jac= and write f with torch operations",
+    "hess": "hesse differentiates f by autograd; drop hess= and write f with torch operations",
+    "hessp": "hesse differentiates f by autograd; drop hessp= and write f with torch operations",
+    "bounds": "hesse.minimize is unconstrained; put bounds in f as a penalty or a change of "
+              "variables, or use scipy.optimize.minimize",
+    "constraints": "hesse.minimize is unconstrained; add the constraints to f as penalties or "
+                   "use scipy.optimize.minimize",
+    "eps": "hesse differentiates f by autograd, there is no finite-difference step to set",
+    "finite_diff_rel_step": "hesse differentiates f by autograd, there is no finite-difference "
+                            "step to set",
+    "norm": "hesse's gtol is on the 2-norm of the gradient",
+    "maxfun": "hesse budgets iterations (max_iter) and time (max_time), not evaluations",
+    "maxfev": "hesse budgets iterations (max_iter) and time (max_time), not evaluations",
+}
+
+
+def resolve_method(method: Any) -> tuple[str, str | None]:
+    """hesse's name for ``method`` (case-insensitive; scipy's and torchmin's spellings accepted)
+    and a note when the algorithm differs from the one asked for. Unknown names raise
+    ``ValueError`` with the closest match; scipy methods hesse lacks name the alternatives."""
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string such as 'bfgs'; got {type(method).__name__}.")
+    key = method.strip().lower().replace("_", "-")
+    if key in METHODS:
+        return key, None
+    if key in METHOD_ALIASES:
+        return METHOD_ALIASES[key]
+    if key in MISSING_METHODS:
+        raise ValueError(f"method={method!r}: {MISSING_METHODS[key]}.")
+    known = list(METHODS) + list(METHOD_ALIASES) + list(MISSING_METHODS)
+    raise ValueError(
+        f"method must be one of {', '.join(map(repr, METHODS))} (case-insensitive; scipy's "
+        f"'BFGS', 'Newton-CG', 'trust-ncg', 'trust-exact', 'L-BFGS-B' are accepted); "
+        f"got {method!r}.{suggest(key, known)}"
+    )
+
+
+def _translate_settings(spec: MethodSpec, given: dict) -> tuple[dict, dict]:
+    """Split keywords and ``options`` entries into run settings and method options, reading
+    scipy's names as hesse's. Refuses unknown names with the closest known one."""
+    run_settings: dict[str, Any] = {}
+    method_options: dict[str, Any] = {}
+    for raw, value in given.items():
+        if raw in SCIPY_UNSUPPORTED:
+            raise TypeError(f"{raw}= is not supported by hesse.minimize: {SCIPY_UNSUPPORTED[raw]}.")
+        key = SCIPY_OPTION_NAMES.get(raw, raw)
+        target = run_settings if key in RUN_SETTINGS else method_options
+        if key in target and target[key] is not value:
+            raise TypeError(f"{key!r} is given twice (as {raw!r} and {key!r}); give it once.")
+        target[key] = value
+    unknown = sorted(set(method_options) - set(spec.options))
+    if unknown:
+        allowed = ", ".join(spec.options) or "none"
+        known = list(spec.options) + list(RUN_SETTINGS) + list(SCIPY_OPTION_NAMES)
+        hints = "".join(suggest(k, known) for k in unknown)
+        raise TypeError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for method={spec.name!r}; "
+            f"its options are: {allowed} (and for every method: {', '.join(RUN_SETTINGS)}; "
+            f"scipy's maxiter, gtol, disp, return_all are read too).{hints}"
+        )
+    return run_settings, method_options
+
+
 def _check_options(spec: MethodSpec, options: dict) -> dict:
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
         allowed = ", ".join(spec.options) or "none"
+        known = list(spec.options) + list(RUN_SETTINGS) + list(SCIPY_OPTION_NAMES)
+        hints = "".join(suggest(k, known) for k in unknown)
         raise TypeError(
             f"unknown option(s) {', '.join(map(repr, unknown))} for method={spec.name!r}; "
-            f"its options are: {allowed}."
+            f"its options are: {allowed}.{hints}"
         )
     out = dict(spec.options)
     out.update(options)
@@ -116,10 +260,13 @@ def _check_options(spec: MethodSpec, options: dict) -> dict:
 
 
 def minimize(
-    f: Callable[[torch.Tensor], torch.Tensor],
+    f: Callable[..., torch.Tensor],
     x0,
     method: str = "bfgs",
     *,
+    args: tuple = (),
+    options: dict | None = None,
+    tol: float | None = None,
     gtol: float = 1e-5,
     ftol: float = 0.0,
     xtol: float = 0.0,
@@ -131,72 +278,154 @@ def minimize(
     progress: bool = False,
     check_curvature: bool = True,
     curvature_tol: float = 1e-6,
-    **options,
+    max_memory: int | None = None,
+    **method_options,
 ) -> OptimizeResult | list[OptimizeResult]:
     """Minimize ``f(x)`` from ``x0`` with ``method`` (see ``hesse.optimize.METHODS``).
 
     Parameters
     ----------
     f : function of ONE tensor (the shape of ``x0``) returning a scalar tensor, written with torch
-        operations (it is differentiated by autograd).
-    x0 : starting point (tensor of any shape and device; lists/NumPy become float64).
+        operations (it is differentiated by autograd). An output not connected to ``x``
+        (``.item()``, ``torch.tensor(...)``, NumPy inside ``f``) is refused.
+    x0 : starting point (tensor of any shape and device; lists/NumPy become float64), finite.
         With ``batched=True``: a ``(B, n)`` batch of starting points (see
         :func:`hesse.optimize.batched.minimize_batched`).
     method : "gd", "momentum", "nesterov", "newton", "newton-damped", "saddle-free-newton",
-        "trust-ncg", "trust-exact", "newton-cg", "bfgs", "lbfgs", "dfp", "sr1".
+        "trust-ncg", "trust-exact", "newton-cg", "bfgs", "lbfgs", "dfp", "sr1"; case-insensitive,
+        and scipy's / torchmin's spellings are read ("BFGS", "Newton-CG", "L-BFGS-B" runs
+        unconstrained L-BFGS with a warning, "newton-exact"). scipy methods hesse lacks ("CG",
+        "Nelder-Mead", "SLSQP", ...) raise ``ValueError`` naming the alternatives.
+    args : extra arguments, ``f(x, *args)`` (as scipy's ``args``).
+    options : dict of settings as scipy takes them: ``maxiter`` (-> ``max_iter``), ``gtol``,
+        ``disp`` (print the outcome), ``return_all`` (-> ``history``), ``maxcor`` (-> lbfgs
+        ``memory``), ``initial_trust_radius``/``max_trust_radius``, or any hesse keyword below.
+        Entries in ``options`` win over the keywords.
+    tol : scipy's ``tol``: sets ``gtol``.
     gtol : stop when ``||grad f(x)||_2 <= gtol`` (the gradient test of success).
     ftol : stop (status 3, not success unless the gradient test holds) when
         ``|f_k - f_{k+1}| <= ftol * max(1, |f_{k+1}|)``; 0 turns it off.
     xtol : stop (status 3) when ``||x_{k+1} - x_k|| <= xtol * (1 + ||x_{k+1}||)``; 0 turns it off.
     max_iter, max_time : iteration and wall-clock (seconds) budgets.
-    callback : ``callback(x, f, grad_norm)`` after every iteration; returning True stops (status 7).
+    callback : ``callback(x, f, grad_norm)`` after every iteration (or scipy's ``callback(xk)``,
+        recognised by its single parameter); returning True stops (status 7).
     history : keep values, gradient norms, step sizes (and iterates when ``n <= 10^4``).
     progress : show a progress line on stderr.
     check_curvature : for methods without the Hessian at hand, check the smallest Hessian
         eigenvalue at the final point (dense for ``n <= 500``, Lanczos otherwise) before calling a
         stop a minimum. With False, success rests on the gradient test alone (said in the message).
     curvature_tol : an eigenvalue below ``-curvature_tol * max(1, |lambda|_max)`` is negative.
-    **options : method options, e.g. ``lr``/``beta`` (gd, momentum, nesterov), ``memory`` (lbfgs),
-        ``modification`` ("lm" or "eigen", newton-damped), ``damping`` (saddle-free-newton),
-        ``initial_radius``/``max_radius``/``eta`` (trust-region methods), ``cg_max_iter``.
+    max_memory : bytes the dense ``n x n`` matrices of the method may take (default 4 GiB or
+        ``HESSE_MAX_MEMORY``); over it the call is refused before anything is allocated, naming
+        the matrix-free methods.
+    **method_options : method options, e.g. ``lr``/``beta`` (gd, momentum, nesterov), ``memory``
+        (lbfgs), ``modification`` ("lm" or "eigen", newton-damped), ``damping``
+        (saddle-free-newton), ``initial_radius``/``max_radius``/``eta`` (trust-region methods),
+        ``cg_max_iter``; scipy's option names are read here too.
+
+    A function that keeps decreasing as the iterates run away stops with status 8
+    ("unbounded") instead of spending ``max_iter`` line searches.
 
     Returns
     -------
     OptimizeResult (a list of them when ``batched=True``).
     """
     check_callable(f, "f")
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(
-            f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}."
-        )
-    spec = METHODS[method]
+    name, note = resolve_method(method)
+    spec = METHODS[name]
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"options must be a dict (as scipy's), got {type(options).__name__}.")
+    given = dict(method_options)
+    for key, value in (options or {}).items():
+        if key in given:
+            raise TypeError(f"{key!r} is given both as a keyword and in options; give it once.")
+        given[key] = value
+    settings, method_options = _translate_settings(spec, given)
+    if tol is not None:
+        settings.setdefault("gtol", tol)
+    gtol = settings.get("gtol", gtol)
+    ftol = settings.get("ftol", ftol)
+    xtol = settings.get("xtol", xtol)
+    max_iter = settings.get("max_iter", max_iter)
+    max_time = settings.get("max_time", max_time)
+    history = bool(settings.get("history", history))
+    progress = bool(settings.get("progress", progress))
+    check_curvature = bool(settings.get("check_curvature", check_curvature))
+    curvature_tol = settings.get("curvature_tol", curvature_tol)
+    max_memory = settings.get("max_memory", max_memory)
+    disp = bool(settings.get("disp", False))
     gtol = check_positive_float(gtol, "gtol", allow_zero=True)
     ftol = check_positive_float(ftol, "ftol", allow_zero=True)
     xtol = check_positive_float(xtol, "xtol", allow_zero=True)
     max_iter = check_positive_int(max_iter, "max_iter")
     if max_time is not None:
         max_time = check_positive_float(max_time, "max_time")
+    if max_memory is not None:
+        max_memory = check_positive_int(max_memory, "max_memory")
     curvature_tol = check_positive_float(curvature_tol, "curvature_tol", allow_zero=True)
     if callback is not None:
         check_callable(callback, "callback")
-    opts = _check_options(spec, options)
+        callback = _adapt_callback(callback)
+    opts = _check_options(spec, method_options)
+    if not isinstance(args, tuple):
+        args = (args,)
+    fun = f if not args else _with_args(f, args)
     x0 = as_point(x0, "x0")
+    check_nonempty(x0, "x0")
+    check_finite_point(x0, "x0")
+    if note is not None:
+        warnings.warn(note, UserWarning, stacklevel=2)
     common = dict(gtol=gtol, ftol=ftol, xtol=xtol, max_iter=max_iter, max_time=max_time,
                   callback=callback, history=history, progress=progress,
                   check_curvature=check_curvature, curvature_tol=curvature_tol)
     if batched:
         from .batched import minimize_batched
 
-        return minimize_batched(f, x0, method=method, **common, **opts)
-    if x0.numel() == 0:
-        raise ValueError("x0 is empty; give at least one variable.")
-    if not bool(torch.isfinite(x0).all()):
-        raise ValueError("x0 contains NaN or Inf; start from a finite point.")
-    if spec.forms_matrix and x0.numel() > 20_000:
-        raise ValueError(
-            f"method={method!r} keeps an n x n matrix and n = {x0.numel()} is too large; "
-            "use method='lbfgs', 'newton-cg' or 'trust-ncg'."
-        )
-    obj = Objective(f, x0.shape)
-    run = Run(obj, method, n=x0.numel(), **common)
-    return spec.run(obj, x0.detach().reshape(-1).clone(), run, **opts)
+        results = minimize_batched(fun, x0, method=name, max_memory=max_memory, **common, **opts)
+        if disp:
+            for b, res in enumerate(results):
+                _display(res, prefix=f"start {b}: ")
+        return results
+    n = x0.numel()
+    if spec.dense_matrices:
+        guard_dense(n, x0.dtype, max_memory, what=f"dense n x n matrices of method={name!r}",
+                    count=spec.dense_matrices, alternative=MATRIX_FREE_METHODS)
+    obj = Objective(fun, x0.shape, max_memory=max_memory)
+    run = Run(obj, name, n=n, **common)
+    result = spec.run(obj, x0.detach().reshape(-1).clone(), run, **opts)
+    if disp:
+        _display(result)
+    return result
+
+
+def _adapt_callback(callback: Callable) -> Callable:
+    """Accept scipy's ``callback(xk)`` as well as hesse's ``callback(x, f, grad_norm)``: a
+    callback that takes exactly one positional argument gets the iterate only."""
+    try:
+        params = list(inspect.signature(callback).parameters.values())
+    except (TypeError, ValueError):
+        return callback
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind == p.VAR_POSITIONAL for p in params) or len(positional) != 1:
+        return callback
+
+    def scipy_style(x, f, grad_norm):
+        return callback(x)
+
+    return scipy_style
+
+
+def _with_args(f: Callable, args: tuple) -> Callable[[torch.Tensor], torch.Tensor]:
+    def f_of_x(x: torch.Tensor) -> torch.Tensor:
+        return f(x, *args)
+
+    return f_of_x
+
+
+def _display(result: OptimizeResult, prefix: str = "") -> None:
+    """What scipy's ``disp=True`` prints at the end: the outcome and the counts."""
+    print(f"{prefix}{result.message}")
+    print(f"{prefix}         Current function value: {result.fun:.6g}")
+    print(f"{prefix}         Iterations: {result.nit}")
+    print(f"{prefix}         Function evaluations: {result.nfev}")
+    print(f"{prefix}         Gradient evaluations: {result.ngev}")

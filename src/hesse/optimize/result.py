@@ -13,6 +13,8 @@ Status codes (``OptimizeResult.status``):
  6    line search or subproblem failure (no acceptable step; usually rounding at the limit of
       the attainable accuracy, or a direction that is not a descent direction)
  7    stopped by the callback
+ 8    ``f`` looks unbounded below: it kept decreasing while ``f`` fell below ``-1e20 max(1, |f(x0)|)``
+      or ``||x||`` grew past ``1e8 (1 + ||x0||)``
 ====  ==========================================================================================
 """
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-CONVERGED, MAX_ITER, MAX_TIME, STALLED, SADDLE, NONFINITE, STEP_FAILURE, CALLBACK = range(8)
+CONVERGED, MAX_ITER, MAX_TIME, STALLED, SADDLE, NONFINITE, STEP_FAILURE, CALLBACK, UNBOUNDED = range(9)
 
 STATUS_NAMES = {
     CONVERGED: "converged to a minimum",
@@ -34,6 +36,7 @@ STATUS_NAMES = {
     NONFINITE: "non-finite values could not be avoided",
     STEP_FAILURE: "no acceptable step found",
     CALLBACK: "stopped by the callback",
+    UNBOUNDED: "unbounded: f appears to decrease without bound",
 }
 
 
