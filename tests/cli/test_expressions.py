@@ -96,3 +96,11 @@ def test_parse_point_and_bounds():
                     ("-2:2,0:1,0:1", lambda t: parse_bounds(t, 2)), ("1", lambda t: parse_bounds(t, 1))]:
         with pytest.raises(ExpressionError):
             fn(bad)
+
+
+@pytest.mark.parametrize("name", ["nan", "inf", "NaN", "Inf", "oo", "zoo", "infinity", "NAN"])
+def test_non_finite_names_are_refused_not_variables(name):
+    with pytest.raises(ExpressionError, match="not finite"):
+        parse_expression(f"x + {name}")
+    with pytest.raises(ExpressionError):
+        parse_expression("x + y", variables=["x", name])

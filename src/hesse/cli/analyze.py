@@ -30,9 +30,12 @@ def add_parser(sub) -> None:
     p.add_argument("--plot", metavar="OUT.png", help="save the contour figure (2 variables only)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    # let "--bounds -2:2,-2:2" and "--at -1,0" through: argparse otherwise reads a value that starts
-    # with "-" and is not a plain number as an option (no option of this verb looks like a number)
-    p._negative_number_matcher = re.compile(r"^-[0-9.]")
+    # argparse reads any word that starts with "-" and is not a plain number as an option, so
+    # "-x**2+y**2", "--bounds -2:2,-2:2" and "--at -1,0" would need "--" or "=". This verb's only
+    # single-dash option is -h, so a single dash followed by anything else is a value (an
+    # expression, a box or a point); argparse consults this matcher only for words that are not
+    # one of the verb's options.
+    p._negative_number_matcher = re.compile(r"^-(?!-)(?!h$).")
     p.set_defaults(func=run)
 
 
