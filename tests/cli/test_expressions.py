@@ -104,3 +104,12 @@ def test_non_finite_names_are_refused_not_variables(name):
         parse_expression(f"x + {name}")
     with pytest.raises(ExpressionError):
         parse_expression("x + y", variables=["x", name])
+
+
+@pytest.mark.parametrize("x0", [1.05, 1.5, 2.0])
+def test_large_negative_power_gradient_does_not_underflow(x0):
+    # d/dx x**-1000 = -1000 x**-1001, representable in float64 for these x (ground truth in closed form)
+    f = parse_expression("x**-1000")
+    x = torch.tensor([x0], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(f.function(x), x)
+    assert float(g) == pytest.approx(-1000 * x0 ** -1001, rel=1e-12)

@@ -2,7 +2,6 @@
 plus dangerous tokens is either refused with ValueError or parsed and evaluated within a time and
 memory budget, and no input runs code."""
 
-import math
 import os
 import sys
 import time

@@ -22,6 +22,16 @@ def test_flat_far_field_is_not_critical():
     assert "Newton step" in cp.reason
 
 
+def test_newton_step_lengths_flat_direction_and_rounding():
+    # a resolved gradient along a zero eigenvalue: no critical point (infinite step); a gradient
+    # component at rounding level along it: ignored
+    lam = torch.tensor([[0.0, 2.0]], dtype=torch.float64)
+    Q = torch.eye(2, dtype=torch.float64)[None]
+    assert float(newton_step_lengths(torch.tensor([[1e-20, 0.0]], dtype=torch.float64), lam, Q)) == float("inf")
+    s = newton_step_lengths(torch.tensor([[1e-40, 2e-10]], dtype=torch.float64), lam, Q)
+    assert float(s) == pytest.approx(1e-10, rel=1e-12)
+
+
 def test_newton_step_lengths_ground_truth():
     # quadratic 0.5 xᵀ A x - bᵀx: the Newton step from x is exactly |A⁻¹(Ax - b)| per eigen-direction
     A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
@@ -95,21 +105,30 @@ def test_huge_exponents_finish_quickly(text):
     assert "skipped" in pts.symbolic_status, pts.symbolic_status
 
 
-def test_too_many_starts_refused_by_memory_guard(monkeypatch):
+def _sum_of_squares(n: int) -> str:
+    # grouped by tens: a flat sum of 150 terms nests deeper than the parser allows
+    groups = [" + ".join(f"x{i}**2" for i in range(k, min(k + 10, n))) for k in range(0, n, 10)]
+    return " + ".join(f"({g})" for g in groups)
+
+
+@pytest.mark.parametrize("num_starts, match", [(10**9, "maximum"), (2**20, "memory guard")])
+def test_too_many_starts_refused(monkeypatch, num_starts, match):
     monkeypatch.setenv("HESSE_MAX_MEMORY", str(64 * 1024**2))
-    f = parse_expression(" + ".join(f"x{i}**2" for i in range(150)))
-    with pytest.raises(ValueError, match="num_starts"):
-        hesse.critical_points(f, [(-1, 1)] * 150, progress=False, num_starts=10**9)
+    f = parse_expression(_sum_of_squares(150))
+    t = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        hesse.critical_points(f, [(-1, 1)] * 150, progress=False, num_starts=num_starts)
+    assert time.perf_counter() - t < 1.0  # refused before anything is allocated
 
 
-def test_many_variables_chunked_within_memory(monkeypatch):
-    # 150 variables: a batch of Hessians takes starts x 150² x 8 B per copy; under a small guard
-    # the starts run in chunks that fit and the answer (one minimum at 0) is unchanged
+def test_starts_run_in_chunks_within_memory_guard():
+    # 40 variables: one start holds 8 x 40² x 8 B = 100 KiB of Hessians; a 1 MiB guard gives chunks
+    # of 10, and the answer (one minimum at 0, exact for a quadratic after one Newton step) is unchanged
     from hesse.geometry.critical_points import newton_chunk_size
 
-    monkeypatch.setenv("HESSE_MAX_MEMORY", str(16 * 1024**2))
-    assert newton_chunk_size(150, torch.float64, 16 * 1024**2) < 64
-    f = parse_expression(" + ".join(f"x{i}**2" for i in range(150)))
-    pts = hesse.critical_points(f, [(-1, 1)] * 150, progress=False, symbolic=False, num_starts=64, time_limit=30)
+    assert newton_chunk_size(40, torch.float64, 1024**2) == 10
+    f = parse_expression(_sum_of_squares(40))
+    pts = hesse.critical_points(f, [(-1, 1)] * 40, progress=False, symbolic=False, num_starts=32,
+                                time_limit=30, max_memory=1024**2)
     assert [p.kind for p in pts] == ["minimum"]
     assert float(pts[0].x.abs().max()) < 1e-12

@@ -353,8 +353,8 @@ def _int_pow(v, k: int):
         return float(v) ** k
     if k == 0:
         return v * 0 + 1
-    if k < 0:
-        return 1 / _int_pow(v, -k)
+    # v ** k for k < 0 too: as 1 / v**|k| the chain rule divides by (v**|k|)², which overflows
+    # (x**-1000 at x = 1.5 would get a zero gradient instead of -1000·x**-1001 ≈ -2.6e-182)
     return v ** k
 
 

@@ -95,20 +95,23 @@ def batched_newton(f: Callable[[torch.Tensor], torch.Tensor], X0: torch.Tensor, 
 
 
 def newton_step_lengths(G: torch.Tensor, lam: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
-    """‖H⁺g‖ per row: the Newton step for ∇f = 0, an estimate of the distance to a critical point.
+    """‖H⁻¹g‖ per row: the Newton step for ∇f = 0, an estimate of the distance to a critical point.
 
     ``G`` (B, n) gradients, ``lam`` (B, n) and ``Q`` (B, n, n) the Hessians' eigendecompositions.
-    Components along eigenvalues with |λ| <= n·eps·max|λ| (numerically zero, as in the
-    pseudo-inverse step) are divided by that floor instead of dropped: a gradient along a
-    direction of no curvature is then a long step (f = 1e-20·x: no critical point), while the
-    rounding-level gradient of a valley of critical points stays a short one. 0/0 counts as 0.
+    In the eigenbasis c = Qᵀg and the step is Σᵢ (cᵢ/λᵢ)². A component |cᵢ| <= n·eps·‖c‖ is the
+    rounding of the rotation and counts as 0 (so the rounding-level gradient across a valley of
+    critical points gives a short step); a resolved component along λᵢ = 0 is an infinite step
+    (f = y² + 1e-20·x has no critical point). Each direction is judged on its own scale: no
+    cut relative to the largest eigenvalue, which would hide x**-1000 next to y² (Dennis &
+    Schnabel 1996, sec. 7.2, scale-independent stopping tests).
     """
     n = lam.shape[-1]
     eps = torch.finfo(lam.dtype).eps
-    floor = n * eps * lam.abs().amax(dim=-1, keepdim=True)
     c = (Q.transpose(-1, -2) @ G[..., None])[..., 0]
-    denom = torch.maximum(lam.abs(), floor)
-    ratio = torch.where(c == 0, torch.zeros_like(c), c.abs() / denom)
+    resolved = c.abs() > n * eps * c.norm(dim=-1, keepdim=True)
+    safe = torch.where(lam == 0, torch.ones_like(lam), lam.abs())
+    ratio = torch.where(lam == 0, torch.full_like(c, float("inf")), c.abs() / safe)
+    ratio = torch.where(resolved, ratio, torch.zeros_like(c))
     return ratio.norm(dim=-1)
 
 

@@ -50,7 +50,12 @@ from torch.func import grad, vmap
 
 from hesse._autodiff import gradient, hessian
 from hesse._validation import as_point, check_callable, check_scalar_output
-from hesse.geometry._newton import batched_newton, newton_diagnostics, newton_step_lengths, step_tolerance
+from hesse.geometry._newton import (
+    batched_newton,
+    newton_diagnostics,
+    newton_step_lengths,
+    step_tolerance,
+)
 from hesse.geometry.definiteness import as_symmetric_matrix, default_matrix_tolerance
 from hesse.operators import CurvatureOperator
 
