@@ -132,3 +132,21 @@ def test_starts_run_in_chunks_within_memory_guard():
                                 time_limit=30, max_memory=1024**2)
     assert [p.kind for p in pts] == ["minimum"]
     assert float(pts[0].x.abs().max()) < 1e-12
+
+
+@pytest.mark.slow
+def test_150_variables_default_starts_bounded_in_time_and_memory():
+    # the once-runaway case: 150 variables, 8192 default starts (5 GB and more before chunking);
+    # with a 5 s limit the search returns promptly, under the memory guard, with a note
+    import resource
+
+    f = parse_expression(_sum_of_squares(150))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    pts = hesse.critical_points(f, [(-2, 2)] * 150, progress=False, time_limit=5)
+    elapsed = time.perf_counter() - t
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before  # KiB on Linux
+    assert elapsed < 15, elapsed
+    assert grown < 1024**2, grown  # < 1 GiB
+    assert pts.num_starts == 8192 and any("time limit" in n for n in pts.notes), pts.notes
+    assert set(pts.counts()) <= {"minimum"}

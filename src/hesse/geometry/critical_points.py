@@ -3,9 +3,13 @@
 Numerical route: a scrambled Sobol set of starts (``scipy.stats.qmc``, Owen 1998) fills the box;
 from every start, in one ``vmap`` batch, damped pseudo-inverse Newton iterations on ∇f = 0
 (:mod:`hesse.geometry._newton`) converge to minima, saddles and maxima alike (Newton's method
-for ∇f = 0 does not prefer minima). Converged points inside the box (gradient within the
-tolerance of :func:`hesse.classify`) are merged when closer than ``dedup_tol`` and each is
-classified. Finding *all* points is not guaranteed: a basin of attraction no start falls in is
+for ∇f = 0 does not prefer minima). Converged points inside the box (a Newton step ‖H⁻¹∇f‖
+within the location tolerance, which does not depend on the scale of f; :func:`hesse.classify`
+applies the exact test) are merged when closer than ``dedup_tol`` and each is classified. A
+valley or ridge of critical points is classified once (``"non-isolated"``), and further starts
+landing on it are merged, instead of classifying every point of it. The starts run in chunks
+that keep the batched Hessians (starts x n² floats) within the memory guard, and the whole
+search within ``time_limit``. Finding *all* points is not guaranteed: a basin of attraction no start falls in is
 missed; more ``num_starts`` lowers that risk.
 
 Symbolic route (when f is a :class:`hesse.cli.expressions.Expression`, or any object with
@@ -44,6 +48,11 @@ HESSIAN_COPIES = 8
 """Dense n x n blocks held per start during one batched Newton iteration (the vmapped Hessian and
 its intermediates, the symmetrised copy, the eigenvectors, the masked copy): the memory estimate
 is starts x HESSIAN_COPIES x n² x itemsize."""
+
+def _first_chunk(n: int) -> int:
+    """Starts in the first Newton chunk (about 2^16 Hessian entries); its measured cost sizes the
+    next chunks (see critical_points)."""
+    return max(1, min(1024, 2**16 // (n * n)))
 
 MAX_SYMBOLIC_EXPONENT = 40
 """sympy.solve expands powers: beyond this exponent the polynomial systems are impractical, and
@@ -195,6 +204,9 @@ def critical_points(f: Callable[[torch.Tensor], torch.Tensor], bounds: Sequence[
     if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
         raise ValueError(f"time_limit must be a positive number of seconds or None; got {time_limit!r}.")
     deadline = None if time_limit is None else start_time + float(time_limit)
+    # Newton may use the first 60% of the time, sympy up to 80%: classifying what was found needs the rest
+    newton_deadline = None if time_limit is None else start_time + 0.6 * float(time_limit)
+    symbolic_deadline = None if time_limit is None else start_time + 0.8 * float(time_limit)
     B = _check_bounds(bounds)
     n = B.shape[0]
     is_expr = hasattr(f, "sympy") and hasattr(f, "variables")
@@ -239,7 +251,7 @@ def critical_points(f: Callable[[torch.Tensor], torch.Tensor], bounds: Sequence[
     U = torch.as_tensor(sobol.random_base2(m)[:num_starts] if 2 ** m == num_starts else sobol.random(num_starts))
     X0 = B[:, 0] + U * (B[:, 1] - B[:, 0])
     message(f"critical points: damped Newton from {num_starts} Sobol starts in {n}-D box"
-            + (f" ({-(-num_starts // chunk)} chunks within the memory guard)" if chunk < num_starts else ""),
+            + (f" (chunks of at most {chunk} within the memory guard)" if chunk < num_starts else ""),
             progress)
     vectorized = True
     with torch.no_grad():
@@ -248,23 +260,36 @@ def critical_points(f: Callable[[torch.Tensor], torch.Tensor], bounds: Sequence[
         raise ValueError(f"f is not finite at any of the {num_starts} starts in the box (bounds "
                          f"{B.tolist()}): the box is too large for float64 or f is undefined there.")
     parts, iters = [], 0
-    for lo in range(0, num_starts, chunk):
-        if deadline is not None and time.monotonic() > deadline:
-            notes.append(f"time limit of {time_limit:g} s reached during Newton: {lo} of {num_starts} starts run")
+    # chunks also bounded in time: the deadline is checked between Newton iterations, so one
+    # iteration over a chunk must take a small part of the time limit. The first chunk is small
+    # and its measured cost per start-iteration sizes the next ones.
+    size = min(chunk, _first_chunk(n))
+    lo = 0
+    while lo < num_starts:
+        if newton_deadline is not None and time.monotonic() > newton_deadline:
+            notes.append(f"time limit of {time_limit:g} s: Newton stopped at its share ({0.6 * time_limit:g} s) with "
+                         f"{lo} of {num_starts} starts run (raise time_limit to run them all)")
             break
-        part = X0[lo:lo + chunk]
+        part = X0[lo:lo + size]
+        t0 = time.monotonic()
         try:
             if not vectorized:
                 raise RuntimeError("vmap disabled")
             res = batched_newton(func, part, max_iter=max_iter, max_step=diam / 4, progress=progress,
-                                 deadline=deadline)
+                                 deadline=newton_deadline)
         except RuntimeError as err:  # data-dependent control flow cannot be vmapped: loop instead
             if vectorized:
                 notes.append(f"vmap failed ({str(err).splitlines()[0][:120]}); starts were run one by one")
                 message(notes[-1], progress)
             vectorized = False
             res = batched_newton(func, part, max_iter=max_iter, max_step=diam / 4, progress=progress,
-                                 vectorized=False, deadline=deadline)
+                                 vectorized=False, deadline=newton_deadline)
+        lo += len(part)
+        per_start_iteration = (time.monotonic() - t0) / max(1, res[2] * len(part))
+        if time_limit is not None:
+            size = int(min(chunk, max(1, 0.05 * time_limit / max(per_start_iteration, 1e-9))))
+        else:
+            size = chunk
         Xp, gp, it = res
         iters = max(iters, it)
         margin = 1e-9 * max(1.0, diam)
@@ -274,9 +299,9 @@ def critical_points(f: Callable[[torch.Tensor], torch.Tensor], bounds: Sequence[
         if len(Xk):
             vals, steps, nullity = newton_diagnostics(func, Xk.detach(), vectorized=vectorized)
             parts.append((Xk, gp[keep], vals, steps, nullity))
-        if deadline is not None and time.monotonic() > deadline and lo + chunk < num_starts:
-            notes.append(f"time limit of {time_limit:g} s reached during Newton: {lo + len(part)} of {num_starts} "
-                         "starts run")
+        if newton_deadline is not None and time.monotonic() > newton_deadline and lo < num_starts:
+            notes.append(f"time limit of {time_limit:g} s: Newton stopped at its share ({0.6 * time_limit:g} s) with "
+                         f"{lo} of {num_starts} starts run (raise time_limit to run them all)")
             break
     if parts:
         X, gnorm, vals, steps, nullity = (torch.cat(t) for t in zip(*parts))
@@ -302,7 +327,8 @@ def critical_points(f: Callable[[torch.Tensor], torch.Tensor], bounds: Sequence[
         candidates.append((p, "newton", float(vals[i]), int(nullity[i])))
     status = "not tried (f is a Python callable, not an expression)"
     if is_expr and symbolic in ("auto", True):
-        guard = symbolic_timeout if deadline is None else min(symbolic_timeout, deadline - time.monotonic())
+        guard = (symbolic_timeout if symbolic_deadline is None
+                 else min(symbolic_timeout, symbolic_deadline - time.monotonic()))
         message(f"critical points: sympy.solve of the gradient (time guard {max(guard, 0):g} s)", progress)
         sym_points, status = _symbolic_solutions(f, B, guard)
         for p in sym_points:
@@ -339,7 +365,7 @@ def critical_points(f: Callable[[torch.Tensor], torch.Tensor], bounds: Sequence[
                      "singular Hessian as a non-isolated set listed, and were merged into it (distinct sets at "
                      "the same level would be merged too)")
     points.sort(key=lambda c: (_KIND_ORDER.get(c.kind, 9), tuple(round(float(a), 9) for a in c.x)))
-    if not points:
+    if not points and not any("time limit" in m for m in notes):
         notes.append("no critical point found in the box (none may exist; try more num_starts or a larger box)")
     if deadline is not None and time.monotonic() > deadline and not any("time limit" in m for m in notes):
         notes.append(f"time limit of {time_limit:g} s reached (elapsed {time.monotonic() - start_time:.1f} s)")
