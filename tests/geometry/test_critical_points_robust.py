@@ -122,14 +122,14 @@ def test_too_many_starts_refused(monkeypatch, num_starts, match):
 
 
 def test_starts_run_in_chunks_within_memory_guard():
-    # 40 variables: one start holds 8 x 40² x 8 B = 100 KiB of Hessians; a 1 MiB guard gives chunks
+    # 20 variables: one start holds 8 x 20² x 8 B = 25 KiB of Hessians; a 256 KiB guard gives chunks
     # of 10, and the answer (one minimum at 0, exact for a quadratic after one Newton step) is unchanged
     from hesse.geometry.critical_points import newton_chunk_size
 
-    assert newton_chunk_size(40, torch.float64, 1024**2) == 10
-    f = parse_expression(_sum_of_squares(40))
-    pts = hesse.critical_points(f, [(-1, 1)] * 40, progress=False, symbolic=False, num_starts=32,
-                                time_limit=30, max_memory=1024**2)
+    assert newton_chunk_size(20, torch.float64, 256 * 1024) == 10
+    f = parse_expression(_sum_of_squares(20))
+    pts = hesse.critical_points(f, [(-1, 1)] * 20, progress=False, symbolic=False, num_starts=32,
+                                time_limit=30, max_memory=256 * 1024)
     assert [p.kind for p in pts] == ["minimum"]
     assert float(pts[0].x.abs().max()) < 1e-12
 
