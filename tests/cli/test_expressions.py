@@ -107,9 +107,12 @@ def test_non_finite_names_are_refused_not_variables(name):
 
 
 @pytest.mark.parametrize("x0", [1.05, 1.5, 2.0])
-def test_large_negative_power_gradient_does_not_underflow(x0):
-    # d/dx x**-1000 = -1000 x**-1001, representable in float64 for these x (ground truth in closed form)
+def test_large_negative_power_derivatives_do_not_underflow(x0):
+    # closed forms: d/dx x**-1000 = -1000 x**-1001, d²/dx² = 1000·1001 x**-1002, representable in
+    # float64 for these x (as 1/x**1000 they came out 0 at 1.5 and 2); rel 1e-12: a few roundings
+    from torch.func import grad, hessian
+
     f = parse_expression("x**-1000")
-    x = torch.tensor([x0], dtype=torch.float64, requires_grad=True)
-    (g,) = torch.autograd.grad(f.function(x), x)
-    assert float(g) == pytest.approx(-1000 * x0 ** -1001, rel=1e-12)
+    x = torch.tensor([x0], dtype=torch.float64)
+    assert float(grad(f.function)(x)[0]) == pytest.approx(-1000 * x0 ** -1001, rel=1e-12, abs=0)
+    assert float(hessian(f.function)(x)[0, 0]) == pytest.approx(1000 * 1001 * x0 ** -1002, rel=1e-12, abs=0)
