@@ -114,21 +114,9 @@ class FisherOperator(ModelCurvatureOperator):
 
     def _sample_targets(self, z: torch.Tensor) -> torch.Tensor:
         """``mc_samples`` draws of the targets from ``p(y | z)``, stacked on a leading dim."""
-        p = self._problem
         gen = torch.Generator(device=z.device)
-        gen.manual_seed(self.seed * 1_000_003 + self._batch_index)
-        zd, m = z.detach(), self.mc_samples
-        if isinstance(p.loss_fn, nn.CrossEntropyLoss):
-            logits = zd.movedim(1, -1) if zd.ndim > 2 else zd
-            probs = torch.softmax(logits, dim=-1).reshape(-1, logits.shape[-1])
-            y = torch.multinomial(probs, m, replacement=True, generator=gen)  # (rows, m)
-            return y.T.reshape(m, *logits.shape[:-1])
-        if isinstance(p.loss_fn, nn.MSELoss):
-            # (z - y)² is the negative log-likelihood of N(z, 1/2) per element, up to a constant
-            noise = torch.randn((m, *zd.shape), generator=gen, device=zd.device, dtype=zd.dtype)
-            return zd + 0.5**0.5 * noise
-        u = torch.rand((m, *zd.shape), generator=gen, device=zd.device, dtype=zd.dtype)
-        return (u < torch.sigmoid(zd)).to(zd.dtype)  # BCEWithLogitsLoss: Bernoulli
+        gen.manual_seed(mc_seed(self.seed, self._batch_index))
+        return sample_likelihood_targets(self._problem.loss_fn, z, self.mc_samples, gen)
 
     def _batch_product(self, index, inputs, targets, Vs, k):
         p = self._problem
@@ -152,6 +140,38 @@ class FisherOperator(ModelCurvatureOperator):
             if self.kind == "mc" and p.reduction == "mean":
                 U = U * self._terms_per_sample(z)  # Fisher of a mean of K log-likelihoods
             return list(vmap(vjp_fn)(U)[0])
+
+
+def mc_seed(seed: int, batch_index: int) -> int:
+    """The generator seed of one batch's draws: distinct per batch, reproducible per ``seed``.
+
+    The multiplier is a prime larger than any batch count, so different ``(seed, batch)`` pairs
+    never share a stream.
+    """
+    return seed * 1_000_003 + batch_index
+
+
+def sample_likelihood_targets(loss_fn: Callable, z: torch.Tensor, num: int,
+                              generator: torch.Generator) -> torch.Tensor:
+    """``num`` draws of the targets from the likelihood ``p(y | z)`` whose negative log is
+    ``loss_fn``, stacked on a leading dimension: categorical for cross-entropy (classes on dim 1),
+    ``N(z, 1/2)`` per element for the squared error, Bernoulli for BCE-with-logits.
+
+    One implementation for every Monte-Carlo curvature in hesse (:class:`FisherOperator`,
+    K-FAC's ``kind="mc"``), so the same seed gives the same draws everywhere.
+    """
+    zd = z.detach()
+    if isinstance(loss_fn, nn.CrossEntropyLoss):
+        logits = zd.movedim(1, -1) if zd.ndim > 2 else zd
+        probs = torch.softmax(logits, dim=-1).reshape(-1, logits.shape[-1])
+        y = torch.multinomial(probs, num, replacement=True, generator=generator)  # (rows, num)
+        return y.T.reshape(num, *logits.shape[:-1])
+    if isinstance(loss_fn, nn.MSELoss):
+        # (z - y)² is the negative log-likelihood of N(z, 1/2) per element, up to a constant
+        noise = torch.randn((num, *zd.shape), generator=generator, device=zd.device, dtype=zd.dtype)
+        return zd + 0.5**0.5 * noise
+    u = torch.rand((num, *zd.shape), generator=generator, device=zd.device, dtype=zd.dtype)
+    return (u < torch.sigmoid(zd)).to(zd.dtype)  # BCEWithLogitsLoss: Bernoulli
 
 
 def _check_likelihood(loss_fn: Callable) -> None:

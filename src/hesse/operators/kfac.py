@@ -68,6 +68,7 @@ from ._kronecker import (
     supports_layer,
 )
 from ._model import ModelLoss
+from .fisher import mc_seed, sample_likelihood_targets
 from .base import CurvatureOperator
 
 _KINDS = ("type2", "empirical", "mc")
@@ -273,7 +274,7 @@ class KFACOperator(CurvatureOperator):
                 fix = 1.0
             else:
                 targets, fix = _sample_targets(p.loss_fn, zd, y, p.reduction,
-                                               self.seed * 1_000_003 + index, self.mc_samples)
+                                               mc_seed(self.seed, index), self.mc_samples)
             terms = _num_terms(p.loss_fn, zd, y)
             c = 1.0 / terms if p.reduction == "mean" else 1.0
             cotangents = []
@@ -499,30 +500,24 @@ def _hessian_sqrt_columns(loss_fn: Any, z: torch.Tensor, y: Any, reduction: str)
 
 def _sample_targets(loss_fn: Any, z: torch.Tensor, y: Any, reduction: str, seed: int,
                     num: int) -> tuple[list[torch.Tensor], float]:
-    """``num`` target draws from the likelihood of each term (as :class:`FisherOperator` draws
-    them), and the factor that makes the MC factor's expectation the type-2 one."""
+    """``num`` target draws from the likelihood of each term (the draws of
+    :class:`FisherOperator` for the same seed), and the factor that makes the MC factor's
+    expectation the type-2 one."""
     gen = torch.Generator(device=z.device)
     gen.manual_seed(seed)
-    out = []
+    draws = sample_likelihood_targets(loss_fn, z, num, gen)
     fix = 1.0
-    for _ in range(num):
-        if isinstance(loss_fn, nn.CrossEntropyLoss):
-            logits = z.movedim(1, -1) if z.ndim > 2 else z
-            probs = torch.softmax(logits, dim=-1).reshape(-1, logits.shape[-1])
-            draw = torch.multinomial(probs, 1, generator=gen).reshape(logits.shape[:-1])
-            mask = _ce_mask(loss_fn, z, y)
-            if mask is not None:
-                draw = torch.where(mask, draw, torch.full_like(draw, loss_fn.ignore_index))
-            out.append(draw)
-        elif isinstance(loss_fn, nn.MSELoss):
-            # a row's loss ‖z − y‖²/D (mean) or ‖z − y‖² (sum): Gaussian with variance D/2 or 1/2
-            per_row = z.shape[-1] if z.ndim >= 2 else 1
-            var = per_row / 2.0 if reduction == "mean" else 0.5
-            noise = torch.randn(z.shape, generator=gen, device=z.device, dtype=z.dtype)
-            out.append(z + var**0.5 * noise)
-        else:  # BCEWithLogitsLoss
-            u = torch.rand(z.shape, generator=gen, device=z.device, dtype=z.dtype)
-            out.append((u < torch.sigmoid(z)).to(z.dtype))
-            if reduction == "mean" and z.ndim >= 2:
-                fix = float(z.shape[-1])
-    return out, fix
+    if isinstance(loss_fn, nn.CrossEntropyLoss):
+        mask = _ce_mask(loss_fn, z, y)
+        if mask is not None:
+            draws = torch.where(mask, draws, torch.full_like(draws, loss_fn.ignore_index))
+    elif isinstance(loss_fn, nn.MSELoss):
+        # a row's loss ‖z − y‖²/D (mean) or ‖z − y‖² (sum): Gaussian with variance D/2 or 1/2;
+        # the shared draws have variance 1/2, so their noise is rescaled
+        per_row = z.shape[-1] if z.ndim >= 2 else 1
+        var = per_row / 2.0 if reduction == "mean" else 0.5
+        zd = z.detach()
+        draws = zd + (var / 0.5) ** 0.5 * (draws - zd)
+    elif reduction == "mean" and z.ndim >= 2:  # BCEWithLogitsLoss
+        fix = float(z.shape[-1])
+    return list(draws.unbind(0)), fix
