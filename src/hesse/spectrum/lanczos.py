@@ -332,13 +332,16 @@ def _start(op, V: torch.Tensor, max_steps: int | None = None, *, store_basis: bo
 def _cgs2(Q: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Classical Gram-Schmidt twice ("twice is enough", Giraud et al. 2005, Numer. Math. 101) of each
     row of ``W`` (p, n) against the rows of its ``Q[i]`` (p, s, n); returns ``(W, Q^T w)`` with the
-    coefficients ``(p, s)`` summed over both passes."""
-    W = W[:, :, None]
-    h = torch.bmm(Q, W)
-    W = torch.baddbmm(W, Q.transpose(1, 2), h, alpha=-1)
-    h2 = torch.bmm(Q, W)
-    W = torch.baddbmm(W, Q.transpose(1, 2), h2, alpha=-1)
-    return W[:, :, 0], (h + h2)[:, :, 0]
+    coefficients ``(p, s)`` summed over both passes. Written as row-vector products ``w^T Q^T`` and
+    ``w^T - h^T Q``, which read ``Q`` in its stored order (several times faster for a batch than
+    ``Q^T h`` with the transposed basis)."""
+    W = W[:, None, :]
+    Qt = Q.transpose(1, 2)
+    h = torch.bmm(W, Qt)
+    W = torch.baddbmm(W, h, Q, alpha=-1)
+    h2 = torch.bmm(W, Qt)
+    W = torch.baddbmm(W, h2, Q, alpha=-1)
+    return W[:, 0], (h + h2)[:, 0]
 
 
 def _lanczos_steps(op, kr: _Krylov, num_steps: int):
