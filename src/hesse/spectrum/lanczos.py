@@ -331,8 +331,8 @@ def _start(op, V: torch.Tensor, max_steps: int | None = None, *, store_basis: bo
 
 def _cgs2(Q: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Classical Gram-Schmidt twice ("twice is enough", Giraud et al. 2005, Numer. Math. 101) of each
-    row of ``W`` (p, n) against the rows of its ``Q[i]`` (p, s, n); returns ``(W, Q^T w)`` with the
-    coefficients ``(p, s)`` summed over both passes. Written as row-vector products ``w^T Q^T`` and
+    row of ``W`` (p, n) against the rows of its ``Q[i]`` (p, s, n); returns ``W`` and the coefficients
+    ``Q[i] w_i`` (p, s), summed over both passes. Written as row-vector products ``w^T Q^T`` and
     ``w^T - h^T Q``, which read ``Q`` in its stored order (several times faster for a batch than
     ``Q^T h`` with the transposed basis)."""
     W = W[:, None, :]
