@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import hesse
-from hesse.spectrum.lanczos import lanczos_tridiagonal
+from hesse.spectrum.lanczos import _lanczos_steps, _start, lanczos_tridiagonal
 from hesse.testing.spectra import prescribed_spectrum
 
 
@@ -156,3 +156,87 @@ def test_basis_is_shrunk_to_max_memory_or_refused(indefinite_op):
     with pytest.raises(ValueError, match="low_memory=True"):
         hesse.eigsh(op, k=3, max_memory=100_000)
     assert hesse.eigsh(op, k=3, low_memory=True, max_memory=100_000).all_converged
+
+
+def _run_recurrence(op, V, num_steps, store_basis, generator=None):
+    """The shared recurrence from the columns of V; returns the state and each start's basis (p, j+1, n)."""
+    kr = _start(op, V, num_steps, store_basis=store_basis, generator=generator)
+    vectors = [kr.q.clone()]
+    for _ in _lanczos_steps(op, kr, num_steps):
+        vectors.append(kr.q.clone())
+    return kr, torch.stack(vectors, 1)
+
+
+@pytest.mark.parametrize("store_basis", [True, False], ids=["reorthogonalized", "three-term"])
+@pytest.mark.parametrize("num_starts", [1, 3])
+def test_shared_recurrence_identity_and_orthogonality(store_basis, num_starts):
+    """A Q_j = Q_j T_j + beta_j q_{j+1} e_j^T for each start (Golub & Van Loan 2013, sec. 10.1).
+
+    Spectrum: a [-1, 1] bulk with outliers 5 and 8, n = 300, 40 steps: the outliers' Ritz values
+    converge within 40 steps, which is when the plain three-term recurrence loses orthogonality
+    (Paige 1976). Tolerances: the identity holds to rounding, a few eps ||A|| per column (1e-12 ||A||
+    leaves a margin of ~100); with reorthogonalization the basis is orthonormal to 1e-13.
+    """
+    lam = torch.cat([torch.linspace(-1, 1, 298, dtype=torch.float64), torch.tensor([5.0, 8.0])])
+    op = prescribed_spectrum(lam, seed=0)
+    A = op.to_dense()
+    j = 40
+    V = torch.randn(300, num_starts, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    op.reset_counter()
+    kr, Qs = _run_recurrence(op, V, j, store_basis)
+    assert kr.num_steps == j and op.num_matvecs == j * num_starts
+    T = kr.tridiagonal()
+    e = torch.zeros(j, dtype=torch.float64)
+    e[-1] = 1.0
+    for i in range(num_starts):
+        Q, q_next, beta = Qs[i, :j].T, Qs[i, j], float(kr.beta[-1][i])
+        assert torch.allclose(Q[:, 0], V[:, i] / V[:, i].norm(), atol=1e-15, rtol=0)
+        gap = A @ Q - Q @ T[i] - beta * q_next[:, None] * e[None, :]
+        assert float(gap.norm()) <= 1e-12 * 8.0
+        G = Qs[i] @ Qs[i].T  # Gram matrix of q_0 .. q_j
+        local = torch.diagonal(G, 1).abs().max()  # neighbours are orthogonal in either mode
+        assert float(local) <= 1e-13
+        loss = float((G - torch.eye(j + 1, dtype=torch.float64)).abs().max())
+        if store_basis:
+            assert loss <= 1e-13
+        else:
+            assert loss > 1e-6  # the converged outliers' ghosts: the reason the stored basis exists
+        # a batch is p independent recurrences: start i alone gives the same T (to rounding; without
+        # reorthogonalization rounding is amplified once the outliers converge, so the first 10 steps)
+        if num_starts > 1:
+            alone, _ = _run_recurrence(op, V[:, i : i + 1], j, store_basis)
+            s = j if store_basis else 10
+            torch.testing.assert_close(alone.tridiagonal()[0, :s, :s], T[i, :s, :s], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("store_basis", [True, False], ids=["reorthogonalized", "three-term"])
+def test_shared_recurrence_stops_at_invariant_subspace(store_basis):
+    """With 4 distinct eigenvalues the Krylov space of any start is invariant after 4 steps: the
+    recurrence stops there (beta_4 = 0, T's eigenvalues are the 4 eigenvalues to 1e-12), and the
+    batch stops multiplying once every start has stopped."""
+    lam = torch.tensor([-2.0, 0.5, 1.0, 3.0], dtype=torch.float64).repeat(50)
+    op = prescribed_spectrum(lam, seed=0)
+    V = torch.randn(200, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    op.reset_counter()
+    kr, _ = _run_recurrence(op, V, 10, store_basis)
+    assert kr.num_steps == 4 and op.num_matvecs == 4 * 2 and not bool(kr.active.any())
+    assert bool((kr.beta[-1] == 0).all())
+    theta = torch.linalg.eigvalsh(kr.tridiagonal())
+    torch.testing.assert_close(theta, lam.unique()[None, :].expand(2, 4), rtol=0, atol=1e-12)
+
+
+def test_shared_recurrence_continues_past_invariant_subspace():
+    """With a generator (thick-restart eigsh) a start that hits an invariant subspace continues from a
+    random direction orthogonal to its basis: beta = 0 at the break, the basis stays orthonormal
+    (1e-13) and the Arnoldi relation A Q = Q H + beta q e^T holds to rounding (1e-12 ||A||)."""
+    lam = torch.tensor([-2.0, 0.5, 1.0, 3.0], dtype=torch.float64).repeat(50)
+    op = prescribed_spectrum(lam, seed=0)
+    A = op.to_dense()
+    V = torch.randn(200, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    kr, Qs = _run_recurrence(op, V, 8, True, generator=torch.Generator().manual_seed(2))
+    assert kr.num_steps == 8 and float(kr.beta[3][0]) == 0.0 and float(kr.beta[4][0]) > 0
+    Q = Qs[0].T
+    assert float((Q.T @ Q - torch.eye(9, dtype=torch.float64)).abs().max()) <= 1e-13
+    H = kr.H[0]
+    gap = A @ Q[:, :8] - Q[:, :8] @ H[:8, :8] - Q[:, 8:] * H[8:, :8]
+    assert float(gap.norm()) <= 1e-12 * 3.0

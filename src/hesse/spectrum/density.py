@@ -10,10 +10,11 @@ smoothed density is ``phi(t) = (1/p) sum_probes sum_l tau_l N(t; theta_l, sigma^
 is normalised, so ``phi`` integrates to 1 (up to the mass outside the grid, which extends 6 sigma
 beyond the extreme nodes by default).
 
-Batching: the ``p`` probes advance together; each step is ONE ``op.matmat`` of an ``(n, p)`` block,
+Batching: the ``p`` probes advance together through the shared Lanczos recurrence
+(:func:`hesse.spectrum.lanczos._lanczos_steps`); each step is ONE ``op.matmat`` of an ``(n, p)`` block,
 and each probe is fully reorthogonalised against its own basis (classical Gram-Schmidt twice, done
-for all probes at once with batched einsums), so there are no ghost nodes. Memory: ``num_steps * p``
-parameter-sized vectors. Cost: ``num_steps * num_probes`` products.
+for all probes at once with batched products), so there are no ghost nodes. Memory:
+``(num_steps + 1) * p`` parameter-sized vectors. Cost: ``num_steps * num_probes`` products.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from hesse._progress import Progress
 
 from ._common import check_operator, generator, rademacher
+from .lanczos import _lanczos_steps, _start
 
 __all__ = ["SpectralDensity", "spectral_density", "slq_nodes"]
 
@@ -63,48 +65,24 @@ class SpectralDensity:
 def slq_nodes(op, num_probes: int, num_steps: int, seed: int = 0, progress: bool = False):
     """Gauss-quadrature nodes and weights of ``num_probes`` Rademacher probes, ``(p, j)`` each.
 
-    Runs ``num_steps`` block-Lanczos-like steps (one ``matmat`` of ``(n, p)`` each, independent
-    recurrences per probe, full reorthogonalization). Stops a probe's recurrence early when its
-    Krylov space is invariant (its remaining weights are zero).
+    Runs ``num_steps`` Lanczos steps from each normalised probe (independent recurrences with full
+    reorthogonalization, advanced together: one ``matmat`` of ``(n, p)`` per step). The rule of probe
+    ``v`` is ``theta_l`` = eigenvalues of its ``T_j``, ``tau_l = (e_1^T s_l)^2`` (Golub & Meurant 2010,
+    ch. 6). A probe whose Krylov space is invariant stops early: its ``T`` gets a zero trailing block,
+    whose nodes carry zero weight (and the products stop once every probe has stopped).
     """
     n = op.shape[0]
     p, m = num_probes, min(num_steps, n)
-    gen = generator(seed, op.device)
-    V = rademacher(n, p, gen, op.dtype, op.device)
-    V = V / V.norm(dim=0, keepdim=True)
-    Qb = torch.zeros((p, m, n), dtype=op.dtype, device=op.device)  # basis of each probe, row-wise
-    Qb[:, 0] = V.T
-    alpha = torch.zeros((p, m), dtype=torch.float64)
-    beta = torch.zeros((p, m), dtype=torch.float64)
-    active = torch.ones(p, dtype=torch.bool)
-    eps = torch.finfo(op.dtype).eps
+    V = rademacher(n, p, generator(seed, op.device), op.dtype, op.device)
+    kr = _start(op, V, m)
     with Progress(m * p, f"spectral density (SLQ, {p} probes x {m} steps)", progress) as bar:
-        for j in range(m):
-            W = op.matmat(Qb[:, j].T).T.contiguous()[:, :, None]  # (p, n, 1)
+        for _ in _lanczos_steps(op, kr, m):
             bar.update(p)
-            Qj = Qb[:, : j + 1]                                    # (p, j+1, n)
-            c = torch.bmm(Qj, W)
-            W = W - torch.bmm(Qj.transpose(1, 2), c)
-            c2 = torch.bmm(Qj, W)
-            W = (W - torch.bmm(Qj.transpose(1, 2), c2))[:, :, 0]
-            alpha[:, j] = (c[:, j, 0] + c2[:, j, 0]).double().cpu()
-            b = W.norm(dim=1)
-            beta[:, j] = b.double().cpu()
-            if j + 1 < m:
-                scale = alpha[:, : j + 1].abs().max(dim=1).values.clamp_min(1e-300)
-                dead = (beta[:, j] <= 100 * eps * scale) | ~active
-                active = active & ~dead
-                Qb[:, j + 1] = torch.where(dead.to(W.device)[:, None], torch.zeros_like(W),
-                                           W / b.clamp_min(1e-300)[:, None])
-                beta[dead, j] = 0.0
-    nodes = torch.zeros((p, m), dtype=torch.float64)
-    weights = torch.zeros((p, m), dtype=torch.float64)
-    for i in range(p):
-        T = torch.diag(alpha[i]) + torch.diag(beta[i, :-1], 1) + torch.diag(beta[i, :-1], -1)
-        # an invariant (dead) probe: zero off-diagonal splits T; the trailing block has weight 0
-        theta, S = torch.linalg.eigh(T)
-        nodes[i], weights[i] = theta, S[0, :] ** 2
-    return nodes, weights
+    # a probe that stopped early (or all, if the products stopped) has a zero trailing block
+    T = torch.zeros((p, m, m), dtype=torch.float64)
+    T[:, : kr.num_steps, : kr.num_steps] = kr.tridiagonal()
+    nodes, S = torch.linalg.eigh(T)
+    return nodes, S[:, 0, :] ** 2
 
 
 def spectral_density(op, num_probes: int = 4, num_steps: int = 80, grid=None, sigma: float | None = None,

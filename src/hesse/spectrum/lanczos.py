@@ -18,6 +18,10 @@ Computations*, vol. 1, ch. 4) and recomputes the eigenvectors in a second pass t
 recurrence (Golub & Van Loan 2013, *Matrix Computations*, sec. 10.3). It stores ``4 + k``
 parameter-sized float64 vectors instead of ``m + 1 + k`` but costs twice the products and more steps.
 
+One recurrence, :func:`_lanczos_steps` (one or a batch of starting vectors, with or without a
+stored, reorthogonalised basis), serves the Krylov-Schur and two-pass paths, :func:`lanczos_tridiagonal`
+and stochastic Lanczos quadrature (:func:`hesse.spectrum.density.slq_nodes`).
+
 Cost: ``num_matvecs`` products (reported); the default Krylov-Schur path reached relative errors
 below 1e-10 on the top 5 eigenvalues of digits MLPs in about 30-60 products (see the README).
 """
@@ -124,6 +128,11 @@ def _check_v0(v0, n: int, op) -> torch.Tensor | None:
     return v0
 
 
+def _check_tol(tol) -> None:
+    if not isinstance(tol, (int, float)) or not (0 < tol < 1):
+        raise ValueError(f"tol must be a float in (0, 1), got {tol!r}; e.g. tol=1e-6.")
+
+
 def eigsh(
     op,
     k: int = 6,
@@ -183,8 +192,7 @@ def eigsh(
         raise ValueError(f"k must be a positive int (number of eigenpairs), got {k!r}.")
     if k > n:
         raise ValueError(f"k={k} exceeds the operator size n={n}; ask for at most {n} eigenpairs.")
-    if not isinstance(tol, (int, float)) or not (0 < tol < 1):
-        raise ValueError(f"tol must be a float in (0, 1), got {tol!r}; e.g. tol=1e-6.")
+    _check_tol(tol)
     if max_matvecs is not None and (not isinstance(max_matvecs, int) or max_matvecs < 1):
         raise ValueError(f"max_matvecs must be a positive int or None, got {max_matvecs!r}.")
     v0 = _check_v0(v0, n, op)
@@ -259,103 +267,207 @@ def _dense(op, k, which, tol, return_vectors, progress, start_count) -> EigshRes
     )
 
 
-def _orthogonalize(Q: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Classical Gram-Schmidt twice against the columns of Q; returns (w, coefficients)."""
-    h = Q.T @ w
-    w = w - Q @ h
-    h2 = Q.T @ w
-    w = w - Q @ h2
-    return w, h + h2
+#: A start's Krylov space counts as invariant when ``beta_j <= _BREAKDOWN * eps * ||T_j||``: one
+#: product and the Gram-Schmidt passes leave a residual of a few ``eps ||A||`` (times a slowly
+#: growing factor) when ``A`` maps the space into itself.
+_BREAKDOWN = 100
 
 
-def _orthogonalize_rows(R: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_orthogonalize` against the rows of ``R`` (basis vectors stored contiguously)."""
-    h = torch.mv(R, w)
-    w = torch.addmv(w, R.T, h, alpha=-1)
-    h2 = torch.mv(R, w)
-    w = torch.addmv(w, R.T, h2, alpha=-1)
-    return w, h + h2
+@dataclass
+class _Krylov:
+    """``p`` Lanczos recurrences advanced together, one per starting vector (see :func:`_lanczos_steps`).
+
+    ``Q``: ``(p, s, n)`` basis rows. With a stored basis, ``Q[i, :j + 1]`` holds ``q_0 .. q_j`` of start
+    ``i`` in the operator's dtype (``s`` = most steps + 1); without, ``Q[i] = (q_{j-1}, q_j)`` in float64.
+    ``H``: ``(p, s, s - 1)`` float64 with a stored basis; column ``j`` holds ``Q_j^T A q_j`` above
+    ``beta_j`` (the projected matrix and the residual row), ``None`` without.
+    ``alpha``, ``beta``: per step, ``(p,)`` float64 tensors (``T_j``'s diagonal and off-diagonal while
+    no thick restart has rewritten ``Q`` and ``H``). ``num_steps``: steps taken; ``q_j`` with
+    ``j = num_steps`` is multiplied next. ``active``: ``False`` once a start has stopped at an
+    invariant subspace. ``scale``: running ``max(|alpha_j|, beta_j)`` per start, a lower bound on
+    ``||A||`` for the breakdown test. ``generator``: on breakdown continue with a random direction
+    orthogonal to the basis instead of stopping (thick-restart eigsh). ``replay``: the ``(alpha, beta)``
+    of an earlier run from the same start, reused to regenerate its basis (two-pass eigsh).
+    """
+
+    Q: torch.Tensor
+    H: torch.Tensor | None
+    active: torch.Tensor
+    scale: torch.Tensor
+    alpha: list = field(default_factory=list)
+    beta: list = field(default_factory=list)
+    num_steps: int = 0
+    generator: torch.Generator | None = None
+    replay: tuple | None = None
+
+    @property
+    def q(self) -> torch.Tensor:
+        """The vectors multiplied next, ``(p, n)``."""
+        return self.Q[:, self.num_steps] if self.H is not None else self.Q[:, 1]
+
+    def tridiagonal(self) -> torch.Tensor:
+        """``T_j``, ``(p, j, j)`` float64, from the recorded ``alpha`` and ``beta``."""
+        a = torch.stack(self.alpha, 1)
+        b = torch.stack(self.beta[:-1], 1) if len(self.beta) > 1 else a[:, :0]
+        return torch.diag_embed(a) + torch.diag_embed(b, 1) + torch.diag_embed(b, -1)
+
+
+def _start(op, V: torch.Tensor, max_steps: int | None = None, *, store_basis: bool = True,
+           generator: torch.Generator | None = None, replay: tuple | None = None) -> _Krylov:
+    """Recurrences from the columns of ``V`` (n, p), normalised; ``max_steps`` sizes a stored basis."""
+    p = V.shape[1]
+    if store_basis:
+        Q = torch.zeros((p, max_steps + 1, V.shape[0]), dtype=op.dtype, device=op.device)
+        Q[:, 0] = (V / V.norm(dim=0, keepdim=True)).T
+        H = torch.zeros((p, max_steps + 1, max_steps), dtype=torch.float64)
+    else:
+        V = V.to(torch.float64)
+        Q = torch.zeros((p, 2, V.shape[0]), dtype=torch.float64, device=op.device)
+        Q[:, 1] = (V / V.norm(dim=0, keepdim=True)).T
+        H = None
+    return _Krylov(Q, H, torch.ones(p, dtype=torch.bool), torch.zeros(p, dtype=torch.float64),
+                   generator=generator, replay=replay)
+
+
+def _cgs2(Q: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classical Gram-Schmidt twice ("twice is enough", Giraud et al. 2005, Numer. Math. 101) of each
+    row of ``W`` (p, n) against the rows of its ``Q[i]`` (p, s, n); returns ``W`` and the coefficients
+    ``Q[i] w_i`` (p, s), summed over both passes. Written as row-vector products ``w^T Q^T`` and
+    ``w^T - h^T Q``, which read ``Q`` in its stored order (several times faster for a batch than
+    ``Q^T h`` with the transposed basis)."""
+    W = W[:, None, :]
+    Qt = Q.transpose(1, 2)
+    h = torch.bmm(W, Qt)
+    W = torch.baddbmm(W, h, Q, alpha=-1)
+    h2 = torch.bmm(W, Qt)
+    W = torch.baddbmm(W, h2, Q, alpha=-1)
+    return W[:, 0], (h + h2)[:, 0]
+
+
+def _lanczos_steps(op, kr: _Krylov, num_steps: int):
+    """Advance the recurrences ``kr`` by up to ``num_steps`` steps, yielding ``kr`` after each.
+
+    Math (Golub & Van Loan 2013, *Matrix Computations*, 4th ed., sec. 10.1): from a unit ``q_0``,
+    step ``i`` computes ``w = A q_i``, ``alpha_i = q_i^T w``, ``r_i = w - alpha_i q_i - beta_{i-1} q_{i-1}``,
+    ``beta_i = ||r_i||`` and ``q_{i+1} = r_i / beta_i``. After ``j`` steps, with ``Q_j = [q_0 .. q_{j-1}]``
+    and ``T_j = tridiag(beta, alpha, beta)`` (``j x j``), ``A Q_j = Q_j T_j + beta_{j-1} q_j e_j^T``.
+    In floating point the ``q_i`` lose orthogonality as Ritz pairs converge (Paige 1976; ibid.
+    sec. 10.3), which the low-memory path tolerates (three float64 vectors per start; its caller
+    filters the ghost Ritz values). With a stored basis ``w`` is instead orthogonalised against all of
+    ``q_0 .. q_i`` (classical Gram-Schmidt twice, :func:`_cgs2`): ``alpha_i`` and ``beta_{i-1}`` are
+    two of the coefficients in column ``i`` of ``H``, the others are rounding-level, and the basis
+    stays orthonormal to working precision. The same step continues a thick restart, whose ``H``
+    starts as an arrow matrix (Stewart 2001, SIAM J. Matrix Anal. Appl. 23(3)); each start of a batch
+    is an independent recurrence, only the products are shared.
+
+    Breakdown: ``beta_i <= 100 eps max(|alpha|, beta)`` means the start's Krylov space is invariant to
+    working accuracy; ``beta_i`` is set to 0 and the start stops (its next vector is zero; the loop
+    ends once every start has stopped) or, with ``kr.generator``, continues from a random unit vector
+    orthogonal to its basis.
+
+    Cost: one ``op.matmat`` of all ``p`` columns per step (``p`` products; a stopped start rides along
+    as a zero column); with a stored basis also ``4 (i + 1) n p`` flops of Gram-Schmidt at step ``i``
+    and the ``(num_steps + 1) p`` basis vectors of memory.
+    """
+    eps = torch.finfo(op.dtype).eps
+    for _ in range(num_steps):
+        if not bool(kr.active.any()):
+            return
+        j = kr.num_steps
+        W = op.matmat(kr.q.T).T.contiguous()
+        if kr.H is not None:
+            W, h = _cgs2(kr.Q[:, : j + 1], W)
+            h = h.to(torch.float64).cpu()
+            kr.H[:, : j + 1, j] = h
+            alpha = h[:, j]
+        else:
+            W = W.to(torch.float64)
+            q_prev, q = kr.Q[:, 0], kr.Q[:, 1]
+            if kr.replay is None:
+                # a BLAS dot per start (cheap next to the product): the plain recurrence amplifies
+                # rounding, and this keeps a single start's numbers those of the vector loop
+                alpha = torch.stack([torch.dot(a, b) for a, b in zip(q, W)]).cpu()
+            else:
+                alpha = kr.replay[0][j]
+            beta_prev = kr.beta[-1] if kr.beta else torch.zeros_like(alpha)
+            W = W - alpha.to(W.device)[:, None] * q - beta_prev.to(W.device)[:, None] * q_prev
+        norm = W.norm(dim=1) if kr.replay is None else kr.replay[1][j].to(W.device)
+        beta = norm.to(torch.float64).cpu()
+        kr.scale = torch.maximum(kr.scale, torch.maximum(alpha.abs(), beta))
+        dead = (beta <= _BREAKDOWN * eps * kr.scale) | ~kr.active
+        beta = torch.where(dead, 0.0, beta)
+        on_device = dead.to(W.device)[:, None]
+        q_next = torch.where(on_device, 0.0, W / norm.clamp_min(torch.finfo(norm.dtype).tiny)[:, None])
+        if bool(dead.any()) and kr.generator is not None:
+            # continue each stopped start from a random direction orthogonal to its basis
+            idx = dead.nonzero()[:, 0]
+            R = gaussian(W.shape[1], len(idx), kr.generator, W.dtype, W.device).T
+            R, _ = _cgs2(kr.Q[idx.to(W.device), : j + 1], R)
+            q_next[idx.to(W.device)] = R / R.norm(dim=1, keepdim=True)
+        else:
+            kr.active = kr.active & ~dead
+        if kr.H is not None:
+            kr.H[:, j + 1, j] = beta
+            kr.Q[:, j + 1] = q_next
+        else:
+            kr.Q = torch.stack((q, q_next), 1)
+        kr.alpha.append(alpha)
+        kr.beta.append(beta)
+        kr.num_steps = j + 1
+        yield kr
 
 
 def _krylov_schur(op, k, which, tol, budget, q0, gen, m, progress, return_vectors) -> EigshResult:
     n, dtype, device = op.shape[0], op.dtype, op.device
-    # the basis is stored by rows: Q[j] is the j-th Lanczos vector, contiguous in memory
-    Q = torch.zeros((m + 1, n), dtype=dtype, device=device)
-    H = torch.zeros((m + 1, m), dtype=torch.float64)
-    Q[0] = q0 / q0.norm()
-    p = 0  # number of kept (locked-in) Ritz vectors at the start of a cycle
+    kr = _start(op, q0[:, None], m, generator=gen)
+    Q, H = kr.Q[0], kr.H[0]  # (m + 1, n) basis rows and (m + 1, m) projected matrix, updated in place
     used = 0
     restarts = 0
-    eps = torch.finfo(dtype).eps
-    scale = 0.0
-    exhausted = False
-    j = 0
+
     def ritz(j):
         # the projected matrix is symmetric; its upper triangle holds the orthogonalization
         # coefficients (column by column), which is all eigh reads with UPLO="U"
         theta, S = torch.linalg.eigh(H[:j, :j], UPLO="U")
         resid = (H[j, :j] @ S).abs()
-        order = _priority(theta, which)
-        return theta, S, resid, order
+        kr.scale = torch.maximum(kr.scale, theta.abs().max())
+        return theta, S, resid, _priority(theta, which)
 
-    done = False
     with Progress(budget, f"eigsh (Krylov-Schur, n={n}, k={k})", progress) as bar:
         while True:
-            j = p
-            while j < m and used < budget:
-                w = op.matvec(Q[j])
+            for _ in _lanczos_steps(op, kr, min(m - kr.num_steps, budget - used)):
                 used += 1
-                w, h = _orthogonalize_rows(Q[: j + 1], w)
-                beta = float(w.norm())
-                H[: j + 1, j] = h.to(torch.float64).cpu()
-                scale = max(scale, float(h[j].abs()), beta)
-                if beta <= 10 * eps * max(scale, 1e-300):
-                    # invariant subspace: continue with a random direction orthogonal to Q
-                    H[j + 1, j] = 0.0
-                    r = gaussian(n, 1, gen, dtype, device)[:, 0]
-                    r, _ = _orthogonalize_rows(Q[: j + 1], r)
-                    Q[j + 1] = r / r.norm()
-                else:
-                    H[j + 1, j] = beta
-                    Q[j + 1] = w / beta
-                j += 1
                 bar.update(1, info=f"restart {restarts}")
-                if j >= k and j < m:
+                if k <= kr.num_steps < m:
                     # cheap convergence check (a j x j float64 eigh, no products)
-                    theta, S, resid, order = ritz(j)
-                    scale = max(scale, float(theta.abs().max()))
-                    want = order[:k]
-                    if bool((resid[want] <= tol * scale).all()):
-                        done = True
+                    theta, S, resid, order = ritz(kr.num_steps)
+                    if bool((resid[order[:k]] <= tol * float(kr.scale)).all()):
                         break
+            j = kr.num_steps
             theta, S, resid, order = ritz(j)
-            scale = max(scale, float(theta.abs().max()))
             want = order[:k]
-            conv = resid[want] <= tol * scale
-            if done or bool(conv.all()) or used >= budget or j < m:
-                exhausted = used >= budget and not bool(conv.all())
+            conv = resid[want] <= tol * float(kr.scale)
+            if bool(conv.all()) or used >= budget:
                 break
-            # thick restart: keep the p most wanted Ritz vectors
+            # thick restart: keep the p most wanted Ritz vectors, A Q_p = Q_p diag(theta) + q_{p+1} b^T
             p = min(k + max(1, (m - k) // 2), m - 1)
             keep = order[:p]
-            Sk = S[:, keep].to(dtype=dtype, device=device)
-            Q[:p] = Sk.T @ Q[:m]
+            Q[:p] = S[:, keep].to(dtype=dtype, device=device).T @ Q[:m]
             Q[p] = Q[m]
             b = H[m, :m] @ S[:, keep]
             H.zero_()
             H[torch.arange(p), torch.arange(p)] = theta[keep]
             H[p, :p] = b
+            kr.num_steps = p
             restarts += 1
     vals = theta[want]
     vecs = Q[:j].T @ S[:, want].to(dtype=dtype, device=device)
     out = _output_order(vals, which)
     vals, vecs, res_w, conv = vals[out], vecs[:, out], resid[want][out], conv[out]
-    msg = "converged" if bool(conv.all()) else (
-        "product budget exhausted" if exhausted else "Krylov space exhausted")
+    msg = "converged" if bool(conv.all()) else "product budget exhausted"
     return EigshResult(
         values=vals, vectors=vecs if return_vectors else None, residuals=res_w, converged=conv,
         num_matvecs=used, num_restarts=restarts, method="krylov-schur", which=which, tol=tol,
-        message=msg, extra={"num_basis": m, "norm_estimate": scale},
+        message=msg, extra={"num_basis": m, "norm_estimate": float(kr.scale)},
     )
 
 
@@ -371,70 +483,30 @@ def _spurious(T: torch.Tensor, theta: torch.Tensor, tol: float) -> torch.Tensor:
     return close_mu & simple
 
 
-def _lanczos_pass(op, q0, steps, alphas=None, betas=None, coeffs=None, bar=None):
-    """The float64 three-term recurrence; first pass records (alpha, beta), second accumulates Q @ coeffs."""
-    dtype = op.dtype
-    q = (q0.to(torch.float64) / q0.to(torch.float64).norm())
-    q_prev = torch.zeros_like(q)
-    beta_prev = 0.0
-    acc = None if coeffs is None else torch.zeros((q.shape[0], coeffs.shape[1]), dtype=torch.float64, device=q.device)
-    a_list, b_list = [], []
-    for i in range(steps):
-        if acc is not None:
-            acc += q[:, None] * coeffs[i].to(q.device)[None, :]
-            if i == steps - 1:
-                break
-        w = op.matvec(q.to(dtype)).to(torch.float64)
-        if bar is not None:
-            bar.update(1)
-        if alphas is None:
-            alpha = float(q @ w)
-        else:
-            alpha = float(alphas[i])
-        w = w - alpha * q - beta_prev * q_prev
-        beta = float(w.norm()) if betas is None else float(betas[i])
-        a_list.append(alpha)
-        b_list.append(beta)
-        if beta == 0.0:
-            break
-        q_prev, q = q, w / beta
-        beta_prev = beta
-    return a_list, b_list, acc
-
-
 def _two_pass(op, k, which, tol, budget, q0, progress, return_vectors) -> EigshResult:
     n = op.shape[0]
     half = budget // 2
-    alphas: list[float] = []
-    betas: list[float] = []
-    dtype = op.dtype
-    q = q0.to(torch.float64) / q0.to(torch.float64).norm()
-    q_prev = torch.zeros_like(q)
-    beta_prev = 0.0
+    kr = _start(op, q0[:, None], store_basis=False)
     check_every = 5
     with Progress(half, f"eigsh (two-pass Lanczos, n={n}, k={k})", progress) as bar:
-        while len(alphas) < half:
-            w = op.matvec(q.to(dtype)).to(torch.float64)
+        for _ in _lanczos_steps(op, kr, min(half, n)):
             bar.update(1)
-            alpha = float(q @ w)
-            w = w - alpha * q - beta_prev * q_prev
-            beta = float(w.norm())
-            alphas.append(alpha)
-            betas.append(beta)
-            j = len(alphas)
-            q_prev, q, beta_prev = q, (w / beta if beta > 0 else w), beta
-            if beta == 0.0 or j == n or (j >= 2 * k and j % check_every == 0) or j == half:
-                sel = _select_two_pass(alphas, betas, k, which, tol)
-                if sel is None or bool(sel[2].all()) or beta == 0.0 or j == n:
-                    if sel is not None or beta == 0.0 or j == n:
-                        break
-    j = len(alphas)
-    vals, S, converged, resid = _select_two_pass(alphas, betas, k, which, tol, force=True)
+            j = kr.num_steps
+            if j >= 2 * k and j % check_every == 0:
+                sel = _select_two_pass(kr, k, which, tol)
+                if sel is not None and bool(sel[2].all()):
+                    break
+    j = kr.num_steps
+    vals, S, converged, resid = _select_two_pass(kr, k, which, tol, force=True)
     vecs = None
     if return_vectors:
-        # second pass: re-run the recurrence with the stored coefficients, accumulate Q S
-        _, _, acc = _lanczos_pass(op, q0, j, alphas=alphas, betas=betas, coeffs=S)
-        vecs = (acc / acc.norm(dim=0)).to(dtype)
+        # second pass: regenerate q_0 .. q_{j-1} from the same start and coefficients, accumulate Q S
+        again = _start(op, q0[:, None], store_basis=False, replay=(kr.alpha, kr.beta))
+        S = S.to(again.Q.device)
+        acc = again.q[0][:, None] * S[0][None, :]
+        for i, _ in enumerate(_lanczos_steps(op, again, j - 1), start=1):
+            acc += again.q[0][:, None] * S[i][None, :]
+        vecs = (acc / acc.norm(dim=0)).to(op.dtype)
     out = _output_order(vals, which)
     return EigshResult(
         values=vals[out], vectors=None if vecs is None else vecs[:, out], residuals=resid[out],
@@ -444,14 +516,14 @@ def _two_pass(op, k, which, tol, budget, q0, progress, return_vectors) -> EigshR
     )
 
 
-def _select_two_pass(alphas, betas, k, which, tol, force=False):
-    j = len(alphas)
-    a = torch.tensor(alphas, dtype=torch.float64)
-    b = torch.tensor(betas[:-1], dtype=torch.float64)
-    T = torch.diag(a) + torch.diag(b, 1) + torch.diag(b, -1)
+def _select_two_pass(kr: _Krylov, k, which, tol, force=False):
+    """The ``k`` most wanted Ritz pairs of ``T_j`` that are not ghosts (Cullum-Willoughby), merging
+    copies of converged values; ``None`` if fewer than ``k`` remain, unless ``force``."""
+    T = kr.tridiagonal()[0]
+    j = T.shape[0]
     theta, S = torch.linalg.eigh(T)
     scale = float(theta.abs().max()) or 1.0
-    resid = (betas[-1] * S[-1, :]).abs()
+    resid = (kr.beta[-1][0] * S[-1, :]).abs()
     bad = _spurious(T, theta, 1e-10 * scale) if j > 1 else torch.zeros(j, dtype=torch.bool)
     # merge copies (ghosts of converged values) keeping the one with the smallest residual
     order = _priority(theta, which).tolist()
@@ -481,7 +553,8 @@ def lanczos_tridiagonal(op, num_steps: int, v0=None, seed: int = 0):
 
     Returns ``(Q, T, r)`` with ``Q`` (n, j) orthonormal, ``T`` (j, j) tridiagonal in float64 and
     ``r`` the residual vector, such that ``A Q = Q T + r e_j^T`` (Golub & Van Loan 2013, sec. 10.1).
-    Cost: ``j`` products. Stops early (``j < num_steps``) if the Krylov space becomes invariant.
+    Cost: ``j`` products. Stops early (``j < num_steps``, ``r = 0``) if the Krylov space becomes
+    invariant.
     """
     op = check_operator(op)
     n = op.shape[0]
@@ -490,22 +563,9 @@ def lanczos_tridiagonal(op, num_steps: int, v0=None, seed: int = 0):
     v0 = _check_v0(v0, n, op)
     if v0 is None:
         v0 = gaussian(n, 1, generator(seed, op.device), op.dtype, op.device)[:, 0]
-    Q = torch.zeros((n, num_steps), dtype=op.dtype, device=op.device)
-    Q[:, 0] = v0 / v0.norm()
-    alpha, beta = [], []
-    r = None
-    for j in range(num_steps):
-        w = op.matvec(Q[:, j])
-        r, h = _orthogonalize(Q[:, : j + 1], w)
-        alpha.append(float(h[j]))
-        b = float(r.norm())
-        if j + 1 < num_steps:
-            if b <= 10 * torch.finfo(op.dtype).eps * max(abs(a) for a in alpha):
-                Q = Q[:, : j + 1]
-                break
-            beta.append(b)
-            Q[:, j + 1] = r / b
-    a = torch.tensor(alpha, dtype=torch.float64)
-    b = torch.tensor(beta[: len(alpha) - 1], dtype=torch.float64)
-    T = torch.diag(a) + torch.diag(b, 1) + torch.diag(b, -1)
-    return Q, T, r
+    kr = _start(op, v0[:, None], num_steps)
+    for _ in _lanczos_steps(op, kr, num_steps):
+        pass
+    j = kr.num_steps
+    r = kr.beta[-1].to(device=op.device, dtype=op.dtype) * kr.Q[0, j]
+    return kr.Q[0, :j].T, kr.tridiagonal()[0], r

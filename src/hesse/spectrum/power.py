@@ -17,7 +17,7 @@ import torch
 from hesse._progress import Progress
 
 from ._common import check_operator, gaussian, generator
-from .lanczos import EigshResult, _check_v0
+from .lanczos import EigshResult, _check_tol, _check_v0
 
 __all__ = ["power_iteration"]
 
@@ -41,8 +41,7 @@ def power_iteration(
     n = op.shape[0]
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n:
         raise ValueError(f"k must be an int between 1 and n={n}, got {k!r}.")
-    if not isinstance(tol, (int, float)) or not (0 < tol < 1):
-        raise ValueError(f"tol must be a float in (0, 1), got {tol!r}.")
+    _check_tol(tol)
     budget = max_matvecs if max_matvecs is not None else 1000 * k
     if not isinstance(budget, int) or budget < k:
         raise ValueError(f"max_matvecs must be an int >= k={k}, got {max_matvecs!r}.")
