@@ -278,7 +278,7 @@ def train_monitored(model, loss_fn, data, *, train_steps: int, lr: float | None 
             if not math.isfinite(loss):
                 raise ValueError(f"training diverged at step {step} (loss {loss}); lower --lr "
                                  f"(the stability limit is 2/lambda_max).")
-            monitor.density = step % density_every == 0 or step == train_steps
+            monitor.measurements.density = step % density_every == 0 or step == train_steps
             rec = monitor.step(opt)
             if ckpt is not None and (rec is not None or step == train_steps):
                 _save_checkpoint(ckpt, step, lr, model, training_losses, monitor)
@@ -286,7 +286,7 @@ def train_monitored(model, loss_fn, data, *, train_steps: int, lr: float | None 
             if monitor.last is not None:
                 info += f"  lambda_max {monitor.last.lambda_max:.3g} / 2/lr {monitor.last.stability_limit:.3g}"
             bar.update(1, info=info)
-    monitor.density = False
+    monitor.measurements.density = False
     monitor.close()
     return monitor, lr, training_losses
 
