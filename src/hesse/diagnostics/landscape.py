@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from hesse._progress import Progress
+from hesse._result import Result
 from hesse.operators import HessianOperator
 from hesse.operators._model import ModelLoss
 from hesse.spectrum import eigsh
@@ -35,12 +36,17 @@ from ._data import read_once
 __all__ = ["landscape", "LandscapeResult", "filter_normalized_direction"]
 
 
-@dataclass
-class LandscapeResult:
+#: Relative residual of the eigen directions: a slice along a direction off by ``epsilon`` shows the
+#: curvature ``λ_1 + O(epsilon^2)``, far below what a plot resolves.
+_EIGEN_TOL = 1e-6
+
+
+@dataclass(repr=False)
+class LandscapeResult(Result):
     """A loss slice. ``coordinates``: one 1-D tensor per direction (the grid ``a`` and ``b``);
     ``losses``: shape ``(steps,)`` or ``(steps, steps)`` indexed ``[i_a, i_b]``; ``directions``:
     ``(n, dims)``; ``center_loss`` = L(θ); ``eigenvalues`` (eigen directions) or None;
-    ``directional_derivatives``: ``gᵀd_i``; ``num_evaluations``: loss evaluations over the data."""
+    ``directional_derivatives``: ``gᵀd_i``; ``nfev``: loss evaluations over the data."""
 
     coordinates: tuple[torch.Tensor, ...]
     losses: torch.Tensor
@@ -49,7 +55,7 @@ class LandscapeResult:
     center_loss: float
     eigenvalues: list[float] | None
     directional_derivatives: list[float]
-    num_evaluations: int
+    nfev: int
     span: float
 
     @property
@@ -61,7 +67,7 @@ class LandscapeResult:
                 "coordinates": [c.tolist() for c in self.coordinates], "losses": self.losses.tolist(),
                 "center_loss": self.center_loss, "eigenvalues": self.eigenvalues,
                 "directional_derivatives": self.directional_derivatives,
-                "num_evaluations": self.num_evaluations}
+                "nfev": self.nfev}
 
     def __repr__(self) -> str:
         eig = "" if self.eigenvalues is None else f", eigenvalues={[round(v, 4) for v in self.eigenvalues]}"
@@ -115,9 +121,10 @@ def landscape(model: torch.nn.Module, loss_fn: Any, data: Any, directions: str =
     theta = problem.params
     eigenvalues = None
     op = None
+    D: torch.Tensor
     if directions == "eigen":
         op = HessianOperator(model, loss_fn, data, params)
-        res = eigsh(op, k=dims, which="largest", tol=1e-6, seed=seed)
+        res = eigsh(op, k=dims, which="largest", tol=_EIGEN_TOL, seed=seed)
         D = res.vectors
         eigenvalues = [float(v) for v in res.values]
         dirs = [problem.unflatten(D[:, i]) for i in range(dims)]
@@ -158,4 +165,4 @@ def landscape(model: torch.nn.Module, loss_fn: Any, data: Any, directions: str =
     return LandscapeResult(coordinates=tuple(grid.clone() for _ in range(dims)), losses=losses,
                            directions=D.detach(), kind=directions, center_loss=center,
                            eigenvalues=eigenvalues, directional_derivatives=derivs,
-                           num_evaluations=losses.numel() + 1, span=float(span))
+                           nfev=losses.numel() + 1, span=float(span))
