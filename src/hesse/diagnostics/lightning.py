@@ -13,9 +13,8 @@ limit of the first optimizer (``trainer.optimizers[0]``); values are also passed
 
 from __future__ import annotations
 
-from typing import Any
-
 import importlib
+from typing import Any
 
 try:
     pl: Any = importlib.import_module("lightning.pytorch")

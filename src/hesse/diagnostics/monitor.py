@@ -56,7 +56,7 @@ from hesse.operators.composition import DiagonalCongruence
 from hesse.spectrum import SpectralDensity, eigsh, spectral_density
 from hesse.spectrum import trace as estimate_trace
 
-from ._data import read_once
+from ._data import LossSpec, read_once
 from .logging import SharpnessLog, read_log, truncate_log
 
 __all__ = ["SharpnessMonitor", "SharpnessRecord", "Measurements", "StabilityBands", "LogOptions",
@@ -251,6 +251,10 @@ class SharpnessMonitor:
         after construction: the log is cut back to the checkpoint's step. ``progress``: one line
         per check on stderr.
     params : which parameters (as for HessianOperator).
+    forward, batch_loss, batch_size, dtype : as for :class:`hesse.HessianOperator`: the outputs
+        ``forward(model, inputs)`` (e.g. ``lambda m, b: m(**b).logits``), or instead of ``loss_fn``
+        the loss of a model that computes its own (``batch_loss(model, batch)``, batches weighted
+        by ``batch_size(batch)``); ``dtype``: the precision the Hessian is computed in.
     **options : any field of the three records above as a keyword (``k=3, negative=True,
         log_dir="runs"``); it overrides the same field of a record passed.
 
@@ -258,13 +262,17 @@ class SharpnessMonitor:
     measures now (e.g. before training, at step 0).
     """
 
-    def __init__(self, model: torch.nn.Module, loss_fn: Any, data: Any, every: int = 10, *,
+    def __init__(self, model: torch.nn.Module, loss_fn: Any = None, data: Any = None, every: int = 10, *,
                  measurements: Measurements | None = None, bands: StabilityBands | None = None,
-                 logging: LogOptions | None = None, params: Any = None, **options: Any):
+                 logging: LogOptions | None = None, params: Any = None, forward: Any = None,
+                 batch_loss: Any = None, batch_size: Any = None, dtype: torch.dtype | None = None,
+                 **options: Any):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable (outputs, targets) -> loss, got {type(loss_fn).__name__}.")
+        self.objective = LossSpec(loss_fn, forward, batch_loss, batch_size, dtype)
+        if data is None:
+            raise TypeError("data is required: the fixed measurement set (a batch, a pair of tensors or a "
+                            "DataLoader), the same at every check.")
         _positive_int("every", every)
         configs = _with_options({"measurements": measurements, "bands": bands, "logging": logging}, options)
         self.measurements: Measurements = configs["measurements"]
@@ -402,7 +410,7 @@ class SharpnessMonitor:
     def _hessian(self, step: int) -> HessianOperator:
         """The Hessian at the current parameters; a non-finite loss or gradient is called divergence."""
         try:
-            return HessianOperator(self.model, self.loss_fn, self.data, self.params)
+            return HessianOperator(self.model, self.loss_fn, self.data, self.params, **self.objective.operator_options())
         except ValueError as err:
             if "not finite" not in str(err):
                 raise

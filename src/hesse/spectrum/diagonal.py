@@ -25,7 +25,13 @@ import torch
 from hesse._progress import Progress
 from hesse._result import Result
 from hesse._validation import check_choice
-from hesse.operators._blocks import DEFAULT_CHUNK, apply_in_chunks, probe_block, products, unit_block
+from hesse.operators._blocks import (
+    DEFAULT_CHUNK,
+    apply_in_chunks,
+    probe_block,
+    products,
+    unit_block,
+)
 
 from ._common import check_operator, generator
 
