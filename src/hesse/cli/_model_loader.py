@@ -63,7 +63,8 @@ _OPTIONAL_KEYS = ("loss_fn", "batch_loss", "forward", "batch_size")
 
 
 def load_model_factory(spec: str) -> dict:
-    """Load ``"path/to/file.py:function"`` and return ``{"model", "loss_fn", "data"}``.
+    """Load ``"path/to/file.py:function"`` and return ``{"model", "loss_fn", "data"}`` (``loss_fn`` is
+    ``None`` with ``batch_loss``) and the optional keys the factory gave (module docs).
 
     Raises :class:`CLIError` with a one-line message for a malformed spec, a missing file, a missing
     function, an exception inside the factory, or a return value that does not follow the protocol.
@@ -124,8 +125,8 @@ def load_model_factory(spec: str) -> dict:
             raise CLIError(f"--model: '{key}' must be callable {hint}, got {type(out[key]).__name__}.")
     if out.get("loss_fn") is None and out.get("batch_loss") is None:
         raise CLIError("--model: 'loss_fn' is None; return a loss_fn (outputs, targets) -> loss, or batch_loss.")
-    return {"model": out["model"], "data": out["data"],
-            **{key: out.get(key) for key in _OPTIONAL_KEYS}}
+    optional = {key: out[key] for key in ("batch_loss", "forward", "batch_size") if out.get(key) is not None}
+    return {"model": out["model"], "loss_fn": out.get("loss_fn"), "data": out["data"], **optional}
 
 
 def loss_options(prob: dict) -> dict[str, Any]:
@@ -321,6 +322,8 @@ def _check_batch(prob: dict, i: int, batch: Any) -> None:
                                  "your data provides.") from err
             what = "batch_loss"
         else:
+            if loss_fn is None:
+                raise CLIError("--model: the factory returned neither 'loss_fn' nor 'batch_loss'.")
             x, y = batch
             forward = prob.get("forward") or default_forward
             try:

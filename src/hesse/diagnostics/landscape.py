@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -127,7 +127,7 @@ def landscape(model: torch.nn.Module, loss_fn: Any = None, data: Any = None, dir
     op = HessianOperator(model, loss_fn, data, params, **options)
     if directions == "eigen":
         res = eigsh(op, k=dims, which="largest", tol=_EIGEN_TOL, seed=seed)
-        D = res.vectors
+        D = cast(torch.Tensor, res.vectors)  # eigsh returns vectors unless asked not to
         eigenvalues: list[float] | None = [float(v) for v in res.values]
         dirs = [problem.unflatten(D[:, i]) for i in range(dims)]
     else:

@@ -522,7 +522,8 @@ class SharpnessMonitor:
             return
         fields = [f.name for f in dataclasses.fields(SharpnessRecord)]
         for rec in read_log(path):
-            self.records.append(SharpnessRecord(**{k: rec.get(k) for k in fields if k in rec}))
+            values: dict[str, Any] = {k: rec.get(k) for k in fields if k in rec}
+            self.records.append(SharpnessRecord(**values))
         state_path = os.path.join(log_dir, _STATE_FILE)
         if os.path.exists(state_path):
             state = torch.load(state_path, weights_only=True)
@@ -571,6 +572,6 @@ def _with_options(configs: dict[str, Any], options: dict[str, Any]) -> dict[str,
         if given is not None and not isinstance(given, cls):
             raise TypeError(f"{key} must be a {cls.__name__}, got {type(given).__name__}.")
         mine = {name: value for name, value in options.items() if owner[name] == key}
-        base = given if given is not None else cls()
+        base: Any = given if given is not None else cls()
         out[key] = dataclasses.replace(base, **mine) if mine else base
     return out

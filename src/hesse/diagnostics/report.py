@@ -222,8 +222,8 @@ def _full_batch_gradient_step(model, objective: LossSpec, data, lr: float) -> fl
     grads = [torch.zeros_like(p) for p in params]
     total, count = 0.0, 0
     for loss, size, weight in objective.batch_losses(model, data):
-        g = torch.autograd.grad(loss * weight, params, allow_unused=True)
-        for acc, gi in zip(grads, g):
+        batch_grads = torch.autograd.grad(loss * weight, params, allow_unused=True)
+        for acc, gi in zip(grads, batch_grads):
             if gi is not None:
                 acc.add_(gi)
         total += float(loss.detach()) * weight
