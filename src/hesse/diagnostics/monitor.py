@@ -83,6 +83,11 @@ class Measurements:
     products; ``density``: an SLQ snapshot of ``density_probes`` x ``density_steps`` products;
     ``seed`` of start vectors and probes; ``max_matvecs`` caps each eigensolve (``None``: eigsh's
     default).
+
+    Defaults: ``tol=1e-4`` puts λ_max within 1e-4 of itself, far finer than the edge-of-stability
+    band, and lets a warm start converge in a few products; 48 XTrace products had the smallest
+    error of the trace estimators on MLP Hessians (README benchmarks); 40 Lanczos steps resolve a
+    density's outliers and bulk (Ghorbani et al. 2019 use 90 for ResNets; a monitor runs often).
     """
 
     k: int = 1
@@ -111,8 +116,10 @@ class StabilityBands:
 
     ``eos_band``: the edge-of-stability band as a fraction of the limit, symmetric (a float) or
     ``(below, above)``; Cohen et al. (2021) see λ_max hover *just above* 2/η, so e.g.
-    ``(0.05, 0.25)`` fits full-batch GD. ``saddle_grad_tol`` and ``saddle_curvature_rtol``: the
-    saddle/plateau flag's gradient norm and relative negative curvature.
+    ``(0.05, 0.25)`` fits full-batch GD; the default ``0.1`` is a symmetric 10% band.
+    ``saddle_grad_tol`` and ``saddle_curvature_rtol``: the saddle/plateau flag's gradient norm and
+    relative negative curvature (defaults ``1e-3``: negative curvature beyond a thousandth of
+    λ_max is ten times the eigensolver's error at ``tol=1e-4``, so noise does not raise the flag).
     """
 
     eos_band: float | tuple[float, float] = 0.1

@@ -206,6 +206,15 @@ _LR_TOL = 1e-4
 #: it (Papyan 2019, Fig. 1; Ghorbani et al. 2019, sec. 3).
 OUTLIER_FACTOR = 4.0
 
+#: Density snapshots per training run when ``density_every`` is not given: at a quarter, half,
+#: three quarters and the end of the run they show how the spectrum spreads (progressive
+#: sharpening) for four times SLQ's cost.
+_DENSITY_SNAPSHOTS = 4
+
+#: The 2-D slice has half the 1-D slice's points per axis (its cost is their square), at least
+#: this many so that a bowl or a saddle is still visible.
+_MIN_PLANE_STEPS = 5
+
 #: Learning rate when the starting Hessian has no positive eigenvalue (``1/λ_max`` is undefined):
 #: gradient descent then has no curvature limit, and 0.1 is the usual SGD default.
 _FALLBACK_LR = 0.1
@@ -312,7 +321,7 @@ def train_monitored(model, loss_fn=None, data=None, *, train_steps: int, lr: flo
         if ckpt is not None:
             _save_checkpoint(ckpt, 0, lr, model, training_losses, monitor)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
-    density_every = density_every or max(every, train_steps // 4)
+    density_every = density_every or max(every, train_steps // _DENSITY_SNAPSHOTS)
     with Progress(train_steps - start, "training (full-batch GD)", progress) as bar:
         for step in range(start + 1, train_steps + 1):
             loss = _full_batch_gradient_step(model, objective, data, lr)
@@ -446,7 +455,7 @@ def _landscape_slices(out: dict, model, objective: LossSpec, data, *, top_eigenv
     land1 = landscape(model, objective.loss_fn, data, directions="eigen", dims=1, steps=landscape_steps,
                       span=span, seed=seed, progress=progress, **options)
     land2 = landscape(model, objective.loss_fn, data, directions="random", dims=2,
-                      steps=max(5, landscape_steps // 2), span=1.0, seed=seed, progress=progress, **options)
+                      steps=max(_MIN_PLANE_STEPS, landscape_steps // 2), span=1.0, seed=seed, progress=progress, **options)
     out["landscape_1d"] = land1.as_dict()
     out["landscape_2d"] = land2.as_dict()
     out.update(_landscape1=land1, _landscape2=land2)
