@@ -84,7 +84,10 @@ def test_failed_run_removes_the_stale_report(mf, tmp_path, capsys, monkeypatch):
     def fails(*a, **k):
         raise ValueError("the final-point analysis failed")
 
-    monkeypatch.setattr(hesse, "summarize", fails)  # after training wrote a new log into r/log
+    # after training wrote a new log into r/log
+    import hesse.diagnostics.report as analysis
+
+    monkeypatch.setattr(analysis, "summarize", fails)
     rc = main(["report", "--model", f"{mf}:make", "--train", "2", "--lr", "0.5", "--every", "2", "--k", "2",
                "--out", str(out), "--quiet"])
     err = capsys.readouterr().err

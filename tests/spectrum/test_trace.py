@@ -128,3 +128,35 @@ def test_diagonal_default_budget_small_operator():
     op, A = _small_op(30)
     est = hesse.diagonal(op, method="diag++")  # default budget 100 > n = 30
     assert est.method == "exact" and torch.allclose(est.value, torch.diagonal(A), atol=1e-12)
+
+
+# ----------------------------------------------------------------- blocks of unit vectors and probes
+@pytest.mark.parametrize("chunk", [None, 1, 3, 7, 50])
+def test_products_in_chunks_equal_one_product(chunk):
+    """Chunking the columns changes nothing: each column of A V is A times that column (exact for a
+    dense float64 operator up to the matmul's rounding, 1e-12)."""
+    from hesse.operators._blocks import products, unit_blocks
+
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(9, 9, generator=gen, dtype=torch.float64)
+    op = hesse.DenseOperator(A + A.T)
+    V = torch.randn(9, 8, generator=gen, dtype=torch.float64)
+    assert torch.allclose(products(op, V, chunk=chunk), (A + A.T) @ V, atol=1e-12)
+    columns = torch.cat([E for _, _, E in unit_blocks(9, chunk, torch.float64, "cpu")], dim=1)
+    assert torch.equal(columns, torch.eye(9, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+def test_probe_block_matches_the_estimators_probes(kind):
+    """The shared probe draw equals the spectrum package's own for a seed (so a
+    seed's trace is the same number), and Rademacher probes are exactly ±1."""
+    from hesse.operators._blocks import probe_block
+    from hesse.spectrum._common import gaussian, rademacher
+
+    draw = {"rademacher": rademacher, "gaussian": gaussian}[kind]
+    got = probe_block(30, 4, kind, torch.Generator().manual_seed(3), torch.float32, "cpu")
+    assert torch.equal(got, draw(30, 4, torch.Generator().manual_seed(3), torch.float32, "cpu"))
+    if kind == "rademacher":
+        assert set(got.unique().tolist()) == {-1.0, 1.0}
+    with pytest.raises(ValueError, match="probe kind"):
+        probe_block(3, 1, "uniform", torch.Generator(), torch.float32, "cpu")

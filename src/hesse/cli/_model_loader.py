@@ -14,6 +14,21 @@ over samples) and ``data`` (a DataLoader, an iterable of ``(inputs, targets)``, 
 
     $ hesse spectrum --model mymodel.py:make
 
+Optional keys of the dict (the keyword arguments of :class:`hesse.HessianOperator` of the same
+names):
+
+- ``forward``: callable ``(model, inputs) -> outputs tensor``, for a model whose outputs are not
+  ``model(inputs)`` (``model(**inputs)`` is the default for a dict of inputs), e.g. a Hugging Face
+  model: ``"forward": lambda m, batch: m(**batch).logits``.
+- ``batch_loss``: callable ``(model, batch) -> scalar mean loss``, *instead of* ``loss_fn``, for a
+  model that computes its own loss (``lambda m, b: m(**b).loss``); a batch of ``data`` may then be
+  any object (a dict, a tuple), and a single dict or tensor pair is one batch. ``hesse report``'s
+  ``--curvature ggn|fisher`` need outputs and ``loss_fn``.
+- ``batch_size``: callable ``batch -> int``, the weight of a batch in the mean loss (default: the
+  leading dimension of the targets, or with ``batch_loss`` of the first tensor in the batch).
+
+The precision curvature is computed in is the command's ``--dtype`` (the operators' ``dtype=``).
+
 After loading, :func:`prepare_problem` reads the data once (a one-shot iterator is kept as a list),
 keeps the first ``--batches N`` batches, moves model and batches to ``--device`` and evaluates the
 model and loss on every batch once, so that a mistake in the user's data or model (integer inputs,
@@ -28,21 +43,28 @@ import importlib.util
 import itertools
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from hesse.cli.main import CLIError
 
 __all__ = ["load_model_factory", "prepare_problem", "build_operator", "check_device", "check_output_path",
-           "CURVATURES"]
+           "check_dtype", "loss_options", "CURVATURES", "DTYPES"]
 
 #: ``--curvature`` choices: the loss Hessian, the generalized Gauss-Newton matrix, the Fisher
 #: (FisherOperator's default kind, the empirical Fisher).
 CURVATURES = ("hessian", "ggn", "fisher")
 
+#: ``--dtype`` choices: the floating types curvature can be computed in.
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+
+#: Keys a factory's dict may hold besides ``model`` and ``data``.
+_OPTIONAL_KEYS = ("loss_fn", "batch_loss", "forward", "batch_size")
+
 
 def load_model_factory(spec: str) -> dict:
-    """Load ``"path/to/file.py:function"`` and return ``{"model", "loss_fn", "data"}``.
+    """Load ``"path/to/file.py:function"`` and return ``{"model", "loss_fn", "data"}`` (``loss_fn`` is
+    ``None`` with ``batch_loss``) and the optional keys the factory gave (module docs).
 
     Raises :class:`CLIError` with a one-line message for a malformed spec, a missing file, a missing
     function, an exception inside the factory, or a return value that does not follow the protocol.
@@ -80,15 +102,47 @@ def load_model_factory(spec: str) -> dict:
         raise CLIError(f"--model: {func_name}() raised {type(err).__name__}: {err}") from err
     if isinstance(out, (tuple, list)) and len(out) == 3:
         out = {"model": out[0], "loss_fn": out[1], "data": out[2]}
-    if not isinstance(out, dict) or not {"model", "loss_fn", "data"} <= set(out):
+    has_loss = isinstance(out, dict) and ("loss_fn" in out or "batch_loss" in out)
+    if not isinstance(out, dict) or not {"model", "data"} <= set(out) or not has_loss:
         got = sorted(out) if isinstance(out, dict) else type(out).__name__
         raise CLIError(f"--model: {func_name}() must return a dict with keys 'model', 'loss_fn', 'data' "
-                       f"(or a tuple in that order); got {got}.")
+                       f"(or 'batch_loss' instead of 'loss_fn'; or a tuple (model, loss_fn, data)); got {got}.")
+    unknown = sorted(set(out) - {"model", "data", *_OPTIONAL_KEYS})
+    if unknown:
+        raise CLIError(f"--model: {func_name}() returned unknown key(s) {', '.join(map(repr, unknown))}; the keys "
+                       f"are 'model', 'data' and {', '.join(map(repr, _OPTIONAL_KEYS))}.")
     if not isinstance(out["model"], torch.nn.Module):
         raise CLIError(f"--model: 'model' must be a torch.nn.Module, got {type(out['model']).__name__}.")
-    if not callable(out["loss_fn"]):
-        raise CLIError(f"--model: 'loss_fn' must be callable (outputs, targets) -> loss, got {type(out['loss_fn']).__name__}.")
-    return {"model": out["model"], "loss_fn": out["loss_fn"], "data": out["data"]}
+    if out.get("loss_fn") is not None and out.get("batch_loss") is not None:
+        raise CLIError("--model: return 'loss_fn' or 'batch_loss', not both (batch_loss(model, batch) already "
+                       "gives the loss of a batch).")
+    if out.get("batch_loss") is not None and out.get("forward") is not None:
+        raise CLIError("--model: 'forward' is not used with 'batch_loss' (batch_loss(model, batch) runs the model "
+                       "itself); return 'forward' with 'loss_fn', or 'batch_loss' alone.")
+    for key, hint in (("loss_fn", "(outputs, targets) -> loss"), ("batch_loss", "(model, batch) -> loss"),
+                      ("forward", "(model, inputs) -> outputs"), ("batch_size", "batch -> int")):
+        if out.get(key) is not None and not callable(out[key]):
+            raise CLIError(f"--model: '{key}' must be callable {hint}, got {type(out[key]).__name__}.")
+    if out.get("loss_fn") is None and out.get("batch_loss") is None:
+        raise CLIError("--model: 'loss_fn' is None; return a loss_fn (outputs, targets) -> loss, or batch_loss.")
+    optional = {key: out[key] for key in ("batch_loss", "forward", "batch_size") if out.get(key) is not None}
+    return {"model": out["model"], "loss_fn": out.get("loss_fn"), "data": out["data"], **optional}
+
+
+def loss_options(prob: dict) -> dict[str, Any]:
+    """The operators' keyword arguments from a loaded problem: ``forward``, ``batch_loss``, ``batch_size``."""
+    return {key: prob.get(key) for key in ("forward", "batch_loss", "batch_size")}
+
+
+def check_dtype(name: str | None):
+    """``--dtype``: the ``torch.dtype`` of that name (``None``: the parameters' own)."""
+    import torch
+
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise CLIError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}.")
+    return getattr(torch, name)
 
 
 def check_device(spec: str | None):
@@ -185,28 +239,30 @@ def _loss_hint(loss_fn, out, y) -> str:
 def prepare_problem(prob: dict, batches: int | None = None, device: Any = None) -> dict:
     """Read the data once, keep the first ``batches`` batches, move to ``device``, evaluate every batch.
 
-    Returns ``prob`` with ``data`` replaced by a list of ``(inputs, targets)`` pairs when it had to
-    be read (a one-shot iterator, ``batches`` or ``device`` given) and kept otherwise. Errors raised
-    while reading batch ``i`` or while evaluating the model or the loss on it become a
-    ``ValueError`` ``"batch i: ..."`` naming the shapes and the likely fix (a user error: one line,
-    exit status 2). The model is evaluated
-    in eval mode (no BatchNorm statistics change) and left in the mode it had.
+    Returns ``prob`` with ``data`` replaced by a list of batches when it had to be read (a one-shot
+    iterator, ``batches`` or ``device`` given) and kept otherwise. Errors raised while reading
+    batch ``i`` or while evaluating the model or the loss on it become a ``ValueError``
+    ``"batch i: ..."`` naming the shapes and the likely fix (a user error: one line, exit status 2).
+    The model is evaluated in eval mode (no BatchNorm statistics change) and left in the mode it
+    had. Batches are ``(inputs, targets)`` pairs for ``loss_fn`` and any object for ``batch_loss``.
     """
     import torch
 
-    model, loss_fn, data = prob["model"], prob["loss_fn"], prob["data"]
+    model, data = prob["model"], prob["data"]
     if batches is not None and (isinstance(batches, bool) or not isinstance(batches, int) or batches < 1):
         raise CLIError(f"--batches must be a positive integer, got {batches!r}.")
+    pairs = prob.get("batch_loss") is None
     is_pair = (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor)
                and isinstance(data[1], torch.Tensor))
-    if is_pair:
-        source: Any = [tuple(data)]
+    one_batch = is_pair or (not pairs and isinstance(data, (Mapping, torch.Tensor)))
+    if one_batch:
+        source: Any = [tuple(data) if is_pair else data]
     elif isinstance(data, torch.Tensor) or not hasattr(data, "__iter__"):
         raise CLIError(f"--model: 'data' must be a DataLoader, an iterable of (inputs, targets) batches or one "
                        f"(inputs, targets) pair, got {_describe(data)}.")
     else:
         source = data
-    materialise = is_pair or batches is not None or device is not None or isinstance(data, Iterator)
+    materialise = one_batch or batches is not None or device is not None or isinstance(data, Iterator)
     kept: list = []
     count = 0
     try:
@@ -227,32 +283,15 @@ def prepare_problem(prob: dict, batches: int | None = None, device: Any = None) 
                 break
             except Exception as err:  # noqa: BLE001
                 raise ValueError(f"batch {i}: reading it from 'data' raised {_first_line(err)}; check the data "
-                               "set or loader (files, paths, workers).") from err
-            if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+                                 "set or loader (files, paths, workers).") from err
+            if pairs and (not isinstance(batch, (tuple, list)) or len(batch) != 2):
                 raise ValueError(f"batch {i}: expected a pair (inputs, targets), got {_describe(batch)}.")
-            x, y = batch
             if device is not None:
-                x, y = _to_device(x, device), _to_device(y, device)
-            with torch.no_grad():
-                try:
-                    out = model(x)
-                except Exception as err:  # noqa: BLE001
-                    raise ValueError(f"batch {i}: the model failed on inputs of {_describe(x)} ({_first_line(err)}); "
-                                   f"{_model_hint(model, x)}.") from err
-                try:
-                    loss = loss_fn(out, y)
-                except Exception as err:  # noqa: BLE001
-                    raise ValueError(f"batch {i}: loss_fn failed on outputs of {_describe(out)} and targets of "
-                                   f"{_describe(y)} ({_first_line(err)}); {_loss_hint(loss_fn, out, y)}.") from err
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise ValueError(f"batch {i}: loss_fn must return a scalar tensor (the mean loss), got "
-                               f"{_describe(loss)}; use reduction='mean'.")
-            if not bool(torch.isfinite(loss).all()):
-                raise ValueError(f"batch {i}: the loss is {float(loss)} at the starting weights; the batch or the "
-                                 "model's weights hold NaN/inf (check the data set and any --checkpoint).")
+                batch = _to_device(batch, device)
+            _check_batch(prob, i, batch)
             count += 1
             if materialise:
-                kept.append((x, y))
+                kept.append(tuple(batch) if pairs else batch)
     finally:
         model.train(was_training)
     if not count:
@@ -266,11 +305,59 @@ def prepare_problem(prob: dict, batches: int | None = None, device: Any = None) 
     return out
 
 
-def build_operator(kind: str, model, loss_fn, data, params: Any = None):
-    """The curvature operator of ``--curvature``: Hessian, GGN or Fisher (FisherOperator's default kind)."""
-    import hesse
+def _check_batch(prob: dict, i: int, batch: Any) -> None:
+    """Evaluate the loss of batch ``i`` once (no gradient); a failure or a bad loss is a ValueError naming it."""
+    import torch
+
+    from hesse.operators._evaluation import default_forward
+
+    model, loss_fn, batch_loss = prob["model"], prob.get("loss_fn"), prob.get("batch_loss")
+    with torch.no_grad():
+        if batch_loss is not None:
+            try:
+                loss = batch_loss(model, batch)
+            except Exception as err:  # noqa: BLE001
+                raise ValueError(f"batch {i}: batch_loss failed on a batch of {_describe(batch)} "
+                                 f"({_first_line(err)}); check that batch_loss(model, batch) accepts the batches "
+                                 "your data provides.") from err
+            what = "batch_loss"
+        else:
+            if loss_fn is None:
+                raise CLIError("--model: the factory returned neither 'loss_fn' nor 'batch_loss'.")
+            x, y = batch
+            forward = prob.get("forward") or default_forward
+            try:
+                out = forward(model, x)
+            except Exception as err:  # noqa: BLE001
+                raise ValueError(f"batch {i}: the model failed on inputs of {_describe(x)} ({_first_line(err)}); "
+                                 f"{_model_hint(model, x)}.") from err
+            if not isinstance(out, torch.Tensor):
+                raise ValueError(f"batch {i}: the model returned a {type(out).__name__}, not a tensor of outputs; "
+                                 "return 'forward': lambda m, inputs: ... (e.g. m(**inputs).logits) from the factory.")
+            try:
+                loss = loss_fn(out, y)
+            except Exception as err:  # noqa: BLE001
+                raise ValueError(f"batch {i}: loss_fn failed on outputs of {_describe(out)} and targets of "
+                                 f"{_describe(y)} ({_first_line(err)}); {_loss_hint(loss_fn, out, y)}.") from err
+            what = "loss_fn"
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise ValueError(f"batch {i}: {what} must return a scalar tensor (the mean loss), got "
+                         f"{_describe(loss)}; use reduction='mean'.")
+    if not bool(torch.isfinite(loss).all()):
+        raise ValueError(f"batch {i}: the loss is {float(loss)} at the starting weights; the batch or the "
+                         "model's weights hold NaN/inf (check the data set and any --checkpoint).")
+
+
+def build_operator(kind: str, prob: dict, params: Any = None, dtype: Any = None):
+    """The curvature operator of ``--curvature`` on a loaded problem: Hessian, GGN or Fisher
+    (FisherOperator's default kind), in precision ``dtype`` (``None``: the parameters')."""
+    from hesse.operators import FisherOperator, GGNOperator, HessianOperator
 
     if kind not in CURVATURES:
         raise CLIError(f"--curvature must be one of {', '.join(CURVATURES)}, got {kind!r}.")
-    cls = {"hessian": hesse.HessianOperator, "ggn": hesse.GGNOperator, "fisher": hesse.FisherOperator}[kind]
-    return cls(model, loss_fn, data, params)
+    if kind != "hessian" and prob.get("batch_loss") is not None:
+        raise CLIError(f"--curvature {kind} needs the model's outputs and a loss_fn(outputs, targets); the factory "
+                       "returns batch_loss (the loss only). Use --curvature hessian, or return 'loss_fn' (and "
+                       "'forward') instead.")
+    cls = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator}[kind]
+    return cls(prob["model"], prob.get("loss_fn"), prob["data"], params, dtype=dtype, **loss_options(prob))

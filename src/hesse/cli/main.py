@@ -16,6 +16,11 @@ import importlib
 import sys
 import traceback
 
+# Importing hesse.cli.main has imported the package (and torch) already: these cost nothing more.
+# The verbs' modules import their heavy dependencies (matplotlib, the demo data) when they run.
+from hesse import __version__
+from hesse.distributed import torchrun_session
+
 VERBS = ("demo", "analyze", "minimize", "spectrum", "report")
 
 
@@ -23,11 +28,17 @@ class CLIError(Exception):
     """A user error with a message to print (exit status 2)."""
 
 
+#: Exit status of an interrupted command (128 + SIGINT, the shell's convention).
+INTERRUPTED_EXIT_STATUS = 130
+
 #: Exceptions reported as a user's mistake: one line, exit status 2. hesse validates its inputs
 #: with ValueError/TypeError (house style); OSError covers files the user named.
 USER_ERRORS = (CLIError, ValueError, TypeError, OSError)
 
 BUG_EXIT_STATUS = 1
+
+#: Characters of a torch error message kept in a one-line error (its first sentence or two).
+_MESSAGE_CHARS = 200
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Second-order analysis: Hessians, spectra, critical points, curvature-aware "
         "optimization and training diagnostics.",
     )
-    from hesse import __version__
-
     parser.add_argument("--version", action="version", version=f"hesse {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb in VERBS:
@@ -57,8 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from hesse.distributed import torchrun_session
-
     try:
         with torchrun_session():  # under torchrun: one process group, stdout on rank 0 only
             return int(args.func(args) or 0)
@@ -68,10 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"hesse {args.verb}: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED_EXIT_STATUS
     except Exception as err:  # noqa: BLE001 -- not a user error: show everything
         if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
-            print(f"hesse {args.verb}: error: out of memory ({' '.join(str(err).split())[:200]}); analyse fewer "
+            print(f"hesse {args.verb}: error: out of memory ({' '.join(str(err).split())[:_MESSAGE_CHARS]}); analyse fewer "
                   "batches (--batches N), smaller batches, or use a device with more memory.", file=sys.stderr)
             return 2
         traceback.print_exc()

@@ -6,9 +6,10 @@ one under ``"model"`` / ``"state_dict"``) with ``torch.load(weights_only=True)``
 no pickled code runs. ``--train STEPS`` first trains by full-batch gradient descent under the
 sharpness monitor (``--lr``, default ``1/lambda_max`` at the start); ``--resume`` continues an
 interrupted ``--train`` run from ``OUT/log`` (its monitor log and ``checkpoint.pt``), whatever the
-moment of the interruption. ``--batches N``, ``--curvature hessian|ggn|fisher`` and ``--device`` work
-as for ``hesse spectrum`` (the curvature matrix of the final-point analysis; the sharpness monitor
-measures the Hessian, whose λ_max the stability limit 2/lr is about).
+moment of the interruption. ``--batches N``, ``--curvature hessian|ggn|fisher``, ``--device`` and
+``--dtype`` work as for ``hesse spectrum`` (the curvature matrix of the final-point analysis; the
+sharpness monitor measures the Hessian, whose λ_max the stability limit 2/lr is about). A factory may
+return ``forward`` or ``batch_loss`` (see :mod:`hesse.cli._model_loader`).
 
 Exit status: 0 for a report, 2 for a user error (one line), 3 when the report was written but the
 training diverged (its diagnosis says so). A run that fails removes an earlier ``report.json`` /
@@ -70,7 +71,13 @@ def _load_checkpoint(model, path: str) -> None:
 
 def run(args) -> int:
     from hesse._progress import message
-    from hesse.cli._model_loader import check_device, load_model_factory, prepare_problem
+    from hesse.cli._model_loader import (
+        check_device,
+        check_dtype,
+        load_model_factory,
+        loss_options,
+        prepare_problem,
+    )
     from hesse.cli.main import CLIError
     from hesse.diagnostics.report import analyze_training, diagnosis, training_divergence
     from hesse.plot.report import remove_stale_report, write_report
@@ -95,18 +102,24 @@ def run(args) -> int:
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise CLIError(f"--checkpoint: file {args.checkpoint!r} not found.")
     device = check_device(args.device)
+    dtype = check_dtype(args.dtype)
     prob = load_model_factory(args.model)
     if args.checkpoint:
         _load_checkpoint(prob["model"], args.checkpoint)
         message(f"[report] loaded weights from {args.checkpoint}", verbose)
     prob = prepare_problem(prob, batches=args.batches, device=device)
     n = sum(p.numel() for p in prob["model"].parameters() if p.requires_grad)
+    if args.curvature != "hessian" and prob.get("batch_loss") is not None:
+        raise CLIError(f"--curvature {args.curvature} needs the model's outputs and a loss_fn(outputs, targets); "
+                       "the factory returns batch_loss (the loss only). Use --curvature hessian, or return "
+                       "'loss_fn' (and 'forward') instead.")
     if args.k > n:
         raise CLIError(f"--k {args.k} exceeds the number of parameters n={n}; ask for at most {n} eigenvalues.")
     try:
         result = analyze_training(prob["model"], prob["loss_fn"], prob["data"], train_steps=args.train,
                                   lr=args.lr, every=args.every, k=args.k, log_dir=os.path.join(args.out, "log"),
-                                  resume=args.resume, curvature=args.curvature, progress=verbose)
+                                  resume=args.resume, curvature=args.curvature, progress=verbose, dtype=dtype,
+                                  **loss_options(prob))
         files = write_report(args.out, result, title=f"hesse report: {args.model}", progress=verbose)
     except BaseException:
         # the earlier report in --out describes another run than the log now there: remove it

@@ -36,8 +36,8 @@ def add_parser(sub) -> None:
 
 
 def add_data_options(p) -> None:
-    """``--batches``, ``--curvature``, ``--device``: shared by ``spectrum`` and ``report``."""
-    from hesse.cli._model_loader import CURVATURES
+    """``--batches``, ``--curvature``, ``--device``, ``--dtype``: shared by ``spectrum`` and ``report``."""
+    from hesse.cli._model_loader import CURVATURES, DTYPES
 
     p.add_argument("--batches", type=int, default=None, metavar="N",
                    help="analyse only the first N batches of the data (default: all)")
@@ -45,18 +45,23 @@ def add_data_options(p) -> None:
                    help="curvature matrix: the loss Hessian (default), the generalized Gauss-Newton matrix, "
                    "or the (empirical) Fisher")
     p.add_argument("--device", default=None, help="move model and batches to this device (cpu, cuda, cuda:1, mps)")
+    p.add_argument("--dtype", default=None, choices=DTYPES,
+                   help="precision the curvature is computed in (default: the parameters' dtype), e.g. float32 "
+                   "for a bfloat16 model; the model itself is not changed")
 
 
 def run(args) -> int:
-    import hesse
     from hesse._progress import message
     from hesse.cli._model_loader import (
         build_operator,
         check_device,
+        check_dtype,
         check_output_path,
         prepare_problem,
     )
     from hesse.cli.main import CLIError
+    from hesse.spectrum import eigsh, spectral_density, trace
+    from hesse.spectrum.per_layer import layer_groups, per_layer
 
     verbose = not args.quiet
     if args.k < 1:
@@ -65,6 +70,7 @@ def run(args) -> int:
         raise CLIError(f"--batches must be a positive integer, got {args.batches}.")
     check_output_path("--plot", args.plot, (".png", ".pdf", ".svg"))
     device = check_device(args.device)
+    dtype = check_dtype(args.dtype)
     if args.model:
         from hesse.cli._model_loader import load_model_factory
 
@@ -78,33 +84,33 @@ def run(args) -> int:
         prob = digits_mlp_problem()
         source = "demo: digits MLP"
     prob = prepare_problem(prob, batches=args.batches, device=device)
-    op = build_operator(args.curvature, prob["model"], prob["loss_fn"], prob["data"])
+    op = build_operator(args.curvature, prob, dtype=dtype)
     name = {"hessian": "Hessian", "ggn": "GGN", "fisher": "Fisher"}[args.curvature]
     message(f"{name} operator: n={op.shape[0]} parameters, loss={op.loss:.6g}", verbose)
-    out: dict = {"model": source, "curvature": args.curvature, "num_parameters": op.shape[0], "loss": op.loss}
+    out: dict = {"model": source, "curvature": args.curvature, "num_parameters": op.shape[0], "loss": op.loss,
+                 "dtype": str(op.dtype).replace("torch.", "")}
     if args.batches is not None:
         out["batches"] = args.batches
     # k > n is refused by eigsh with its own message (a ValueError: exit status 2), never clamped
-    res = hesse.eigsh(op, k=args.k, which=args.which, tol=args.tol, seed=args.seed, progress=verbose)
+    res = eigsh(op, k=args.k, which=args.which, tol=args.tol, seed=args.seed, progress=verbose)
     out["eigenvalues"] = {
         "which": args.which, "values": res.values.tolist(), "residuals": res.residuals.tolist(),
         "converged": res.converged.tolist(), "num_matvecs": res.num_matvecs, "method": res.method,
     }
     if args.trace:
-        tr = hesse.trace(op, "xtrace", num_matvecs=args.trace_matvecs, seed=args.seed, progress=verbose)
+        tr = trace(op, "xtrace", num_matvecs=args.trace_matvecs, seed=args.seed, progress=verbose)
         out["trace"] = {"value": tr.value, "stderr": tr.stderr, "method": tr.method, "num_matvecs": tr.num_matvecs}
     dens = None
     if args.density:
-        dens = hesse.spectral_density(op, num_probes=args.probes, num_steps=args.steps, seed=args.seed,
+        dens = spectral_density(op, num_probes=args.probes, num_steps=args.steps, seed=args.seed,
                                       progress=verbose)
         out["density"] = {"grid": dens.grid.tolist(), "density": dens.density.tolist(),
                           "stderr": dens.stderr.tolist(), "nodes": dens.nodes.tolist(),
                           "weights": dens.weights.tolist(), "sigma": dens.sigma,
                           "num_matvecs": dens.num_matvecs}
     if args.per_layer:
-        model, loss_fn, data = prob["model"], prob["loss_fn"], prob["data"]
-        table = hesse.per_layer(lambda names: build_operator(args.curvature, model, loss_fn, data, params=names),
-                                hesse.layer_groups(model), seed=args.seed, progress=verbose)
+        table = per_layer(lambda names: build_operator(args.curvature, prob, params=names, dtype=dtype),
+                          layer_groups(prob["model"]), seed=args.seed, progress=verbose)
         out["per_layer"] = table.as_dicts()
     if args.plot:
         from hesse.plot.spectrum import plot_spectral_density, plot_top_eigenvalues

@@ -8,11 +8,22 @@ See the README section "diagnostics".
 
 from .landscape import LandscapeResult, filter_normalized_direction, landscape
 from .logging import read_log
-from .monitor import DiagonalCongruence, SharpnessMonitor, SharpnessRecord, stability_limit
+from .monitor import (
+    DiagonalCongruence,
+    LogOptions,
+    Measurements,
+    SharpnessMonitor,
+    SharpnessRecord,
+    StabilityBands,
+    stability_limit,
+)
 
 __all__ = [
     "SharpnessMonitor",
     "SharpnessRecord",
+    "Measurements",
+    "StabilityBands",
+    "LogOptions",
     "DiagonalCongruence",
     "stability_limit",
     "read_log",

@@ -1,9 +1,15 @@
-"""Data read more than once by the diagnostics (monitor checks, landscape slices, reports)."""
+"""Data and loss shared by the diagnostics (monitor checks, landscape slices, reports)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
+
+import torch
+
+from hesse.operators._data import DataSource, batch_size, first_batch_size
+from hesse.operators._evaluation import default_forward
 
 
 def read_once(data: Any) -> Any:
@@ -16,3 +22,59 @@ def read_once(data: Any) -> Any:
     if isinstance(data, Iterator):
         return list(data)
     return data
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """Which loss the diagnostics analyse, as the curvature operators take it.
+
+    ``loss_fn(forward(model, inputs), targets)`` on ``(inputs, targets)`` batches (``forward``
+    defaults to ``model(inputs)``, ``model(**inputs)`` for a mapping), or ``batch_loss(model,
+    batch)`` for a model that computes its own loss, batches weighted by ``batch_size(batch)``.
+    ``dtype`` is the precision curvature is computed in (the operators' ``dtype=``; training
+    steps run in the model's own precision). See :mod:`hesse.operators._evaluation`.
+    """
+
+    loss_fn: Callable | None = None
+    forward: Callable | None = None
+    batch_loss: Callable | None = None
+    batch_size: Callable[[Any], int] | None = None
+    dtype: torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        if self.loss_fn is None and self.batch_loss is None:
+            raise TypeError("pass loss_fn=(outputs, targets) -> scalar, or batch_loss=(model, batch) -> "
+                            "scalar mean loss for a model that computes its own loss.")
+        if self.loss_fn is not None and self.batch_loss is not None:
+            raise ValueError("pass one of loss_fn and batch_loss, not both: batch_loss(model, batch) "
+                             "already gives the loss of a batch.")
+        for name, hint in (("loss_fn", "(outputs, targets) -> loss"), ("forward", "(model, inputs) -> outputs"),
+                           ("batch_loss", "(model, batch) -> scalar mean loss"), ("batch_size", "batch -> int")):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be callable {hint}, got {type(value).__name__}.")
+        if self.forward is not None and self.batch_loss is not None:
+            raise ValueError("forward is not used with batch_loss (batch_loss(model, batch) runs the model "
+                             "itself); pass forward with loss_fn, or batch_loss alone.")
+        if self.dtype is not None and (not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point
+                                       or self.dtype.is_complex):
+            raise TypeError(f"dtype must be a real floating torch.dtype (e.g. torch.float32), got {self.dtype!r}.")
+
+    def operator_options(self) -> dict[str, Any]:
+        """Keyword arguments of the curvature operators (and ``ModelLoss``) besides ``loss_fn``."""
+        return {"forward": self.forward, "batch_loss": self.batch_loss, "batch_size": self.batch_size,
+                "dtype": self.dtype}
+
+    def batch_losses(self, model: torch.nn.Module, data: Any) -> Iterator[tuple[torch.Tensor, int, float]]:
+        """``(loss, samples, weight)`` per batch of the live ``model`` (differentiable), where
+        ``weight * loss`` summed over batches and divided by the samples is the mean loss."""
+        for _, x, y in DataSource(data, pairs=self.batch_loss is None):
+            if self.batch_loss is not None:
+                size = self.batch_size(x) if self.batch_size is not None else first_batch_size(x)
+                yield self.batch_loss(model, x), int(size), float(size)
+                continue
+            assert self.loss_fn is not None  # one of the two, checked in __post_init__
+            size = self.batch_size((x, y)) if self.batch_size is not None else batch_size(x, y)
+            reduction = getattr(self.loss_fn, "reduction", "mean")
+            loss = self.loss_fn((self.forward or default_forward)(model, x), y)
+            yield loss, int(size), float(size) if reduction == "mean" else 1.0

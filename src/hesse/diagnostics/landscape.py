@@ -20,27 +20,34 @@ plus the eigsh products for eigen directions.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from hesse._progress import Progress
+from hesse._result import Result
 from hesse.operators import HessianOperator
-from hesse.operators._model import ModelLoss
+from hesse.operators._evaluation import ModelLoss
 from hesse.spectrum import eigsh
 
-from ._data import read_once
+from ._data import LossSpec, read_once
 
 __all__ = ["landscape", "LandscapeResult", "filter_normalized_direction"]
 
 
-@dataclass
-class LandscapeResult:
+#: Relative residual of the eigen directions: a slice along a direction off by ``epsilon`` shows the
+#: curvature ``λ_1 + O(epsilon^2)``, far below what a plot resolves.
+_EIGEN_TOL = 1e-6
+
+
+@dataclass(repr=False)
+class LandscapeResult(Result):
     """A loss slice. ``coordinates``: one 1-D tensor per direction (the grid ``a`` and ``b``);
     ``losses``: shape ``(steps,)`` or ``(steps, steps)`` indexed ``[i_a, i_b]``; ``directions``:
     ``(n, dims)``; ``center_loss`` = L(θ); ``eigenvalues`` (eigen directions) or None;
-    ``directional_derivatives``: ``gᵀd_i``; ``num_evaluations``: loss evaluations over the data."""
+    ``directional_derivatives``: ``gᵀd_i``; ``nfev``: loss evaluations over the data."""
 
     coordinates: tuple[torch.Tensor, ...]
     losses: torch.Tensor
@@ -49,7 +56,7 @@ class LandscapeResult:
     center_loss: float
     eigenvalues: list[float] | None
     directional_derivatives: list[float]
-    num_evaluations: int
+    nfev: int
     span: float
 
     @property
@@ -61,7 +68,7 @@ class LandscapeResult:
                 "coordinates": [c.tolist() for c in self.coordinates], "losses": self.losses.tolist(),
                 "center_loss": self.center_loss, "eigenvalues": self.eigenvalues,
                 "directional_derivatives": self.directional_derivatives,
-                "num_evaluations": self.num_evaluations}
+                "nfev": self.nfev}
 
     def __repr__(self) -> str:
         eig = "" if self.eigenvalues is None else f", eigenvalues={[round(v, 4) for v in self.eigenvalues]}"
@@ -84,9 +91,10 @@ def filter_normalized_direction(problem_params, generator: torch.Generator) -> l
     return out
 
 
-def landscape(model: torch.nn.Module, loss_fn: Any, data: Any, directions: str = "eigen", dims: int = 1,
-              steps: int = 21, span: float = 1.0, seed: int = 0, params: Any = None,
-              progress: bool = True) -> LandscapeResult:
+def landscape(model: torch.nn.Module, loss_fn: Any = None, data: Any = None, directions: str = "eigen",
+              dims: int = 1, steps: int = 21, span: float = 1.0, seed: int = 0, params: Any = None,
+              progress: bool = True, *, forward: Any = None, batch_loss: Any = None, batch_size: Any = None,
+              dtype: torch.dtype | None = None) -> LandscapeResult:
     """Loss on a line (``dims=1``) or plane (``dims=2``) through the model's current parameters.
 
     Parameters
@@ -98,6 +106,9 @@ def landscape(model: torch.nn.Module, loss_fn: Any, data: Any, directions: str =
     steps : grid points per axis (odd numbers put a point on the center).
     span : the grid covers ``[-span, span]`` along each direction.
     seed : seed of the random directions (and of the eigsh start vector).
+    forward, batch_loss, batch_size, dtype : as for :class:`hesse.HessianOperator` (outputs of a
+        model that takes e.g. a dict, the loss of a model that computes its own, and the precision
+        the loss and Hessian are computed in).
 
     The model's parameters are not changed. Cost: ``steps**dims`` loss evaluations.
     """
@@ -110,52 +121,52 @@ def landscape(model: torch.nn.Module, loss_fn: Any, data: Any, directions: str =
         raise ValueError(f"steps must be an int >= 2 (grid points per axis), got {steps!r}.")
     if not isinstance(span, (int, float)) or isinstance(span, bool) or not span > 0 or span == float("inf"):
         raise ValueError(f"span must be a positive finite float, got {span!r}.")
+    options = LossSpec(loss_fn, forward, batch_loss, batch_size, dtype).operator_options()
     data = read_once(data)  # iterated once per evaluation
-    problem = ModelLoss(model, loss_fn, data, params)
-    theta = problem.params
-    eigenvalues = None
-    op = None
+    problem = ModelLoss(model, loss_fn, data, params, **options)
+    op = HessianOperator(model, loss_fn, data, params, **options)
     if directions == "eigen":
-        op = HessianOperator(model, loss_fn, data, params)
-        res = eigsh(op, k=dims, which="largest", tol=1e-6, seed=seed)
-        D = res.vectors
-        eigenvalues = [float(v) for v in res.values]
+        res = eigsh(op, k=dims, which="largest", tol=_EIGEN_TOL, seed=seed)
+        D = cast(torch.Tensor, res.vectors)  # eigsh returns vectors unless asked not to
+        eigenvalues: list[float] | None = [float(v) for v in res.values]
         dirs = [problem.unflatten(D[:, i]) for i in range(dims)]
     else:
         gen = torch.Generator().manual_seed(seed)
-        dirs = [filter_normalized_direction(theta, gen) for _ in range(dims)]
+        dirs = [filter_normalized_direction(problem.params, gen) for _ in range(dims)]
         D = torch.stack([problem.flatten(d) for d in dirs], dim=1)
+        eigenvalues = None
     grid = torch.linspace(-float(span), float(span), steps, dtype=torch.float64)
-
-    def total_loss(shift: list[torch.Tensor]) -> float:
-        point = tuple(t + s for t, s in zip(theta, shift))
-        total, count = 0.0, 0
-        with torch.no_grad(), problem.mode():
-            for _, x, y, size in problem.batches():
-                value = float(problem.batch_loss(point, x, y))
-                total += value * (size if problem.reduction == "mean" else 1.0)
-                count += size
-        return total / count
-
-    # gradient along each direction (for the Taylor check and the report)
-    if op is None:
-        op = HessianOperator(model, loss_fn, data, params)
-    g = op.gradient
+    g = op.gradient  # the slope along each direction (for the Taylor check and the report)
     derivs = [float(g @ D[:, i].to(g.dtype)) for i in range(dims)]
-    shape = (steps,) if dims == 1 else (steps, steps)
-    losses = torch.empty(shape, dtype=torch.float64)
-    with Progress(losses.numel(), f"landscape ({directions}, {dims}-D)", progress) as bar:
-        if dims == 1:
-            for i, a in enumerate(grid):
-                losses[i] = total_loss([float(a) * d for d in dirs[0]])
-                bar.update(1)
-        else:
-            for i, a in enumerate(grid):
-                for j, b in enumerate(grid):
-                    losses[i, j] = total_loss([float(a) * d1 + float(b) * d2 for d1, d2 in zip(dirs[0], dirs[1])])
-                    bar.update(1)
-    center = total_loss([torch.zeros_like(t) for t in theta])
+    losses = _grid_losses(problem, dirs, grid, f"landscape ({directions}, {dims}-D)", progress)
+    center = _mean_loss(problem, [torch.zeros_like(t) for t in problem.params])
     return LandscapeResult(coordinates=tuple(grid.clone() for _ in range(dims)), losses=losses,
                            directions=D.detach(), kind=directions, center_loss=center,
                            eigenvalues=eigenvalues, directional_derivatives=derivs,
-                           num_evaluations=losses.numel() + 1, span=float(span))
+                           nfev=losses.numel() + 1, span=float(span))
+
+
+def _mean_loss(problem: ModelLoss, shift: list[torch.Tensor]) -> float:
+    """``L(θ + shift)``: the mean loss over the data (batches weighted as in the operators)."""
+    point = tuple(t + s for t, s in zip(problem.params, shift))
+    total, count = 0.0, 0
+    with torch.no_grad(), problem.mode():
+        for _, x, y, size in problem.batches():
+            value = float(problem.batch_loss(point, x, y))
+            total += value * (size if problem.reduction == "mean" else 1.0)
+            count += size
+    return total / count
+
+
+def _grid_losses(problem: ModelLoss, dirs: list[list[torch.Tensor]], grid: torch.Tensor, label: str,
+                 progress: bool) -> torch.Tensor:
+    """``L(θ + a d_1)`` on the grid (one direction) or ``L(θ + a d_1 + b d_2)`` (two), indexed ``[i_a, i_b]``."""
+    steps = grid.numel()
+    losses = torch.empty((steps,) * len(dirs), dtype=torch.float64)
+    with Progress(losses.numel(), label, progress) as bar:
+        for index in itertools.product(range(steps), repeat=len(dirs)):
+            coeffs = [float(grid[i]) for i in index]
+            shift = [sum(c * d[j] for c, d in zip(coeffs, dirs)) for j in range(len(dirs[0]))]
+            losses[index] = _mean_loss(problem, shift)  # type: ignore[arg-type]
+            bar.update(1)
+    return losses

@@ -13,13 +13,14 @@ limit of the first optimizer (``trainer.optimizers[0]``); values are also passed
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 try:
-    import lightning.pytorch as pl
+    pl: Any = importlib.import_module("lightning.pytorch")
 except ImportError:  # pragma: no cover - depends on the environment
     try:
-        import pytorch_lightning as pl
+        pl = importlib.import_module("pytorch_lightning")
     except ImportError as err:
         raise ImportError("hesse.diagnostics.lightning needs PyTorch Lightning: pip install lightning") from err
 
@@ -41,6 +42,8 @@ class SharpnessCallback(pl.Callback):
                                         **self.monitor_kwargs)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.monitor is None:  # a batch outside fit (e.g. trainer.validate): nothing to count
+            return
         record = self.monitor.step(trainer.optimizers[0])
         if record is not None:
             pl_module.log("hesse/lambda_max", record.lambda_max)

@@ -38,6 +38,8 @@ Cost per check: one forward/backward for the operator plus the eigsh products (r
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import warnings
@@ -47,43 +49,126 @@ from typing import Any
 import torch
 
 from hesse._progress import message
+from hesse._result import Result
 from hesse.distributed import is_main_process
 from hesse.operators import CurvatureOperator, HessianOperator
+from hesse.operators.composition import DiagonalCongruence
 from hesse.spectrum import SpectralDensity, eigsh, spectral_density
 from hesse.spectrum import trace as estimate_trace
 
-from ._data import read_once
+from ._data import LossSpec, read_once
 from .logging import SharpnessLog, read_log, truncate_log
 
-__all__ = ["SharpnessMonitor", "SharpnessRecord", "DiagonalCongruence", "stability_limit"]
+__all__ = ["SharpnessMonitor", "SharpnessRecord", "Measurements", "StabilityBands", "LogOptions",
+           "DiagonalCongruence", "stability_limit", "sharpness_status"]
 
 _STATE_FILE = "monitor_state.pt"
 
+#: The operators a record names in ``operator``, by the optimizer kind of :func:`stability_limit`.
+_OPERATOR_NAMES = {"adam-preconditioned": "P^-1/2 H P^-1/2", "scaled": "S^1/2 H S^1/2 (per-group lr)",
+                   "hessian": "hessian"}
 
-class DiagonalCongruence(CurvatureOperator):
-    """``D^{1/2} A D^{1/2}`` for a symmetric operator ``A`` and a nonnegative vector ``d``.
 
-    Congruence keeps symmetry and the inertia (signs) of ``A``; with ``d = 1/p`` its eigenvalues
-    are those of ``P⁻¹A`` (``P = diag(p)``). One product of ``A`` per column.
-    """
-
-    def __init__(self, op: CurvatureOperator, d: torch.Tensor):
-        d = torch.as_tensor(d, dtype=op.dtype, device=op.device).reshape(-1)
-        if d.numel() != op.shape[0]:
-            raise ValueError(f"d must have {op.shape[0]} entries (one per parameter), got {d.numel()}.")
-        if not torch.isfinite(d).all() or bool((d < 0).any()):
-            raise ValueError("d must be finite and nonnegative (a diagonal scaling).")
-        self.base = op
-        self.sqrt_d = d.sqrt()
-        super().__init__(op.shape[0], op.dtype, op.device, op.is_psd)
-
-    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
-        s = self.sqrt_d[:, None]
-        return s * self.base.matmat(s * V)
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
 
 
 @dataclass
-class SharpnessRecord:
+class Measurements:
+    """What each check measures.
+
+    ``k`` top eigenvalues (λ_max the first) to relative residual ``tol``; ``negative``: also the most
+    negative eigenvalue (enables the saddle/plateau flag); ``trace``: XTrace with ``trace_matvecs``
+    products; ``density``: an SLQ snapshot of ``density_probes`` x ``density_steps`` products;
+    ``seed`` of start vectors and probes; ``max_matvecs`` caps each eigensolve (``None``: eigsh's
+    default).
+
+    Defaults: ``tol=1e-4`` puts λ_max within 1e-4 of itself, far finer than the edge-of-stability
+    band, and lets a warm start converge in a few products; 48 XTrace products had the smallest
+    error of the trace estimators on MLP Hessians (README benchmarks); 40 Lanczos steps resolve a
+    density's outliers and bulk (Ghorbani et al. 2019 use 90 for ResNets; a monitor runs often).
+    """
+
+    k: int = 1
+    negative: bool = False
+    trace: bool = False
+    density: bool = False
+    tol: float = 1e-4
+    trace_matvecs: int = 48
+    density_probes: int = 1
+    density_steps: int = 40
+    seed: int = 0
+    max_matvecs: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("k", "trace_matvecs", "density_probes", "density_steps"):
+            _positive_int(name, getattr(self, name))
+        if not isinstance(self.tol, (int, float)) or isinstance(self.tol, bool) or not 0 < self.tol < 1:
+            raise ValueError(f"tol must be a float in (0, 1), got {self.tol!r}.")
+        self.tol = float(self.tol)
+        self.negative, self.trace, self.density = bool(self.negative), bool(self.trace), bool(self.density)
+
+
+@dataclass
+class StabilityBands:
+    """How a measurement is judged (module docs: flags).
+
+    ``eos_band``: the edge-of-stability band as a fraction of the limit, symmetric (a float) or
+    ``(below, above)``; Cohen et al. (2021) see λ_max hover *just above* 2/η, so e.g.
+    ``(0.05, 0.25)`` fits full-batch GD; the default ``0.1`` is a symmetric 10% band.
+    ``saddle_grad_tol`` and ``saddle_curvature_rtol``: the saddle/plateau flag's gradient norm and
+    relative negative curvature (defaults ``1e-3``: negative curvature beyond a thousandth of
+    λ_max is ten times the eigensolver's error at ``tol=1e-4``, so noise does not raise the flag).
+    """
+
+    eos_band: float | tuple[float, float] = 0.1
+    saddle_grad_tol: float = 1e-3
+    saddle_curvature_rtol: float = 1e-3
+
+    def __post_init__(self) -> None:
+        band = tuple(self.eos_band) if isinstance(self.eos_band, (tuple, list)) else (self.eos_band, self.eos_band)
+        if len(band) != 2:
+            raise ValueError(f"eos_band must be a float or a pair (below, above), got {self.eos_band!r}.")
+        for val in band:
+            if not isinstance(val, (int, float)) or isinstance(val, bool) or not 0 < val < 1:
+                raise ValueError(f"eos_band must be a float in (0, 1) or a pair of them, got {val!r}.")
+        self.eos_band = (float(band[0]), float(band[1]))
+        for name in ("saddle_grad_tol", "saddle_curvature_rtol"):
+            val = getattr(self, name)
+            if not isinstance(val, (int, float)) or isinstance(val, bool) or not val >= 0:
+                raise ValueError(f"{name} must be a nonnegative float, got {val!r}.")
+            setattr(self, name, float(val))
+
+    @property
+    def below(self) -> float:
+        return self.eos_band[0]  # type: ignore[index]
+
+    @property
+    def above(self) -> float:
+        return self.eos_band[1]  # type: ignore[index]
+
+
+@dataclass
+class LogOptions:
+    """Where records go: ``log_dir`` (``None``: memory only), ``resume`` a log there, ``progress`` lines."""
+
+    log_dir: str | os.PathLike | None = None
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.resume and self.log_dir is None:
+            raise ValueError("resume=True needs log_dir (the directory of the log to continue).")
+        self.log_dir = None if self.log_dir is None else os.fspath(self.log_dir)
+        self.resume, self.progress = bool(self.resume), bool(self.progress)
+
+
+_CONFIGS: dict[str, type] = {"measurements": Measurements, "bands": StabilityBands, "logging": LogOptions}
+
+
+@dataclass(repr=False)
+class SharpnessRecord(Result):
     """One measurement of :class:`SharpnessMonitor` (all plain numbers; see the module docs)."""
 
     step: int
@@ -102,9 +187,6 @@ class SharpnessRecord:
     lambda_min: float | None = None
     trace: float | None = None
     top_eigenvalues: list[float] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
 
     def __repr__(self) -> str:
         extra = "" if self.lambda_min is None else f", lambda_min={self.lambda_min:.4g}"
@@ -136,6 +218,24 @@ def stability_limit(optimizer: torch.optim.Optimizer) -> tuple[float, float, str
     return 2 / lr, lr, "gd-limit"
 
 
+def sharpness_status(ratio: float, bands: StabilityBands) -> str:
+    """``"stable"``, ``"edge_of_stability"`` or ``"unstable"`` for ``ratio = λ_max / limit`` (module docs)."""
+    if ratio > 1 + bands.above:
+        return "unstable"
+    if ratio >= 1 - bands.below:
+        return "edge_of_stability"
+    return "stable"
+
+
+def _eigenvalue(op: CurvatureOperator, k: int, which: str, v0: torch.Tensor | None, seed: int,
+                measurements: Measurements):
+    """eigsh without its convergence warning: a record reports convergence in ``flags`` instead."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return eigsh(op, k=k, which=which, tol=measurements.tol, v0=v0, seed=seed,
+                     max_matvecs=measurements.max_matvecs)
+
+
 class SharpnessMonitor:
     """Measure λ_max (and optionally λ_min, trace, density) every ``every`` training steps.
 
@@ -144,74 +244,62 @@ class SharpnessMonitor:
     model, loss_fn, data : as for :class:`hesse.HessianOperator`; ``data`` is the fixed
         measurement set (one batch, a pair of tensors, or a DataLoader), the same every check.
     every : measure every ``every`` calls of :meth:`step`.
-    k : number of top eigenvalues measured (``top_eigenvalues``; λ_max is the first).
-    trace : also estimate the trace (XTrace, ``trace_matvecs`` products).
-    density : also take a spectral density snapshot (SLQ, ``density_probes`` x ``density_steps``
-        products), kept in ``densities`` and written to ``density.jsonl``.
-    log_dir : directory for ``sharpness.jsonl``, ``sharpness.csv``, ``density.jsonl`` (and
-        TensorBoard scalars when installed), written by rank 0 only under ``torch.distributed``;
-        ``None`` keeps records in memory only.
-    negative : also measure the most negative eigenvalue (enables the saddle/plateau flag).
-    progress : one line per check on stderr.
-    resume : continue the log in ``log_dir`` (records, step counter and warm-start vector are
-        restored; steps already logged are not measured again). When resuming from a model
-        checkpoint, save :meth:`state_dict` with it and call :meth:`load_state_dict` after
-        construction: the log is cut back to the checkpoint's step.
-    tol : eigsh tolerance (relative residual); ``eos_band``: the edge-of-stability band as a
-        fraction of the limit, symmetric (a float) or ``(below, above)``: Cohen et al. (2021) see
-        λ_max hover *just above* 2/η, so e.g. ``(0.05, 0.25)`` fits full-batch GD; ``saddle_grad_tol``, ``saddle_curvature_rtol``: see the
-        module docs. ``params``: which parameters (as for HessianOperator).
+    measurements : :class:`Measurements`, what each check measures (``k``, ``negative``, ``trace``,
+        ``density``, ``tol``, ``trace_matvecs``, ``density_probes``, ``density_steps``, ``seed``,
+        ``max_matvecs``).
+    bands : :class:`StabilityBands`, how a check is judged (``eos_band``, ``saddle_grad_tol``,
+        ``saddle_curvature_rtol``).
+    logging : :class:`LogOptions`, where records go. ``log_dir``: directory for
+        ``sharpness.jsonl``, ``sharpness.csv``, ``density.jsonl`` (and TensorBoard scalars when
+        installed), written by rank 0 only under ``torch.distributed``; ``None`` keeps records in
+        memory only. ``resume``: continue the log in ``log_dir`` (records, step counter and
+        warm-start vector are restored; steps already logged are not measured again); when resuming
+        from a model checkpoint, save :meth:`state_dict` with it and call :meth:`load_state_dict`
+        after construction: the log is cut back to the checkpoint's step. ``progress``: one line
+        per check on stderr.
+    params : which parameters (as for HessianOperator).
+    forward, batch_loss, batch_size, dtype : as for :class:`hesse.HessianOperator`: the outputs
+        ``forward(model, inputs)`` (e.g. ``lambda m, b: m(**b).logits``), or instead of ``loss_fn``
+        the loss of a model that computes its own (``batch_loss(model, batch)``, batches weighted
+        by ``batch_size(batch)``); ``dtype``: the precision the Hessian is computed in.
+    **options : any field of the three records above as a keyword (``k=3, negative=True,
+        log_dir="runs"``); it overrides the same field of a record passed.
 
     Use ``monitor.step(optimizer)`` after each ``optimizer.step()``; ``monitor.measure(optimizer)``
     measures now (e.g. before training, at step 0).
     """
 
-    def __init__(self, model: torch.nn.Module, loss_fn: Any, data: Any, every: int = 10, k: int = 1,
-                 trace: bool = False, density: bool = False, log_dir: str | os.PathLike | None = None,
-                 negative: bool = False, progress: bool = True, *, resume: bool = False,
-                 tol: float = 1e-4, eos_band: float | tuple[float, float] = 0.1, saddle_grad_tol: float = 1e-3,
-                 saddle_curvature_rtol: float = 1e-3, params: Any = None, trace_matvecs: int = 48,
-                 density_probes: int = 1, density_steps: int = 40, seed: int = 0,
-                 max_matvecs: int | None = None):
+    def __init__(self, model: torch.nn.Module, loss_fn: Any = None, data: Any = None, every: int = 10, *,
+                 measurements: Measurements | None = None, bands: StabilityBands | None = None,
+                 logging: LogOptions | None = None, params: Any = None, forward: Any = None,
+                 batch_loss: Any = None, batch_size: Any = None, dtype: torch.dtype | None = None,
+                 **options: Any):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable (outputs, targets) -> loss, got {type(loss_fn).__name__}.")
-        for name, val in (("every", every), ("k", k), ("trace_matvecs", trace_matvecs),
-                          ("density_probes", density_probes), ("density_steps", density_steps)):
-            if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-                raise ValueError(f"{name} must be a positive int, got {val!r}.")
-        band = tuple(eos_band) if isinstance(eos_band, (tuple, list)) else (eos_band, eos_band)
-        if len(band) != 2:
-            raise ValueError(f"eos_band must be a float or a pair (below, above), got {eos_band!r}.")
-        for name, val in (("tol", tol), ("eos_band", band[0]), ("eos_band", band[1])):
-            if not isinstance(val, (int, float)) or isinstance(val, bool) or not 0 < val < 1:
-                raise ValueError(f"{name} must be a float in (0, 1), got {val!r}.")
-        for name, val in (("saddle_grad_tol", saddle_grad_tol), ("saddle_curvature_rtol", saddle_curvature_rtol)):
-            if not isinstance(val, (int, float)) or isinstance(val, bool) or not val >= 0:
-                raise ValueError(f"{name} must be a nonnegative float, got {val!r}.")
-        if resume and log_dir is None:
-            raise ValueError("resume=True needs log_dir (the directory of the log to continue).")
+        self.objective = LossSpec(loss_fn, forward, batch_loss, batch_size, dtype)
+        if data is None:
+            raise TypeError("data is required: the fixed measurement set (a batch, a pair of tensors or a "
+                            "DataLoader), the same at every check.")
+        _positive_int("every", every)
+        configs = _with_options({"measurements": measurements, "bands": bands, "logging": logging}, options)
+        self.measurements: Measurements = configs["measurements"]
+        self.bands: StabilityBands = configs["bands"]
+        self.logging: LogOptions = configs["logging"]
         self.model, self.loss_fn, self.data, self.params = model, loss_fn, read_once(data), params
-        self.every, self.k, self.trace, self.density = every, k, bool(trace), bool(density)
-        self.negative, self.progress = bool(negative), bool(progress)
-        self.tol, self.eos_band = float(tol), (float(band[0]), float(band[1]))
-        self.saddle_grad_tol, self.saddle_curvature_rtol = float(saddle_grad_tol), float(saddle_curvature_rtol)
-        self.trace_matvecs, self.density_probes, self.density_steps = trace_matvecs, density_probes, density_steps
-        self.seed, self.max_matvecs = seed, max_matvecs
+        self.every = every
         self.records: list[SharpnessRecord] = []
         self.densities: list[tuple[int, Any]] = []
         self.num_steps = 0  # calls of step() so far (= optimizer steps taken)
         self._v_top: torch.Tensor | None = None
         self._v_bottom: torch.Tensor | None = None
         self._operator_kind: str | None = None
-        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        self.log_dir: str | None = self.logging.log_dir  # type: ignore[assignment]  # a str after LogOptions
         self.log: SharpnessLog | None = None
         if self.log_dir is not None:
-            if resume:
-                self._restore()
+            if self.logging.resume:
+                self._restore(self.log_dir)
             if is_main_process():  # under torch.distributed every rank computes, rank 0 writes
-                self.log = SharpnessLog(self.log_dir, resume=resume)
+                self.log = SharpnessLog(self.log_dir, resume=self.logging.resume)
 
     # ------------------------------------------------------------------ public
     @property
@@ -235,24 +323,8 @@ class SharpnessMonitor:
         step = self.num_steps if step is None else int(step)
         if self.records and step <= self.records[-1].step:
             return None  # already measured (resumed run replaying steps)
-        if optimizer is None:
-            if lr is None:
-                raise ValueError("measure() needs the optimizer (or lr=... for plain gradient descent).")
-            if not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
-                raise ValueError(f"lr must be a positive float, got {lr!r}.")
-            limit, lr, kind = 2 / float(lr), float(lr), "sgd"
-        else:
-            limit, lr, kind = stability_limit(optimizer)
-            if kind == "adam-preconditioned" and not any("exp_avg_sq" in st for st in optimizer.state.values()):
-                limit, kind = 2 / lr, "gd-limit"  # before Adam's first step there is no preconditioner yet
-
-        try:
-            H = HessianOperator(self.model, self.loss_fn, self.data, self.params)
-        except ValueError as err:
-            if "not finite" not in str(err):
-                raise
-            raise ValueError(f"at step {step} {err} Training has likely diverged: lower the learning rate "
-                             f"(gradient descent is stable for lambda_max < 2/lr).") from err
+        limit, lr, kind = self._limit(optimizer, lr)
+        H = self._hessian(step)
         loss, grad_norm = float(H.loss), float(H.gradient.norm())
         if not math.isfinite(loss):
             raise ValueError(f"the loss on the measurement data is {loss} at step {step}: training has "
@@ -261,62 +333,17 @@ class SharpnessMonitor:
         if kind != self._operator_kind:
             self._v_top = self._v_bottom = None  # a different operator: no warm start across kinds
             self._operator_kind = kind
-        flags: list[str] = []
-        k = min(self.k, op.shape[0])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # reported via flags/converged instead
-            top = eigsh(op, k=k, which="largest", tol=self.tol, v0=self._v_top, seed=self.seed,
-                              max_matvecs=self.max_matvecs)
-        self._v_top = top.vectors[:, 0].detach().clone()
-        converged = bool(top.converged.all())
-        residual = float(top.residuals.max())
-        lambda_max = float(top.values[0])
-        lambda_min = None
-        if self.negative:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                bottom = eigsh(op, k=1, which="smallest", tol=self.tol, v0=self._v_bottom,
-                                     seed=self.seed + 1, max_matvecs=self.max_matvecs)
-            self._v_bottom = bottom.vectors[:, 0].detach().clone()
-            lambda_min = float(bottom.values[0])
-            converged = converged and bool(bottom.converged.all())
-            residual = max(residual, float(bottom.residuals.max()))
-        trace_value = None
-        if self.trace:
-            trace_value = float(estimate_trace(op, num_matvecs=self.trace_matvecs, seed=self.seed).value)
-        if self.density:
-            dens = spectral_density(op, num_probes=self.density_probes,
-                                          num_steps=min(self.density_steps, op.shape[0]), seed=self.seed)
-            self.densities.append((step, dens))
-            if self.log is not None:
-                self.log.write_density(step, dens)
-        ratio = lambda_max / limit
-        if ratio > 1 + self.eos_band[1]:
-            status = "unstable"
-        elif ratio >= 1 - self.eos_band[0]:
-            status = "edge_of_stability"
-        else:
-            status = "stable"
-        flags.append(status)
-        if (lambda_min is not None and grad_norm <= self.saddle_grad_tol
-                and lambda_min < -self.saddle_curvature_rtol * abs(lambda_max)):
-            flags.append("saddle_plateau")
-        if not converged:
-            flags.append("not_converged")
-        record = SharpnessRecord(
-            step=step, loss=loss, grad_norm=grad_norm, lr=lr, stability_limit=limit, lambda_max=lambda_max,
-            sharpness_ratio=ratio, status=status, flags=flags,
-            operator=("hessian" if op is H else "P^-1/2 H P^-1/2" if kind == "adam-preconditioned"
-                      else "S^1/2 H S^1/2 (per-group lr)"),
-            num_matvecs=op.num_matvecs, converged=converged, residual=residual, lambda_min=lambda_min,
-            trace=trace_value, top_eigenvalues=[float(v) for v in top.values])
-        self.records.append(record)
-        if self.log is not None:
-            self.log.write(record.as_dict())
-            self._save_state()
-        message(f"[monitor] step {step}: loss {loss:.4f}  lambda_max {lambda_max:.4g}  limit {limit:.4g} "
-                f"({ratio:.2f})  {status}  [{op.num_matvecs} products]", self.progress)
-        return record
+        record = self._eigen_record(op, step)
+        record.update(self._extras(op, step))
+        ratio = record["lambda_max"] / limit
+        status = sharpness_status(ratio, self.bands)
+        flags = [status] + self._extra_flags(record, grad_norm)
+        name = "hessian" if op is H else "adam-preconditioned" if kind == "adam-preconditioned" else "scaled"
+        result = SharpnessRecord(step=step, loss=loss, grad_norm=grad_norm, lr=lr, stability_limit=limit,
+                                 sharpness_ratio=ratio, status=status, flags=flags,
+                                 operator=_OPERATOR_NAMES[name], num_matvecs=op.num_matvecs, **record)
+        self._write(result)
+        return result
 
     def state_dict(self) -> dict:
         """What a resumed monitor needs besides its log: the step counter and the warm-start vectors.
@@ -342,7 +369,7 @@ class SharpnessMonitor:
         self.densities = [(s, d) for s, d in self.densities if s <= cut]
         if self.log_dir is not None and is_main_process():
             reopen = self.log is not None
-            if reopen:
+            if self.log is not None:
                 self.log.close()  # its CSV handle would keep appending to the replaced file
             truncate_log(self.log_dir, cut)
             if reopen:
@@ -368,11 +395,87 @@ class SharpnessMonitor:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"SharpnessMonitor(every={self.every}, k={self.k}, negative={self.negative}, "
-                f"trace={self.trace}, density={self.density}, records={len(self.records)}, "
+        m = self.measurements
+        return (f"SharpnessMonitor(every={self.every}, k={m.k}, negative={m.negative}, "
+                f"trace={m.trace}, density={m.density}, records={len(self.records)}, "
                 f"log_dir={self.log_dir!r})")
 
     # ------------------------------------------------------------------ internals
+    def _limit(self, optimizer: torch.optim.Optimizer | None, lr: float | None) -> tuple[float, float, str]:
+        """``(limit, lr, kind)`` from the optimizer, or the GD limit ``2/lr`` without one."""
+        if optimizer is None:
+            if lr is None:
+                raise ValueError("measure() needs the optimizer (or lr=... for plain gradient descent).")
+            if not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
+                raise ValueError(f"lr must be a positive float, got {lr!r}.")
+            return 2 / float(lr), float(lr), "sgd"
+        limit, lr, kind = stability_limit(optimizer)
+        if kind == "adam-preconditioned" and not any("exp_avg_sq" in st for st in optimizer.state.values()):
+            return 2 / lr, lr, "gd-limit"  # before Adam's first step there is no preconditioner yet
+        return limit, lr, kind
+
+    def _hessian(self, step: int) -> HessianOperator:
+        """The Hessian at the current parameters; a non-finite loss or gradient is called divergence."""
+        try:
+            return HessianOperator(self.model, self.loss_fn, self.data, self.params, **self.objective.operator_options())
+        except ValueError as err:
+            if "not finite" not in str(err):
+                raise
+            raise ValueError(f"at step {step} {err} Training has likely diverged: lower the learning rate "
+                             f"(gradient descent is stable for lambda_max < 2/lr).") from err
+
+    def _eigen_record(self, op: CurvatureOperator, step: int) -> dict[str, Any]:
+        """λ_max and the top ``k`` (and λ_min with ``negative``), warm-started from the last check."""
+        m = self.measurements
+        top = _eigenvalue(op, min(m.k, op.shape[0]), "largest", self._v_top, m.seed, m)
+        self._v_top = top.vectors[:, 0].detach().clone()
+        out: dict[str, Any] = {"lambda_max": float(top.values[0]), "converged": bool(top.converged.all()),
+                               "residual": float(top.residuals.max()),
+                               "top_eigenvalues": [float(v) for v in top.values], "lambda_min": None}
+        if m.negative:
+            # another seed: a cold start of the bottom solve should not repeat the top one's vector
+            bottom = _eigenvalue(op, 1, "smallest", self._v_bottom, m.seed + 1, m)
+            self._v_bottom = bottom.vectors[:, 0].detach().clone()
+            out["lambda_min"] = float(bottom.values[0])
+            out["converged"] = out["converged"] and bool(bottom.converged.all())
+            out["residual"] = max(out["residual"], float(bottom.residuals.max()))
+        return out
+
+    def _extras(self, op: CurvatureOperator, step: int) -> dict[str, Any]:
+        """The optional trace (into the record) and density snapshot (into ``densities`` and the log)."""
+        m = self.measurements
+        trace_value = None
+        if m.trace:
+            trace_value = float(estimate_trace(op, num_matvecs=m.trace_matvecs, seed=m.seed).value)
+        if m.density:
+            dens = spectral_density(op, num_probes=m.density_probes, num_steps=min(m.density_steps, op.shape[0]),
+                                    seed=m.seed)
+            self.densities.append((step, dens))
+            if self.log is not None:
+                self.log.write_density(step, dens)
+        return {"trace": trace_value}
+
+    def _extra_flags(self, record: dict[str, Any], grad_norm: float) -> list[str]:
+        """``saddle_plateau`` (small gradient next to negative curvature) and ``not_converged``."""
+        flags = []
+        lambda_min, lambda_max = record["lambda_min"], record["lambda_max"]
+        if (lambda_min is not None and grad_norm <= self.bands.saddle_grad_tol
+                and lambda_min < -self.bands.saddle_curvature_rtol * abs(lambda_max)):
+            flags.append("saddle_plateau")
+        if not record["converged"]:
+            flags.append("not_converged")
+        return flags
+
+    def _write(self, record: SharpnessRecord) -> None:
+        """Keep the record, append it to the log (with the resume state), print its line."""
+        self.records.append(record)
+        if self.log is not None:
+            self.log.write(record.as_dict())
+            self._save_state()
+        message(f"[monitor] step {record.step}: loss {record.loss:.4f}  lambda_max {record.lambda_max:.4g}  "
+                f"limit {record.stability_limit:.4g} ({record.sharpness_ratio:.2f})  {record.status}  "
+                f"[{record.num_matvecs} products]", self.logging.progress)
+
     def _effective_operator(self, H: HessianOperator, optimizer, kind: str) -> CurvatureOperator:
         """H itself, or D^{1/2} H D^{1/2} for Adam / per-group learning rates (module docs)."""
         if optimizer is None:
@@ -411,24 +514,26 @@ class SharpnessMonitor:
             return H
         return DiagonalCongruence(H, torch.cat(pieces))
 
-    def _state_path(self) -> str:
-        return os.path.join(self.log_dir, _STATE_FILE)
-
     def _save_state(self) -> None:
-        state = self.state_dict()
-        tmp = self._state_path() + ".tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self._state_path())  # atomic: a crash leaves the old or the new state
+        if self.log_dir is None:
+            return
+        path = os.path.join(self.log_dir, _STATE_FILE)
+        tmp = path + ".tmp"
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)  # atomic: a crash leaves the old or the new state
 
-    def _restore(self) -> None:
-        path = os.path.join(self.log_dir, "sharpness.jsonl")
+    def _restore(self, log_dir: str) -> None:
+        """Records, step counter and warm-start vectors of the log in ``log_dir`` (nothing there: a fresh start)."""
+        path = os.path.join(log_dir, "sharpness.jsonl")
         if not os.path.exists(path):
-            return  # nothing to resume: start fresh
+            return
+        fields = [f.name for f in dataclasses.fields(SharpnessRecord)]
         for rec in read_log(path):
-            self.records.append(SharpnessRecord(**{k: rec.get(k) for k in SharpnessRecord.__dataclass_fields__
-                                                   if k in rec}))
-        if os.path.exists(self._state_path()):
-            state = torch.load(self._state_path(), weights_only=True)
+            values: dict[str, Any] = {k: rec.get(k) for k in fields if k in rec}
+            self.records.append(SharpnessRecord(**values))
+        state_path = os.path.join(log_dir, _STATE_FILE)
+        if os.path.exists(state_path):
+            state = torch.load(state_path, weights_only=True)
             if self.records and state["last_step"] == self.records[-1].step:
                 self.num_steps = int(state["num_steps"])
                 self._operator_kind = state["operator_kind"]
@@ -437,20 +542,43 @@ class SharpnessMonitor:
                 self.num_steps = self.records[-1].step
         elif self.records:
             self.num_steps = self.records[-1].step
-        density_path = os.path.join(self.log_dir, "density.jsonl")
-        if os.path.exists(density_path):
-            import json
+        self.densities.extend(_read_densities(os.path.join(log_dir, "density.jsonl")))
 
-            with open(density_path) as fh:
-                for line in fh:
-                    try:
-                        e = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    nodes = torch.tensor(e["nodes"], dtype=torch.float64)
-                    dens = SpectralDensity(torch.tensor(e["grid"], dtype=torch.float64),
-                                           torch.tensor(e["density"], dtype=torch.float64),
-                                           torch.full((len(e["grid"]),), float("nan"), dtype=torch.float64),
-                                           nodes, torch.tensor(e["weights"], dtype=torch.float64),
-                                           float(e["sigma"]), 0, nodes.shape[0], nodes.shape[1])
-                    self.densities.append((int(e["step"]), dens))
+
+def _read_densities(path: str) -> list[tuple[int, SpectralDensity]]:
+    """The ``(step, density)`` snapshots of a ``density.jsonl`` (a torn last line is skipped)."""
+    out: list[tuple[int, SpectralDensity]] = []
+    if not os.path.exists(path):
+        return out
+    with open(path) as fh:
+        for line in fh:
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            nodes = torch.tensor(e["nodes"], dtype=torch.float64)
+            dens = SpectralDensity(torch.tensor(e["grid"], dtype=torch.float64),
+                                   torch.tensor(e["density"], dtype=torch.float64),
+                                   torch.full((len(e["grid"]),), float("nan"), dtype=torch.float64),
+                                   nodes, torch.tensor(e["weights"], dtype=torch.float64),
+                                   float(e["sigma"]), 0, nodes.shape[0], nodes.shape[1])
+            out.append((int(e["step"]), dens))
+    return out
+
+
+def _with_options(configs: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The three config records, each defaulted when ``None``, with ``options`` set on their fields."""
+    owner = {f.name: key for key, cls in _CONFIGS.items() for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - set(owner))
+    if unknown:
+        raise TypeError(f"SharpnessMonitor got unexpected keyword(s) {', '.join(unknown)}; the options are "
+                        f"{', '.join(sorted(owner))} (fields of Measurements, StabilityBands, LogOptions).")
+    out = {}
+    for key, cls in _CONFIGS.items():
+        given = configs[key]
+        if given is not None and not isinstance(given, cls):
+            raise TypeError(f"{key} must be a {cls.__name__}, got {type(given).__name__}.")
+        mine = {name: value for name, value in options.items() if owner[name] == key}
+        base: Any = given if given is not None else cls()
+        out[key] = dataclasses.replace(base, **mine) if mine else base
+    return out

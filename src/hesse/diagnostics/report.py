@@ -42,12 +42,19 @@ from typing import Any
 
 import torch
 
+from hesse._autodiff import gradient, hessian
 from hesse._progress import Progress, message
+from hesse.geometry.classify import classify
+from hesse.operators import FisherOperator, GGNOperator, HessianOperator
+from hesse.spectrum import eigsh, spectral_density, summarize
 
-from ._data import read_once
+from ._data import LossSpec, read_once
+from .landscape import landscape
+from .monitor import LogOptions, Measurements, SharpnessMonitor, StabilityBands
 
 __all__ = ["analyze_training", "train_monitored", "quadratic_example", "bulk_edge", "describe_sharpness",
-           "training_divergence", "diagnosis", "summary_markdown", "DIVERGENCE_LOSS_FACTOR", "DIVERGENCE_RATIO"]
+           "training_divergence", "diagnosis", "summary_markdown", "DIVERGENCE_LOSS_FACTOR", "DIVERGENCE_RATIO",
+           "OUTLIER_FACTOR"]
 
 QUADRATIC_EXAMPLE = "3x^2 + 2xy + 2y^2 - 4x - 6y"
 
@@ -73,34 +80,30 @@ def quadratic_example() -> tuple[dict, Any]:
     ``H⁻¹ (4, 6) = (0.2, 1.4)``; the Taylor check compares ``f(x0 + v)`` with its second-order model,
     exact for a quadratic.
     """
-    import hesse
-
     def f(p):
         x, y = p[0], p[1]
         return 3 * x**2 + 2 * x * y + 2 * y**2 - 4 * x - 6 * y
 
-    H0 = hesse.hessian(f, [0.0, 0.0])
-    g0 = hesse.gradient(f, [0.0, 0.0])
+    H0 = hessian(f, [0.0, 0.0])
+    g0 = gradient(f, [0.0, 0.0])
     x_star = torch.linalg.solve(H0, -g0)  # f is quadratic: one Newton step from 0 is exact
-    H = hesse.hessian(f, x_star)
+    H = hessian(f, x_star)
     eig = torch.linalg.eigvalsh(H)
     kind = "local minimum" if bool((eig > 0).all()) else "local maximum" if bool((eig < 0).all()) else "saddle point"
-    if hasattr(hesse, "classify"):
-        cp = hesse.classify(f, x_star)  # the geometry module's verdict, when it is part of the build
-        verdict = getattr(cp, "kind", None) or getattr(cp, "classification", None)
-        verdict = getattr(verdict, "value", verdict)  # an Enum member: its value
-        if verdict:
-            kind = str(verdict)
+    verdict = getattr(classify(f, x_star), "kind", None)  # the geometry module's verdict
+    verdict = getattr(verdict, "value", verdict)  # an Enum member: its value
+    if verdict:
+        kind = str(verdict)
     x0, v = torch.tensor([0.5, -0.5], dtype=torch.float64), torch.tensor([0.3, 0.4], dtype=torch.float64)
-    taylor = float(f(x0) + hesse.gradient(f, x0) @ v + 0.5 * v @ hesse.hessian(f, x0) @ v)
+    taylor = float(f(x0) + gradient(f, x0) @ v + 0.5 * v @ hessian(f, x0) @ v)
     return {"function": QUADRATIC_EXAMPLE, "critical_point": x_star.tolist(),
-            "gradient_norm": float(hesse.gradient(f, x_star).norm()), "hessian": H.tolist(),
+            "gradient_norm": float(gradient(f, x_star).norm()), "hessian": H.tolist(),
             "eigenvalues": eig.tolist(), "condition_number": float(eig.max() / eig.min()),
             "classification": kind, "taylor_check": {"x0": x0.tolist(), "v": v.tolist(),
                                                      "exact": float(f(x0 + v)), "model": taylor}}, f
 
 
-seed_example = quadratic_example  # the earlier name (hesse.cli.demo imports it)
+seed_example = quadratic_example  # the name hesse.cli.demo imports
 
 
 def bulk_edge(density, quantile: float = 0.99) -> float:
@@ -190,20 +193,46 @@ def describe_sharpness(records: list[dict], eos_band: tuple[float, float], losse
     return out
 
 
-def _full_batch_gradient_step(model, loss_fn, data, lr: float) -> float:
-    """One step of full-batch GD on the mean loss over ``data``; returns the loss before the step."""
-    from hesse.operators._data import DataSource, batch_size
+#: Relative residual of the eigenvalues of the final point: the report prints them to four
+#: significant digits and counts outliers against the bulk edge, far coarser than 1e-6.
+_FINAL_TOL = 1e-6
 
+#: Relative residual of the starting λ_max that sets the default learning rate 1/λ_max: a 1e-4 error
+#: in λ_max moves the step size by 1e-4 of itself, far inside the factor 2 to the stability limit.
+_LR_TOL = 1e-4
+
+#: An eigenvalue is an outlier when it exceeds this multiple of the bulk edge: the bulk of a trained
+#: network's Hessian ends near its edge while its outliers lie an order of magnitude and more above
+#: it (Papyan 2019, Fig. 1; Ghorbani et al. 2019, sec. 3).
+OUTLIER_FACTOR = 4.0
+
+#: Density snapshots per training run when ``density_every`` is not given: at a quarter, half,
+#: three quarters and the end of the run they show how the spectrum spreads (progressive
+#: sharpening) for four times SLQ's cost.
+_DENSITY_SNAPSHOTS = 4
+
+#: The 2-D slice has half the 1-D slice's points per axis (its cost is their square), at least
+#: this many so that a bowl or a saddle is still visible.
+_MIN_PLANE_STEPS = 5
+
+#: Learning rate when the starting Hessian has no positive eigenvalue (``1/λ_max`` is undefined):
+#: gradient descent then has no curvature limit, and 0.1 is the usual SGD default.
+_FALLBACK_LR = 0.1
+
+#: The 1-D slice spans ``±2 r`` with ``r = sqrt(2 L / λ_max)``, the distance along the top
+#: eigenvector at which the quadratic model's rise ``½ λ_max r²`` equals the loss; ``L`` is floored
+#: at this value so that a near-zero loss still gives a visible slice.
+_MIN_SLICE_LOSS = 0.05
+
+
+def _full_batch_gradient_step(model, objective: LossSpec, data, lr: float) -> float:
+    """One step of full-batch GD on the mean loss over ``data``; returns the loss before the step."""
     params = [p for p in model.parameters() if p.requires_grad]
     grads = [torch.zeros_like(p) for p in params]
     total, count = 0.0, 0
-    for _, x, y in DataSource(data):
-        size = batch_size(x, y)
-        loss = loss_fn(model(x), y)
-        reduction = getattr(loss_fn, "reduction", "mean")
-        weight = size if reduction == "mean" else 1.0
-        g = torch.autograd.grad(loss * weight, params, allow_unused=True)
-        for acc, gi in zip(grads, g):
+    for loss, size, weight in objective.batch_losses(model, data):
+        batch_grads = torch.autograd.grad(loss * weight, params, allow_unused=True)
+        for acc, gi in zip(grads, batch_grads):
             if gi is not None:
                 acc.add_(gi)
         total += float(loss.detach()) * weight
@@ -224,33 +253,58 @@ def _save_checkpoint(path: str, step: int, lr: float, model, losses: list[float]
     os.replace(tmp, path)
 
 
-def train_monitored(model, loss_fn, data, *, train_steps: int, lr: float | None = None, every: int = 10,
-                    density_every: int | None = None, log_dir: str | None = None, resume: bool = False,
-                    eos_band: tuple[float, float] = (0.05, 0.25), seed: int = 0,
-                    progress: bool = True) -> tuple[Any, float, list[float]]:
+def _load_checkpoint(log_dir: str | None, resume: bool, progress: bool) -> dict | None:
+    """The checkpoint to resume from (``None``: start afresh)."""
+    if not resume:
+        return None
+    if log_dir is None:
+        raise ValueError("resume=True needs log_dir (the folder of the run to continue).")
+    path = os.path.join(log_dir, CHECKPOINT_FILE)
+    if not os.path.exists(path):
+        message(f"[train] no checkpoint in {log_dir!r} yet: starting afresh", progress)
+        return None
+    return torch.load(path, weights_only=True)
+
+
+def _initial_lr(model, objective: LossSpec, data, seed: int, progress: bool) -> float:
+    """``1/λ_max`` at the start: half the stability limit 2/λ_max of gradient descent."""
+    H0 = HessianOperator(model, objective.loss_fn, data, **objective.operator_options())
+    lam0 = float(eigsh(H0, k=1, tol=_LR_TOL, seed=seed).values[0])
+    lr = 1.0 / lam0 if lam0 > 0 else _FALLBACK_LR
+    message(f"[train] lr not given: 1/lambda_max = {lr:.4g} (half the stability limit)", progress)
+    return lr
+
+
+def _make_monitor(model, objective: LossSpec, data, *, every: int, log_dir: str | None, resume: bool,
+                  eos_band: tuple[float, float], seed: int) -> SharpnessMonitor:
+    """The monitor of a report: λ_max and λ_min per check, densities when asked, quiet."""
+    return SharpnessMonitor(model, objective.loss_fn, data, every,
+                            measurements=Measurements(k=1, negative=True, seed=seed),
+                            bands=StabilityBands(eos_band=eos_band),
+                            logging=LogOptions(log_dir=log_dir, resume=resume, progress=False),
+                            **objective.operator_options())
+
+
+def train_monitored(model, loss_fn=None, data=None, *, train_steps: int, lr: float | None = None,
+                    every: int = 10, density_every: int | None = None, log_dir: str | None = None,
+                    resume: bool = False, eos_band: tuple[float, float] = (0.05, 0.25), seed: int = 0,
+                    progress: bool = True, forward=None, batch_loss=None, batch_size=None,
+                    dtype: torch.dtype | None = None) -> tuple[SharpnessMonitor, float, list[float]]:
     """Full-batch gradient descent for ``train_steps`` steps under a :class:`SharpnessMonitor`.
 
     Returns ``(monitor, lr, training_losses)``. With ``log_dir`` the monitor log and a checkpoint
     (``checkpoint.pt``, after step 0 and after every check) are written there; ``resume=True``
     continues from the checkpoint (module docs: the log is cut back to the checkpoint's step), or
-    starts afresh when there is none yet. ``lr=None``: ``1/λ_max`` at the start.
+    starts afresh when there is none yet. ``lr=None``: ``1/λ_max`` at the start. ``forward``,
+    ``batch_loss``, ``batch_size``: the loss as for :class:`hesse.HessianOperator` (training and
+    checks use the same loss); ``dtype``: the precision of the checks' Hessians.
     """
-    import hesse
-    from hesse.diagnostics.monitor import SharpnessMonitor
-
+    objective = LossSpec(loss_fn, forward, batch_loss, batch_size, dtype)
     data = read_once(data)
     ckpt = None if log_dir is None else os.path.join(log_dir, CHECKPOINT_FILE)
-    state = None
-    if resume:
-        if ckpt is None:
-            raise ValueError("resume=True needs log_dir (the folder of the run to continue).")
-        if os.path.exists(ckpt):
-            state = torch.load(ckpt, weights_only=True)
-        else:
-            message(f"[train] no checkpoint in {log_dir!r} yet: starting afresh", progress)
-    monitor = SharpnessMonitor(model, loss_fn, data, every=every, k=1, negative=True, log_dir=log_dir,
-                               resume=state is not None, progress=False, eos_band=eos_band,
-                               density_probes=1, density_steps=40, seed=seed)
+    state = _load_checkpoint(log_dir, resume, progress)
+    monitor = _make_monitor(model, objective, data, every=every, log_dir=log_dir, resume=state is not None,
+                            eos_band=eos_band, seed=seed)
     if state is not None:
         model.load_state_dict(state["model"])
         monitor.load_state_dict(state["monitor"])  # cuts the log back to the checkpoint's step
@@ -260,25 +314,22 @@ def train_monitored(model, loss_fn, data, *, train_steps: int, lr: float | None 
         message(f"[train] resumed at step {start} from {ckpt}", progress)
     else:
         if lr is None:
-            H0 = hesse.HessianOperator(model, loss_fn, data)
-            lam0 = float(hesse.eigsh(H0, k=1, tol=1e-4, seed=seed).values[0])
-            lr = 1.0 / lam0 if lam0 > 0 else 0.1
-            message(f"[train] lr not given: 1/lambda_max = {lr:.4g} (half the stability limit)", progress)
+            lr = _initial_lr(model, objective, data, seed, progress)
         training_losses = []
         start = 0
         monitor.measure(lr=lr, step=0)
         if ckpt is not None:
             _save_checkpoint(ckpt, 0, lr, model, training_losses, monitor)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
-    density_every = density_every or max(every, train_steps // 4)
+    density_every = density_every or max(every, train_steps // _DENSITY_SNAPSHOTS)
     with Progress(train_steps - start, "training (full-batch GD)", progress) as bar:
         for step in range(start + 1, train_steps + 1):
-            loss = _full_batch_gradient_step(model, loss_fn, data, lr)
+            loss = _full_batch_gradient_step(model, objective, data, lr)
             training_losses.append(loss)
             if not math.isfinite(loss):
                 raise ValueError(f"training diverged at step {step} (loss {loss}); lower --lr "
                                  f"(the stability limit is 2/lambda_max).")
-            monitor.density = step % density_every == 0 or step == train_steps
+            monitor.measurements.density = step % density_every == 0 or step == train_steps
             rec = monitor.step(opt)
             if ckpt is not None and (rec is not None or step == train_steps):
                 _save_checkpoint(ckpt, step, lr, model, training_losses, monitor)
@@ -286,16 +337,17 @@ def train_monitored(model, loss_fn, data, *, train_steps: int, lr: float | None 
             if monitor.last is not None:
                 info += f"  lambda_max {monitor.last.lambda_max:.3g} / 2/lr {monitor.last.stability_limit:.3g}"
             bar.update(1, info=info)
-    monitor.density = False
+    monitor.measurements.density = False
     monitor.close()
     return monitor, lr, training_losses
 
 
-def analyze_training(model, loss_fn, data, *, train_steps: int = 0, lr: float | None = None, every: int = 10,
-                     k: int = 10, density_every: int | None = None, log_dir: str | None = None,
+def analyze_training(model, loss_fn=None, data=None, *, train_steps: int = 0, lr: float | None = None,
+                     every: int = 10, k: int = 10, density_every: int | None = None, log_dir: str | None = None,
                      resume: bool = False, eos_band: tuple[float, float] = (0.05, 0.25), density_probes: int = 2,
                      density_steps: int = 60, landscape_steps: int = 21, seed: int = 0,
-                     curvature: str = "hessian", progress: bool = True) -> dict:
+                     curvature: str = "hessian", progress: bool = True, forward=None, batch_loss=None,
+                     batch_size=None, dtype: torch.dtype | None = None) -> dict:
     """Train (full-batch GD, monitored) for ``train_steps`` steps, then analyse the final point.
 
     Returns a dict with ``records`` (monitor records as dicts), ``training_losses``,
@@ -304,48 +356,26 @@ def analyze_training(model, loss_fn, data, *, train_steps: int = 0, lr: float | 
     ``_landscape2``; keys starting with ``_`` are not written to JSON). ``curvature``
     (``"hessian"``, ``"ggn"``, ``"fisher"``) picks the matrix of the final-point analysis; the
     sharpness monitor always measures the Hessian, whose λ_max the stability limit 2/η is about.
-    ``data`` may be a one-shot iterator: it is read once into a list.
+    ``data`` may be a one-shot iterator: it is read once into a list. ``forward``, ``batch_loss``,
+    ``batch_size`` and ``dtype`` are passed to every operator, the landscape and the training
+    steps (as for :class:`hesse.HessianOperator`; the GGN and Fisher need ``loss_fn``).
     """
-    import hesse
-    from hesse.diagnostics.landscape import landscape
-
-    if not isinstance(train_steps, int) or isinstance(train_steps, bool) or train_steps < 0:
-        raise ValueError(f"train_steps must be a nonnegative int, got {train_steps!r}.")
-    if lr is not None and (not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive float (or None: 1/lambda_max at the start), got {lr!r}.")
-    operators = {"hessian": hesse.HessianOperator, "ggn": hesse.GGNOperator, "fisher": hesse.FisherOperator}
-    if curvature not in operators:
-        raise ValueError(f"curvature must be one of {', '.join(operators)}, got {curvature!r}.")
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n_params:
-        raise ValueError(f"k must be an int between 1 and the number of parameters ({n_params}), got {k!r}.")
+    objective = LossSpec(loss_fn, forward, batch_loss, batch_size, dtype)
+    operator_cls = _check_analysis_options(model, train_steps, lr, k, curvature)
     data = read_once(data)  # read several times below: once per operator and loss evaluation
-    out: dict[str, Any] = {}
     t0 = time.perf_counter()
-    training_losses: list[float] = []
-    if train_steps:
-        monitor, lr, training_losses = train_monitored(
-            model, loss_fn, data, train_steps=train_steps, lr=lr, every=every, density_every=density_every,
-            log_dir=log_dir, resume=resume, eos_band=eos_band, seed=seed, progress=progress)
-    else:
-        from hesse.diagnostics.monitor import SharpnessMonitor
-
-        monitor = SharpnessMonitor(model, loss_fn, data, every=every, k=1, negative=True, log_dir=log_dir,
-                                   resume=resume, progress=False, eos_band=eos_band, seed=seed)
-        monitor.close()
-    out["lr"] = lr
-    out["eos_band"] = eos_band
-    out["train_steps"] = train_steps
-    out["curvature"] = curvature
-    out["training_losses"] = training_losses
-    out["records"] = [r.as_dict() for r in monitor.records]
+    monitor, lr, training_losses = _training_phase(model, objective, data, train_steps=train_steps, lr=lr,
+                                                   every=every, density_every=density_every, log_dir=log_dir,
+                                                   resume=resume, eos_band=eos_band, seed=seed, progress=progress)
+    out: dict[str, Any] = {"lr": lr, "eos_band": eos_band, "train_steps": train_steps, "curvature": curvature,
+                           "training_losses": training_losses, "records": [r.as_dict() for r in monitor.records]}
     out["sharpness"] = describe_sharpness(out["records"], eos_band, training_losses) if train_steps else None
     out["training_seconds"] = time.perf_counter() - t0
     divergence = training_divergence(out["records"], training_losses) if train_steps else None
     try:
-        _analyze_final_point(out, model, loss_fn, data, operators[curvature], k=k, density_probes=density_probes,
+        _analyze_final_point(out, model, objective, data, operator_cls, k=k, density_probes=density_probes,
                              density_steps=density_steps, landscape_steps=landscape_steps, seed=seed,
-                             progress=progress, landscape=landscape)
+                             progress=progress)
     except ValueError as err:
         if divergence is None:
             raise
@@ -356,20 +386,51 @@ def analyze_training(model, loss_fn, data, *, train_steps: int = 0, lr: float | 
     return out
 
 
-def _analyze_final_point(out: dict, model, loss_fn, data, operator_cls, *, k: int, density_probes: int,
-                         density_steps: int, landscape_steps: int, seed: int, progress: bool, landscape) -> None:
-    """Top eigenvalues, SLQ density, summary and landscape slices at the current parameters, into ``out``."""
-    import hesse
+_OPERATORS = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator}
 
+
+def _check_analysis_options(model, train_steps: Any, lr: Any, k: Any, curvature: Any) -> type:
+    """Validate the options of :func:`analyze_training`; returns the operator class of ``curvature``."""
+    if not isinstance(train_steps, int) or isinstance(train_steps, bool) or train_steps < 0:
+        raise ValueError(f"train_steps must be a nonnegative int, got {train_steps!r}.")
+    if lr is not None and (not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive float (or None: 1/lambda_max at the start), got {lr!r}.")
+    if curvature not in _OPERATORS:
+        raise ValueError(f"curvature must be one of {', '.join(_OPERATORS)}, got {curvature!r}.")
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n_params:
+        raise ValueError(f"k must be an int between 1 and the number of parameters ({n_params}), got {k!r}.")
+    return _OPERATORS[curvature]
+
+
+def _training_phase(model, objective: LossSpec, data, *, train_steps: int, lr: float | None, every: int,
+                    density_every: int | None, log_dir: str | None, resume: bool,
+                    eos_band: tuple[float, float], seed: int,
+                    progress: bool) -> tuple[SharpnessMonitor, float | None, list[float]]:
+    """Monitored training when ``train_steps > 0``; otherwise the monitor of an earlier log (if any)."""
+    if train_steps:
+        return train_monitored(model, objective.loss_fn, data, train_steps=train_steps, lr=lr, every=every,
+                               density_every=density_every, log_dir=log_dir, resume=resume, eos_band=eos_band,
+                               seed=seed, progress=progress, **objective.operator_options())
+    monitor = _make_monitor(model, objective, data, every=every, log_dir=log_dir, resume=resume,
+                            eos_band=eos_band, seed=seed)
+    monitor.close()
+    return monitor, lr, []
+
+
+def _analyze_final_point(out: dict, model, objective: LossSpec, data, operator_cls, *, k: int,
+                         density_probes: int, density_steps: int, landscape_steps: int, seed: int,
+                         progress: bool) -> None:
+    """Top eigenvalues, SLQ density, summary and landscape slices at the current parameters, into ``out``."""
     message("[analyse] final point: top eigenvalues, spectral density, summary", progress)
-    H = operator_cls(model, loss_fn, data)
+    H = operator_cls(model, objective.loss_fn, data, **objective.operator_options())
     n = H.shape[0]
-    top = hesse.eigsh(H, k=k, which="largest", tol=1e-6, seed=seed)
-    density = hesse.spectral_density(H, num_probes=density_probes, num_steps=min(density_steps, n), seed=seed)
-    summary = hesse.summarize(H, seed=seed)
+    top = eigsh(H, k=k, which="largest", tol=_FINAL_TOL, seed=seed)
+    density = spectral_density(H, num_probes=density_probes, num_steps=min(density_steps, n), seed=seed)
+    summary = summarize(H, seed=seed)
     edge = bulk_edge(density)
     values = [float(v) for v in top.values]
-    outliers = [v for v in values if v > 4 * edge]
+    outliers = [v for v in values if v > OUTLIER_FACTOR * edge]
     out["final"] = {
         "num_parameters": n, "loss": float(H.loss), "gradient_norm": float(H.gradient.norm()),
         "top_eigenvalues": values, "top_converged": bool(top.converged.all()),
@@ -380,16 +441,24 @@ def _analyze_final_point(out: dict, model, loss_fn, data, operator_cls, *, k: in
                     "num_matvecs": density.num_matvecs, "integral": density.integral()},
         "num_matvecs": H.num_matvecs,
     }
-    # ---- landscape
-    lam = max(values[0], 1e-12)
-    span = 2.0 * math.sqrt(2.0 * max(float(H.loss), 0.05) / lam)
-    land1 = landscape(model, loss_fn, data, directions="eigen", dims=1, steps=landscape_steps, span=span,
-                      seed=seed, progress=progress)
-    land2 = landscape(model, loss_fn, data, directions="random", dims=2, steps=max(5, landscape_steps // 2),
-                      span=1.0, seed=seed, progress=progress)
+    out.update(_density=density, _top=top)
+    _landscape_slices(out, model, objective, data, top_eigenvalue=values[0], loss=float(H.loss),
+                      landscape_steps=landscape_steps, seed=seed, progress=progress)
+
+
+def _landscape_slices(out: dict, model, objective: LossSpec, data, *, top_eigenvalue: float, loss: float,
+                      landscape_steps: int, seed: int, progress: bool) -> None:
+    """The 1-D slice along the top eigenvector and the 2-D filter-normalized slice, into ``out``."""
+    lam = max(top_eigenvalue, 1e-12)  # a nonpositive top eigenvalue: the widest slice the floor allows
+    span = 2.0 * math.sqrt(2.0 * max(loss, _MIN_SLICE_LOSS) / lam)
+    options = objective.operator_options()
+    land1 = landscape(model, objective.loss_fn, data, directions="eigen", dims=1, steps=landscape_steps,
+                      span=span, seed=seed, progress=progress, **options)
+    land2 = landscape(model, objective.loss_fn, data, directions="random", dims=2,
+                      steps=max(_MIN_PLANE_STEPS, landscape_steps // 2), span=1.0, seed=seed, progress=progress, **options)
     out["landscape_1d"] = land1.as_dict()
     out["landscape_2d"] = land2.as_dict()
-    out.update(_density=density, _top=top, _landscape1=land1, _landscape2=land2)
+    out.update(_landscape1=land1, _landscape2=land2)
 
 
 def _final_sentence(final: dict) -> str:
@@ -400,7 +469,7 @@ def _final_sentence(final: dict) -> str:
     frac_neg = s.get("fraction_negative")
     neg_mass = s.get("negative_mass")
     parts = [f"final point: {at_least}{n_out} outlier eigenvalue{'s' if n_out != 1 else ''} "
-             f"(> 4x the bulk edge {final['bulk_edge']:.3g}; largest {top}) over a bulk near zero"]
+             f"(> {OUTLIER_FACTOR:g}x the bulk edge {final['bulk_edge']:.3g}; largest {top}) over a bulk near zero"]
     if neg_mass is not None and frac_neg is not None:
         parts.append(f"{neg_mass:.1%} negative mass ({frac_neg:.1%} of the eigenvalues below zero, "
                      f"lambda_min = {s['lambda_min']:.3g})")

@@ -86,3 +86,27 @@ class DenseOperator(CurvatureOperator):
     def to_dense(self, max_memory: int | None = None, chunk_size: int | None = None,
                  progress: bool = False) -> torch.Tensor:
         return self.matrix.clone()
+
+
+class DiagonalCongruence(CurvatureOperator):
+    """``D^{1/2} A D^{1/2}`` for a symmetric operator ``A`` and a nonnegative vector ``d``.
+
+    Congruence keeps symmetry and the inertia (signs) of ``A`` (Sylvester's law of inertia; Horn &
+    Johnson 2013, Thm. 4.5.8); with ``d = 1/p`` its eigenvalues are those of ``P⁻¹A``
+    (``P = diag(p)``), since ``P^{-1/2} A P^{-1/2}`` and ``P⁻¹A`` are similar. One product of ``A``
+    per column.
+    """
+
+    def __init__(self, op: CurvatureOperator, d: torch.Tensor):
+        d = torch.as_tensor(d, dtype=op.dtype, device=op.device).reshape(-1)
+        if d.numel() != op.shape[0]:
+            raise ValueError(f"d must have {op.shape[0]} entries (one per parameter), got {d.numel()}.")
+        if not torch.isfinite(d).all() or bool((d < 0).any()):
+            raise ValueError("d must be finite and nonnegative (a diagonal scaling).")
+        self.base = op
+        self.sqrt_d = d.sqrt()
+        super().__init__(op.shape[0], op.dtype, op.device, op.is_psd)
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        s = self.sqrt_d[:, None]
+        return s * self.base.matmat(s * V)

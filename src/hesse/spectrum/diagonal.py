@@ -23,17 +23,29 @@ from dataclasses import dataclass
 import torch
 
 from hesse._progress import Progress
+from hesse._result import Result
 from hesse._validation import check_choice
+from hesse.operators._blocks import (
+    DEFAULT_CHUNK,
+    apply_in_chunks,
+    probe_block,
+    products,
+    unit_block,
+)
 
-from ._common import check_operator, generator, rademacher
+from ._common import check_operator, generator
 
 __all__ = ["DiagonalEstimate", "diagonal", "exact_diagonal"]
 
 _METHODS = ("hutchinson", "diag++", "exact")
 
+#: Fewest products per method: two Hutchinson samples give a standard error; Diag++ splits its
+#: budget in three parts and its Hutchinson part needs two samples as well.
+_MIN_MATVECS = {"hutchinson": 2, "diag++": 6}
+
 
 @dataclass(repr=False)
-class DiagonalEstimate:
+class DiagonalEstimate(Result):
     """An estimate of ``diag(A)`` (``value``, shape (n,)) with per-entry standard errors."""
 
     value: torch.Tensor
@@ -50,14 +62,11 @@ def exact_diagonal(op, progress: bool = False, label: str = "diagonal (exact)") 
     """``diag(op)`` from ``n`` products with unit vectors ``e_i`` (``A e_i`` read at row ``i``), in blocks."""
     n = op.shape[0]
     out = torch.empty(n, dtype=op.dtype, device=op.device)
-    chunk = min(n, 256)
     with Progress(n, label, progress) as bar:
-        for a in range(0, n, chunk):
-            b = min(n, a + chunk)
-            E = torch.zeros((n, b - a), dtype=op.dtype, device=op.device)
-            E[torch.arange(a, b), torch.arange(b - a)] = 1
-            out[a:b] = op.matmat(E)[torch.arange(a, b), torch.arange(b - a)]
-            bar.update(b - a)
+        blocks = apply_in_chunks(op, lambda a, b: unit_block(n, a, b, op.dtype, op.device), n,
+                                 min(n, DEFAULT_CHUNK), bar)
+        for a, b, _, AE in blocks:
+            out[a:b] = AE[torch.arange(a, b), torch.arange(b - a)]
     return out
 
 
@@ -72,7 +81,7 @@ def diagonal(op, method: str = "hutchinson", num_matvecs: int = 100, seed: int =
     n = op.shape[0]
     start = op.num_matvecs
     if method != "exact":
-        minimum = 2 if method == "hutchinson" else 6
+        minimum = _MIN_MATVECS[method]
         if not isinstance(num_matvecs, int) or isinstance(num_matvecs, bool) or num_matvecs < minimum:
             raise ValueError(f"num_matvecs must be an int >= {minimum} for method={method!r}, got {num_matvecs!r}.")
     if method == "exact" or num_matvecs >= n:
@@ -86,13 +95,11 @@ def diagonal(op, method: str = "hutchinson", num_matvecs: int = 100, seed: int =
         if method == "diag++":
             s = num_matvecs // 3
             r = num_matvecs - 2 * s
-            Q, _ = torch.linalg.qr(op.matmat(rademacher(n, s, gen, op.dtype, op.device)))
-            AQ = op.matmat(Q)
-            bar.update(2 * s)
+            Q, _ = torch.linalg.qr(products(op, probe_block(n, s, "rademacher", gen, op.dtype, op.device), bar))
+            AQ = products(op, Q, bar)
             low = ((Q @ (Q.T @ AQ)) * Q).sum(1)
-        W = rademacher(n, r, gen, op.dtype, op.device)
-        AW = op.matmat(W)
-        bar.update(r)
+        W = probe_block(n, r, "rademacher", gen, op.dtype, op.device)
+        AW = products(op, W, bar)
         if Q is not None:
             # (A - Q Q^T A Q Q^T) W
             AW = AW - Q @ ((Q.T @ AQ) @ (Q.T @ W))

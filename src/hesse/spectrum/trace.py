@@ -34,18 +34,25 @@ from dataclasses import dataclass
 import torch
 
 from hesse._progress import Progress
+from hesse._result import Result
 from hesse._validation import check_choice
+from hesse.operators._blocks import probe_block, products
 
-from ._common import check_operator, generator, rademacher
+from ._common import check_operator, generator
 from .diagonal import exact_diagonal
 
 __all__ = ["TraceEstimate", "trace"]
 
 _METHODS = ("xtrace", "hutch++", "hutchinson", "exact")
 
+#: Fewest products per method: Hutchinson needs two samples for a standard error; Hutch++ splits
+#: its budget in three parts (sketch, exact part, Hutchinson part) of at least one product each;
+#: XTrace's leave-one-out error needs two probes, each used twice (``A Omega`` and ``A Q``).
+_MIN_MATVECS = {"hutchinson": 2, "hutch++": 3, "xtrace": 4}
+
 
 @dataclass(repr=False)
-class TraceEstimate:
+class TraceEstimate(Result):
     """An estimate of ``tr(A)`` with its Monte-Carlo standard error (``0`` for ``"exact"``)."""
 
     value: float
@@ -82,7 +89,7 @@ def trace(op, method: str = "xtrace", num_matvecs: int = 198, seed: int = 0,
     n = op.shape[0]
     start = op.num_matvecs
     if method != "exact":
-        minimum = {"hutchinson": 2, "hutch++": 3, "xtrace": 4}[method]
+        minimum = _MIN_MATVECS[method]
         if not isinstance(num_matvecs, int) or isinstance(num_matvecs, bool) or num_matvecs < minimum:
             raise ValueError(f"num_matvecs must be an int >= {minimum} for method={method!r}, got {num_matvecs!r}.")
     if method == "exact" or num_matvecs >= n:
@@ -91,9 +98,8 @@ def trace(op, method: str = "xtrace", num_matvecs: int = 198, seed: int = 0,
     gen = generator(seed, op.device)
     with Progress(num_matvecs, f"trace ({method})", progress) as bar:
         if method == "hutchinson":
-            W = rademacher(n, num_matvecs, gen, op.dtype, op.device)
-            samples = (W * op.matmat(W)).double().sum(0).cpu()
-            bar.update(num_matvecs)
+            W = probe_block(n, num_matvecs, "rademacher", gen, op.dtype, op.device)
+            samples = (W * products(op, W, bar)).double().sum(0).cpu()
             value, err = float(samples.mean()), _std_error(samples)
         elif method == "hutch++":
             value, err, samples = _hutchpp(op, num_matvecs, gen, bar)
@@ -106,28 +112,23 @@ def _hutchpp(op, m, gen, bar):
     n = op.shape[0]
     s = m // 3
     r = m - 2 * s
-    S = rademacher(n, s, gen, op.dtype, op.device)
-    G = rademacher(n, r, gen, op.dtype, op.device)
-    Q, _ = torch.linalg.qr(op.matmat(S))
-    bar.update(s)
-    AQ = op.matmat(Q)
-    bar.update(s)
+    S = probe_block(n, s, "rademacher", gen, op.dtype, op.device)
+    G = probe_block(n, r, "rademacher", gen, op.dtype, op.device)
+    Q, _ = torch.linalg.qr(products(op, S, bar))
+    AQ = products(op, Q, bar)
     low = float((Q * AQ).double().sum())
     Gp = G - Q @ (Q.T @ G)
-    samples = (Gp * op.matmat(Gp)).double().sum(0).cpu()
-    bar.update(r)
+    samples = (Gp * products(op, Gp, bar)).double().sum(0).cpu()
     return low + float(samples.mean()), _std_error(samples), samples + low
 
 
 def _xtrace(op, m, gen, bar):
     n = op.shape[0]
     s = m // 2
-    Om = rademacher(n, s, gen, op.dtype, op.device)
-    Y = op.matmat(Om)
-    bar.update(s)
+    Om = probe_block(n, s, "rademacher", gen, op.dtype, op.device)
+    Y = products(op, Om, bar)
     Q, R = torch.linalg.qr(Y)
-    Z = op.matmat(Q)
-    bar.update(s)
+    Z = products(op, Q, bar)
     H = (Q.T @ Z).double()
     H = 0.5 * (H + H.T)
     R64 = R.double()
