@@ -62,7 +62,7 @@ def _run(args) -> int:
 
     from hesse._progress import message
     from hesse.cli.main import CLIError
-    from hesse.diagnostics.report import analyze_training, seed_example
+    from hesse.diagnostics.report import analyze_training, quadratic_example
     from hesse.plot.report import write_report
 
     verbose = not args.quiet
@@ -72,7 +72,7 @@ def _run(args) -> int:
         raise CLIError(f"--out {out_dir!r} exists and is not a directory; pick another folder.")
     torch.manual_seed(0)
     message("[1/3] f(x, y) = 3x^2 + 2xy + 2y^2 - 4x - 6y: critical point, Hessian, classification", verbose)
-    example, f = seed_example()
+    example, f = quadratic_example()
     message(f"[2/3] digits MLP, full-batch GD at lr = {cfg['lr']} (2/lr = {2 / cfg['lr']:.3g}), "
             f"{cfg['train_steps']} steps, sharpness every {cfg['every']}", verbose)
     prob = demo_problem(cfg["num_samples"])

@@ -93,7 +93,7 @@ def filter_normalized_direction(problem_params, generator: torch.Generator) -> l
 
 def landscape(model: torch.nn.Module, loss_fn: Any = None, data: Any = None, directions: str = "eigen",
               dims: int = 1, steps: int = 21, span: float = 1.0, seed: int = 0, params: Any = None,
-              progress: bool = True, *, forward: Any = None, batch_loss: Any = None, batch_size: Any = None,
+              progress: bool = False, *, forward: Any = None, batch_loss: Any = None, batch_size: Any = None,
               dtype: torch.dtype | None = None) -> LandscapeResult:
     """Loss on a line (``dims=1``) or plane (``dims=2``) through the model's current parameters.
 

@@ -155,7 +155,7 @@ class LogOptions:
 
     log_dir: str | os.PathLike | None = None
     resume: bool = False
-    progress: bool = True
+    progress: bool = False
 
     def __post_init__(self) -> None:
         if self.resume and self.log_dir is None:

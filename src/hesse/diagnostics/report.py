@@ -47,6 +47,7 @@ from hesse._progress import Progress, message
 from hesse.geometry.classify import classify
 from hesse.operators import FisherOperator, GGNOperator, HessianOperator
 from hesse.spectrum import eigsh, spectral_density, summarize
+from hesse.spectrum.summary import describe_bulk
 
 from ._data import LossSpec, read_once
 from .landscape import landscape
@@ -103,7 +104,6 @@ def quadratic_example() -> tuple[dict, Any]:
                                                      "exact": float(f(x0 + v)), "model": taylor}}, f
 
 
-seed_example = quadratic_example  # the name hesse.cli.demo imports
 
 
 def bulk_edge(density, quantile: float = 0.99) -> float:
@@ -288,7 +288,7 @@ def _make_monitor(model, objective: LossSpec, data, *, every: int, log_dir: str 
 def train_monitored(model, loss_fn=None, data=None, *, train_steps: int, lr: float | None = None,
                     every: int = 10, density_every: int | None = None, log_dir: str | None = None,
                     resume: bool = False, eos_band: tuple[float, float] = (0.05, 0.25), seed: int = 0,
-                    progress: bool = True, forward=None, batch_loss=None, batch_size=None,
+                    progress: bool = False, forward=None, batch_loss=None, batch_size=None,
                     dtype: torch.dtype | None = None) -> tuple[SharpnessMonitor, float, list[float]]:
     """Full-batch gradient descent for ``train_steps`` steps under a :class:`SharpnessMonitor`.
 
@@ -345,8 +345,8 @@ def train_monitored(model, loss_fn=None, data=None, *, train_steps: int, lr: flo
 def analyze_training(model, loss_fn=None, data=None, *, train_steps: int = 0, lr: float | None = None,
                      every: int = 10, k: int = 10, density_every: int | None = None, log_dir: str | None = None,
                      resume: bool = False, eos_band: tuple[float, float] = (0.05, 0.25), density_probes: int = 2,
-                     density_steps: int = 60, landscape_steps: int = 21, seed: int = 0,
-                     curvature: str = "hessian", progress: bool = True, forward=None, batch_loss=None,
+                     density_steps: int = 60, landscape_steps: int = 41, seed: int = 0,
+                     curvature: str = "hessian", progress: bool = False, forward=None, batch_loss=None,
                      batch_size=None, dtype: torch.dtype | None = None) -> dict:
     """Train (full-batch GD, monitored) for ``train_steps`` steps, then analyse the final point.
 
@@ -422,7 +422,7 @@ def _analyze_final_point(out: dict, model, objective: LossSpec, data, operator_c
                          density_probes: int, density_steps: int, landscape_steps: int, seed: int,
                          progress: bool) -> None:
     """Top eigenvalues, SLQ density, summary and landscape slices at the current parameters, into ``out``."""
-    message("[analyse] final point: top eigenvalues, spectral density, summary", progress)
+    message("[analyze] final point: top eigenvalues, spectral density, summary", progress)
     H = operator_cls(model, objective.loss_fn, data, **objective.operator_options())
     n = H.shape[0]
     top = eigsh(H, k=k, which="largest", tol=_FINAL_TOL, seed=seed)
@@ -469,7 +469,8 @@ def _final_sentence(final: dict) -> str:
     frac_neg = s.get("fraction_negative")
     neg_mass = s.get("negative_mass")
     parts = [f"final point: {at_least}{n_out} outlier eigenvalue{'s' if n_out != 1 else ''} "
-             f"(> {OUTLIER_FACTOR:g}x the bulk edge {final['bulk_edge']:.3g}; largest {top}) over a bulk near zero"]
+             f"(> {OUTLIER_FACTOR:g}x the bulk edge {final['bulk_edge']:.3g}; largest {top}) over "
+             f"{describe_bulk(final['bulk_edge'], final['top_eigenvalues'][0])}"]
     if neg_mass is not None and frac_neg is not None:
         parts.append(f"{neg_mass:.1%} negative mass ({frac_neg:.1%} of the eigenvalues below zero, "
                      f"lambda_min = {s['lambda_min']:.3g})")

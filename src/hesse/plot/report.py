@@ -49,7 +49,7 @@ def remove_stale_report(out_dir: str) -> list[str]:
 
 
 def write_report(out_dir: str, result: dict, example: dict | None = None, example_f=None,
-                 title: str = "hesse report", progress: bool = True) -> dict:
+                 title: str = "hesse report", progress: bool = False) -> dict:
     """Write figures, ``report.json`` and ``summary.md`` into ``out_dir``; returns ``{name: path}``.
 
     ``result`` is what :func:`hesse.diagnostics.report.analyze_training` returns; ``example`` and
