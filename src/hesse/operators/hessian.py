@@ -71,6 +71,8 @@ class HessianOperator(ModelCurvatureOperator):
     (a :class:`FunctionHessianOperator`).
     """
 
+    _keeps_first_pass_graph = True
+
     def __init__(
         self,
         model: nn.Module,
@@ -101,7 +103,7 @@ class HessianOperator(ModelCurvatureOperator):
     def _batch_product(self, index, inputs, targets, Vs, k):
         p = self._problem
         params = p.params
-        grads = self._graphs.get(index)
+        grads = self._cache.get(index)
         keep = grads is not None
         if grads is None:
             with p.mode():
@@ -125,6 +127,10 @@ class HessianOperator(ModelCurvatureOperator):
                                                retain_graph=keep or c < k - 1, allow_unused=True))
         return [zeros(j) if columns[0][j] is None else torch.stack([col[j] for col in columns])
                 for j in range(len(params))]
+
+    def _skips_data(self, k: int) -> bool:
+        # every batch's first-backward graph is kept: products need not touch the data
+        return self._cache.covers(i for i, _ in self._batch_sizes)
 
     def _use_vmap(self) -> bool:
         if self.matmat_strategy == "auto":
@@ -165,7 +171,7 @@ class FunctionHessianOperator(CurvatureOperator):
             return fs(z.reshape(shape))
 
         x_flat = x.reshape(-1)
-        self.gradient, self._vjp = vjp(grad(flat_f), x_flat)
+        self.gradient, self._vjp = vjp(grad(flat_f), x_flat)[:2]
         self.loss = float(flat_f(x_flat))
         if not torch.isfinite(torch.as_tensor(self.loss)):
             raise ValueError(f"f(x) is not finite ({self.loss}) at the given x.")
