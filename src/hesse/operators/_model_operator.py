@@ -24,7 +24,7 @@ from torch import nn
 
 from .._memory import format_bytes
 from .._progress import Progress
-from ._evaluation import ModelLoss, is_derivative_rule_failure
+from ._evaluation import ModelLoss
 from ._graph_cache import DEFAULT_GRAPH_MEMORY, GraphCache, SavedBytes
 from ._parallel import DataParallelReduction
 from .base import CurvatureOperator
@@ -123,16 +123,9 @@ class ModelCurvatureOperator(CurvatureOperator):
 
     # ------------------------------------------------------------------ machinery
     def _with_fallback(self, fn):
-        """Run ``fn``; if a fused attention kernel lacks a derivative rule, switch to the math
-        kernel (graphs built with the fused one are dropped) and run it again."""
-        try:
-            return fn()
-        except (RuntimeError, NotImplementedError) as err:
-            if self._problem.math_attention or not is_derivative_rule_failure(err):
-                raise
-            self._problem.enable_math_attention(err)
-            self._cache.clear()
-            return fn()
+        """``fn()``, run again with the math attention kernel if a fused one lacks a derivative
+        rule (the graphs kept so far were built with the fused kernel and are dropped)."""
+        return self._problem.with_attention_fallback(fn, on_switch=self._cache.clear)
 
     def _first_pass(self) -> None:
         """One pass over the data: count samples, check the loss, compute L(θ) and ∇L(θ); keep the
