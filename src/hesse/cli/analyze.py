@@ -4,12 +4,20 @@ in :mod:`hesse.geometry`."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
+from typing import Any
+
+import hesse
+from hesse._progress import message
+from hesse.cli.expressions import Expression, parse_bounds, parse_expression, parse_point
+from hesse.cli.main import CLIError
+from hesse.geometry.critical_points import MAX_STARTS
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "analyze",
         help="critical points and local geometry of a function given as text",
@@ -43,17 +51,13 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _num(v):
+def _num(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
     return v
 
 
-def run(args) -> int:
-    from hesse._progress import message
-    from hesse.cli.expressions import parse_bounds, parse_expression, parse_point
-    from hesse.cli.main import CLIError
-
+def run(args: argparse.Namespace) -> int:
     verbose = not args.quiet
     variables = None
     if args.vars:
@@ -65,16 +69,12 @@ def run(args) -> int:
             raise CLIError(f"--plot expects a .png, .pdf or .svg path, got {args.plot!r}.")
         if n != 2:
             raise CLIError(f"--plot draws 2-D functions; this one has {n} variables ({', '.join(expr.variables)}).")
-    from hesse.geometry.critical_points import MAX_STARTS
-
     if args.starts is not None and not 1 <= args.starts <= MAX_STARTS:
         raise CLIError(f"--starts must be an integer from 1 to {MAX_STARTS}, got {args.starts}.")
     if not args.timeout > 0 or not math.isfinite(args.timeout):
         raise CLIError(f"--timeout must be a positive number of seconds, got {args.timeout}.")
     if not args.time_limit > 0 or not math.isfinite(args.time_limit):
         raise CLIError(f"--time-limit must be a positive number of seconds, got {args.time_limit}.")
-    import hesse
-
     if args.at and args.bounds:
         raise CLIError("give either --at (one point) or --bounds (search a box), not both.")
     if args.at:
@@ -115,11 +115,11 @@ def run(args) -> int:
     return 0
 
 
-def _fmt_vec(v) -> str:
+def _fmt_vec(v: Any) -> str:
     return "[" + ", ".join(f"{a:.6g}" for a in v) + "]"
 
 
-def _print_point(expr, out: dict) -> None:
+def _print_point(expr: Expression, out: dict[str, Any]) -> None:
     names = expr.variables
     print(f"f({', '.join(names)}) = {expr.text}")
     print(f"at {', '.join(f'{n}={a:.6g}' for n, a in zip(names, out['x']))}:  f = {out['value']:.6g}")
@@ -133,7 +133,7 @@ def _print_point(expr, out: dict) -> None:
     print(f"why: {out['reason']}")
 
 
-def _print_table(expr, out: dict) -> None:
+def _print_table(expr: Expression, out: dict[str, Any]) -> None:
     names = expr.variables
     print(f"f({', '.join(names)}) = {expr.text}")
     box = ", ".join(f"{n} in [{a:g}, {b:g}]" for n, (a, b) in zip(names, out["bounds"]))
