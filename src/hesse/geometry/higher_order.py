@@ -235,15 +235,7 @@ def _analyze(f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, N: tor
         return HigherOrderResult("inconclusive", None, "unknown",
                                  "derivatives of the reduced function are not finite at the point",
                                  len(D), tol), True
-    # A critical point located with error δ turns a genuine order-(k+1) term c_{k+1} into a
-    # spurious order-k term of size (k+1)·δ·|c_{k+1}|: such terms are not counted.
-    shift = LOCATION_ERROR * math.sqrt(torch.finfo(x0.dtype).eps) * max(1.0, float(x0.norm()))
-    order = None
-    for k in range(3, K + 1):
-        above = float(C[:, k + 1].abs().max()) if k < K else 0.0
-        if float(C[:, k].abs().max()) > tol + shift * (k + 1) * above:
-            order = k
-            break
+    order = _leading_order(C, K, tol, x0)
     if order is None:
         return HigherOrderResult(
             "inconclusive", None, "unknown",
@@ -265,15 +257,9 @@ def _analyze(f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, N: tor
         else:
             lo, hi, dmin = _form_extremes(D.cpu().numpy(), ck.cpu().numpy(), order, seed)
         fit = (lo, hi)
-        if lo > tol:
-            reduced = "minimum"
-            reason = f"the reduced function's leading form of order {order} is positive definite (min {lo:.4g} on the unit sphere)"
-        elif hi < -tol:
-            reduced = "maximum"
-            reason = f"the reduced function's leading form of order {order} is negative definite (max {hi:.4g} on the unit sphere)"
-        elif lo < -tol and hi > tol:
-            reduced = "saddle"
-            reason = f"the reduced function's leading form of order {order} is indefinite (values from {lo:.4g} to {hi:.4g})"
+        verdict = _definite_form_verdict(order, lo, hi, tol)
+        if verdict is not None:
+            reduced, reason = verdict
         else:
             # semidefinite leading form: look along its zero direction at the next orders
             sgn = 1.0 if hi > tol else -1.0
@@ -282,29 +268,60 @@ def _analyze(f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, N: tor
             cz = _coefficients_along(g, dz[None], K).detach()[0]
             nxt = next((k for k in range(order + 1, K + 1) if abs(float(cz[k])) > tol), None)
             where = f"d* = {_fmt(dz @ N.T)}"
-            if nxt is not None and (nxt % 2 == 1 or float(cz[nxt]) * sgn < 0):
-                reduced = "saddle"
-                reason = (f"the leading form of order {order} is semidefinite and vanishes along {where}, where "
-                          f"the next term {float(cz[nxt]):.4g}·t^{nxt} has the opposite sign or odd order")
-                order = nxt
-            else:
+            if nxt is None or not (nxt % 2 == 1 or float(cz[nxt]) * sgn < 0):
                 return HigherOrderResult(
                     "inconclusive", None, "unknown",
                     f"the reduced function's leading form of order {order} is semidefinite (range "
                     f"[{lo:.3g}, {hi:.3g}]) and vanishes along {where}; "
                     + ("higher orders there agree in sign, but tests along straight lines cannot prove an extremum"
                        if nxt is not None else f"it is flat there up to order {K}"), len(D), tol, fit), False
-    if reduced == "saddle" or sign_R == 0:
-        kind = {"saddle": "degenerate saddle", "minimum": "degenerate minimum", "maximum": "degenerate maximum"}[reduced]
-    elif (reduced == "minimum") == (sign_R > 0):
-        kind = "degenerate minimum" if sign_R > 0 else "degenerate maximum"
-    else:
-        kind = "degenerate saddle"
-        reason += (f"; the non-degenerate directions curve the other way (Hessian eigenvalues "
-                   f"{'> 0' if sign_R > 0 else '< 0'})")
+            reduced = "saddle"
+            reason = (f"the leading form of order {order} is semidefinite and vanishes along {where}, where "
+                      f"the next term {float(cz[nxt]):.4g}·t^{nxt} has the opposite sign or odd order")
+            order = nxt
+    kind, reason = _with_nondegenerate_directions(reduced, reason, sign_R)
     if R.shape[1]:
         reason += f" (reduced by the splitting lemma onto the {m}-dimensional null space)"
     return HigherOrderResult(kind, order, reduced, reason, len(D), tol, fit), True
+
+
+def _leading_order(C: torch.Tensor, K: int, tol: float, x0: torch.Tensor) -> int | None:
+    """The lowest order k >= 3 whose coefficients c_k (rows of C: directions) are not zero.
+
+    A critical point located with error δ turns a genuine order-(k+1) term c_{k+1} into a spurious
+    order-k term of size (k+1)·δ·|c_{k+1}|: such terms are not counted."""
+    shift = LOCATION_ERROR * math.sqrt(torch.finfo(x0.dtype).eps) * max(1.0, float(x0.norm()))
+    for k in range(3, K + 1):
+        above = float(C[:, k + 1].abs().max()) if k < K else 0.0
+        if float(C[:, k].abs().max()) > tol + shift * (k + 1) * above:
+            return k
+    return None
+
+
+def _definite_form_verdict(order: int, lo: float, hi: float, tol: float) -> tuple[str, str] | None:
+    """What g does at 0 when its even leading form (range [lo, hi] on the unit sphere) is definite
+    or indefinite; None when it is semidefinite (the next orders must decide)."""
+    form = f"the reduced function's leading form of order {order} is"
+    if lo > tol:
+        return "minimum", f"{form} positive definite (min {lo:.4g} on the unit sphere)"
+    if hi < -tol:
+        return "maximum", f"{form} negative definite (max {hi:.4g} on the unit sphere)"
+    if lo < -tol and hi > tol:
+        return "saddle", f"{form} indefinite (values from {lo:.4g} to {hi:.4g})"
+    return None
+
+
+def _with_nondegenerate_directions(reduced: str, reason: str, sign_R: int) -> tuple[str, str]:
+    """The splitting lemma: f ≃ g(u) + ½ (w - w(u))ᵀ Λ_R (w - w(u)), so x₀ is an extremum of f iff
+    g has the same kind of extremum as the sign of Λ_R says (Arnold, Gusein-Zade & Varchenko
+    1985, sec. 11.4)."""
+    if reduced == "saddle" or sign_R == 0:
+        return {"saddle": "degenerate saddle", "minimum": "degenerate minimum",
+                "maximum": "degenerate maximum"}[reduced], reason
+    if (reduced == "minimum") == (sign_R > 0):
+        return ("degenerate minimum" if sign_R > 0 else "degenerate maximum"), reason
+    return "degenerate saddle", reason + (f"; the non-degenerate directions curve the other way (Hessian "
+                                          f"eigenvalues {'> 0' if sign_R > 0 else '< 0'})")
 
 
 def _fmt(v: torch.Tensor) -> str:
