@@ -10,7 +10,7 @@ import pytest
 from hesse.cli.main import main
 
 
-def test_point_report_seed004(capsys):
+def test_point_report_quadratic(capsys):
     rc = main(["analyze", "3*x**2 + 2*x*y + 2*y**2 - 4*x - 6*y", "--at", "x=0.2,y=1.4", "--quiet"])
     out = capsys.readouterr().out
     assert rc == 0

@@ -1,4 +1,4 @@
-"""classify: the seeds' worked examples (seed 002 Examples 2-10, seed 004 sec. 6) and high-dimensional
+"""classify: textbook worked examples (quadratics, saddles, degenerate points) and high-dimensional
 quadratics with prescribed index. Tolerances: Hessians of polynomials by autodiff are exact up to
 rounding, so 1e-10 relative unless stated."""
 
@@ -29,7 +29,7 @@ def test_saddle_x2_minus_y2():
     torch.testing.assert_close(cp.eigenvalues, T(-2.0, 2.0))
 
 
-def test_seed004_worked_example():
+def test_quadratic_worked_example():
     def f(p):
         x, y = p[0], p[1]
         return 3 * x**2 + 2 * x * y + 2 * y**2 - 4 * x - 6 * y
@@ -82,7 +82,7 @@ def test_x2y_plus_sin_xy_against_sympy():
     assert hesse.classify(f, T(0.7, -0.3)).kind == "not critical"
 
 
-def test_rosenbrock_minimum_and_seed_snippet_point():
+def test_rosenbrock_minimum_and_a_nearby_point():
     def f(p):
         return (1 - p[0]) ** 2 + 100 * (p[1] - p[0] ** 2) ** 2
 

@@ -1,4 +1,4 @@
-"""critical_points: multi-start Newton (+ sympy for expressions) against the seeds' known sets."""
+"""critical_points: multi-start Newton (+ sympy for expressions) against known sets of critical points."""
 
 import numpy as np
 import pytest
@@ -59,7 +59,7 @@ def test_monkey_saddle_and_degenerate_minimum_found_and_decided():
     assert float(pts[0].x.abs().max()) < 1e-6  # linear convergence to a degenerate root
 
 
-def test_seed004_quadratic_minimum_in_box():
+def test_quadratic_minimum_in_box():
     e = parse_expression("3*x**2 + 2*x*y + 2*y**2 - 4*x - 6*y")
     pts = hesse.critical_points(e, [(-1.5, 2.5), (-1.0, 3.0)], progress=False)
     assert len(pts) == 1

@@ -79,7 +79,7 @@ def test_inertia_from_ldl_matches_eigenvalues():
     assert a == b == (2, 2, 2)
 
 
-def test_seed_example_paraboloid_and_saddle():
+def test_textbook_paraboloid_and_saddle():
     assert hesse.definiteness([[2.0, 0.0], [0.0, 8.0]], method="discriminant").verdict == "positive definite"
     assert hesse.definiteness([[2.0, 0.0], [0.0, -2.0]], method="discriminant").verdict == "indefinite"
     assert hesse.definiteness([[6.0, 2.0], [2.0, 4.0]], method="sylvester").verdict == "positive definite"

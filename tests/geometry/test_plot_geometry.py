@@ -1,22 +1,21 @@
 """Plots: the contour figure of 3x² + 2xy + 2y² - 4x - 6y and the 3-D surface render and carry the right artists."""
 
 import matplotlib
+import pytest
+import torch
 
-matplotlib.use("Agg")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import hesse  # noqa: E402
+import hesse
+from hesse.geometry import KINDS
+from hesse.plot.geometry import _STYLE
 
 
-def seed_f(p):
+def quadratic(p):
     x, y = p[0], p[1]
     return 3 * x**2 + 2 * x * y + 2 * y**2 - 4 * x - 6 * y
 
 
-def test_seed004_contour_figure(tmp_path):
-    fig = hesse.plot.plot_contour(seed_f, ((-1.5, 2.5), (-1.0, 3.0)), points=[[0.2, 1.4]], resolution=80)
+def test_quadratic_contour_figure(tmp_path):
+    fig = hesse.plot.plot_contour(quadratic, ((-1.5, 2.5), (-1.0, 3.0)), points=[[0.2, 1.4]], resolution=80)
     ax = fig.axes[0]
     assert ax.get_title().startswith("Contours of f")
     assert len(ax.collections) >= 3  # filled contours, contour lines, quiver
@@ -45,7 +44,7 @@ def test_contour_finds_points_itself_and_surface(tmp_path):
 
 def test_plot_bad_bounds():
     with pytest.raises(ValueError, match="2-D"):
-        hesse.plot.plot_contour(seed_f, ((0, 1),))
+        hesse.plot.plot_contour(quadratic, ((0, 1),))
 
 
 def test_contour_axes_named_by_variables():
@@ -54,8 +53,36 @@ def test_contour_axes_named_by_variables():
     expr = parse_expression("3*a**2 + 2*a*b + 2*b**2 - 4*a - 6*b")
     ax = hesse.plot.plot_contour(expr, ((-1.5, 2.5), (-1.0, 3.0)), points=[], resolution=20).axes[0]
     assert (ax.get_xlabel(), ax.get_ylabel()) == tuple(expr.variables)
-    ax = hesse.plot.plot_contour(seed_f, ((-1, 1), (-1, 1)), points=[], resolution=20,
+    ax = hesse.plot.plot_contour(quadratic, ((-1, 1), (-1, 1)), points=[], resolution=20,
                                  variables=("u", "v")).axes[0]
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("u", "v")
     with pytest.raises(ValueError, match="2 axes"):
-        hesse.plot.plot_contour(seed_f, ((-1, 1), (-1, 1)), points=[], variables=("u",))
+        hesse.plot.plot_contour(quadratic, ((-1, 1), (-1, 1)), points=[], variables=("u",))
+
+
+def test_every_kind_has_a_marker():
+    # a kind without a style would be drawn as an anonymous black dot
+    assert set(KINDS) <= set(_STYLE)
+
+
+def test_non_isolated_point_has_its_marker_and_legend_entry(tmp_path):
+    def valley(p):  # the line x = y is a valley of non-strict minima
+        return (p[0] - p[1]) ** 2
+
+    cp = hesse.classify(valley, [0.5, 0.5])
+    assert cp.kind == "non-isolated"
+    backend = matplotlib.get_backend()
+    fig = hesse.plot.plot_contour(valley, ((-1, 1), (-1, 1)), points=[cp], resolution=20, quiver=0)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["non-isolated"]
+    (line,) = [ln for ln in ax.get_lines() if ln.get_label() == "non-isolated"]
+    assert (line.get_marker(), line.get_color()) == _STYLE["non-isolated"]
+    fig.savefig(tmp_path / "valley.png")
+    assert matplotlib.get_backend() == backend  # the user's backend is left alone
+
+
+def test_point_without_coordinates_is_refused():
+    cp = hesse.classify(torch.eye(2))  # a verdict on a Hessian alone: x is None
+    with pytest.raises(ValueError, match="no coordinates"):
+        hesse.plot.plot_contour(quadratic, ((-1, 1), (-1, 1)), points=[cp], resolution=10)

@@ -1,4 +1,4 @@
-"""Taylor models: exact on quadratics (seed 004 sec. 6), error slopes 3 and 2 on smooth functions."""
+"""Taylor models: exact on quadratics, error slopes 3 and 2 on smooth functions."""
 
 import math
 
@@ -8,16 +8,16 @@ import torch
 import hesse
 
 
-def seed_f(p):
+def quadratic(p):
     x, y = p[0], p[1]
     return 3 * x**2 + 2 * x * y + 2 * y**2 - 4 * x - 6 * y
 
 
-def test_seed004_taylor_model_is_exact():
+def test_taylor_model_is_exact_on_a_quadratic():
     x0 = torch.tensor([0.5, -0.5], dtype=torch.float64)
     v = torch.tensor([0.3, 0.4], dtype=torch.float64)
-    m = hesse.taylor(seed_f, x0, order=2)
-    assert float(m(x0 + v)) == pytest.approx(float(seed_f(x0 + v)), abs=1e-12)
+    m = hesse.taylor(quadratic, x0, order=2)
+    assert float(m(x0 + v)) == pytest.approx(float(quadratic(x0 + v)), abs=1e-12)
     assert float(m.error(x0 + v)) < 1e-12
     rep = m.error_slope()
     assert rep.exact  # every error at rounding level
@@ -43,7 +43,7 @@ def test_error_slope_on_loglog(order, slope):
 
 
 def test_batch_evaluation_and_first_order_has_no_hessian():
-    m = hesse.taylor(seed_f, [0.0, 0.0], order=1)
+    m = hesse.taylor(quadratic, [0.0, 0.0], order=1)
     assert m.hessian is None
     X = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
     torch.testing.assert_close(m(X), torch.tensor([-4.0, -6.0], dtype=torch.float64))
@@ -52,8 +52,8 @@ def test_batch_evaluation_and_first_order_has_no_hessian():
 
 def test_bad_input():
     with pytest.raises(ValueError, match="order"):
-        hesse.taylor(seed_f, [0.0, 0.0], order=3)
-    m = hesse.taylor(seed_f, [0.0, 0.0])
+        hesse.taylor(quadratic, [0.0, 0.0], order=3)
+    m = hesse.taylor(quadratic, [0.0, 0.0])
     with pytest.raises(ValueError, match="shape"):
         m(torch.zeros(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="radii"):

@@ -4,12 +4,30 @@ in :mod:`hesse.geometry`."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import re
+from typing import Any
+
+import hesse
+from hesse._progress import message
+from hesse.cli.expressions import Expression, parse_bounds, parse_expression, parse_point
+from hesse.cli.main import CLIError
+from hesse.geometry import CriticalPoint
+from hesse.geometry.critical_points import MAX_STARTS
+
+Box = list[tuple[float, float]]
+
+DEFAULT_BOUNDS = "-2:2"
+"""The box searched without --at or --bounds: [-2, 2] per variable, where the textbook examples
+(x**4 - 2*x**2, the monkey saddle, Rosenbrock near its minimum) have their critical points."""
+
+PLOT_HALF_WIDTH = 2.0
+"""With --at, the plot shows the square of this half-width around the point."""
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "analyze",
         help="critical points and local geometry of a function given as text",
@@ -43,71 +61,21 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _num(v):
+def _num(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
     return v
 
 
-def run(args) -> int:
-    from hesse._progress import message
-    from hesse.cli.expressions import parse_bounds, parse_expression, parse_point
-    from hesse.cli.main import CLIError
-
+def run(args: argparse.Namespace) -> int:
     verbose = not args.quiet
-    variables = None
-    if args.vars:
-        variables = [v.strip() for v in args.vars.split(",") if v.strip()]
+    variables = [v.strip() for v in args.vars.split(",") if v.strip()] if args.vars else None
     expr = parse_expression(args.expression, variables)  # refuses unsafe input before anything runs
-    n = len(expr.variables)
-    if args.plot:
-        if not args.plot.lower().endswith((".png", ".pdf", ".svg")):
-            raise CLIError(f"--plot expects a .png, .pdf or .svg path, got {args.plot!r}.")
-        if n != 2:
-            raise CLIError(f"--plot draws 2-D functions; this one has {n} variables ({', '.join(expr.variables)}).")
-    from hesse.geometry.critical_points import MAX_STARTS
-
-    if args.starts is not None and not 1 <= args.starts <= MAX_STARTS:
-        raise CLIError(f"--starts must be an integer from 1 to {MAX_STARTS}, got {args.starts}.")
-    if not args.timeout > 0 or not math.isfinite(args.timeout):
-        raise CLIError(f"--timeout must be a positive number of seconds, got {args.timeout}.")
-    if not args.time_limit > 0 or not math.isfinite(args.time_limit):
-        raise CLIError(f"--time-limit must be a positive number of seconds, got {args.time_limit}.")
-    import hesse
-
-    if args.at and args.bounds:
-        raise CLIError("give either --at (one point) or --bounds (search a box), not both.")
+    _check_options(args, expr)
     if args.at:
-        x = parse_point(args.at, expr.variables)
-        cp = hesse.classify(expr.function, x)
-        out = {"expression": expr.text, "variables": list(expr.variables), "mode": "point",
-               **{k: _num(v) for k, v in cp.as_dict().items()},
-               "gradient": hesse.gradient(expr.function, x).tolist()}
-        points = [cp]
-        if args.json:
-            print(json.dumps(out, indent=2))
-        else:
-            _print_point(expr, out)
-        box = [(float(a) - 2.0, float(a) + 2.0) for a in x] if n == 2 else None
+        points, box = _analyze_point(expr, args.at, as_json=args.json)
     else:
-        if not args.bounds:
-            message(f"no --at or --bounds: searching the box [-2, 2]^{n}", verbose)
-        box = parse_bounds(args.bounds or "-2:2", n)
-        try:
-            pts = hesse.critical_points(expr, box, num_starts=args.starts, symbolic=not args.no_symbolic,
-                                        symbolic_timeout=args.timeout, progress=verbose,
-                                        time_limit=args.time_limit)
-        except ValueError as err:  # the library names its arguments; say which option they came from
-            msg = str(err).replace("num_starts", "--starts").replace("bounds ", "--bounds ", 1)
-            raise CLIError(msg) from None
-        points = list(pts)
-        out = {"expression": expr.text, "variables": list(expr.variables), "mode": "box", "bounds": box,
-               "counts": pts.counts(), "num_starts": pts.num_starts, "symbolic": pts.symbolic_status,
-               "notes": pts.notes, "points": [{k: _num(v) for k, v in p.as_dict().items()} for p in pts]}
-        if args.json:
-            print(json.dumps(out, indent=2))
-        else:
-            _print_table(expr, out)
+        points, box = _analyze_box(expr, args, verbose)
     if args.plot:
         fig = hesse.plot.plot_contour(expr.function, box, points=points)
         fig.savefig(args.plot)
@@ -115,11 +83,67 @@ def run(args) -> int:
     return 0
 
 
-def _fmt_vec(v) -> str:
+def _check_options(args: argparse.Namespace, expr: Expression) -> None:
+    """Refuse inconsistent options before any computation runs."""
+    n = len(expr.variables)
+    if args.plot:
+        if not args.plot.lower().endswith((".png", ".pdf", ".svg")):
+            raise CLIError(f"--plot expects a .png, .pdf or .svg path, got {args.plot!r}.")
+        if n != 2:
+            raise CLIError(f"--plot draws 2-D functions; this one has {n} variables ({', '.join(expr.variables)}).")
+    if args.starts is not None and not 1 <= args.starts <= MAX_STARTS:
+        raise CLIError(f"--starts must be an integer from 1 to {MAX_STARTS}, got {args.starts}.")
+    if not args.timeout > 0 or not math.isfinite(args.timeout):
+        raise CLIError(f"--timeout must be a positive number of seconds, got {args.timeout}.")
+    if not args.time_limit > 0 or not math.isfinite(args.time_limit):
+        raise CLIError(f"--time-limit must be a positive number of seconds, got {args.time_limit}.")
+    if args.at and args.bounds:
+        raise CLIError("give either --at (one point) or --bounds (search a box), not both.")
+
+
+def _analyze_point(expr: Expression, at: str, *, as_json: bool) -> tuple[list[CriticalPoint], Box | None]:
+    """Classify one point and print it; the plot box is PLOT_HALF_WIDTH around it (2-D only)."""
+    x = parse_point(at, expr.variables)
+    cp = hesse.classify(expr.function, x)
+    out = {"expression": expr.text, "variables": list(expr.variables), "mode": "point",
+           **{k: _num(v) for k, v in cp.as_dict().items()},
+           "gradient": hesse.gradient(expr.function, x).tolist()}
+    if as_json:
+        print(json.dumps(out, indent=2))
+    else:
+        _print_point(expr, out)
+    box = [(float(a) - PLOT_HALF_WIDTH, float(a) + PLOT_HALF_WIDTH) for a in x] if len(expr.variables) == 2 else None
+    return [cp], box
+
+
+def _analyze_box(expr: Expression, args: argparse.Namespace, verbose: bool) -> tuple[list[CriticalPoint], Box]:
+    """Search the box of --bounds (default DEFAULT_BOUNDS per variable) and print the table."""
+    n = len(expr.variables)
+    if not args.bounds:
+        message(f"no --at or --bounds: searching the box [-2, 2]^{n}", verbose)
+    box = parse_bounds(args.bounds or DEFAULT_BOUNDS, n)
+    try:
+        pts = hesse.critical_points(expr, box, num_starts=args.starts, symbolic=not args.no_symbolic,
+                                    symbolic_timeout=args.timeout, progress=verbose,
+                                    time_limit=args.time_limit)
+    except ValueError as err:  # the library names its arguments; say which option they came from
+        msg = str(err).replace("num_starts", "--starts").replace("bounds ", "--bounds ", 1)
+        raise CLIError(msg) from None
+    out = {"expression": expr.text, "variables": list(expr.variables), "mode": "box", "bounds": box,
+           "counts": pts.counts(), "num_starts": pts.num_starts, "symbolic": pts.symbolic_status,
+           "notes": pts.notes, "points": [{k: _num(v) for k, v in p.as_dict().items()} for p in pts]}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        _print_table(expr, out)
+    return list(pts), box
+
+
+def _fmt_vec(v: Any) -> str:
     return "[" + ", ".join(f"{a:.6g}" for a in v) + "]"
 
 
-def _print_point(expr, out: dict) -> None:
+def _print_point(expr: Expression, out: dict[str, Any]) -> None:
     names = expr.variables
     print(f"f({', '.join(names)}) = {expr.text}")
     print(f"at {', '.join(f'{n}={a:.6g}' for n, a in zip(names, out['x']))}:  f = {out['value']:.6g}")
@@ -133,7 +157,7 @@ def _print_point(expr, out: dict) -> None:
     print(f"why: {out['reason']}")
 
 
-def _print_table(expr, out: dict) -> None:
+def _print_table(expr: Expression, out: dict[str, Any]) -> None:
     names = expr.variables
     print(f"f({', '.join(names)}) = {expr.text}")
     box = ", ".join(f"{n} in [{a:g}, {b:g}]" for n, (a, b) in zip(names, out["bounds"]))

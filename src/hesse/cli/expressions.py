@@ -126,9 +126,24 @@ class _HasVariable(Exception):
     pass
 
 
+def _constant_number(node: ast.Constant) -> float:
+    """The value of a constant admitted by :func:`_check` (an int or a float)."""
+    value = node.value
+    if not isinstance(value, (int, float)):
+        raise TypeError(f"unexpected constant {value!r} in a checked expression")
+    return float(value)
+
+
+def _checked_call(node: ast.AST) -> tuple[str, ast.AST]:
+    """Function name and argument of a call admitted by :func:`_check` (``name(arg)``)."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) == 1):
+        raise TypeError(f"unexpected node {ast.dump(node)[:80]} in a checked expression")
+    return node.func.id, node.args[0]
+
+
 def _fold(node: ast.AST) -> float:
     if isinstance(node, ast.Constant):
-        return float(node.value)
+        return _constant_number(node)
     if isinstance(node, ast.Name):
         if node.id in _CONSTANTS:
             return _CONSTANTS[node.id]
@@ -154,7 +169,8 @@ def _fold(node: ast.AST) -> float:
             raise OverflowError("result is not a finite float64")
         return r
     if isinstance(node, ast.Call):
-        r = _FUNCTIONS[node.func.id][1](_fold(node.args[0]))
+        name, arg = _checked_call(node)
+        r = _FUNCTIONS[name][1](_fold(arg))
         if not math.isfinite(r):
             raise OverflowError("result is not a finite float64")
         return float(r)
@@ -302,7 +318,7 @@ def parse_expression(text: str, variables: Sequence[str] | None = None) -> Expre
 def _compile(node: ast.AST, index: dict[str, int]) -> Callable:
     """Closure tree evaluating a checked node on a flat tensor (torch operations only)."""
     if isinstance(node, ast.Constant):
-        value = float(node.value)
+        value = _constant_number(node)
         return lambda x: value
     if isinstance(node, ast.Name):
         if node.id in _CONSTANTS:
@@ -327,8 +343,9 @@ def _compile(node: ast.AST, index: dict[str, int]) -> Callable:
         if isinstance(op, ast.Div):
             return lambda x: a(x) / b(x)
         return _compile_pow(a, b, node.right)
-    fn = _FUNCTIONS[node.func.id][0]
-    arg = _compile(node.args[0], index)
+    name, arg_node = _checked_call(node)
+    fn = _FUNCTIONS[name][0]
+    arg = _compile(arg_node, index)
     return lambda x: fn(_as_tensor(arg(x), x))
 
 
@@ -384,7 +401,8 @@ def _to_sympy(node: ast.AST, symbols: dict, sympy):
         if isinstance(op, ast.Div):
             return a / b
         return a ** b
-    return getattr(sympy, _FUNCTIONS[node.func.id][2])(_to_sympy(node.args[0], symbols, sympy))
+    name, arg_node = _checked_call(node)
+    return getattr(sympy, _FUNCTIONS[name][2])(_to_sympy(arg_node, symbols, sympy))
 
 
 def parse_point(text: str, variables: Sequence[str]) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Classify a point of f (or a Hessian) by the second-derivative test, and beyond it.
 
-At a point x with gradient g and Hessian H = Q diag(λ) Qᵀ (seed 002, Thm 2; Nocedal & Wright
-2006, Thm 2.3-2.4):
+At a point x with gradient g and Hessian H = Q diag(λ) Qᵀ (Nocedal & Wright 2006,
+Thm 2.3-2.4):
 
 * ‖g‖ > gradient_tol, or the Newton step ‖H⁺g‖ > step_tol -> ``"not critical"`` (eigenvalues
   are still reported). The second test makes the verdict independent of the scale of f: at
@@ -42,13 +42,17 @@ products); index and nullity are then unknown and reported as None.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+from scipy.sparse.linalg import eigsh
 from torch.func import grad, vmap
 
 from hesse._autodiff import gradient, hessian
+from hesse._result import Result
 from hesse._validation import as_point, check_callable, check_scalar_output
 from hesse.geometry._newton import (
     batched_newton,
@@ -57,6 +61,7 @@ from hesse.geometry._newton import (
     step_tolerance,
 )
 from hesse.geometry.definiteness import as_symmetric_matrix, default_matrix_tolerance
+from hesse.geometry.higher_order import higher_order_analysis
 from hesse.operators import CurvatureOperator
 
 __all__ = ["KINDS", "CriticalPoint", "classify"]
@@ -64,14 +69,35 @@ __all__ = ["KINDS", "CriticalPoint", "classify"]
 KINDS = ("minimum", "maximum", "saddle", "degenerate minimum", "degenerate maximum", "degenerate saddle",
          "non-isolated", "inconclusive", "not critical")
 
+POLISH_RADIUS = 1e-3
+"""Polishing by Newton may move x by at most POLISH_RADIUS·(1 + ‖x‖): far enough to cross the
+distance sqrt(eps)-accurate input usually carries, near enough that the verdict still describes
+the point the caller asked about."""
 
-@dataclass
-class CriticalPoint:
+POLISH_MAX_ITER = 200
+"""Newton iterations allowed when polishing x or probing for a non-isolated set: Newton converges
+only linearly (rate (k - 2)/(k - 1) for x**k) towards degenerate points, so it needs more than the
+handful of iterations of the quadratic case."""
+
+PROBE_STEP = 0.05
+"""Relative length of the probe step of the non-isolated test (module docstring)."""
+
+SAME_LEVEL_ULPS = 64
+"""Two critical points lie on one connected set only if f has the same value there; "the same" is
+up to SAME_LEVEL_ULPS·eps·max(1, |f|), the rounding of a few dozen operations evaluating f."""
+
+ARPACK_TOL = 1e-8
+"""Relative accuracy asked of ARPACK for the extreme eigenvalues of a large operator: below the
+sqrt(eps)·max(1, |λ|) tolerance the verdict uses, at a modest number of products."""
+
+@dataclass(repr=False)
+class CriticalPoint(Result):
     """A classified point. ``kind`` is one of :data:`KINDS`; ``index`` counts negative eigenvalues,
     ``nullity`` the eigenvalues within ``eigenvalue_tol`` of 0; ``condition_number`` is
     max|λ| / min|λ| (inf when singular); ``order`` is the order of the deciding term (2 for the
     second-derivative test, 3, 4, ... after higher-order analysis); ``found_by`` says which route
-    of :func:`hesse.critical_points` found the point (None for :func:`classify`)."""
+    of :func:`hesse.critical_points` found the point (None for :func:`classify`); ``reason`` says
+    why, in words."""
 
     x: torch.Tensor | None
     kind: str
@@ -86,16 +112,17 @@ class CriticalPoint:
     reason: str
     order: int | None = None
     found_by: str | None = None
-    hessian: torch.Tensor | None = field(default=None, repr=False)
-    eigenvectors: torch.Tensor | None = field(default=None, repr=False)
+    hessian: torch.Tensor | None = field(default=None)
+    eigenvectors: torch.Tensor | None = field(default=None)
 
     @property
     def is_critical(self) -> bool:
         return self.kind != "not critical"
 
-    def as_dict(self) -> dict:
-        """JSON-friendly dictionary (lists and floats)."""
-        def num(v):
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary: tensors as lists, a non-finite condition number as its string
+        ("inf", which strict JSON cannot hold as a number); the eigenvectors are left out."""
+        def num(v: float | None) -> float | str | None:
             return None if v is None else (v if math.isfinite(v) else str(v))
 
         return {
@@ -109,7 +136,9 @@ class CriticalPoint:
         }
 
     def __repr__(self) -> str:
-        def vec(t, k=6):
+        # One line, the verdict first: points are printed in lists, where the base class's
+        # one-field-per-line table (15 fields, a Hessian among them) would bury the kind.
+        def vec(t: torch.Tensor, k: int = 6) -> str:
             vals = [f"{float(a):.6g}" for a in t.reshape(-1)[:k]]
             return "[" + ", ".join(vals) + (", ..." if t.numel() > k else "") + "]"
 
@@ -141,6 +170,7 @@ def _condition_number(lam: torch.Tensor, tol: float) -> float:
 
 
 def _second_order_kind(lam: torch.Tensor, tol: float) -> tuple[str | None, int, int]:
+    """(kind or None when H is singular and semidefinite, index, nullity) from the eigenvalues."""
     pos, neg = int((lam > tol).sum()), int((lam < -tol).sum())
     n = lam.numel()
     if pos == n:
@@ -152,7 +182,45 @@ def _second_order_kind(lam: torch.Tensor, tol: float) -> tuple[str | None, int, 
     return None, neg, n - pos - neg
 
 
-def classify(f, x=None, tol: float | None = None, *, gradient_tol: float | None = None,
+@dataclass
+class _LocalModel:
+    """f's value, gradient and Hessian eigendecomposition at a flat point ``x``."""
+
+    x: torch.Tensor
+    value: float
+    gradient: torch.Tensor
+    hessian: torch.Tensor
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+
+    def newton_step(self) -> float:
+        """‖H⁺∇f‖, the estimated distance to the nearest critical point."""
+        return float(newton_step_lengths(self.gradient[None], self.eigenvalues[None], self.eigenvectors[None])[0])
+
+
+def _local_model(flat: Callable[[torch.Tensor], torch.Tensor], xf: torch.Tensor) -> _LocalModel:
+    H = hessian(flat, xf)
+    lam, Q = torch.linalg.eigh(H)
+    return _LocalModel(xf, float(flat(xf)), gradient(flat, xf), H, lam, Q)
+
+
+@dataclass
+class _Tolerances:
+    eigenvalue: float
+    gradient: float
+    step: float
+
+
+def _fields(at: _LocalModel, tols: _Tolerances) -> dict[str, Any]:
+    """The CriticalPoint fields that describe the local model ``at``."""
+    _, index, nullity = _second_order_kind(at.eigenvalues, tols.eigenvalue)
+    return dict(eigenvalues=at.eigenvalues, index=index, nullity=nullity,
+                condition_number=_condition_number(at.eigenvalues, tols.eigenvalue),
+                gradient_norm=float(at.gradient.norm()), value=at.value, eigenvalue_tol=tols.eigenvalue,
+                gradient_tol=tols.gradient, hessian=at.hessian, eigenvectors=at.eigenvectors)
+
+
+def classify(f: Any, x: Any = None, tol: float | None = None, *, gradient_tol: float | None = None,
              higher_order: bool = True, max_order: int = 6, refine: bool = True,
              dense_limit: int = 2000) -> CriticalPoint:
     """Classify the point ``x`` of ``f`` (a callable of one tensor returning a scalar), or a Hessian.
@@ -174,125 +242,154 @@ def classify(f, x=None, tol: float | None = None, *, gradient_tol: float | None 
                             "hesse.classify(f, [0.0, 0.0]), or pass a Hessian matrix alone: hesse.classify(H).")
         return _classify_matrix(f, tol, dense_limit)
     check_callable(f, "f")
-    x = as_point(x, "x")
-    shape = x.shape
-    xf = x.reshape(-1)
+    point = as_point(x, "x")
+    shape = point.shape
+    xf = point.reshape(-1)
 
     def flat(z: torch.Tensor) -> torch.Tensor:
         return f(z.reshape(shape))
 
-    n = xf.numel()
+    _check_dense_size(xf.numel(), dense_limit)
+    _check_finite_value(flat, xf)
+    at = _local_model(flat, xf)
+    tols = _tolerances(at, tol, gradient_tol)
+    return _classify_point(flat, shape, at, tols, higher_order=higher_order, max_order=max_order, refine=refine)
+
+
+def _check_dense_size(n: int, dense_limit: int) -> None:
     if n > dense_limit:
         raise ValueError(f"x has {n} entries > dense_limit={dense_limit}: classify(f, x) forms the dense "
                          "Hessian. Build hesse.HessianOperator.from_function(f, x) and call "
                          "hesse.classify(op) (extreme eigenvalues by Lanczos), or raise dense_limit.")
+
+
+def _check_finite_value(flat: Callable[[torch.Tensor], torch.Tensor], xf: torch.Tensor) -> None:
     value = float(check_scalar_output(flat(xf)).detach())
     if not math.isfinite(value):
         raise ValueError(f"f(x) = {value} is not finite at x; classification needs a finite value.")
-    g = gradient(flat, xf)
-    H = hessian(flat, xf)
-    lam, Q = torch.linalg.eigh(H)
-    eps = torch.finfo(xf.dtype).eps
-    hnorm = float(lam.abs().max()) if n else 0.0
+
+
+def _tolerances(at: _LocalModel, tol: float | None, gradient_tol: float | None) -> _Tolerances:
+    """The tolerances of the module docstring, relative to the scale of f and H with a floor of 1."""
+    eps = torch.finfo(at.x.dtype).eps
+    hnorm = float(at.eigenvalues.abs().max()) if at.x.numel() else 0.0
     eig_tol = float(tol) if tol is not None else math.sqrt(eps) * max(1.0, hnorm)
-    g_tol = float(gradient_tol) if gradient_tol is not None else math.sqrt(eps) * max(1.0, abs(value), hnorm)
-    gnorm = float(g.norm())
-    kappa = _condition_number(lam, eig_tol)
-    kind, index, nullity = _second_order_kind(lam, eig_tol)
-    common = dict(eigenvalues=lam, index=index, nullity=nullity, condition_number=kappa,
-                  gradient_norm=gnorm, value=value, eigenvalue_tol=eig_tol, gradient_tol=g_tol,
-                  hessian=H, eigenvectors=Q)
-    if gnorm > g_tol:
-        return CriticalPoint(x=x, kind="not critical", order=None,
-                             reason=f"‖∇f(x)‖ = {gnorm:.3g} > gradient_tol = {g_tol:.3g}: x is not a critical "
-                                    f"point (the eigenvalues describe the curvature there only)", **common)
-    step = float(newton_step_lengths(g[None], lam[None], Q[None])[0])
-    s_tol = float(step_tolerance(xf))
-    note = ""
-    if step > s_tol and refine:
-        limit = 1e-3 * (1 + float(xf.norm()))
-        xr, _, _ = batched_newton(flat, xf[None].detach(), max_iter=200, max_distance=limit)
-        moved = float((xr[0] - xf).norm())
-        if math.isfinite(moved) and moved <= limit:
-            gr, Hr = gradient(flat, xr[0]), hessian(flat, xr[0])
-            lr, Qr = torch.linalg.eigh(Hr)
-            step_r = float(newton_step_lengths(gr[None], lr[None], Qr[None])[0])
-            if step_r <= float(step_tolerance(xr[0])) and float(gr.norm()) <= g_tol:
-                note = (f" [x polished by pseudo-inverse Newton: moved {moved:.2g}, Newton step {step:.2g} -> "
-                        f"{step_r:.2g}]")
-                xf, g, H, lam, Q, step = xr[0], gr, Hr, lr, Qr, step_r
-                kind, index, nullity = _second_order_kind(lam, eig_tol)
-                common.update(eigenvalues=lam, index=index, nullity=nullity, hessian=H, eigenvectors=Q,
-                              condition_number=_condition_number(lam, eig_tol), gradient_norm=float(g.norm()),
-                              value=float(flat(xf)))
-                x = xf.reshape(shape)
-    if step > s_tol:
-        return CriticalPoint(x=x, kind="not critical", order=None,
-                             reason=f"the Newton step ‖H⁺∇f‖ = {step:.3g} > step_tol = {s_tol:.3g}: the nearest "
-                                    f"critical point is not at x, although ‖∇f(x)‖ = {gnorm:.3g} is small "
-                                    "(f is flat here on its own scale)", **common)
+    g_tol = (float(gradient_tol) if gradient_tol is not None
+             else math.sqrt(eps) * max(1.0, abs(at.value), hnorm))
+    return _Tolerances(eig_tol, g_tol, float(step_tolerance(at.x)))
+
+
+def _classify_point(flat: Callable[[torch.Tensor], torch.Tensor], shape: torch.Size, at: _LocalModel,
+                    tols: _Tolerances, *, higher_order: bool, max_order: int, refine: bool) -> CriticalPoint:
+    """The verdict at a point whose value is finite: the steps of the module docstring in order."""
+    given = at  # the point as given: its gradient norm and value are quoted in the messages below
+    gnorm = float(given.gradient.norm())
+    if gnorm > tols.gradient:
+        return _point(at, shape, tols, "not critical", None,
+                      f"‖∇f(x)‖ = {gnorm:.3g} > gradient_tol = {tols.gradient:.3g}: x is not a critical "
+                      "point (the eigenvalues describe the curvature there only)")
+    step, note = at.newton_step(), ""
+    if step > tols.step and refine:
+        polished = _polish_to_critical(flat, at, tols.gradient)
+        if polished is not None:
+            note = (f" [x polished by pseudo-inverse Newton: moved {float((polished.x - at.x).norm()):.2g}, "
+                    f"Newton step {step:.2g} -> {polished.newton_step():.2g}]")
+            at, step = polished, polished.newton_step()
+    if step > tols.step:
+        return _point(at, shape, tols, "not critical", None,
+                      f"the Newton step ‖H⁺∇f‖ = {step:.3g} > step_tol = {tols.step:.3g}: the nearest "
+                      f"critical point is not at x, although ‖∇f(x)‖ = {gnorm:.3g} is small "
+                      "(f is flat here on its own scale)")
+    kind, _, nullity = _second_order_kind(at.eigenvalues, tols.eigenvalue)
     if kind is not None:
-        desc = {"minimum": "all eigenvalues > eigenvalue_tol (positive definite)",
-                "maximum": "all eigenvalues < -eigenvalue_tol (negative definite)",
-                "saddle": "eigenvalues of both signs (indefinite)"}[kind]
-        if kind == "saddle" and nullity:
-            desc += f", {nullity} zero eigenvalue(s) do not change that"
-        return CriticalPoint(x=x, kind=kind, order=2, reason=f"second-derivative test: {desc}" + note, **common)
+        return _point(at, shape, tols, kind, 2, _second_order_reason(kind, nullity) + note)
     if not higher_order:
-        return CriticalPoint(x=x, kind="inconclusive", order=None,
-                             reason=f"the Hessian is semidefinite with nullity {nullity}: the second-derivative "
-                                    "test is inconclusive (higher_order=False)", **common)
-    valley = _non_isolated_direction(flat, xf.detach(), lam, Q, eig_tol, g_tol, value)
+        return _point(at, shape, tols, "inconclusive", None,
+                      f"the Hessian is semidefinite with nullity {nullity}: the second-derivative "
+                      "test is inconclusive (higher_order=False)")
+    valley = _non_isolated_direction(flat, at.x.detach(), at.eigenvalues, at.eigenvectors, tols.eigenvalue,
+                                     tols.gradient, given.value)
     if valley is not None:
-        d, dist = valley
-        nz = lam[lam.abs() > eig_tol]
-        shape_word = ("a valley of non-strict minima" if bool((nz > 0).all()) and nz.numel() else
-                      "a ridge of non-strict maxima" if bool((nz < 0).all()) and nz.numel() else
-                      "a set of saddles" if nz.numel() else "a flat set")
-        return CriticalPoint(
-            x=x, kind="non-isolated", order=None,
-            reason=f"Hessian singular (nullity {nullity}) and the critical point is not isolated: {shape_word} "
-                   f"runs through x along the direction d = {_fmt_direction(d)}; from a step of {dist:.2g} along "
-                   f"it, Newton converges to another critical point with the same value of f (to float64 "
-                   f"precision)" + note, **common)
+        return _point(at, shape, tols, "non-isolated", None, _non_isolated_reason(at, tols, *valley) + note)
     if refine and gnorm > 0:
-        xr, gr, _ = batched_newton(flat, xf[None].detach(), max_iter=200)
-        moved = float((xr[0] - xf).norm())
-        if float(gr[0]) < gnorm and moved <= 1e-3 * (1 + float(xf.norm())):
-            xf = xr[0]
-            H = hessian(flat, xf)
-            lam, Q = torch.linalg.eigh(H)
-            g = gradient(flat, xf)
-            note += f" [x polished by pseudo-inverse Newton: moved {moved:.2g}, ‖∇f‖ {gnorm:.2g} -> {float(g.norm()):.2g}]"
-            kind2, index, nullity = _second_order_kind(lam, eig_tol)
-            if kind2 is not None:  # after polishing the point is non-degenerate after all
-                common.update(eigenvalues=lam, index=index, nullity=nullity, hessian=H, eigenvectors=Q,
-                              condition_number=_condition_number(lam, eig_tol), gradient_norm=float(g.norm()),
-                              value=float(flat(xf)))
-                return CriticalPoint(x=xf.reshape(shape), kind=kind2, order=2,
-                                     reason="second-derivative test at the polished point" + note, **common)
-            common.update(eigenvalues=lam, index=index, nullity=nullity, hessian=H, eigenvectors=Q,
-                          gradient_norm=float(g.norm()), value=float(flat(xf)))
-    from hesse.geometry.higher_order import higher_order_analysis
-
-    res = higher_order_analysis(flat, xf.detach(), lam, Q, eig_tol, max_order=max_order)
-    return CriticalPoint(x=xf.reshape(shape), kind=res.kind, order=res.order,
-                         reason=f"Hessian singular (nullity {nullity}); {res.reason}" + note, **common)
+        polished = _polish_degenerate(flat, at, gnorm)
+        if polished is not None:
+            moved = float((polished.x - at.x).norm())
+            note += (f" [x polished by pseudo-inverse Newton: moved {moved:.2g}, ‖∇f‖ {gnorm:.2g} -> "
+                     f"{float(polished.gradient.norm()):.2g}]")
+            at = polished
+            kind, _, nullity = _second_order_kind(at.eigenvalues, tols.eigenvalue)
+            if kind is not None:  # after polishing the point is non-degenerate after all
+                return _point(at, shape, tols, kind, 2, "second-derivative test at the polished point" + note)
+    res = higher_order_analysis(flat, at.x.detach(), at.eigenvalues, at.eigenvectors, tols.eigenvalue,
+                                max_order=max_order)
+    return _point(at, shape, tols, res.kind, res.order,
+                  f"Hessian singular (nullity {nullity}); {res.reason}" + note)
 
 
-PROBE_STEP = 0.05
-"""Relative length of the probe step of the non-isolated test (module docstring)."""
+def _point(at: _LocalModel, shape: torch.Size, tols: _Tolerances, kind: str, order: int | None,
+           reason: str) -> CriticalPoint:
+    return CriticalPoint(x=at.x.reshape(shape), kind=kind, order=order, reason=reason, **_fields(at, tols))
 
 
-def _non_isolated_direction(f, x: torch.Tensor, lam: torch.Tensor, Q: torch.Tensor, eig_tol: float,
-                            g_tol: float, value: float) -> tuple[torch.Tensor, float] | None:
+def _second_order_reason(kind: str, nullity: int) -> str:
+    desc = {"minimum": "all eigenvalues > eigenvalue_tol (positive definite)",
+            "maximum": "all eigenvalues < -eigenvalue_tol (negative definite)",
+            "saddle": "eigenvalues of both signs (indefinite)"}[kind]
+    if kind == "saddle" and nullity:
+        desc += f", {nullity} zero eigenvalue(s) do not change that"
+    return f"second-derivative test: {desc}"
+
+
+def _polish_to_critical(flat: Callable[[torch.Tensor], torch.Tensor], at: _LocalModel,
+                        g_tol: float) -> _LocalModel | None:
+    """The local model at the critical point Newton reaches within POLISH_RADIUS·(1 + ‖x‖) of x,
+    if its Newton step is within the step tolerance and its gradient within ``g_tol``; else None."""
+    limit = POLISH_RADIUS * (1 + float(at.x.norm()))
+    xr, _, _ = batched_newton(flat, at.x[None].detach(), max_iter=POLISH_MAX_ITER, max_distance=limit)
+    moved = float((xr[0] - at.x).norm())
+    if not (math.isfinite(moved) and moved <= limit):
+        return None
+    polished = _local_model(flat, xr[0])
+    if polished.newton_step() <= float(step_tolerance(xr[0])) and float(polished.gradient.norm()) <= g_tol:
+        return polished
+    return None
+
+
+def _polish_degenerate(flat: Callable[[torch.Tensor], torch.Tensor], at: _LocalModel,
+                       gnorm: float) -> _LocalModel | None:
+    """The local model after Newton from a degenerate point, if it lowered ‖∇f‖ below ``gnorm``
+    without moving more than POLISH_RADIUS·(1 + ‖x‖); else None. The higher-order analysis
+    resolves a term only above the location error of x (see :mod:`hesse.geometry.higher_order`)."""
+    xr, gr, _ = batched_newton(flat, at.x[None].detach(), max_iter=POLISH_MAX_ITER)
+    moved = float((xr[0] - at.x).norm())
+    if float(gr[0]) < gnorm and moved <= POLISH_RADIUS * (1 + float(at.x.norm())):
+        return _local_model(flat, xr[0])
+    return None
+
+
+def _non_isolated_reason(at: _LocalModel, tols: _Tolerances, d: torch.Tensor, dist: float) -> str:
+    lam = at.eigenvalues
+    nz = lam[lam.abs() > tols.eigenvalue]
+    shape_word = ("a valley of non-strict minima" if bool((nz > 0).all()) and nz.numel() else
+                  "a ridge of non-strict maxima" if bool((nz < 0).all()) and nz.numel() else
+                  "a set of saddles" if nz.numel() else "a flat set")
+    _, _, nullity = _second_order_kind(lam, tols.eigenvalue)
+    return (f"Hessian singular (nullity {nullity}) and the critical point is not isolated: {shape_word} "
+            f"runs through x along the direction d = {_fmt_direction(d)}; from a step of {dist:.2g} along "
+            "it, Newton converges to another critical point with the same value of f (to float64 precision)")
+
+
+def _non_isolated_direction(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, lam: torch.Tensor,
+                            Q: torch.Tensor, eig_tol: float, g_tol: float,
+                            value: float) -> tuple[torch.Tensor, float] | None:
     """Direction d (unit) and distance of another critical point found by Newton from x ± h·v, v in
     the null space of H, if there is one with the same value of f; None for an isolated point.
 
     Newton iterates from an isolated degenerate point's neighbourhood return to it (for x**k the
     pseudo-inverse step contracts the distance by (k - 2)/(k - 1) per iteration), so landing at
     >= h/2 from x on a critical point at the same level means x lies on a set of critical points.
-    Cost: one batched Newton run (at most 200 iterations) from 2·nullity starts.
+    Cost: one batched Newton run (at most POLISH_MAX_ITER iterations) from 2·nullity starts.
     """
     null = lam.abs() <= eig_tol
     if not bool(null.any()):
@@ -301,7 +398,7 @@ def _non_isolated_direction(f, x: torch.Tensor, lam: torch.Tensor, Q: torch.Tens
     V = Q[:, null].T
     starts = torch.cat([x + h * V, x - h * V])
     try:
-        X, _, _ = batched_newton(f, starts, max_iter=200, max_step=h)
+        X, _, _ = batched_newton(f, starts, max_iter=POLISH_MAX_ITER, max_step=h)
         vals, steps, _ = newton_diagnostics(f, X)
         G = vmap(grad(f))(X)
     except RuntimeError:  # data-dependent control flow: no vmap, no valley test
@@ -309,7 +406,9 @@ def _non_isolated_direction(f, x: torch.Tensor, lam: torch.Tensor, Q: torch.Tens
     dist = (X - x).norm(dim=1)
     eps = torch.finfo(x.dtype).eps
     # the value of f is constant on a connected set of critical points: equal up to rounding
-    same_level = (vals - value).abs() <= 64 * eps * max(1.0, abs(value))
+    same_level = (vals - value).abs() <= SAME_LEVEL_ULPS * eps * max(1.0, abs(value))
+    # landing between h/2 and 4h: away from x (not attracted back), yet reached along the probe
+    # direction rather than at an unrelated critical point elsewhere
     ok = (dist >= h / 2) & (dist <= 4 * h) & (steps <= step_tolerance(X)) & (G.norm(dim=1) <= g_tol) & same_level
     if not bool(ok.any()):
         return None
@@ -324,7 +423,7 @@ def _fmt_direction(d: torch.Tensor) -> str:
     return "(" + ", ".join(f"{float(a):.3g}" for a in d) + ")"
 
 
-def _classify_matrix(H, tol: float | None, dense_limit: int) -> CriticalPoint:
+def _classify_matrix(H: Any, tol: float | None, dense_limit: int) -> CriticalPoint:
     if isinstance(H, CurvatureOperator) and H.shape[0] > dense_limit:
         return _classify_large_operator(H, tol)
     M = as_symmetric_matrix(H, "H")
@@ -342,23 +441,25 @@ def _classify_matrix(H, tol: float | None, dense_limit: int) -> CriticalPoint:
                          order=2 if kind != "inconclusive" else None, hessian=M, eigenvectors=Q)
 
 
-def _classify_large_operator(op: CurvatureOperator, tol: float | None) -> CriticalPoint:
-    from scipy.sparse.linalg import eigsh
+def _extreme_kind(lo: float, hi: float, eig_tol: float) -> str:
+    """The second-order verdict from the extreme eigenvalues alone."""
+    if lo > eig_tol:
+        return "minimum"
+    if hi < -eig_tol:
+        return "maximum"
+    if lo < -eig_tol and hi > eig_tol:
+        return "saddle"
+    return "inconclusive"
 
+
+def _classify_large_operator(op: CurvatureOperator, tol: float | None) -> CriticalPoint:
     A = op.to_scipy()
-    lo = float(eigsh(A, k=1, which="SA", tol=1e-8, return_eigenvectors=False)[0])
-    hi = float(eigsh(A, k=1, which="LA", tol=1e-8, return_eigenvectors=False)[0])
+    lo = float(eigsh(A, k=1, which="SA", tol=ARPACK_TOL, return_eigenvectors=False)[0])
+    hi = float(eigsh(A, k=1, which="LA", tol=ARPACK_TOL, return_eigenvectors=False)[0])
     eps = torch.finfo(op.dtype).eps
     eig_tol = float(tol) if tol is not None else math.sqrt(eps) * max(1.0, abs(lo), abs(hi))
     lam = torch.tensor([lo, hi], dtype=torch.float64)
-    if lo > eig_tol:
-        kind = "minimum"
-    elif hi < -eig_tol:
-        kind = "maximum"
-    elif lo < -eig_tol and hi > eig_tol:
-        kind = "saddle"
-    else:
-        kind = "inconclusive"
+    kind = _extreme_kind(lo, hi, eig_tol)
     index = 0 if kind == "minimum" else op.shape[0] if kind == "maximum" else None
     nullity = 0 if kind in ("minimum", "maximum") else None
     kappa = (max(abs(lo), abs(hi)) / min(abs(lo), abs(hi))) if kind in ("minimum", "maximum") else math.inf

@@ -25,6 +25,8 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +36,7 @@ from hesse._progress import message
 from hesse._validation import check_positive_int
 from hesse.geometry._newton import ALPHAS as _NEWTON_TRIALS
 from hesse.geometry._newton import batched_newton, newton_diagnostics, step_tolerance
-from hesse.geometry.classify import CriticalPoint, classify
+from hesse.geometry.classify import SAME_LEVEL_ULPS, CriticalPoint, classify
 
 __all__ = ["MAX_STARTS", "CriticalPointList", "critical_points", "newton_chunk_size"]
 
@@ -44,15 +46,68 @@ _KIND_ORDER = {"minimum": 0, "degenerate minimum": 1, "saddle": 2, "degenerate s
 MAX_STARTS = 2**20
 """Most Newton starts one search takes: ~1e6 covers a 20-D box at 2 points per axis; more is a typo."""
 
+MIN_DEFAULT_STARTS = 128
+STARTS_PER_DIMENSION = 32
+"""Default starts: the power of two at or above max(MIN_DEFAULT_STARTS, STARTS_PER_DIMENSION·n),
+enough for the polynomial test functions of a few variables to have a start in every basin."""
+
 HESSIAN_COPIES = 8
 """Dense n x n blocks held per start during one batched Newton iteration (the vmapped Hessian and
 its intermediates, the symmetrised copy, the eigenvectors, the masked copy): the memory estimate
 is starts x HESSIAN_COPIES x n² x itemsize."""
 
+NEWTON_TIME_SHARE = 0.6
+SYMBOLIC_TIME_SHARE = 0.8
+"""Of ``time_limit``, Newton may use the first 60% and sympy run until 80%: classifying the
+candidates (a dense Hessian each, higher-order analysis for degenerate ones) needs the rest."""
+
+CHUNK_TIME_SHARE = 0.05
+"""A chunk of Newton starts is sized to take at most 5% of ``time_limit`` per iteration, since the
+deadline is checked between iterations."""
+
+MAX_STEP_OF_DIAMETER = 0.25
+"""Newton steps are capped at a quarter of the box diameter, so that a start near a flat region
+is not thrown far out of the box in one step."""
+
+BOX_MARGIN = 1e-9
+"""Endpoints up to BOX_MARGIN·max(1, diameter) outside the box count as inside (a critical point
+on the boundary converges to it from either side)."""
+
+PREFILTER_GRADIENT = 1e-4
+"""Endpoints with ‖∇f‖ above PREFILTER_GRADIENT·max(1, diameter) are dropped before the (more
+costly) diagnostics: Newton did not converge there."""
+
+CONVERGED_STEP_FACTOR = 1e3
+"""Newton endpoints whose step is within CONVERGED_STEP_FACTOR times the location tolerance are
+candidates: a loose pre-filter, since :func:`classify` applies the exact test (and polishes)."""
+
+STALLED_GRADIENT = 1e-12
+"""A start that stopped with ‖∇f‖ below this but a long Newton step is reported in a note: f is
+so flat there that the gradient says nothing about the distance to a critical point."""
+
+DEDUP_REL_TOL = 1e-5
+"""Default ``dedup_tol`` relative to max(1, box diameter): points closer than this are the same
+point found twice (far above the sqrt(eps) location accuracy, far below feature sizes)."""
+
+LOOP_PROBE_ROWS = 256
+"""Rows evaluated one by one to check f's finiteness when f cannot be vmapped."""
+
+SYMBOLIC_DIGITS = 30
+"""Digits of sympy's numerical evaluation of an exact solution (above float64's 16)."""
+
+IMAGINARY_REL_TOL = 1e-12
+"""A solution whose imaginary parts are below this (relative to max(1, |real part|)) is real;
+sympy's numerical evaluation of radicals leaves imaginary parts of that size."""
+
+MAX_BOX_SIDE = 1e150
+"""Points of a wider box overflow float64 when squared (‖x‖², x**2 terms)."""
+
+
 def _first_chunk(n: int) -> int:
-    """Starts in the first Newton chunk (about 2^16 Hessian entries); its measured cost sizes the
-    next chunks (see critical_points)."""
+    """Starts in the first Newton chunk (about 2^16 Hessian entries, at most 1024 starts); its
+    measured cost sizes the next chunks (see _run_newton)."""
     return max(1, min(1024, 2**16 // (n * n)))
+
 
 MAX_SYMBOLIC_EXPONENT = 40
 """sympy.solve expands powers: beyond this exponent the polynomial systems are impractical, and
@@ -67,13 +122,15 @@ def newton_chunk_size(n: int, dtype: torch.dtype, max_memory: int | None = None)
     return int(limit // (HESSIAN_COPIES * n * n * itemsize))
 
 
-class CriticalPointList(list):
-    """A list of :class:`CriticalPoint` with how it was found: ``num_starts``, ``iterations``,
-    ``symbolic_status`` (what the sympy route did) and ``notes``."""
+class CriticalPointList(list[CriticalPoint]):
+    """A list of :class:`CriticalPoint` with how it was found: ``num_starts``, ``nit`` (Newton
+    iterations of the longest-running chunk), ``symbolic_status`` (what the sympy route did) and
+    ``notes``."""
 
-    def __init__(self, points, num_starts: int, iterations: int, symbolic_status: str, notes: list[str]):
+    def __init__(self, points: Sequence[CriticalPoint], num_starts: int, nit: int, symbolic_status: str,
+                 notes: list[str]):
         super().__init__(points)
-        self.num_starts, self.iterations = num_starts, iterations
+        self.num_starts, self.nit = num_starts, nit
         self.symbolic_status, self.notes = symbolic_status, notes
 
     def counts(self) -> dict[str, int]:
@@ -83,13 +140,18 @@ class CriticalPointList(list):
         return out
 
     def __repr__(self) -> str:
-        rows = "\n".join(f"  {p.kind:<20} x={[round(float(a), 6) for a in p.x]} f={p.value:.6g} "
-                         f"({p.found_by})" for p in self)
+        rows = "\n".join(f"  {p.kind:<20} x={[round(float(a), 6) for a in _coords(p)]} "
+                         f"f={float(p.value if p.value is not None else math.nan):.6g} ({p.found_by})" for p in self)
         return (f"CriticalPointList({len(self)} points, counts={self.counts()}, num_starts={self.num_starts}, "
                 f"symbolic={self.symbolic_status!r})\n{rows}")
 
 
-def _check_bounds(bounds) -> torch.Tensor:
+def _coords(cp: CriticalPoint) -> torch.Tensor:
+    """The point's coordinates (a point found in a box always has them)."""
+    return cp.x if cp.x is not None else torch.empty(0)
+
+
+def _check_bounds(bounds: Any) -> torch.Tensor:
     try:
         B = np.asarray(bounds, dtype=float)
     except (TypeError, ValueError):
@@ -102,7 +164,7 @@ def _check_bounds(bounds) -> torch.Tensor:
         width = B[:, 1] - B[:, 0]
     # points of a wider box overflow when squared (‖x‖², x**2 terms): the search would see only inf
     diam = float(np.sqrt(np.sum((width / width.max()) ** 2)) * width.max()) if np.isfinite(width).all() else math.inf
-    if not math.isfinite(diam) or diam > 1e150:
+    if not math.isfinite(diam) or diam > MAX_BOX_SIDE:
         raise ValueError(f"bounds {B.tolist()} are too wide for float64: the box's width overflows or its "
                          "points square to inf; give a box of at most about 1e150 per side.")
     return torch.as_tensor(B, dtype=torch.float64)
@@ -111,19 +173,22 @@ def _check_bounds(bounds) -> torch.Tensor:
 _EPS = float(torch.finfo(torch.float64).eps)
 
 
-def _values(func, X: torch.Tensor) -> torch.Tensor | None:
-    """f at every row (vmap, else a loop); None if f cannot be evaluated in a batch."""
+def _values(func: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor) -> torch.Tensor | None:
+    """f at every row (vmap, else a loop over the first LOOP_PROBE_ROWS); None if f cannot be
+    evaluated in a batch."""
     try:
         return torch.func.vmap(func)(X)
     except RuntimeError:
         try:
-            return torch.stack([torch.as_tensor(func(x)) for x in X[:256]])
+            return torch.stack([torch.as_tensor(func(x)) for x in X[:LOOP_PROBE_ROWS]])
         except (RuntimeError, ValueError, TypeError):
             return None
 
 
-def _symbolic_solutions(expr, B: torch.Tensor, timeout: float) -> tuple[list[np.ndarray], str]:
-    import sympy
+def _symbolic_solutions(expr: Any, B: torch.Tensor, timeout: float) -> tuple[list[np.ndarray], str]:
+    """Real isolated solutions of ∇f = 0 inside the box by ``sympy.solve`` in a guarded thread,
+    and a status line."""
+    import sympy  # an optional dependency, and slow to import: only the symbolic route needs it
 
     symbols = expr.sympy_symbols if hasattr(expr, "sympy_symbols") else tuple(
         sympy.Symbol(v, real=True) for v in expr.variables)
@@ -134,9 +199,9 @@ def _symbolic_solutions(expr, B: torch.Tensor, timeout: float) -> tuple[list[np.
     if biggest > MAX_SYMBOLIC_EXPONENT:
         return [], (f"skipped: an exponent of {float(biggest):g} (> {MAX_SYMBOLIC_EXPONENT}) makes symbolic "
                     "solving impractical; the Newton route ran alone")
-    box: dict = {}
+    box: dict[str, Any] = {}
 
-    def work():
+    def work() -> None:
         try:
             e = expr.sympy
             eqs = [sympy.diff(e, s) for s in symbols]
@@ -151,24 +216,31 @@ def _symbolic_solutions(expr, B: torch.Tensor, timeout: float) -> tuple[list[np.
         return [], f"timed out after {timeout:g} s (sympy.solve still running in the background was abandoned)"
     if "err" in box:
         return [], f"failed ({box['err'][:200]})"
+    return _real_points_in_box(box["sol"], symbols, B)
+
+
+def _real_points_in_box(solutions: list[dict[Any, Any]], symbols: Sequence[Any],
+                        B: torch.Tensor) -> tuple[list[np.ndarray], str]:
+    import sympy
+
     points, parametric, complex_count = [], 0, 0
-    for sol in box["sol"]:
+    for sol in solutions:
         if len(sol) < len(symbols) or any(getattr(v, "free_symbols", set()) for v in sol.values()):
             parametric += 1
             continue
         try:
-            vals = [complex(sympy.N(sol[s], 30)) for s in symbols]
+            vals = [complex(sympy.N(sol[s], SYMBOLIC_DIGITS)) for s in symbols]
         except (TypeError, ValueError):
             parametric += 1
             continue
-        if any(abs(v.imag) > 1e-12 * max(1.0, abs(v.real)) for v in vals):
+        if any(abs(v.imag) > IMAGINARY_REL_TOL * max(1.0, abs(v.real)) for v in vals):
             complex_count += 1
             continue
         p = np.array([v.real for v in vals])
         lo, hi = B[:, 0].numpy(), B[:, 1].numpy()
         if (p >= lo).all() and (p <= hi).all():
             points.append(p)
-    status = f"solved: {len(box['sol'])} solution(s), {len(points)} real in the box"
+    status = f"solved: {len(solutions)} solution(s), {len(points)} real in the box"
     if complex_count:
         status += f", {complex_count} complex"
     if parametric:
@@ -176,7 +248,261 @@ def _symbolic_solutions(expr, B: torch.Tensor, timeout: float) -> tuple[list[np.
     return points, status
 
 
-def critical_points(f: Callable[[torch.Tensor], torch.Tensor], bounds: Sequence[tuple[float, float]], *,
+@dataclass
+class _Budget:
+    """The time limit of one search and its shares (see NEWTON_TIME_SHARE)."""
+
+    time_limit: float | None
+    start: float = field(default_factory=time.monotonic)
+
+    def _at(self, share: float) -> float | None:
+        return None if self.time_limit is None else self.start + share * self.time_limit
+
+    @property
+    def deadline(self) -> float | None:
+        return self._at(1.0)
+
+    @property
+    def newton_deadline(self) -> float | None:
+        return self._at(NEWTON_TIME_SHARE)
+
+    @property
+    def symbolic_deadline(self) -> float | None:
+        return self._at(SYMBOLIC_TIME_SHARE)
+
+    @staticmethod
+    def passed(deadline: float | None) -> bool:
+        return deadline is not None and time.monotonic() > deadline
+
+    def newton_note(self, done: int, total: int) -> str:
+        limit = float(self.time_limit or 0.0)
+        return (f"time limit of {limit:g} s: Newton stopped at its share ({NEWTON_TIME_SHARE * limit:g} s) with "
+                f"{done} of {total} starts run (raise time_limit to run them all)")
+
+
+@dataclass
+class _Problem:
+    """What the search runs on: ``func`` of one flat tensor, and the parsed expression (with a
+    sympy form and variable names) when f is one."""
+
+    func: Callable[[torch.Tensor], torch.Tensor]
+    expression: Any | None
+
+
+def _check_problem(f: Any, n: int, symbolic: bool | str) -> _Problem:
+    is_expr = hasattr(f, "sympy") and hasattr(f, "variables")
+    func = f.function if is_expr and hasattr(f, "function") else f
+    if not callable(func):
+        raise TypeError(f"f must be callable (a function of one flat tensor) or a parsed expression; got "
+                        f"{type(f).__name__}.")
+    if is_expr and len(f.variables) != n:
+        raise ValueError(f"bounds has {n} intervals but the expression has {len(f.variables)} variables "
+                         f"({', '.join(f.variables)}).")
+    if symbolic not in ("auto", True, False):
+        raise ValueError(f"symbolic must be 'auto', True or False; got {symbolic!r}.")
+    if symbolic is True and not is_expr:
+        raise ValueError("symbolic=True needs an expression with a sympy form (hesse.cli.expressions."
+                         "parse_expression); a Python callable has none. Use symbolic='auto' or False.")
+    return _Problem(func, f if is_expr else None)
+
+
+def _check_time_limit(time_limit: Any) -> None:
+    if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
+        raise ValueError(f"time_limit must be a positive number of seconds or None; got {time_limit!r}.")
+
+
+def _check_num_starts(num_starts: int | None, n: int) -> int:
+    if num_starts is None:
+        num_starts = 2 ** math.ceil(math.log2(max(MIN_DEFAULT_STARTS, STARTS_PER_DIMENSION * n)))
+    num_starts = check_positive_int(num_starts, "num_starts")
+    if num_starts > MAX_STARTS:
+        raise ValueError(f"num_starts={num_starts} exceeds the maximum of {MAX_STARTS}; Sobol starts this many "
+                         "cover a box no better than a smaller box searched with fewer. Lower num_starts.")
+    return num_starts
+
+
+def _check_memory(num_starts: int, n: int, max_memory: int | None) -> int:
+    """The chunk size of Newton starts within the memory guard; ValueError if none fits."""
+    chunk = newton_chunk_size(n, torch.float64, max_memory)
+    limit = default_max_memory() if max_memory is None else int(max_memory)
+    per_start = HESSIAN_COPIES * n * n * 8
+    if chunk < 1:
+        raise ValueError(f"one Newton start in {n} variables holds about {format_bytes(per_start)} of dense "
+                         f"Hessians, over the memory guard of {format_bytes(limit)} (HESSE_MAX_MEMORY): "
+                         "num_starts cannot be served. Reduce the number of variables or raise max_memory.")
+    # the iterates: current point, gradient and one trial point per backtracking step length
+    iterates = num_starts * 8 * n * (2 + len(_NEWTON_TRIALS))
+    if iterates > limit:
+        raise ValueError(f"num_starts={num_starts} starts in {n} variables need "
+                         f"{format_bytes(iterates)} for the iterates alone, "
+                         f"over the memory guard of {format_bytes(limit)}; lower num_starts.")
+    return chunk
+
+
+def _sobol_starts(B: torch.Tensor, num_starts: int, seed: int) -> torch.Tensor:
+    """``num_starts`` scrambled Sobol points in the box (a power of two keeps the balance
+    properties of the sequence: ``random_base2``)."""
+    from scipy.stats import qmc  # scipy.stats takes a while to import; only searches need it
+
+    n = B.shape[0]
+    sobol = qmc.Sobol(d=n, scramble=True, seed=seed)
+    m = int(math.ceil(math.log2(num_starts)))
+    U = torch.as_tensor(sobol.random_base2(m)[:num_starts] if 2 ** m == num_starts else sobol.random(num_starts))
+    return B[:, 0] + U * (B[:, 1] - B[:, 0])
+
+
+@dataclass
+class _NewtonRun:
+    """Rows that Newton left inside the box with a small gradient, and their diagnostics."""
+
+    X: torch.Tensor
+    gradient_norms: torch.Tensor
+    values: torch.Tensor
+    steps: torch.Tensor
+    nullity: torch.Tensor
+    nit: int
+
+
+def _run_newton(func: Callable[[torch.Tensor], torch.Tensor], X0: torch.Tensor, B: torch.Tensor, *,
+                max_iter: int, chunk: int, budget: _Budget, progress: bool, notes: list[str]) -> _NewtonRun:
+    """Damped Newton from every start, in chunks bounded in memory (``chunk``) and in time.
+
+    The deadline is checked between Newton iterations, so one iteration over a chunk must take a
+    small part of the time limit: the first chunk is small, and its measured cost per
+    start-iteration sizes the next ones (CHUNK_TIME_SHARE of the limit each)."""
+    n, num_starts = X0.shape[1], X0.shape[0]
+    diam = float((B[:, 1] - B[:, 0]).norm())
+    max_step = diam * MAX_STEP_OF_DIAMETER
+    vectorized = True
+    parts: list[tuple[torch.Tensor, ...]] = []
+    nit = 0
+    size = min(chunk, _first_chunk(n))
+    lo = 0
+    while lo < num_starts:
+        if budget.passed(budget.newton_deadline):
+            notes.append(budget.newton_note(lo, num_starts))
+            break
+        part = X0[lo:lo + size]
+        t0 = time.monotonic()
+        try:
+            if not vectorized:
+                raise RuntimeError("vmap disabled")
+            res = batched_newton(func, part, max_iter=max_iter, max_step=max_step, progress=progress,
+                                 deadline=budget.newton_deadline)
+        except RuntimeError as err:  # data-dependent control flow cannot be vmapped: loop instead
+            if vectorized:
+                notes.append(f"vmap failed ({str(err).splitlines()[0][:120]}); starts were run one by one")
+                message(notes[-1], progress)
+            vectorized = False
+            res = batched_newton(func, part, max_iter=max_iter, max_step=max_step, progress=progress,
+                                 vectorized=False, deadline=budget.newton_deadline)
+        lo += len(part)
+        per_start_iteration = (time.monotonic() - t0) / max(1, res[2] * len(part))
+        if budget.time_limit is not None:
+            size = int(min(chunk, max(1, CHUNK_TIME_SHARE * budget.time_limit / max(per_start_iteration, 1e-9))))
+        else:
+            size = chunk
+        Xp, gp, it = res
+        nit = max(nit, it)
+        margin = BOX_MARGIN * max(1.0, diam)
+        inside = ((Xp >= B[:, 0] - margin) & (Xp <= B[:, 1] + margin)).all(1) & torch.isfinite(Xp).all(1)
+        keep = inside & torch.isfinite(gp) & (gp <= PREFILTER_GRADIENT * max(1.0, diam))
+        Xk = Xp[keep]
+        if len(Xk):
+            vals, steps, nullity = newton_diagnostics(func, Xk.detach(), vectorized=vectorized)
+            parts.append((Xk, gp[keep], vals, steps, nullity))
+        if budget.passed(budget.newton_deadline) and lo < num_starts:
+            notes.append(budget.newton_note(lo, num_starts))
+            break
+    if parts:
+        X, gnorm, vals, steps, nullity = (torch.cat(t) for t in zip(*parts))
+    else:
+        X = torch.empty(0, n, dtype=torch.float64)
+        gnorm = vals = steps = torch.empty(0, dtype=torch.float64)
+        nullity = torch.empty(0, dtype=torch.long)
+    return _NewtonRun(X, gnorm, vals, steps, nullity, nit)
+
+
+# A candidate critical point: coordinates, route that found it, f there (nan if unknown) and the
+# nullity of the Hessian (-1 if unknown).
+_Candidate = tuple[np.ndarray, str, float, int]
+
+
+def _newton_candidates(run: _NewtonRun, dedup_tol: float, notes: list[str]) -> list[_Candidate]:
+    """Converged Newton endpoints, best gradient first, closer than ``dedup_tol`` merged."""
+    X, gnorm, steps = run.X, run.gradient_norms, run.steps
+    converged = steps <= CONVERGED_STEP_FACTOR * step_tolerance(X)  # classify applies the exact test
+    flat_stop = ~converged & (gnorm <= STALLED_GRADIENT)
+    stalled = int(flat_stop.sum())
+    if stalled:
+        j = int(torch.nonzero(flat_stop)[0])
+        notes.append(f"{stalled} start(s) stopped where ‖∇f‖ is tiny but the Newton step is still long (e.g. at "
+                     f"{[round(float(a), 4) for a in X[j]]}, step {float(steps[j]):.2g}): f is very flat there on "
+                     "its own scale; a high-order degenerate critical point may lie nearby (try more max_iter)")
+    candidates: list[_Candidate] = []
+    for i in torch.argsort(gnorm).tolist():
+        if not bool(converged[i]):
+            continue
+        p = X[i].numpy()
+        if any(np.linalg.norm(p - q) <= dedup_tol for q, *_ in candidates):
+            continue
+        candidates.append((p, "newton", float(run.values[i]), int(run.nullity[i])))
+    return candidates
+
+
+def _add_symbolic(candidates: list[_Candidate], points: list[np.ndarray], dedup_tol: float) -> None:
+    """Merge sympy's points into ``candidates``: exact coordinates replace a Newton point within
+    ``dedup_tol``; the others are added."""
+    for p in points:
+        for j, (q, _by, v, k) in enumerate(candidates):
+            if np.linalg.norm(p - q) <= dedup_tol:
+                candidates[j] = (p, "newton+symbolic", v, k)
+                break
+        else:
+            candidates.append((p, "symbolic", math.nan, -1))
+
+
+def _classify_candidates(func: Callable[[torch.Tensor], torch.Tensor], candidates: list[_Candidate], *,
+                         dedup_tol: float, higher_order: bool, budget: _Budget,
+                         notes: list[str]) -> list[CriticalPoint]:
+    """Classify each candidate; those on a non-isolated set already listed (same value of f, same
+    singular Hessian rank) are merged into it instead."""
+    points: list[CriticalPoint] = []
+    coords: list[torch.Tensor] = []
+    sets: list[tuple[float, int]] = []  # non-isolated sets: (value of f, nullity)
+    merged = 0
+    for k, (p, by, value, null) in enumerate(candidates):
+        if budget.passed(budget.deadline):
+            notes.append(f"time limit of {budget.time_limit:g} s reached: {len(candidates) - k} of "
+                         f"{len(candidates)} candidate points were not classified (raise time_limit to see them)")
+            break
+        if null > 0 and any(null == m and abs(value - v) <= SAME_LEVEL_ULPS * _EPS * max(1.0, abs(v))
+                            for v, m in sets):
+            merged += 1
+            continue
+        x = torch.as_tensor(p, dtype=torch.float64)
+        cp = classify(func, x, higher_order=higher_order)
+        cx = cp.x if cp.x is not None else x
+        if cp.kind == "not critical" or any(float((cx - q).norm()) <= dedup_tol for q in coords):
+            continue
+        cp.found_by = by
+        points.append(cp)
+        coords.append(cx)
+        if cp.kind == "non-isolated":
+            sets.append((float(cp.value if cp.value is not None else value),
+                         int(cp.nullity or 0) if null < 0 else null))
+    if merged:
+        notes.append(f"{merged} further start(s) ended on critical points with the same value of f and the same "
+                     "singular Hessian as a non-isolated set listed, and were merged into it (distinct sets at "
+                     "the same level would be merged too)")
+    return points
+
+
+def _sort_key(cp: CriticalPoint) -> tuple[int, tuple[float, ...]]:
+    return _KIND_ORDER.get(cp.kind, len(_KIND_ORDER)), tuple(round(float(a), 9) for a in _coords(cp))
+
+
+def critical_points(f: Callable[[torch.Tensor], torch.Tensor] | Any, bounds: Sequence[tuple[float, float]], *,
                     num_starts: int | None = None, max_iter: int = 100, seed: int = 0,
                     symbolic: bool | str = "auto", symbolic_timeout: float = 10.0,
                     dedup_tol: float | None = None, higher_order: bool = True,
@@ -200,174 +526,57 @@ def critical_points(f: Callable[[torch.Tensor], torch.Tensor], bounds: Sequence[
     points with the same value of f and the same singular Hessian rank are merged into it (so
     distinct valleys at the same level are reported as one, with a note).
     """
-    start_time = time.monotonic()
-    if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
-        raise ValueError(f"time_limit must be a positive number of seconds or None; got {time_limit!r}.")
-    deadline = None if time_limit is None else start_time + float(time_limit)
-    # Newton may use the first 60% of the time, sympy up to 80%: classifying what was found needs the rest
-    newton_deadline = None if time_limit is None else start_time + 0.6 * float(time_limit)
-    symbolic_deadline = None if time_limit is None else start_time + 0.8 * float(time_limit)
+    _check_time_limit(time_limit)
+    budget = _Budget(None if time_limit is None else float(time_limit))
     B = _check_bounds(bounds)
     n = B.shape[0]
-    is_expr = hasattr(f, "sympy") and hasattr(f, "variables")
-    func = f.function if is_expr and hasattr(f, "function") else f
-    if not callable(func):
-        raise TypeError(f"f must be callable (a function of one flat tensor) or a parsed expression; got "
-                        f"{type(f).__name__}.")
-    if is_expr and len(f.variables) != n:
-        raise ValueError(f"bounds has {n} intervals but the expression has {len(f.variables)} variables "
-                         f"({', '.join(f.variables)}).")
-    if symbolic not in ("auto", True, False):
-        raise ValueError(f"symbolic must be 'auto', True or False; got {symbolic!r}.")
-    if symbolic is True and not is_expr:
-        raise ValueError("symbolic=True needs an expression with a sympy form (hesse.cli.expressions."
-                         "parse_expression); a Python callable has none. Use symbolic='auto' or False.")
+    problem = _check_problem(f, n, symbolic)
     max_iter = check_positive_int(max_iter, "max_iter")
-    if num_starts is None:
-        num_starts = 2 ** math.ceil(math.log2(max(128, 32 * n)))
-    num_starts = check_positive_int(num_starts, "num_starts")
-    if num_starts > MAX_STARTS:
-        raise ValueError(f"num_starts={num_starts} exceeds the maximum of {MAX_STARTS}; Sobol starts this many "
-                         "cover a box no better than a smaller box searched with fewer. Lower num_starts.")
-    chunk = newton_chunk_size(n, torch.float64, max_memory)
-    limit = default_max_memory() if max_memory is None else int(max_memory)
-    per_start = HESSIAN_COPIES * n * n * 8
-    if chunk < 1:
-        raise ValueError(f"one Newton start in {n} variables holds about {format_bytes(per_start)} of dense "
-                         f"Hessians, over the memory guard of {format_bytes(limit)} (HESSE_MAX_MEMORY): "
-                         "num_starts cannot be served. Reduce the number of variables or raise max_memory.")
-    if num_starts * 8 * n * (2 + len(_NEWTON_TRIALS)) > limit:
-        raise ValueError(f"num_starts={num_starts} starts in {n} variables need "
-                         f"{format_bytes(num_starts * 8 * n * (2 + len(_NEWTON_TRIALS)))} for the iterates alone, "
-                         f"over the memory guard of {format_bytes(limit)}; lower num_starts.")
+    num_starts = _check_num_starts(num_starts, n)
+    chunk = _check_memory(num_starts, n, max_memory)
     diam = float((B[:, 1] - B[:, 0]).norm())
-    dedup_tol = 1e-5 * max(1.0, diam) if dedup_tol is None else float(dedup_tol)
+    dedup_tol = DEDUP_REL_TOL * max(1.0, diam) if dedup_tol is None else float(dedup_tol)
     notes: list[str] = []
 
-    from scipy.stats import qmc
-
-    sobol = qmc.Sobol(d=n, scramble=True, seed=seed)
-    m = int(math.ceil(math.log2(num_starts)))
-    U = torch.as_tensor(sobol.random_base2(m)[:num_starts] if 2 ** m == num_starts else sobol.random(num_starts))
-    X0 = B[:, 0] + U * (B[:, 1] - B[:, 0])
+    X0 = _sobol_starts(B, num_starts, seed)
     message(f"critical points: damped Newton from {num_starts} Sobol starts in {n}-D box"
             + (f" (chunks of at most {chunk} within the memory guard)" if chunk < num_starts else ""),
             progress)
-    vectorized = True
-    with torch.no_grad():
-        F0 = _values(func, X0)
-    if F0 is not None and not bool(torch.isfinite(F0).any()):
-        raise ValueError(f"f is not finite at any of the {num_starts} starts in the box (bounds "
-                         f"{B.tolist()}): the box is too large for float64 or f is undefined there.")
-    parts, iters = [], 0
-    # chunks also bounded in time: the deadline is checked between Newton iterations, so one
-    # iteration over a chunk must take a small part of the time limit. The first chunk is small
-    # and its measured cost per start-iteration sizes the next ones.
-    size = min(chunk, _first_chunk(n))
-    lo = 0
-    while lo < num_starts:
-        if newton_deadline is not None and time.monotonic() > newton_deadline:
-            notes.append(f"time limit of {time_limit:g} s: Newton stopped at its share ({0.6 * time_limit:g} s) with "
-                         f"{lo} of {num_starts} starts run (raise time_limit to run them all)")
-            break
-        part = X0[lo:lo + size]
-        t0 = time.monotonic()
-        try:
-            if not vectorized:
-                raise RuntimeError("vmap disabled")
-            res = batched_newton(func, part, max_iter=max_iter, max_step=diam / 4, progress=progress,
-                                 deadline=newton_deadline)
-        except RuntimeError as err:  # data-dependent control flow cannot be vmapped: loop instead
-            if vectorized:
-                notes.append(f"vmap failed ({str(err).splitlines()[0][:120]}); starts were run one by one")
-                message(notes[-1], progress)
-            vectorized = False
-            res = batched_newton(func, part, max_iter=max_iter, max_step=diam / 4, progress=progress,
-                                 vectorized=False, deadline=newton_deadline)
-        lo += len(part)
-        per_start_iteration = (time.monotonic() - t0) / max(1, res[2] * len(part))
-        if time_limit is not None:
-            size = int(min(chunk, max(1, 0.05 * time_limit / max(per_start_iteration, 1e-9))))
-        else:
-            size = chunk
-        Xp, gp, it = res
-        iters = max(iters, it)
-        margin = 1e-9 * max(1.0, diam)
-        inside = ((Xp >= B[:, 0] - margin) & (Xp <= B[:, 1] + margin)).all(1) & torch.isfinite(Xp).all(1)
-        keep = inside & torch.isfinite(gp) & (gp <= 1e-4 * max(1.0, diam))  # cheap pre-filter
-        Xk = Xp[keep]
-        if len(Xk):
-            vals, steps, nullity = newton_diagnostics(func, Xk.detach(), vectorized=vectorized)
-            parts.append((Xk, gp[keep], vals, steps, nullity))
-        if newton_deadline is not None and time.monotonic() > newton_deadline and lo < num_starts:
-            notes.append(f"time limit of {time_limit:g} s: Newton stopped at its share ({0.6 * time_limit:g} s) with "
-                         f"{lo} of {num_starts} starts run (raise time_limit to run them all)")
-            break
-    if parts:
-        X, gnorm, vals, steps, nullity = (torch.cat(t) for t in zip(*parts))
-    else:
-        X = torch.empty(0, n, dtype=torch.float64)
-        gnorm = vals = steps = torch.empty(0, dtype=torch.float64)
-        nullity = torch.empty(0, dtype=torch.long)
-    converged = steps <= 1e3 * step_tolerance(X)  # classify applies the exact test
-    stalled = int((~converged & (gnorm <= 1e-12)).sum())
-    if stalled:
-        j = int(torch.nonzero(~converged & (gnorm <= 1e-12))[0])
-        notes.append(f"{stalled} start(s) stopped where ‖∇f‖ is tiny but the Newton step is still long (e.g. at "
-                     f"{[round(float(a), 4) for a in X[j]]}, step {float(steps[j]):.2g}): f is very flat there on "
-                     "its own scale; a high-order degenerate critical point may lie nearby (try more max_iter)")
-    order = torch.argsort(gnorm)
-    candidates: list[tuple[np.ndarray, str, float, int]] = []
-    for i in order.tolist():
-        if not bool(converged[i]):
-            continue
-        p = X[i].numpy()
-        if any(np.linalg.norm(p - q) <= dedup_tol for q, *_ in candidates):
-            continue
-        candidates.append((p, "newton", float(vals[i]), int(nullity[i])))
+    _check_finite_somewhere(problem.func, X0, B)
+    run = _run_newton(problem.func, X0, B, max_iter=max_iter, chunk=chunk, budget=budget, progress=progress,
+                      notes=notes)
+    candidates = _newton_candidates(run, dedup_tol, notes)
     status = "not tried (f is a Python callable, not an expression)"
-    if is_expr and symbolic in ("auto", True):
+    if problem.expression is not None and symbolic in ("auto", True):
+        symbolic_deadline = budget.symbolic_deadline
         guard = (symbolic_timeout if symbolic_deadline is None
                  else min(symbolic_timeout, symbolic_deadline - time.monotonic()))
         message(f"critical points: sympy.solve of the gradient (time guard {max(guard, 0):g} s)", progress)
-        sym_points, status = _symbolic_solutions(f, B, guard)
-        for p in sym_points:
-            for j, (q, _by, v, k) in enumerate(candidates):
-                if np.linalg.norm(p - q) <= dedup_tol:
-                    candidates[j] = (p, "newton+symbolic", v, k)  # exact coordinates replace Newton's
-                    break
-            else:
-                candidates.append((p, "symbolic", math.nan, -1))
-    elif is_expr:
+        sym_points, status = _symbolic_solutions(problem.expression, B, guard)
+        _add_symbolic(candidates, sym_points, dedup_tol)
+    elif problem.expression is not None:
         status = "not tried (symbolic=False)"
-    points: list[CriticalPoint] = []
-    sets: list[tuple[CriticalPoint, int]] = []  # non-isolated sets: (representative, nullity)
-    merged = [0]
-    for k, (p, by, value, null) in enumerate(candidates):
-        if deadline is not None and time.monotonic() > deadline:
-            notes.append(f"time limit of {time_limit:g} s reached: {len(candidates) - k} of {len(candidates)} "
-                         "candidate points were not classified (raise time_limit to see them)")
-            break
-        on_set = next((j for j, (q, m) in enumerate(sets) if null == m and null > 0
-                       and abs(value - q.value) <= 64 * _EPS * max(1.0, abs(q.value))), None)
-        if on_set is not None:
-            merged[0] += 1
-            continue
-        cp = classify(func, torch.as_tensor(p, dtype=torch.float64), higher_order=higher_order)
-        if cp.kind == "not critical" or any(float((cp.x - q.x).norm()) <= dedup_tol for q in points):
-            continue
-        cp.found_by = by
-        points.append(cp)
-        if cp.kind == "non-isolated":
-            sets.append((cp, cp.nullity if null < 0 else null))
-    if merged[0]:
-        notes.append(f"{merged[0]} further start(s) ended on critical points with the same value of f and the same "
-                     "singular Hessian as a non-isolated set listed, and were merged into it (distinct sets at "
-                     "the same level would be merged too)")
-    points.sort(key=lambda c: (_KIND_ORDER.get(c.kind, 9), tuple(round(float(a), 9) for a in c.x)))
-    if not points and not any("time limit" in m for m in notes):
-        notes.append("no critical point found in the box (none may exist; try more num_starts or a larger box)")
-    if deadline is not None and time.monotonic() > deadline and not any("time limit" in m for m in notes):
-        notes.append(f"time limit of {time_limit:g} s reached (elapsed {time.monotonic() - start_time:.1f} s)")
+    points = _classify_candidates(problem.func, candidates, dedup_tol=dedup_tol, higher_order=higher_order,
+                                  budget=budget, notes=notes)
+    points.sort(key=_sort_key)
+    _final_notes(points, notes, budget)
     message(f"critical points: {len(points)} found ({status})", progress)
-    return CriticalPointList(points, num_starts, iters, status, notes)
+    return CriticalPointList(points, num_starts, run.nit, status, notes)
+
+
+def _check_finite_somewhere(func: Callable[[torch.Tensor], torch.Tensor], X0: torch.Tensor,
+                            B: torch.Tensor) -> None:
+    with torch.no_grad():
+        F0 = _values(func, X0)
+    if F0 is not None and not bool(torch.isfinite(F0).any()):
+        raise ValueError(f"f is not finite at any of the {len(X0)} starts in the box (bounds "
+                         f"{B.tolist()}): the box is too large for float64 or f is undefined there.")
+
+
+def _final_notes(points: list[CriticalPoint], notes: list[str], budget: _Budget) -> None:
+    timed_out = any("time limit" in m for m in notes)
+    if not points and not timed_out:
+        notes.append("no critical point found in the box (none may exist; try more num_starts or a larger box)")
+    if budget.passed(budget.deadline) and not any("time limit" in m for m in notes):
+        notes.append(f"time limit of {budget.time_limit:g} s reached "
+                     f"(elapsed {time.monotonic() - budget.start:.1f} s)")

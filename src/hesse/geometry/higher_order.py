@@ -1,7 +1,7 @@
 """Higher-order analysis at a critical point with a singular, semidefinite Hessian.
 
-The second-derivative test stops when H = ∇²f(x₀) has zero eigenvalues (seed 002, Thm 2). We go
-on in two steps.
+The second-derivative test stops when H = ∇²f(x₀) has zero eigenvalues (Nocedal & Wright 2006,
+Thm 2.3-2.4 then say nothing). We go on in two steps.
 
 1. **Splitting lemma** (Gromoll & Meyer 1969; Arnold, Gusein-Zade & Varchenko 1985, sec. 11.4).
    Write x = x₀ + N u + R w with N (n x m) an orthonormal basis of the null space of H and R the
@@ -41,15 +41,49 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.optimize import minimize
 from torch.func import grad, jvp, vmap
+
+from hesse._result import Result
 
 __all__ = ["HigherOrderResult", "higher_order_analysis"]
 
 MAX_NULLITY = 6
+"""Largest null space analysed: the directions sampled grow as 40·m², beyond which sampling the
+sphere densely enough to minimise a form is too costly."""
+
+LOCATION_ERROR = 10.0
+"""A critical point found numerically is located to about sqrt(eps)·max(1, ‖x₀‖) (the step
+tolerance of :func:`hesse.classify`); LOCATION_ERROR times that is the error δ assumed when
+discounting spurious terms (module docstring): a safety factor of 10 over that tolerance."""
+
+FIRST_ORDER = 4
+"""Orders up to 4 are tried first (2⁴ forward passes per direction); only an inconclusive answer
+pays for ``max_order``."""
+
+DIRECTIONS_2D = 64
+"""Directions sampled on the half circle for a 2-D null space: a form of order K has K + 1
+coefficients, so 64 samples overdetermine the fit for every order used in practice."""
+
+DIRECTIONS_PER_M2 = 40
+"""For m >= 3, 40·m² random directions (plus the m axes) overdetermine the fit of a form of
+order <= 6, which has binomial(m + 5, 6) coefficients."""
+
+ANGLE_OFFSET = 0.1234
+"""Offset of the 2-D directions from the axes, so that no sample sits exactly on a coordinate
+axis, where forms of symmetric test functions often vanish by symmetry."""
+
+DENSE_SPHERE_2D = 20001
+"""Points on the half circle at which a fitted 2-D form is minimised before local refinement
+(spacing π/20000 ≈ 1.6e-4 rad)."""
+
+DENSE_SPHERE = 100_000
+"""Random points on the sphere at which a fitted form in m >= 3 variables is minimised before
+local refinement."""
 
 
-@dataclass
-class HigherOrderResult:
+@dataclass(repr=False)
+class HigherOrderResult(Result):
     """``kind`` of the critical point after reduction; ``order`` is the leading order of the reduced
     function (None if undecided); ``reduced_kind`` what g does at 0; ``reason`` in words."""
 
@@ -112,7 +146,7 @@ def _sphere_directions(m: int, count: int, dtype, seed: int) -> torch.Tensor:
     if m == 1:
         return torch.ones(1, 1, dtype=dtype)
     if m == 2:
-        theta = torch.arange(count, dtype=dtype) * (math.pi / count) + 0.1234
+        theta = torch.arange(count, dtype=dtype) * (math.pi / count) + ANGLE_OFFSET
         return torch.stack([torch.cos(theta), torch.sin(theta)], 1)
     gen = torch.Generator().manual_seed(seed)
     D = torch.randn(count, m, generator=gen, dtype=dtype)
@@ -130,8 +164,6 @@ def _form_extremes(D: np.ndarray, values: np.ndarray, k: int, seed: int) -> tupl
     Returns (min, max, argmin direction). The fit is exact (P is a polynomial), so the extremes
     come from dense sampling of the fitted polynomial plus a local refinement.
     """
-    from scipy.optimize import minimize
-
     m = D.shape[1]
     mons = _monomials(m, k)
 
@@ -140,11 +172,11 @@ def _form_extremes(D: np.ndarray, values: np.ndarray, k: int, seed: int) -> tupl
 
     coef, *_ = np.linalg.lstsq(design(D), values, rcond=None)
     if m == 2:
-        th = np.linspace(0, np.pi, 20001)
+        th = np.linspace(0, np.pi, DENSE_SPHERE_2D)
         dense = np.stack([np.cos(th), np.sin(th)], 1)
     else:
         rng = np.random.default_rng(seed)
-        dense = rng.standard_normal((100000, m))
+        dense = rng.standard_normal((DENSE_SPHERE, m))
         dense /= np.linalg.norm(dense, axis=1, keepdims=True)
     vals = design(dense) @ coef
     j = int(np.argmin(vals))
@@ -180,41 +212,37 @@ def higher_order_analysis(f: Callable[[torch.Tensor], torch.Tensor], x0: torch.T
             "inconclusive", None, "unknown",
             f"the Hessian has a {m}-dimensional null space; higher-order analysis samples directions "
             f"of the null space and is limited to nullity <= {MAX_NULLITY}", 0, tol)
-    result = None
-    for K in sorted({min(4, max_order), max_order}):
-        result = _analyze(f, x0, N, R, lam_R, m, sign_R, K, tol, num_directions, seed)
-        if result.kind != "inconclusive" or result.num_directions < 0:
+    orders = sorted({min(FIRST_ORDER, max_order), max_order})
+    for K in orders:
+        result, final = _analyze(f, x0, N, R, lam_R, m, sign_R, K, tol, num_directions, seed)
+        if result.kind != "inconclusive" or final:
             break
-    result.num_directions = abs(result.num_directions)
     return result
 
 
-def _analyze(f, x0, N, R, lam_R, m, sign_R, K, tol, num_directions, seed) -> HigherOrderResult:
+def _analyze(f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, N: torch.Tensor, R: torch.Tensor,
+             lam_R: torch.Tensor, m: int, sign_R: int, K: int, tol: float, num_directions: int | None,
+             seed: int) -> tuple[HigherOrderResult, bool]:
+    """The verdict from the reduced function's Taylor coefficients up to order ``K``, and whether
+    it is final (a higher order cannot change it)."""
     # chord iterations k with 2k + 4 > K make g's coefficients exact to order K; one more for margin
     chord_steps = max(0, (K - 4) // 2 + 1) + 1
     g = _reduced_function(f, x0, N, R, lam_R, chord_steps=chord_steps)
-    count = num_directions or (1 if m == 1 else 64 if m == 2 else 40 * m * m)
+    count = num_directions or (1 if m == 1 else DIRECTIONS_2D if m == 2 else DIRECTIONS_PER_M2 * m * m)
     D = _sphere_directions(m, count, x0.dtype, seed).to(x0.device)
     C = _coefficients_along(g, D, K).detach()  # (S, K+1)
-    if not bool(torch.isfinite(C).all()):  # final: a higher order will not help (negative count)
+    if not bool(torch.isfinite(C).all()):  # a higher order will not help
         return HigherOrderResult("inconclusive", None, "unknown",
-                                 "derivatives of the reduced function are not finite at the point", -len(D), tol)
-    # A critical point located with error δ turns a genuine order-(k+1) term c_{k+1} into a
-    # spurious order-k term of size (k+1)·δ·|c_{k+1}|: such terms are not counted.
-    shift = 10 * math.sqrt(torch.finfo(x0.dtype).eps) * max(1.0, float(x0.norm()))
-    order = None
-    for k in range(3, K + 1):
-        above = float(C[:, k + 1].abs().max()) if k < K else 0.0
-        if float(C[:, k].abs().max()) > tol + shift * (k + 1) * above:
-            order = k
-            break
+                                 "derivatives of the reduced function are not finite at the point",
+                                 len(D), tol), True
+    order = _leading_order(C, K, tol, x0)
     if order is None:
         return HigherOrderResult(
             "inconclusive", None, "unknown",
             f"the reduced function on the {m}-dimensional null space is flat to order {K} "
             f"(all Taylor coefficients up to order {K} are below {tol:.2g}); the critical point may be "
             "non-isolated (a valley or ridge of critical points) or flat beyond any finite order",
-            len(D), tol)
+            len(D), tol), False
     ck = C[:, order]
     fit = None
     if order % 2 == 1:
@@ -229,15 +257,9 @@ def _analyze(f, x0, N, R, lam_R, m, sign_R, K, tol, num_directions, seed) -> Hig
         else:
             lo, hi, dmin = _form_extremes(D.cpu().numpy(), ck.cpu().numpy(), order, seed)
         fit = (lo, hi)
-        if lo > tol:
-            reduced = "minimum"
-            reason = f"the reduced function's leading form of order {order} is positive definite (min {lo:.4g} on the unit sphere)"
-        elif hi < -tol:
-            reduced = "maximum"
-            reason = f"the reduced function's leading form of order {order} is negative definite (max {hi:.4g} on the unit sphere)"
-        elif lo < -tol and hi > tol:
-            reduced = "saddle"
-            reason = f"the reduced function's leading form of order {order} is indefinite (values from {lo:.4g} to {hi:.4g})"
+        verdict = _definite_form_verdict(order, lo, hi, tol)
+        if verdict is not None:
+            reduced, reason = verdict
         else:
             # semidefinite leading form: look along its zero direction at the next orders
             sgn = 1.0 if hi > tol else -1.0
@@ -246,29 +268,60 @@ def _analyze(f, x0, N, R, lam_R, m, sign_R, K, tol, num_directions, seed) -> Hig
             cz = _coefficients_along(g, dz[None], K).detach()[0]
             nxt = next((k for k in range(order + 1, K + 1) if abs(float(cz[k])) > tol), None)
             where = f"d* = {_fmt(dz @ N.T)}"
-            if nxt is not None and (nxt % 2 == 1 or float(cz[nxt]) * sgn < 0):
-                reduced = "saddle"
-                reason = (f"the leading form of order {order} is semidefinite and vanishes along {where}, where "
-                          f"the next term {float(cz[nxt]):.4g}·t^{nxt} has the opposite sign or odd order")
-                order = nxt
-            else:
+            if nxt is None or not (nxt % 2 == 1 or float(cz[nxt]) * sgn < 0):
                 return HigherOrderResult(
                     "inconclusive", None, "unknown",
                     f"the reduced function's leading form of order {order} is semidefinite (range "
                     f"[{lo:.3g}, {hi:.3g}]) and vanishes along {where}; "
                     + ("higher orders there agree in sign, but tests along straight lines cannot prove an extremum"
-                       if nxt is not None else f"it is flat there up to order {K}"), len(D), tol, fit)
-    if reduced == "saddle" or sign_R == 0:
-        kind = {"saddle": "degenerate saddle", "minimum": "degenerate minimum", "maximum": "degenerate maximum"}[reduced]
-    elif (reduced == "minimum") == (sign_R > 0):
-        kind = "degenerate minimum" if sign_R > 0 else "degenerate maximum"
-    else:
-        kind = "degenerate saddle"
-        reason += (f"; the non-degenerate directions curve the other way (Hessian eigenvalues "
-                   f"{'> 0' if sign_R > 0 else '< 0'})")
+                       if nxt is not None else f"it is flat there up to order {K}"), len(D), tol, fit), False
+            reduced = "saddle"
+            reason = (f"the leading form of order {order} is semidefinite and vanishes along {where}, where "
+                      f"the next term {float(cz[nxt]):.4g}·t^{nxt} has the opposite sign or odd order")
+            order = nxt
+    kind, reason = _with_nondegenerate_directions(reduced, reason, sign_R)
     if R.shape[1]:
         reason += f" (reduced by the splitting lemma onto the {m}-dimensional null space)"
-    return HigherOrderResult(kind, order, reduced, reason, len(D), tol, fit)
+    return HigherOrderResult(kind, order, reduced, reason, len(D), tol, fit), True
+
+
+def _leading_order(C: torch.Tensor, K: int, tol: float, x0: torch.Tensor) -> int | None:
+    """The lowest order k >= 3 whose coefficients c_k (rows of C: directions) are not zero.
+
+    A critical point located with error δ turns a genuine order-(k+1) term c_{k+1} into a spurious
+    order-k term of size (k+1)·δ·|c_{k+1}|: such terms are not counted."""
+    shift = LOCATION_ERROR * math.sqrt(torch.finfo(x0.dtype).eps) * max(1.0, float(x0.norm()))
+    for k in range(3, K + 1):
+        above = float(C[:, k + 1].abs().max()) if k < K else 0.0
+        if float(C[:, k].abs().max()) > tol + shift * (k + 1) * above:
+            return k
+    return None
+
+
+def _definite_form_verdict(order: int, lo: float, hi: float, tol: float) -> tuple[str, str] | None:
+    """What g does at 0 when its even leading form (range [lo, hi] on the unit sphere) is definite
+    or indefinite; None when it is semidefinite (the next orders must decide)."""
+    form = f"the reduced function's leading form of order {order} is"
+    if lo > tol:
+        return "minimum", f"{form} positive definite (min {lo:.4g} on the unit sphere)"
+    if hi < -tol:
+        return "maximum", f"{form} negative definite (max {hi:.4g} on the unit sphere)"
+    if lo < -tol and hi > tol:
+        return "saddle", f"{form} indefinite (values from {lo:.4g} to {hi:.4g})"
+    return None
+
+
+def _with_nondegenerate_directions(reduced: str, reason: str, sign_R: int) -> tuple[str, str]:
+    """The splitting lemma: f ≃ g(u) + ½ (w - w(u))ᵀ Λ_R (w - w(u)), so x₀ is an extremum of f iff
+    g has the same kind of extremum as the sign of Λ_R says (Arnold, Gusein-Zade & Varchenko
+    1985, sec. 11.4)."""
+    if reduced == "saddle" or sign_R == 0:
+        return {"saddle": "degenerate saddle", "minimum": "degenerate minimum",
+                "maximum": "degenerate maximum"}[reduced], reason
+    if (reduced == "minimum") == (sign_R > 0):
+        return ("degenerate minimum" if sign_R > 0 else "degenerate maximum"), reason
+    return "degenerate saddle", reason + (f"; the non-degenerate directions curve the other way (Hessian "
+                                          f"eigenvalues {'> 0' if sign_R > 0 else '< 0'})")
 
 
 def _fmt(v: torch.Tensor) -> str:

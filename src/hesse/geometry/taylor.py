@@ -1,6 +1,6 @@
 """First- and second-order Taylor models of f at x₀, with their error against f.
 
-m(x₀ + v) = f(x₀) + ∇f(x₀)ᵀv [+ ½ vᵀ∇²f(x₀)v]   (seed 002, Thm 3; Nocedal & Wright 2006, Thm 2.1)
+m(x₀ + v) = f(x₀) + ∇f(x₀)ᵀv [+ ½ vᵀ∇²f(x₀)v]   (Taylor's theorem; Nocedal & Wright 2006, Thm 2.1)
 
 The second-order model is exact on quadratics and its error is O(‖v‖³) for C³ functions (O(‖v‖²)
 for the first-order model); :meth:`TaylorModel.error_slope` measures that order as the slope of
@@ -17,13 +17,23 @@ import numpy as np
 import torch
 
 from hesse._autodiff import gradient, hessian
+from hesse._result import Result
 from hesse._validation import as_point, check_callable, check_scalar_output
 
 __all__ = ["TaylorErrorReport", "TaylorModel", "taylor"]
 
+ROUNDING_ULPS = 100
+"""An error below ROUNDING_ULPS·eps·max(1, |f(x₀)|, ‖∇f‖·r) is rounding in evaluating f and the
+model (a few dozen operations, each off by eps relative to the largest term), not a Taylor
+remainder; such errors are left out of the slope fit."""
 
-@dataclass
-class TaylorErrorReport:
+DEFAULT_RADII = (-3.0, -1.5, 6)
+"""log10 of the smallest and largest radius, and their number: small enough for the leading
+remainder term to dominate, large enough for it to stay above rounding."""
+
+
+@dataclass(repr=False)
+class TaylorErrorReport(Result):
     """Errors |f(x₀ + r d) - m(x₀ + r d)| at radii r along the unit direction d, and the fitted
     log-log slope (≈ order + 1 for a smooth f; ``exact`` when every error is at rounding level)."""
 
@@ -31,7 +41,7 @@ class TaylorErrorReport:
     errors: np.ndarray
     slope: float
     exact: bool
-    direction: torch.Tensor = field(repr=False)
+    direction: torch.Tensor
 
 
 @dataclass
@@ -40,7 +50,7 @@ class TaylorModel:
     ``gradient`` and ``hessian`` (None for order 1) are those of f at x₀; ``error(x)`` is
     |f(x) - model(x)|."""
 
-    f: Callable = field(repr=False)
+    f: Callable[[torch.Tensor], torch.Tensor] = field(repr=False)
     x0: torch.Tensor
     order: int
     value: float
@@ -79,12 +89,12 @@ class TaylorModel:
         if float(d.norm()) == 0:
             raise ValueError("direction must be nonzero.")
         d = d / d.norm()
-        r = np.asarray(radii if radii is not None else np.logspace(-3, -1.5, 6), dtype=float)
+        r = np.asarray(radii if radii is not None else np.logspace(*DEFAULT_RADII), dtype=float)
         if r.ndim != 1 or len(r) < 2 or (r <= 0).any():
             raise ValueError(f"radii must be at least two positive numbers, got {radii!r}.")
         errs = np.array([float(self.error(self.x0 + float(ri) * d.reshape(self.x0.shape))) for ri in r])
         eps = torch.finfo(self.x0.dtype).eps
-        floor = 100 * eps * max(1.0, abs(self.value), float(self.gradient.norm()) * float(r.max()))
+        floor = ROUNDING_ULPS * eps * max(1.0, abs(self.value), float(self.gradient.norm()) * float(r.max()))
         exact = bool((errs <= floor).all())
         if exact:
             slope = math.nan

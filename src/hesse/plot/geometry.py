@@ -10,9 +10,15 @@ quadratic model by ½).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+from hesse.geometry import CriticalPoint, classify, critical_points
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["plot_contour", "plot_surface"]
 
@@ -20,11 +26,15 @@ _STYLE = {  # kind -> (marker, color)
     "minimum": ("o", "crimson"), "degenerate minimum": ("o", "orange"),
     "maximum": ("^", "royalblue"), "degenerate maximum": ("^", "deepskyblue"),
     "saddle": ("X", "gold"), "degenerate saddle": ("X", "khaki"),
+    "non-isolated": ("D", "mediumorchid"),  # one representative point of a valley or ridge
     "inconclusive": ("s", "gray"), "not critical": ("d", "white"),
 }
 
+POINTS_STARTS = 64
+"""Newton starts of the critical-point search behind a plot: a 2-D picture of a few basins."""
 
-def _function(f) -> Callable[[torch.Tensor], torch.Tensor]:
+
+def _function(f: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     func = f.function if hasattr(f, "function") and hasattr(f, "variables") else f
     if not callable(func):
         raise TypeError(f"f must be callable (a function of one flat tensor of length 2) or a parsed "
@@ -32,7 +42,8 @@ def _function(f) -> Callable[[torch.Tensor], torch.Tensor]:
     return func
 
 
-def _grid(func, bounds, resolution: int):
+def _grid(func: Callable[[torch.Tensor], torch.Tensor], bounds: Any,
+          resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     B = np.asarray(bounds, dtype=float)
     if B.shape != (2, 2) or not (B[:, 0] < B[:, 1]).all():
         raise ValueError(f"bounds must be two (low, high) pairs with low < high for a 2-D plot; got {bounds!r}.")
@@ -47,18 +58,25 @@ def _grid(func, bounds, resolution: int):
     return X, Y, Z.detach().numpy().reshape(X.shape), B
 
 
-def _points(func, points, bounds):
-    from hesse.geometry import CriticalPoint, classify, critical_points
-
+def _points(func: Callable[[torch.Tensor], torch.Tensor], points: Sequence[Any] | None,
+            bounds: Sequence[tuple[float, float]]) -> list[CriticalPoint]:
     if points is None:
-        return list(critical_points(func, bounds, progress=False, num_starts=64))
+        return list(critical_points(func, bounds, progress=False, num_starts=POINTS_STARTS))
     out = []
     for p in points:
         out.append(p if isinstance(p, CriticalPoint) else classify(func, torch.as_tensor(np.asarray(p, dtype=float))))
     return out
 
 
-def _axis_names(f, variables) -> tuple[str, str]:
+def _xy(cp: CriticalPoint) -> np.ndarray:
+    """The point's two coordinates; a verdict on a Hessian alone has none to draw."""
+    if cp.x is None:
+        raise ValueError("a CriticalPoint from hesse.classify(H) (a Hessian alone) has no coordinates to "
+                         "plot; pass points classified with the function, hesse.classify(f, x).")
+    return cp.x.detach().numpy().reshape(-1)
+
+
+def _axis_names(f: Any, variables: Sequence[str] | None) -> tuple[str, str]:
     """The two axis labels: ``variables`` if given, else a parsed expression's own names, else x, y."""
     names = variables if variables is not None else getattr(f, "variables", None) or ("x", "y")
     if len(names) != 2:
@@ -66,10 +84,11 @@ def _axis_names(f, variables) -> tuple[str, str]:
     return str(names[0]), str(names[1])
 
 
-def plot_contour(f, bounds: Sequence[tuple[float, float]], points=None, ax=None, *, levels: int = 30,
+def plot_contour(f: Any, bounds: Sequence[tuple[float, float]], points: Sequence[Any] | None = None,
+                 ax: Any = None, *, levels: int = 30,
                  resolution: int = 300, quiver: int = 18, cmap: str = "viridis", axes: bool = True,
                  title: str | None = "Contours of f, gradient field, and Hessian curvature axes",
-                 variables: Sequence[str] | None = None):
+                 variables: Sequence[str] | None = None) -> Figure:
     """Contour figure of the 2-D function ``f`` over ``bounds`` = [(x_lo, x_hi), (y_lo, y_hi)].
 
     ``points``: None (find them with :func:`hesse.critical_points`), a list of
@@ -100,9 +119,9 @@ def plot_contour(f, bounds: Sequence[tuple[float, float]], points=None, ax=None,
             G = torch.stack([torch.func.grad(func)(p) for p in P]).detach().numpy()
         ax.quiver(GX, GY, G[:, 0].reshape(GX.shape), G[:, 1].reshape(GX.shape), color="white", alpha=0.8,
                   width=0.003)
-    seen = set()
-    for cp in _points(func, points, B.tolist()):
-        x = cp.x.detach().numpy().reshape(-1)
+    seen: set[str] = set()
+    for cp in _points(func, points, [(float(lo), float(hi)) for lo, hi in B]):
+        x = _xy(cp)
         marker, color = _STYLE.get(cp.kind, ("o", "black"))
         label = cp.kind if cp.kind not in seen else None
         seen.add(cp.kind)
@@ -125,9 +144,10 @@ def plot_contour(f, bounds: Sequence[tuple[float, float]], points=None, ax=None,
     return fig
 
 
-def plot_surface(f, bounds: Sequence[tuple[float, float]], points=None, *, resolution: int = 80,
+def plot_surface(f: Any, bounds: Sequence[tuple[float, float]], points: Sequence[Any] | None = None, *,
+                 resolution: int = 80,
                  cmap: str = "viridis", title: str | None = "Surface of f",
-                 variables: Sequence[str] | None = None):
+                 variables: Sequence[str] | None = None) -> Figure:
     """3-D surface of the 2-D function ``f`` over ``bounds``, with ``points`` (as in
     :func:`plot_contour`; pass ``points=[]`` for none) marked by kind; ``variables`` names the
     horizontal axes. Returns the Figure."""
@@ -138,9 +158,9 @@ def plot_surface(f, bounds: Sequence[tuple[float, float]], points=None, *, resol
     fig = plt.figure(figsize=(7.0, 5.5))
     ax = fig.add_subplot(projection="3d")
     ax.plot_surface(X, Y, Z, cmap=cmap, alpha=0.8, linewidth=0, antialiased=True)
-    seen = set()
-    for cp in _points(func, points, B.tolist()):
-        x = cp.x.detach().numpy().reshape(-1)
+    seen: set[str] = set()
+    for cp in _points(func, points, [(float(lo), float(hi)) for lo, hi in B]):
+        x = _xy(cp)
         marker, color = _STYLE.get(cp.kind, ("o", "black"))
         ax.scatter([x[0]], [x[1]], [cp.value], marker=marker, color=color, s=60, edgecolors="black",
                    label=cp.kind if cp.kind not in seen else None, depthshade=False)
