@@ -104,7 +104,7 @@ def run(args) -> int:
     if args.per_layer:
         model, loss_fn, data = prob["model"], prob["loss_fn"], prob["data"]
         table = hesse.per_layer(lambda names: build_operator(args.curvature, model, loss_fn, data, params=names),
-                                hesse.layer_groups(model), seed=args.seed, progress=verbose)
+                                hesse.spectrum.layer_groups(model), seed=args.seed, progress=verbose)
         out["per_layer"] = table.as_dicts()
     if args.plot:
         from hesse.plot.spectrum import plot_spectral_density, plot_top_eigenvalues
