@@ -187,6 +187,37 @@ def test_imports_follow_the_house_rules():
     assert not violations, f"{len(violations)} import-rule violations:\n" + "\n".join(violations)
 
 
+def test_no_library_module_chooses_the_matplotlib_backend():
+    calls = []
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "use"
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id in ("matplotlib", "mpl")):
+                calls.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert not calls, f"matplotlib.use in the library (it would switch the user's backend): {calls}"
+
+
+def test_plot_keeps_the_users_backend():
+    mpl = pytest.importorskip("matplotlib")
+    import torch
+
+    from hesse.plot.spectrum import plot_top_eigenvalues
+    from hesse.spectrum import EigshResult
+
+    before = mpl.get_backend()
+    mpl.use("svg")  # a non-interactive backend other than the Agg a library might force
+    try:
+        res = EigshResult(values=torch.tensor([2.0, 1.0]), vectors=torch.eye(2), residuals=torch.zeros(2),
+                          converged=torch.tensor([True, False]), num_matvecs=2)
+        fig = plot_top_eigenvalues(res)
+        assert mpl.get_backend() == "svg"
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    finally:
+        mpl.use(before)
+
+
 def test_cli_help_lists_verbs(capsys):
     from hesse.cli.main import main
 
