@@ -36,7 +36,7 @@ def remove_stale_report(out_dir: str) -> list[str]:
     Call it when a run into ``out_dir`` failed: the files of an earlier run would otherwise sit next
     to the new run's log and claim results it did not produce. Returns the paths removed.
     """
-    removed = []
+    removed: list[str] = []
     if not os.path.isdir(out_dir):
         return removed
     for name in os.listdir(out_dir):
@@ -85,7 +85,7 @@ def write_report(out_dir: str, result: dict, example: dict | None = None, exampl
         save(plot_top_eigenvalues(result["_top"]), "top_eigenvalues.png")
         save(dplot.plot_landscape(result["_landscape1"]), "landscape_1d.png")
         save(dplot.plot_landscape(result["_landscape2"]), "landscape_2d.png")
-        notes = []
+        notes: list[str] = []
         if example is not None and example_f is not None:
             fig = plot_contour(example_f, ((-1.5, 2.5), (-1.0, 3.0)), points=[example["critical_point"]])
             save(fig, "contour.png")
