@@ -2,15 +2,36 @@
 
 Layers (arrows point down): autodiff primitives (``_autodiff``) -> curvature operators
 (``operators``) -> algorithms (``spectrum``, ``geometry``, ``optimize``, ``optim``) ->
-diagnostics, plots, CLI. The public API is re-exported here; each subpackage lists its own in
-``__all__``.
+diagnostics, plots, CLI.
+
+The names in ``hesse.__all__`` are what a user needs: the autodiff functions, the curvature
+operators and :func:`solve`, the spectral and geometric algorithms, ``minimize``, the sharpness
+monitor and landscape slices, and the result types these return. Everything else lives in its
+subpackage: engines such as ``hesse.geometry.higher_order_analysis`` or ``hesse.optimize.METHODS``,
+the process-group helpers in ``hesse.distributed`` (``torchrun_session``, ``init_from_env``,
+``get_rank``, ...), the ``torch.optim`` optimizers in ``hesse.optim`` and the figures in
+``hesse.plot``.
 """
 
 from . import diagnostics, distributed, geometry, operators, optimize, spectrum  # noqa: F401
 from ._autodiff import HessianCheck, check_hessian, gradient, hessian, hvp, jacobian
-from .diagnostics import *  # noqa: F403
-from .distributed import *  # noqa: F403
-from .geometry import *  # noqa: F403
+from .diagnostics import (
+    LandscapeResult,
+    SharpnessMonitor,
+    SharpnessRecord,
+    landscape,
+    stability_limit,
+)
+from .geometry import (
+    CriticalPoint,
+    CriticalPointList,
+    DefinitenessResult,
+    TaylorModel,
+    classify,
+    critical_points,
+    definiteness,
+    taylor,
+)
 from .operators import (
     CurvatureOperator,
     DenseOperator,
@@ -19,36 +40,84 @@ from .operators import (
     HessianOperator,
     KFACOperator,
     LinearSolveResult,
+    solve,
 )
-from .optimize import *  # noqa: F403
-from .spectrum import *  # noqa: F403
+from .optimize import OptimizeHistory, OptimizeResult, least_squares, minimize
+from .spectrum import (
+    DiagonalEstimate,
+    EigshResult,
+    PerLayerSpectrum,
+    SpectralDensity,
+    SpectrumSummary,
+    TraceEstimate,
+    diagonal,
+    eigsh,
+    per_layer,
+    power_iteration,
+    spectral_density,
+    summarize,
+    trace,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CurvatureOperator",
-    "DenseOperator",
-    "FisherOperator",
-    "GGNOperator",
-    "HessianCheck",
-    "HessianOperator",
-    "KFACOperator",
-    "LinearSolveResult",
-    "check_hessian",
+    # autodiff
     "gradient",
     "hessian",
     "hvp",
     "jacobian",
-    *spectrum.__all__,
-    *geometry.__all__,
-    *optimize.__all__,
-    *diagnostics.__all__,
-    *distributed.__all__,
+    "check_hessian",
+    "HessianCheck",
+    # curvature operators and linear solves
+    "CurvatureOperator",
+    "DenseOperator",
+    "HessianOperator",
+    "GGNOperator",
+    "FisherOperator",
+    "KFACOperator",
+    "solve",
+    "LinearSolveResult",
+    # spectra
+    "eigsh",
+    "EigshResult",
+    "power_iteration",
+    "trace",
+    "TraceEstimate",
+    "diagonal",
+    "DiagonalEstimate",
+    "spectral_density",
+    "SpectralDensity",
+    "summarize",
+    "SpectrumSummary",
+    "per_layer",
+    "PerLayerSpectrum",
+    # geometry of critical points
+    "classify",
+    "CriticalPoint",
+    "critical_points",
+    "CriticalPointList",
+    "definiteness",
+    "DefinitenessResult",
+    "taylor",
+    "TaylorModel",
+    # optimization
+    "minimize",
+    "least_squares",
+    "OptimizeResult",
+    "OptimizeHistory",
+    # training diagnostics
+    "SharpnessMonitor",
+    "SharpnessRecord",
+    "stability_limit",
+    "landscape",
+    "LandscapeResult",
 ]
 
 
 def __getattr__(name: str):
-    # hesse.optim and hesse.plot are imported on first use (plot needs matplotlib)
+    # hesse.optim, hesse.plot, hesse.testing and hesse.demo_models are imported on first use
+    # (plot needs matplotlib)
     if name in ("optim", "plot", "testing", "demo_models"):
         import importlib
 

@@ -178,7 +178,7 @@ def hessian(
     guard_dense(n, x.dtype, max_memory)
     flat_f = _flatten_input(fs, x.shape)
     x_flat = x.reshape(-1)
-    _, vjp_fn = vjp(grad(flat_f), x_flat)
+    vjp_fn = vjp(grad(flat_f), x_flat)[1]
     H = torch.empty((n, n), dtype=x.dtype, device=x.device)
     for start in range(0, n, chunk_size):
         stop = min(n, start + chunk_size)

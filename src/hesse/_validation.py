@@ -6,12 +6,14 @@ Inner code trusts what passes through here (STYLE: errors at the boundary, in th
 from __future__ import annotations
 
 import difflib
+import math
 import numbers
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 DEFAULT_DTYPE = torch.float64
 
@@ -181,22 +183,78 @@ def check_callable(f: Any, name: str = "f") -> Callable:
 
 
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``; ``ValueError`` for anything else (bools included)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
     return int(value)
 
 
-def check_positive_float(value: Any, name: str, allow_zero: bool = False) -> float:
+check_int = check_positive_int  # the name the optimizers use
+
+
+def check_hyper(value: Any, name: str, *, allow_zero: bool = False, upper: float | None = None,
+                upper_open: bool = False) -> float:
+    """``value`` as a float >= 0 (> 0 unless ``allow_zero``), optionally <= ``upper`` (< ``upper``
+    when ``upper_open``): the range check of a hyperparameter (lr, damping, eps, a beta).
+
+    ``TypeError`` for a non-number (bools included), ``ValueError`` for NaN, inf or out of range.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}.")
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r}).")
     v = float(value)
-    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}.")
+    if upper is not None and (v > upper or (upper_open and v == upper)):
+        rel = "<" if upper_open else "<="
+        raise ValueError(f"{name} must be {rel} {upper}, got {value!r}.")
     return v
+
+
+def check_positive_float(value: Any, name: str, allow_zero: bool = False) -> float:
+    """``value`` as a finite float > 0 (>= 0 with ``allow_zero``); see :func:`check_hyper`."""
+    return check_hyper(value, name, allow_zero=allow_zero)
+
+
+def check_betas(betas: Any, name: str = "betas") -> tuple[float, float]:
+    """``betas`` as a pair of exponential-moving-average rates, each in [0, 1), as
+    ``torch.optim.Adam`` accepts them (Kingma & Ba (2015), Alg. 1)."""
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"{name} must be a pair (beta1, beta2), got {betas!r}.")
+    return (check_hyper(betas[0], f"{name}[0]", allow_zero=True, upper=1.0, upper_open=True),
+            check_hyper(betas[1], f"{name}[1]", allow_zero=True, upper=1.0, upper_open=True))
 
 
 def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
     return value
+
+
+def check_model(model: Any, cls_name: str) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"{cls_name} takes the model first (it needs the module structure), got "
+            f"{type(model).__name__}. Use {cls_name}(model, lr=...), not "
+            f"{cls_name}(model.parameters(), ...).")
+    return model
+
+
+def model_param_groups(model: nn.Module, params: Any) -> list:
+    """The parameters an optimizer over ``model`` works on: ``params`` (an iterable of tensors or of
+    param-group dicts, all of them parameters of ``model``) or all trainable parameters."""
+    if params is None:
+        return [p for p in model.parameters() if p.requires_grad]
+    if isinstance(params, torch.Tensor):
+        raise TypeError("params must be an iterable of tensors or of param-group dicts, got a "
+                        "single tensor; wrap it in a list.")
+    groups = list(params)
+    ids = {id(p) for p in model.parameters()}
+    for g in groups:
+        ps = g["params"] if isinstance(g, dict) else [g]
+        ps = [ps] if isinstance(ps, torch.Tensor) else list(ps)
+        for p in ps:
+            if id(p) not in ids:
+                raise ValueError("params contains a tensor that is not a parameter of model; "
+                                 "pass model's own parameters (or param groups of them).")
+    return groups

@@ -101,5 +101,5 @@ def test_higher_order_result_direct():
     f = lambda p: p[0] ** 3 - 3 * p[0] * p[1] ** 2  # noqa: E731
     x0 = T(0.0, 0.0)
     lam, Q = torch.linalg.eigh(hesse.hessian(f, x0))
-    res = hesse.higher_order_analysis(f, x0, lam, Q, 1e-8)
+    res = hesse.geometry.higher_order_analysis(f, x0, lam, Q, 1e-8)
     assert res.kind == "degenerate saddle" and res.order == 3 and res.num_directions == 64

@@ -32,7 +32,7 @@ def test_dense_summary_formulas():
     (-1.0, 1.0, "indefinite"), (0.0, 0.0, "zero"),
 ])
 def test_definiteness_verdict(lmin, lmax, verdict):
-    assert hesse.definiteness_verdict(lmin, lmax, 1e-8) == verdict
+    assert hesse.spectrum.definiteness_verdict(lmin, lmax, 1e-8) == verdict
 
 
 def test_iterative_summary_close_to_exact(lowrank_op):
@@ -51,7 +51,7 @@ def test_iterative_summary_close_to_exact(lowrank_op):
 def test_per_layer_matches_dense_blocks(untrained_problem):
     prob = untrained_problem
     model, loss_fn, data, H = prob["model"], prob["loss_fn"], prob["data"], prob["H"]
-    groups = hesse.layer_groups(model)
+    groups = hesse.spectrum.layer_groups(model)
     assert list(groups) == ["0 (Linear)", "2 (Linear)", "4 (Linear)"]
     res = hesse.per_layer(lambda names: hesse.HessianOperator(model, loss_fn, data, params=names), groups,
                           dense_threshold=1000)
@@ -81,7 +81,7 @@ def test_per_layer_matches_dense_blocks(untrained_problem):
       "norm (LayerNorm)": ["norm.weight", "norm.bias"]}),
 ])
 def test_layer_groups_labels_name_the_module(make, labels):
-    assert hesse.layer_groups(make()) == labels
+    assert hesse.spectrum.layer_groups(make()) == labels
 
 
 def test_layer_groups_root_parameter_and_frozen():
@@ -92,7 +92,7 @@ def test_layer_groups_root_parameter_and_frozen():
             self.lin = torch.nn.Linear(2, 2)
             self.lin.bias.requires_grad_(False)
 
-    assert hesse.layer_groups(Scaled()) == {"scale": ["scale"], "lin (Linear)": ["lin.weight"]}
+    assert hesse.spectrum.layer_groups(Scaled()) == {"scale": ["scale"], "lin (Linear)": ["lin.weight"]}
 
 
 def test_per_layer_bad_input():
@@ -101,7 +101,7 @@ def test_per_layer_bad_input():
     with pytest.raises(ValueError, match="groups"):
         hesse.per_layer(lambda n: None, {})
     with pytest.raises(TypeError, match="nn.Module"):
-        hesse.layer_groups("model")
+        hesse.spectrum.layer_groups("model")
 
 
 def test_prescribed_spectrum_ground_truth():

@@ -46,6 +46,8 @@ def all_reduce_sum(tensor: torch.Tensor | None, group: Any, error: BaseException
         raise TypeError("all_reduce_sum needs tensor or like (shape, dtype and device of the sum).")
     buf = torch.zeros(ref.numel() + 1, dtype=ref.dtype, device=ref.device)
     if error is None:
+        if tensor is None:
+            raise TypeError("all_reduce_sum needs tensor when this rank has no error to report.")
         buf[:-1] = tensor.reshape(-1)
     else:
         buf[-1] = 1

@@ -135,9 +135,10 @@ def shard(*tensors: torch.Tensor, group: Any = None) -> tuple[torch.Tensor, ...]
     """
     if not tensors:
         raise TypeError("shard needs at least one tensor.")
-    sizes = {int(t.shape[0]) if isinstance(t, torch.Tensor) and t.ndim >= 1 else None for t in tensors}
-    if None in sizes or len(sizes) != 1:
-        raise ValueError(f"shard needs tensors with one common leading dimension; got leading sizes {sorted(s for s in sizes if s is not None)} "
+    leading = [int(t.shape[0]) if isinstance(t, torch.Tensor) and t.ndim >= 1 else None for t in tensors]
+    sizes = {s for s in leading if s is not None}
+    if None in leading or len(sizes) != 1:
+        raise ValueError(f"shard needs tensors with one common leading dimension; got leading sizes {sorted(sizes)} "
                          f"(or a tensor without a leading dimension).")
     num = sizes.pop()
     rank, world = get_rank(group), get_world_size(group)

@@ -1,7 +1,7 @@
-"""Small helpers shared by the optimizers of :mod:`hesse.optim`: argument checks at the public
-boundary, the non-finite guard every ``step`` runs before it changes anything, hooks that do not
+"""Small helpers shared by the optimizers of :mod:`hesse.optim`: the non-finite guard every ``step`` runs before it changes anything, hooks that do not
 keep their optimizer alive, and the batch recorder used by the optimizers that need the model's
-outputs."""
+outputs. The argument checks at the public boundary live in :mod:`hesse._validation` (re-exported
+here for the optimizers)."""
 
 from __future__ import annotations
 
@@ -15,55 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validation import check_betas, check_hyper, check_int, check_model, model_param_groups
 
-def check_hyper(value: Any, name: str, *, allow_zero: bool = False, upper: float | None = None,
-                upper_open: bool = False) -> float:
-    """``value`` as a float >= 0 (> 0 unless ``allow_zero``), optionally <= / < ``upper``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r}).")
-    v = float(value)
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}.")
-    if upper is not None and (v > upper or (upper_open and v == upper)):
-        rel = "<" if upper_open else "<="
-        raise ValueError(f"{name} must be {rel} {upper}, got {value!r}.")
-    return v
-
-
-def check_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def check_model(model: Any, cls_name: str) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"{cls_name} takes the model first (it needs the module structure), got "
-            f"{type(model).__name__}. Use {cls_name}(model, lr=...), not "
-            f"{cls_name}(model.parameters(), ...).")
-    return model
-
-
-def model_param_groups(model: nn.Module, params: Any) -> list:
-    """The parameters an optimizer over ``model`` works on: ``params`` (an iterable of tensors or of
-    param-group dicts, all of them parameters of ``model``) or all trainable parameters."""
-    if params is None:
-        return [p for p in model.parameters() if p.requires_grad]
-    if isinstance(params, torch.Tensor):
-        raise TypeError("params must be an iterable of tensors or of param-group dicts, got a "
-                        "single tensor; wrap it in a list.")
-    groups = list(params)
-    ids = {id(p) for p in model.parameters()}
-    for g in groups:
-        ps = g["params"] if isinstance(g, dict) else [g]
-        ps = [ps] if isinstance(ps, torch.Tensor) else list(ps)
-        for p in ps:
-            if id(p) not in ids:
-                raise ValueError("params contains a tensor that is not a parameter of model; "
-                                 "pass model's own parameters (or param groups of them).")
-    return groups
+__all__ = ["check_betas", "check_hyper", "check_int", "check_model", "model_param_groups"]
 
 
 def param_names(model: nn.Module) -> dict[int, str]:

@@ -39,7 +39,7 @@ def _records(records):
 def plot_sharpness(records, ax=None, eos_band: float | tuple[float, float] | None = None):
     """λ_max over training against the stability limit 2/lr (Cohen et al. 2021, Fig. 1 style).
 
-    ``records``: a :class:`hesse.SharpnessMonitor`, its ``records`` or :func:`hesse.read_log`
+    ``records``: a :class:`hesse.SharpnessMonitor`, its ``records`` or :func:`hesse.diagnostics.read_log`
     output. The limit is drawn dashed; ``eos_band`` (a fraction, or ``(below, above)``) shades the
     edge-of-stability band.
     Returns the Figure.

@@ -6,10 +6,8 @@ __all__ = ["plot_spectral_density", "plot_top_eigenvalues"]
 
 
 def _axes(ax):
-    import matplotlib
-
+    # the figure comes from pyplot's current backend: choosing one is the user's (or the CLI's) call
     if ax is None:
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 4))

@@ -22,7 +22,17 @@ __all__ = [
 ]
 
 
-def prescribed_spectrum(eigenvalues, seed: int = 0, dtype: torch.dtype = torch.float64) -> DenseOperator:
+class PrescribedSpectrumOperator(DenseOperator):
+    """A :class:`~hesse.operators.DenseOperator` ``Q diag(lambda) Q^T`` that carries its exact
+    eigendecomposition: ``eigenvalues`` (ascending, float64) and ``eigenvectors`` (the matching
+    columns of ``Q``, in the operator's dtype)."""
+
+    eigenvalues: torch.Tensor
+    eigenvectors: torch.Tensor
+
+
+def prescribed_spectrum(eigenvalues, seed: int = 0,
+                        dtype: torch.dtype = torch.float64) -> PrescribedSpectrumOperator:
     """``DenseOperator(Q diag(eigenvalues) Q^T)`` with Haar-random orthogonal ``Q``.
 
     The operator carries ``.eigenvalues`` (sorted ascending, float64) as exact ground truth.
@@ -40,7 +50,7 @@ def prescribed_spectrum(eigenvalues, seed: int = 0, dtype: torch.dtype = torch.f
     M = (Q * lam[None, :]) @ Q.T
     M = 0.5 * (M + M.T)
     is_psd = True if bool((lam >= 0).all()) else False
-    op = DenseOperator(M.to(dtype), is_psd=is_psd)
+    op = PrescribedSpectrumOperator(M.to(dtype), is_psd=is_psd)
     op.eigenvalues = torch.sort(lam).values
     op.eigenvectors = Q.to(dtype)[:, torch.argsort(lam)]
     return op
