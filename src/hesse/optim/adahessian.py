@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from hesse._validation import check_betas
+
 from ._common import DeprecatedOptions, check_hyper, check_int, closure_loss, uniform_option
 
 __all__ = ["AdaHessian"]
@@ -52,10 +54,7 @@ class AdaHessian(DeprecatedOptions):
         hessian_every = self._take_deprecated(deprecated, {"hessian_every": hessian_every},
                                               {"hessian_every": 1})["hessian_every"]
         check_hyper(lr, "lr")
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}.")
-        check_hyper(betas[0], "betas[0]", allow_zero=True, upper=1.0, upper_open=True)
-        check_hyper(betas[1], "betas[1]", allow_zero=True, upper=1.0, upper_open=True)
+        betas = check_betas(betas)
         check_hyper(eps, "eps")
         check_hyper(weight_decay, "weight_decay", allow_zero=True)
         check_hyper(hessian_power, "hessian_power", upper=1.0)
@@ -87,8 +86,8 @@ class AdaHessian(DeprecatedOptions):
         params = [p for p, _ in with_grad]
         grads = [g for _, g in with_grad]
         if not params:
-            raise RuntimeError("AdaHessian.step: no parameter has a gradient; did the closure call "
-                               "loss.backward(create_graph=True)?")
+            raise ValueError("AdaHessian.step: no parameter has a gradient; did the closure call "
+                             "loss.backward(create_graph=True)?")
         first = self._params()[0]
         st0 = self.state[first]
         step = int(st0["step"]) + 1 if "step" in st0 else 1

@@ -191,7 +191,7 @@ class KFAC(DeprecatedOptions):
         for module, weight, _ in self._layers:
             if (weight.grad is not None and "A" not in self.state[weight]
                     and "g" not in self._cache.get(id(module), {})):
-                raise RuntimeError(
+                raise ValueError(
                     "KFAC.step found gradients but no recorded statistics for a layer: run the "
                     "forward and backward pass with the model in training mode and gradients "
                     "enabled (e.g. inside the closure) before step().")

@@ -80,8 +80,8 @@ class SAM(torch.optim.Optimizer):
                 s = (v.double() ** 2).sum()
                 sq = s if sq is None else sq + s
         if sq is None:
-            raise RuntimeError("SAM.first_step: no parameter has a gradient; did the closure call "
-                               "loss.backward()?")
+            raise ValueError("SAM.first_step: no parameter has a gradient; did the closure call "
+                             "loss.backward()?")
         norm = float(sq.sqrt())
         for group in self.param_groups:
             scale = group["rho"] / (norm + _NORM_FLOOR)

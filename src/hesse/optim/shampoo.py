@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from hesse._validation import check_betas
+
 from ._common import DeprecatedOptions, check_hyper, check_int, run_closure
 
 __all__ = ["Shampoo"]
@@ -52,13 +54,6 @@ def inverse_root(M: torch.Tensor, p: int, eps: float) -> torch.Tensor:
     d, Q = torch.linalg.eigh(M)
     d = d.clamp(min=0) + eps
     return (Q * d.pow(-1.0 / p)) @ Q.T
-
-
-def _check_betas(betas: Any, name: str) -> tuple[float, float]:
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"{name} must be a pair (beta1, beta2), got {betas!r}.")
-    return (check_hyper(betas[0], f"{name}[0]", allow_zero=True, upper=1.0, upper_open=True),
-            check_hyper(betas[1], f"{name}[1]", upper=1.0, upper_open=True))
 
 
 class Shampoo(DeprecatedOptions):
@@ -102,7 +97,7 @@ class Shampoo(DeprecatedOptions):
         if graft not in GRAFTS:
             raise ValueError(f"graft must be one of {GRAFTS}; got {graft!r}.")
         check_hyper(graft_eps, "graft_eps")
-        opts["graft_betas"] = _check_betas(opts["graft_betas"], "graft_betas")
+        opts["graft_betas"] = check_betas(opts["graft_betas"], "graft_betas")
         check_hyper(weight_decay, "weight_decay", allow_zero=True)
         defaults = dict(lr=lr, momentum=momentum, graft=graft, graft_eps=graft_eps,
                         weight_decay=weight_decay, **opts)
