@@ -46,7 +46,9 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from hesse.cli.main import CLIError
+from hesse.cli._errors import CLIError
+from hesse.operators import FisherOperator, GGNOperator, HessianOperator
+from hesse.operators._evaluation import default_forward
 
 __all__ = ["load_model_factory", "prepare_problem", "build_operator", "check_device", "check_output_path",
            "check_dtype", "loss_options", "CURVATURES", "DTYPES"]
@@ -309,7 +311,6 @@ def _check_batch(prob: dict, i: int, batch: Any) -> None:
     """Evaluate the loss of batch ``i`` once (no gradient); a failure or a bad loss is a ValueError naming it."""
     import torch
 
-    from hesse.operators._evaluation import default_forward
 
     model, loss_fn, batch_loss = prob["model"], prob.get("loss_fn"), prob.get("batch_loss")
     with torch.no_grad():
@@ -351,7 +352,6 @@ def _check_batch(prob: dict, i: int, batch: Any) -> None:
 def build_operator(kind: str, prob: dict, params: Any = None, dtype: Any = None):
     """The curvature operator of ``--curvature`` on a loaded problem: Hessian, GGN or Fisher
     (FisherOperator's default kind), in precision ``dtype`` (``None``: the parameters')."""
-    from hesse.operators import FisherOperator, GGNOperator, HessianOperator
 
     if kind not in CURVATURES:
         raise CLIError(f"--curvature must be one of {', '.join(CURVATURES)}, got {kind!r}.")

@@ -12,8 +12,8 @@ from typing import Any
 
 import hesse
 from hesse._progress import message
+from hesse.cli._errors import CLIError
 from hesse.cli.expressions import Expression, parse_bounds, parse_expression, parse_point
-from hesse.cli.main import CLIError
 from hesse.geometry import CriticalPoint
 from hesse.geometry.critical_points import MAX_STARTS
 

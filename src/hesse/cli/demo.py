@@ -14,6 +14,11 @@ from __future__ import annotations
 import json
 import os
 
+from hesse._progress import message
+from hesse.cli._errors import CLIError
+from hesse.demo_models import digits_data, digits_mlp
+from hesse.diagnostics.report import analyze_training, diagnosis, quadratic_example
+
 #: (num_samples, lr, train_steps, every, top k, density steps, landscape steps). The 2-D landscape
 #: uses ``landscape_steps // 2`` points a side: 41 gives a 20 x 20 grid, enough to show its shape
 #: (400 forward passes of a 3,466-parameter model, well under a second).
@@ -37,7 +42,6 @@ def demo_problem(num_samples: int, seed: int = 0) -> dict:
     """The demo's problem: digits MLP (3,466 parameters), MSE to one-hot targets, float32."""
     import torch
 
-    from hesse.demo_models import digits_data, digits_mlp
 
     X, y = digits_data(num_samples)
     Y = torch.nn.functional.one_hot(y, 10).to(X.dtype)
@@ -60,9 +64,6 @@ def run(args) -> int:
 def _run(args) -> int:
     import torch
 
-    from hesse._progress import message
-    from hesse.cli.main import CLIError
-    from hesse.diagnostics.report import analyze_training, quadratic_example
     from hesse.plot.report import write_report
 
     verbose = not args.quiet
@@ -100,7 +101,6 @@ def _run(args) -> int:
     fin = payload["final"]
     print(f"MLP on digits ({fin['num_parameters']} parameters, final loss {fin['loss']:.4f})")
     print(f"  top Hessian eigenvalues {[round(v, 4) for v in fin['top_eigenvalues']]}")
-    from hesse.diagnostics.report import diagnosis
 
     print("Diagnosis: " + diagnosis(payload))
     print(f"Report written to {out_dir}/ ({', '.join(payload['files'])})")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from hesse.cli.main import CLIError
+from hesse.cli._errors import CLIError
 
 __all__ = ["Expression", "ExpressionError", "parse_bounds", "parse_expression", "parse_point"]
 

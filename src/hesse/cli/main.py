@@ -18,14 +18,12 @@ import traceback
 
 # Importing hesse.cli.main has imported the package (and torch) already: these cost nothing more.
 # The verbs' modules import their heavy dependencies (matplotlib, the demo data) when they run.
-from hesse import __version__
+from importlib.metadata import PackageNotFoundError, version
+
+from hesse.cli._errors import CLIError
 from hesse.distributed import torchrun_session
 
 VERBS = ("demo", "analyze", "minimize", "spectrum", "report")
-
-
-class CLIError(Exception):
-    """A user error with a message to print (exit status 2)."""
 
 
 #: Exit status of an interrupted command (128 + SIGINT, the shell's convention).
@@ -41,22 +39,26 @@ BUG_EXIT_STATUS = 1
 _MESSAGE_CHARS = 200
 
 
+def _version() -> str:
+    try:
+        return version("hesse")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+__all__ = ["CLIError", "USER_ERRORS", "build_parser", "main"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hesse",
         description="Second-order analysis: Hessians, spectra, critical points, curvature-aware "
         "optimization and training diagnostics.",
     )
-    parser.add_argument("--version", action="version", version=f"hesse {__version__}")
+    parser.add_argument("--version", action="version", version=f"hesse {_version()}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb in VERBS:
-        try:
-            module = importlib.import_module(f"hesse.cli.{verb}")
-        except ModuleNotFoundError as err:
-            if err.name == f"hesse.cli.{verb}":
-                continue  # verb not part of this build
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"hesse.cli.{verb}").add_parser(sub)
     return parser
 
 

@@ -21,6 +21,18 @@ from __future__ import annotations
 import json
 import os
 
+from hesse._progress import message
+from hesse.cli._errors import CLIError
+from hesse.cli._model_loader import (
+    check_device,
+    check_dtype,
+    load_model_factory,
+    loss_options,
+    prepare_problem,
+)
+from hesse.cli.spectrum import add_data_options
+from hesse.diagnostics.report import analyze_training, diagnosis, training_divergence
+
 #: Exit status of a report whose training diverged (the report is written; its diagnosis says so).
 DIVERGED_EXIT_STATUS = 3
 
@@ -40,7 +52,6 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted --train run in OUT/log")
     p.add_argument("--json", action="store_true", help="print every number as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    from hesse.cli.spectrum import add_data_options
 
     add_data_options(p)
     p.set_defaults(func=run)
@@ -49,7 +60,6 @@ def add_parser(sub) -> None:
 def _load_checkpoint(model, path: str) -> None:
     import torch
 
-    from hesse.cli.main import CLIError
 
     if not os.path.isfile(path):
         raise CLIError(f"--checkpoint: file {path!r} not found.")
@@ -70,16 +80,6 @@ def _load_checkpoint(model, path: str) -> None:
 
 
 def run(args) -> int:
-    from hesse._progress import message
-    from hesse.cli._model_loader import (
-        check_device,
-        check_dtype,
-        load_model_factory,
-        loss_options,
-        prepare_problem,
-    )
-    from hesse.cli.main import CLIError
-    from hesse.diagnostics.report import analyze_training, diagnosis, training_divergence
     from hesse.plot.report import remove_stale_report, write_report
 
     verbose = not args.quiet

@@ -9,6 +9,22 @@ from __future__ import annotations
 
 import json
 
+from hesse._progress import message
+from hesse.cli._errors import CLIError
+from hesse.cli._model_loader import (
+    CURVATURES,
+    DTYPES,
+    build_operator,
+    check_device,
+    check_dtype,
+    check_output_path,
+    load_model_factory,
+    prepare_problem,
+)
+from hesse.demo_models import digits_mlp_problem
+from hesse.spectrum import eigsh, spectral_density, trace
+from hesse.spectrum.per_layer import layer_groups, per_layer
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -37,7 +53,6 @@ def add_parser(sub) -> None:
 
 def add_data_options(p) -> None:
     """``--batches``, ``--curvature``, ``--device``, ``--dtype``: shared by ``spectrum`` and ``report``."""
-    from hesse.cli._model_loader import CURVATURES, DTYPES
 
     p.add_argument("--batches", type=int, default=None, metavar="N",
                    help="analyse only the first N batches of the data (default: all)")
@@ -51,17 +66,6 @@ def add_data_options(p) -> None:
 
 
 def run(args) -> int:
-    from hesse._progress import message
-    from hesse.cli._model_loader import (
-        build_operator,
-        check_device,
-        check_dtype,
-        check_output_path,
-        prepare_problem,
-    )
-    from hesse.cli.main import CLIError
-    from hesse.spectrum import eigsh, spectral_density, trace
-    from hesse.spectrum.per_layer import layer_groups, per_layer
 
     verbose = not args.quiet
     if args.k < 1:
@@ -72,13 +76,11 @@ def run(args) -> int:
     device = check_device(args.device)
     dtype = check_dtype(args.dtype)
     if args.model:
-        from hesse.cli._model_loader import load_model_factory
 
         message(f"loading {args.model}", verbose)
         prob = load_model_factory(args.model)
         source = args.model
     else:
-        from hesse.demo_models import digits_mlp_problem
 
         message("no --model given: the demo MLP trained briefly on scikit-learn digits", verbose)
         prob = digits_mlp_problem()
