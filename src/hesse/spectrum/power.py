@@ -68,26 +68,8 @@ def power_iteration(
     with Progress(budget, f"power iteration (n={n}, k={k})", progress) as bar:
         for i in range(k):
             v = v0 if (i == 0 and v0 is not None) else gaussian(n, 1, gen, op.dtype, op.device)[:, 0]
-            V = torch.stack(vecs, 1) if vecs else None
-            lam_t = torch.tensor(vals, dtype=op.dtype, device=op.device) if vals else None
-            if V is not None:
-                v = v - V @ (V.T @ v)
-            v = v / v.norm()
-            lam, r, ok = 0.0, float("inf"), False
             per_pair = max(1, (budget - (op.num_matvecs - start)) // (k - i))
-            for _ in range(per_pair):
-                w = op.matvec(v)
-                bar.update(1, info=f"pair {i + 1}")
-                if V is not None:
-                    w = w - V @ (lam_t * (V.T @ v))
-                lam = float(v @ w)
-                r = float((w - lam * v).norm())
-                if scale is None or i == 0:
-                    scale = max(abs(lam), _TINY_SCALE)
-                if r <= tol * scale:
-                    ok = True
-                    break
-                v = w / w.norm()
+            lam, v, r, ok, scale = _one_pair(op, v, vals, vecs, tol, per_pair, scale, bar, i)
             vals.append(lam)
             vecs.append(v)
             res.append(r)
@@ -106,3 +88,33 @@ def power_iteration(
             RuntimeWarning, stacklevel=2,
         )
     return result
+
+
+def _one_pair(op: CurvatureOperator, v: torch.Tensor, vals: list[float], vecs: list[torch.Tensor],
+              tol: float, max_matvecs: int, scale: float | None, bar: Progress, i: int
+              ) -> tuple[float, torch.Tensor, float, bool, float | None]:
+    """Pair ``i``: power iteration on ``A - sum_j lambda_j v_j v_j^T`` (the pairs found so far) from ``v``.
+
+    Returns ``(lambda, v, residual, converged, scale)``; ``scale`` is ``|lambda_1|``, set while
+    iterating on the first pair and the yardstick of every later pair's residual.
+    """
+    V = torch.stack(vecs, 1) if vecs else None
+    lam_t = torch.tensor(vals, dtype=op.dtype, device=op.device) if vals else None
+    if V is not None:
+        v = v - V @ (V.T @ v)
+    v = v / v.norm()
+    lam, r, ok = 0.0, float("inf"), False
+    for _ in range(max_matvecs):
+        w = op.matvec(v)
+        bar.update(1, info=f"pair {i + 1}")
+        if V is not None and lam_t is not None:
+            w = w - V @ (lam_t * (V.T @ v))
+        lam = float(v @ w)
+        r = float((w - lam * v).norm())
+        if scale is None or i == 0:
+            scale = max(abs(lam), _TINY_SCALE)
+        if r <= tol * scale:
+            ok = True
+            break
+        v = w / w.norm()
+    return lam, v, r, ok, scale
