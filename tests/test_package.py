@@ -16,6 +16,7 @@ SRC = Path(hesse.__file__).resolve().parent
 # what each layer may import from hesse (STYLE.md: arrows point down)
 LAYER = {
     "_autodiff": 0, "_validation": 0, "_memory": 0, "_progress": 0, "_result": 0, "_linalg": 0,
+    "_blocks": 0,
     "distributed": 1, "operators": 2,
     "spectrum": 3, "geometry": 3, "optimize": 3, "optim": 3,
     "diagnostics": 4, "demo_models": 4, "testing": 4,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import hesse
-from hesse.testing.spectra import wasserstein1
+from hesse.testing.spectra import prescribed_spectrum, wasserstein1
 
 
 def test_density_integrates_to_one_and_has_quadrature(indefinite_op):
@@ -32,8 +32,6 @@ def test_w1_shrinks_with_budget(indefinite_op):
 def test_density_matches_exact_on_small_operator():
     # num_steps = n: each probe's Gauss rule is exact, so the quadrature measure averaged over many
     # probes approaches the uniform measure on the eigenvalues (W1 < 2% of the spectrum's width)
-    from hesse.testing.spectra import prescribed_spectrum
-
     lam = torch.linspace(-1, 2, 40, dtype=torch.float64)
     op = prescribed_spectrum(lam, seed=0)
     d = hesse.spectral_density(op, num_probes=200, num_steps=40, seed=0)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import hesse
+from hesse.spectrum.summary import describe_bulk
 from hesse.testing.spectra import prescribed_spectrum
 
 
@@ -118,8 +119,6 @@ def test_prescribed_spectrum_ground_truth():
     (0.0, 0.0, True),
 ])
 def test_describe_bulk_follows_the_numbers(edge, lambda_max, near_zero):
-    from hesse.spectrum.summary import describe_bulk
-
     text = describe_bulk(edge, lambda_max)
     assert ("near zero" in text) is near_zero
     assert f"{edge:.3g}" in text

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 import hesse
+from hesse._blocks import probe_block, products, unit_blocks
+from hesse.spectrum._common import gaussian, rademacher
 
 
 @pytest.mark.parametrize("method", ["hutchinson", "hutch++", "xtrace"])
@@ -135,8 +137,6 @@ def test_diagonal_default_budget_small_operator():
 def test_products_in_chunks_equal_one_product(chunk):
     """Chunking the columns changes nothing: each column of A V is A times that column (exact for a
     dense float64 operator up to the matmul's rounding, 1e-12)."""
-    from hesse.operators._blocks import products, unit_blocks
-
     gen = torch.Generator().manual_seed(0)
     A = torch.randn(9, 9, generator=gen, dtype=torch.float64)
     op = hesse.DenseOperator(A + A.T)
@@ -150,9 +150,6 @@ def test_products_in_chunks_equal_one_product(chunk):
 def test_probe_block_matches_the_estimators_probes(kind):
     """The shared probe draw equals the spectrum package's own for a seed (so a
     seed's trace is the same number), and Rademacher probes are exactly ±1."""
-    from hesse.operators._blocks import probe_block
-    from hesse.spectrum._common import gaussian, rademacher
-
     draw = {"rademacher": rademacher, "gaussian": gaussian}[kind]
     got = probe_block(30, 4, kind, torch.Generator().manual_seed(3), torch.float32, "cpu")
     assert torch.equal(got, draw(30, 4, torch.Generator().manual_seed(3), torch.float32, "cpu"))

@@ -21,19 +21,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from hesse._progress import Progress
+from hesse._result import Result
+from hesse.operators import CurvatureOperator
 
 from ._common import check_operator, generator, rademacher
 from .lanczos import _lanczos_steps, _start
 
 __all__ = ["SpectralDensity", "spectral_density", "slq_nodes"]
 
+#: The default grid extends this many smoothing widths beyond the extreme nodes, where a Gaussian
+#: has under 1e-8 of its mass left, so ``phi`` integrates to 1 on the grid to that accuracy.
+_GRID_MARGIN_SIGMAS = 6
+
+#: Default smoothing width as a fraction of the spread of the nodes (the choice of Ghorbani et
+#: al. 2019's code, scaled to the spectrum's width).
+_SIGMA_FRACTION = 1e-2
+
 
 @dataclass(repr=False)
-class SpectralDensity:
+class SpectralDensity(Result):
     """A smoothed spectral density with its raw Gauss-quadrature nodes and weights.
 
     ``grid`` and ``density`` (same length), ``stderr`` (pointwise Monte-Carlo standard error over
@@ -62,7 +73,8 @@ class SpectralDensity:
         return float(torch.trapezoid(self.density, self.grid))
 
 
-def slq_nodes(op, num_probes: int, num_steps: int, seed: int = 0, progress: bool = False):
+def slq_nodes(op: CurvatureOperator, num_probes: int, num_steps: int, seed: int = 0,
+              progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Gauss-quadrature nodes and weights of ``num_probes`` Rademacher probes, ``(p, j)`` each.
 
     Runs ``num_steps`` Lanczos steps from each normalised probe (independent recurrences with full
@@ -85,8 +97,9 @@ def slq_nodes(op, num_probes: int, num_steps: int, seed: int = 0, progress: bool
     return nodes, S[:, 0, :] ** 2
 
 
-def spectral_density(op, num_probes: int = 4, num_steps: int = 80, grid=None, sigma: float | None = None,
-                     seed: int = 0, progress: bool = False, num_grid: int = 1000) -> SpectralDensity:
+def spectral_density(op: CurvatureOperator, num_probes: int = 4, num_steps: int = 80, grid: Any = None,
+                     sigma: float | None = None, seed: int = 0, progress: bool = False,
+                     num_grid: int = 1000) -> SpectralDensity:
     """Spectral density of ``op`` by stochastic Lanczos quadrature (see module docs).
 
     Parameters
@@ -109,9 +122,10 @@ def spectral_density(op, num_probes: int = 4, num_steps: int = 80, grid=None, si
     live = weights > 0
     lo, hi = float(nodes[live].min()), float(nodes[live].max())
     width = hi - lo if hi > lo else max(abs(hi), 1.0)
-    sigma = float(sigma) if sigma is not None else 1e-2 * width
+    sigma = float(sigma) if sigma is not None else _SIGMA_FRACTION * width
     if grid is None:
-        grid = torch.linspace(lo - 6 * sigma, hi + 6 * sigma, num_grid, dtype=torch.float64)
+        margin = _GRID_MARGIN_SIGMAS * sigma
+        grid = torch.linspace(lo - margin, hi + margin, num_grid, dtype=torch.float64)
     else:
         grid = torch.as_tensor(grid, dtype=torch.float64).reshape(-1)
         if grid.numel() < 2 or not torch.isfinite(grid).all():

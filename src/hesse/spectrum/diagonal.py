@@ -22,16 +22,17 @@ from dataclasses import dataclass
 
 import torch
 
-from hesse._progress import Progress
-from hesse._result import Result
-from hesse._validation import check_choice
-from hesse.operators._blocks import (
+from hesse._blocks import (
     DEFAULT_CHUNK,
     apply_in_chunks,
     probe_block,
     products,
     unit_block,
 )
+from hesse._progress import Progress
+from hesse._result import Result
+from hesse._validation import check_choice
+from hesse.operators import CurvatureOperator
 
 from ._common import check_operator, generator
 
@@ -58,7 +59,7 @@ class DiagonalEstimate(Result):
                 f"num_matvecs={self.num_matvecs}, mean stderr={float(self.stderr.mean()):.2g})")
 
 
-def exact_diagonal(op, progress: bool = False, label: str = "diagonal (exact)") -> torch.Tensor:
+def exact_diagonal(op: CurvatureOperator, progress: bool = False, label: str = "diagonal (exact)") -> torch.Tensor:
     """``diag(op)`` from ``n`` products with unit vectors ``e_i`` (``A e_i`` read at row ``i``), in blocks."""
     n = op.shape[0]
     out = torch.empty(n, dtype=op.dtype, device=op.device)
@@ -70,7 +71,7 @@ def exact_diagonal(op, progress: bool = False, label: str = "diagonal (exact)") 
     return out
 
 
-def diagonal(op, method: str = "hutchinson", num_matvecs: int = 100, seed: int = 0,
+def diagonal(op: CurvatureOperator, method: str = "hutchinson", num_matvecs: int = 100, seed: int = 0,
              progress: bool = False) -> DiagonalEstimate:
     """Estimate ``diag(op)`` with ``num_matvecs`` products (see module docs).
 

@@ -30,13 +30,17 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from hesse._memory import default_max_memory, format_bytes
 from hesse._progress import Progress
+from hesse._result import Result
 from hesse._validation import check_choice
+from hesse.operators import CurvatureOperator
 
 from ._common import check_operator, gaussian, generator
 
@@ -47,28 +51,64 @@ DENSE_THRESHOLD = 500
 
 _WHICH = ("largest", "smallest", "both", "magnitude")
 
+#: Default Krylov basis ``m = max(2 k + _BASIS_MARGIN, _MIN_BASIS)``: with ``m`` about twice the
+#: wanted pairs a thick restart keeps ``k`` plus half the spare vectors, so every cycle adds enough
+#: new directions to improve all ``k`` pairs (Wu & Simon 2000, sec. 4), and a floor of 20 keeps a few
+#: wanted pairs from restarting after a handful of products.
+_BASIS_MARGIN = 10
+_MIN_BASIS = 20
+
+#: Default product budget ``max(_MIN_BUDGET, _MATVECS_PER_BASIS * m)``: the products of 30 full
+#: bases, generous for gapped spectra, yet finite so a clustered spectrum ends with a warning
+#: instead of running on.
+_MIN_BUDGET = 300
+_MATVECS_PER_BASIS = 30
+
+#: Explicit residuals (``check_residuals``) are compared with ``tol * ||A||`` enlarged by 1 %, so a
+#: pair the recurrence declared converged is not flipped by the rounding of the extra product.
+_RESIDUAL_SLACK = 1.01
+
+#: The two-pass path looks for convergence every this many steps: each check diagonalises ``T_j``
+#: and its trailing block (``O(j^3)`` flops), which would dominate cheap products if done every step.
+_TWO_PASS_CHECK_EVERY = 5
+
+#: Cullum-Willoughby: a Ritz value within ``_GHOST_RTOL * ||A||`` of an eigenvalue of ``T_j`` without
+#: its first row and column is a ghost; genuine and spurious values differ there by far more than
+#: rounding (Cullum & Willoughby 1985, sec. 4.5), and float64 rounding of ``T_j`` is near 1e-16.
+_GHOST_RTOL = 1e-10
+
+#: Two Ritz values closer than ``_COPY_RTOL * sqrt(tol) * ||A||`` are copies of one eigenvalue. Copies of
+#: a converged value agree to its error, about ``(tol ||A||)^2 / gap`` (Parlett 1998, Thm 11.7.1), far
+#: below this, while distinct eigenvalues this close are not resolved at tolerance ``tol`` anyway.
+_COPY_RTOL = 1e-3
+
 
 @dataclass(repr=False)
-class EigshResult:
+class EigshResult(Result):
     """Eigenpairs found by :func:`eigsh` or :func:`hesse.power_iteration`.
 
     ``values[i]`` with ``vectors[:, i]`` (unit norm, operator dtype/device); ``residuals[i]`` is
     ``||A v_i - lambda_i v_i||`` (estimated from the recurrence unless ``residuals_checked``);
-    ``converged[i]`` says whether that pair met ``residual <= tol * max|lambda|``.
+    ``converged[i]`` says whether that pair met ``residual <= tol * max|lambda|``. ``nit`` counts
+    the thick restarts of the Krylov-Schur path (its outer iterations, ARPACK's iteration count),
+    ``0`` for the other methods; ``message`` says why the iteration stopped.
     """
 
-    values: torch.Tensor
+    # The eigenvalues, by the name scipy and torch use. The field hides the mapping method
+    # Result.values() (the fields' values remain available through items()); field() without a
+    # default keeps dataclass from taking that inherited method for this field's default.
+    values: torch.Tensor = field()  # type: ignore[assignment]
     vectors: torch.Tensor | None
     residuals: torch.Tensor
     converged: torch.Tensor
     num_matvecs: int
-    num_restarts: int = 0
+    nit: int = 0
     method: str = "lanczos"
     which: str = "largest"
     tol: float = 1e-6
     residuals_checked: bool = False
     message: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def all_converged(self) -> bool:
@@ -80,7 +120,7 @@ class EigshResult:
         return (
             f"EigshResult(method={self.method!r}, which={self.which!r}, values=[{vals}], "
             f"residuals=[{res}], converged={self.converged.tolist()}, "
-            f"num_matvecs={self.num_matvecs}, num_restarts={self.num_restarts}, message={self.message!r})"
+            f"num_matvecs={self.num_matvecs}, nit={self.nit}, message={self.message!r})"
         )
 
 
@@ -94,7 +134,8 @@ def _priority(theta: torch.Tensor, which: str) -> torch.Tensor:
         return torch.argsort(theta.abs(), descending=True)
     hi = torch.argsort(theta, descending=True)
     lo = torch.argsort(theta)
-    order, seen = [], set()
+    order: list[int] = []
+    seen: set[int] = set()
     for a, b in zip(hi.tolist(), lo.tolist()):
         for i in (a, b):
             if i not in seen:
@@ -111,7 +152,8 @@ def _output_order(values: torch.Tensor, which: str) -> torch.Tensor:
     return torch.argsort(values, descending=True)
 
 
-def _check_v0(v0, n: int, op) -> torch.Tensor | None:
+def _check_v0(v0: Any, n: int, op: CurvatureOperator) -> torch.Tensor | None:
+    """``v0`` as a finite, non-zero ``(n,)`` tensor in the operator's dtype and device (``None`` kept)."""
     if v0 is None:
         return None
     if not isinstance(v0, torch.Tensor):
@@ -128,18 +170,19 @@ def _check_v0(v0, n: int, op) -> torch.Tensor | None:
     return v0
 
 
-def _check_tol(tol) -> None:
+def _check_tol(tol: Any) -> None:
+    """Raise unless ``tol`` is a number in ``(0, 1)``."""
     if not isinstance(tol, (int, float)) or not (0 < tol < 1):
         raise ValueError(f"tol must be a float in (0, 1), got {tol!r}; e.g. tol=1e-6.")
 
 
 def eigsh(
-    op,
+    op: CurvatureOperator,
     k: int = 6,
     which: str = "largest",
     tol: float = 1e-6,
     max_matvecs: int | None = None,
-    v0=None,
+    v0: Any = None,
     seed: int = 0,
     progress: bool = False,
     *,
@@ -181,59 +224,31 @@ def eigsh(
     Returns
     -------
     EigshResult with ``values``, ``vectors`` (n, k), ``residuals``, ``converged`` (per pair),
-    ``num_matvecs`` and ``method`` (``"krylov-schur"``, ``"lanczos-two-pass"`` or ``"dense"``).
+    ``num_matvecs``, ``nit`` (thick restarts) and ``method`` (``"krylov-schur"``,
+    ``"lanczos-two-pass"`` or ``"dense"``).
 
     Memory: ``m + 1 + k`` vectors of the parameter size in the operator's dtype (default path).
     """
     op = check_operator(op)
     n = op.shape[0]
     which = check_choice(which, "which", _WHICH)
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a positive int (number of eigenpairs), got {k!r}.")
-    if k > n:
-        raise ValueError(f"k={k} exceeds the operator size n={n}; ask for at most {n} eigenpairs.")
-    _check_tol(tol)
-    if max_matvecs is not None and (not isinstance(max_matvecs, int) or max_matvecs < 1):
-        raise ValueError(f"max_matvecs must be a positive int or None, got {max_matvecs!r}.")
+    _check_eigsh_args(n, k, tol, max_matvecs)
     v0 = _check_v0(v0, n, op)
     start_count = op.num_matvecs
 
     if n <= dense_threshold or 2 * k >= n:
         return _dense(op, k, which, tol, return_vectors, progress, start_count)
-    m = num_basis if num_basis is not None else max(2 * k + 10, 20)
-    if not isinstance(m, int) or m <= k + 1:
-        raise ValueError(f"num_basis must be an int larger than k + 1 = {k + 1}, got {num_basis!r}.")
-    m = min(m, n - 1)
-    shrunk = ""
-    if not low_memory:
-        limit = default_max_memory() if max_memory is None else int(max_memory)
-        vec_bytes = n * torch.empty((), dtype=op.dtype).element_size()
-        fits = limit // vec_bytes - 1 - k  # basis of m + 1 vectors plus the k returned vectors
-        if m > fits:
-            if num_basis is not None or fits < k + 2:
-                raise ValueError(
-                    f"eigsh's Krylov basis needs {m + 1 + k} vectors of {format_bytes(vec_bytes)} = "
-                    f"{format_bytes((m + 1 + k) * vec_bytes)}, over max_memory = {format_bytes(limit)}. "
-                    f"Pass low_memory=True (about {4 + k} float64 vectors, twice the products), a "
-                    f"smaller num_basis (at least k + 2 = {k + 2}), or a larger max_memory.")
-            shrunk = f"; basis shrunk from {m} to {fits} vectors to fit max_memory = {format_bytes(limit)}"
-            m = fits
-    budget = max_matvecs if max_matvecs is not None else max(300, 30 * m)
+    m, shrunk = _basis_size(op, k, num_basis, low_memory, max_memory)
+    budget = max_matvecs if max_matvecs is not None else max(_MIN_BUDGET, _MATVECS_PER_BASIS * m)
     gen = generator(seed, op.device)
     q0 = v0 if v0 is not None else gaussian(n, 1, gen, op.dtype, op.device)[:, 0]
     if low_memory:
         res = _two_pass(op, k, which, tol, budget, q0, progress, return_vectors)
     else:
         res = _krylov_schur(op, k, which, tol, budget, q0, gen, m, progress, return_vectors)
-    if shrunk:
-        res.message += shrunk
-    if check_residuals and res.vectors is not None:
-        AV = op.matmat(res.vectors)
-        r = (AV - res.vectors * res.values.to(op.dtype)).norm(dim=0).to(torch.float64).cpu()
-        scale = res.extra.get("norm_estimate") or float(res.values.abs().max()) or 1.0
-        res.residuals = r
-        res.converged = r <= tol * scale * 1.01
-        res.residuals_checked = True
+    res.message += shrunk
+    if check_residuals:
+        _check_residuals(op, res, tol)
     res.num_matvecs = op.num_matvecs - start_count
     if not res.all_converged:
         warnings.warn(
@@ -246,7 +261,59 @@ def eigsh(
     return res
 
 
-def _dense(op, k, which, tol, return_vectors, progress, start_count) -> EigshResult:
+def _check_eigsh_args(n: int, k: Any, tol: Any, max_matvecs: Any) -> None:
+    """Raise ``ValueError`` for a ``k``, ``tol`` or ``max_matvecs`` that :func:`eigsh` cannot use."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive int (number of eigenpairs), got {k!r}.")
+    if k > n:
+        raise ValueError(f"k={k} exceeds the operator size n={n}; ask for at most {n} eigenpairs.")
+    _check_tol(tol)
+    if max_matvecs is not None and (not isinstance(max_matvecs, int) or max_matvecs < 1):
+        raise ValueError(f"max_matvecs must be a positive int or None, got {max_matvecs!r}.")
+
+
+def _basis_size(op: CurvatureOperator, k: int, num_basis: Any, low_memory: bool,
+                max_memory: int | None) -> tuple[int, str]:
+    """The Krylov basis size ``m`` and a note for ``message`` if it was shrunk to fit ``max_memory``.
+
+    The Krylov-Schur path holds ``m + 1`` basis vectors and the ``k`` returned ones in the operator's
+    dtype; the two-pass path holds no basis, so only the default size and its bounds apply.
+    """
+    n = op.shape[0]
+    m = num_basis if num_basis is not None else max(2 * k + _BASIS_MARGIN, _MIN_BASIS)
+    if not isinstance(m, int) or m <= k + 1:
+        raise ValueError(f"num_basis must be an int larger than k + 1 = {k + 1}, got {num_basis!r}.")
+    m = min(m, n - 1)
+    if low_memory:
+        return m, ""
+    limit = default_max_memory() if max_memory is None else int(max_memory)
+    vec_bytes = n * torch.empty((), dtype=op.dtype).element_size()
+    fits = limit // vec_bytes - 1 - k  # basis of m + 1 vectors plus the k returned vectors
+    if m <= fits:
+        return m, ""
+    if num_basis is not None or fits < k + 2:
+        raise ValueError(
+            f"eigsh's Krylov basis needs {m + 1 + k} vectors of {format_bytes(vec_bytes)} = "
+            f"{format_bytes((m + 1 + k) * vec_bytes)}, over max_memory = {format_bytes(limit)}. "
+            f"Pass low_memory=True (about {4 + k} float64 vectors, twice the products), a "
+            f"smaller num_basis (at least k + 2 = {k + 2}), or a larger max_memory.")
+    return fits, f"; basis shrunk from {m} to {fits} vectors to fit max_memory = {format_bytes(limit)}"
+
+
+def _check_residuals(op: CurvatureOperator, res: EigshResult, tol: float) -> None:
+    """Replace the recurrence's residual estimates of ``res`` by ``||A v - lambda v||`` (``k`` products)."""
+    if res.vectors is None:
+        return
+    AV = op.matmat(res.vectors)
+    r = (AV - res.vectors * res.values.to(op.dtype)).norm(dim=0).to(torch.float64).cpu()
+    scale = res.extra.get("norm_estimate") or float(res.values.abs().max()) or 1.0
+    res.residuals = r
+    res.converged = r <= tol * scale * _RESIDUAL_SLACK
+    res.residuals_checked = True
+
+
+def _dense(op: CurvatureOperator, k: int, which: str, tol: float, return_vectors: bool, progress: bool,
+           start_count: int) -> EigshResult:
     n = op.shape[0]
     with Progress(1, f"eigsh (dense, n={n})", progress) as bar:
         A = op.to_dense().to(torch.float64)
@@ -294,11 +361,11 @@ class _Krylov:
     H: torch.Tensor | None
     active: torch.Tensor
     scale: torch.Tensor
-    alpha: list = field(default_factory=list)
-    beta: list = field(default_factory=list)
+    alpha: list[torch.Tensor] = field(default_factory=list)
+    beta: list[torch.Tensor] = field(default_factory=list)
     num_steps: int = 0
     generator: torch.Generator | None = None
-    replay: tuple | None = None
+    replay: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     @property
     def q(self) -> torch.Tensor:
@@ -312,11 +379,14 @@ class _Krylov:
         return torch.diag_embed(a) + torch.diag_embed(b, 1) + torch.diag_embed(b, -1)
 
 
-def _start(op, V: torch.Tensor, max_steps: int | None = None, *, store_basis: bool = True,
-           generator: torch.Generator | None = None, replay: tuple | None = None) -> _Krylov:
+def _start(op: CurvatureOperator, V: torch.Tensor, max_steps: int | None = None, *, store_basis: bool = True,
+           generator: torch.Generator | None = None,
+           replay: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None) -> _Krylov:
     """Recurrences from the columns of ``V`` (n, p), normalised; ``max_steps`` sizes a stored basis."""
     p = V.shape[1]
     if store_basis:
+        if max_steps is None:
+            raise ValueError("a stored Krylov basis needs max_steps to size it")
         Q = torch.zeros((p, max_steps + 1, V.shape[0]), dtype=op.dtype, device=op.device)
         Q[:, 0] = (V / V.norm(dim=0, keepdim=True)).T
         H = torch.zeros((p, max_steps + 1, max_steps), dtype=torch.float64)
@@ -344,7 +414,7 @@ def _cgs2(Q: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return W[:, 0], (h + h2)[:, 0]
 
 
-def _lanczos_steps(op, kr: _Krylov, num_steps: int):
+def _lanczos_steps(op: CurvatureOperator, kr: _Krylov, num_steps: int) -> Iterator[_Krylov]:
     """Advance the recurrences ``kr`` by up to ``num_steps`` steps, yielding ``kr`` after each.
 
     Math (Golub & Van Loan 2013, *Matrix Computations*, 4th ed., sec. 10.1): from a unit ``q_0``,
@@ -384,8 +454,9 @@ def _lanczos_steps(op, kr: _Krylov, num_steps: int):
             W = W.to(torch.float64)
             q_prev, q = kr.Q[:, 0], kr.Q[:, 1]
             if kr.replay is None:
-                # a BLAS dot per start (cheap next to the product): the plain recurrence amplifies
-                # rounding, and this keeps a single start's numbers those of the vector loop
+                # a BLAS dot per start (cheap next to the product) rather than a batched reduction:
+                # the recurrence without reorthogonalization amplifies rounding, and a dot gives a
+                # start the same alpha whether it runs alone or in a batch
                 alpha = torch.stack([torch.dot(a, b) for a, b in zip(q, W)]).cpu()
             else:
                 alpha = kr.replay[0][j]
@@ -417,58 +488,88 @@ def _lanczos_steps(op, kr: _Krylov, num_steps: int):
         yield kr
 
 
-def _krylov_schur(op, k, which, tol, budget, q0, gen, m, progress, return_vectors) -> EigshResult:
-    n, dtype, device = op.shape[0], op.dtype, op.device
+def _ritz(kr: _Krylov, j: int, which: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ritz values ``theta``, vectors ``S`` (in the basis), residual norms and the wanted order of the
+    ``j x j`` projected matrix of the single recurrence ``kr``; raises ``kr.scale`` to ``max |theta|``.
+
+    The projected matrix is symmetric; its upper triangle holds the orthogonalization coefficients
+    (column by column), which is all ``eigh`` reads with ``UPLO="U"``. The residual of pair ``i`` is
+    ``|H[j, :j] s_i|`` (the residual row), known without products.
+    """
+    assert kr.H is not None  # the Krylov-Schur path always stores its basis
+    H = kr.H[0]
+    theta, S = torch.linalg.eigh(H[:j, :j], UPLO="U")
+    resid = (H[j, :j] @ S).abs()
+    kr.scale = torch.maximum(kr.scale, theta.abs().max())
+    return theta, S, resid, _priority(theta, which)
+
+
+def _num_kept(k: int, m: int) -> int:
+    """Ritz vectors kept by a thick restart of a basis of ``m``: the ``k`` wanted plus half the spare
+    ``m - k`` (at least one, so the restart keeps a direction beyond the wanted pairs; Wu & Simon 2000,
+    sec. 4), leaving room for at least one new vector."""
+    return min(k + max(1, (m - k) // 2), m - 1)
+
+
+def _thick_restart(kr: _Krylov, theta: torch.Tensor, S: torch.Tensor, order: torch.Tensor, k: int,
+                   m: int) -> None:
+    """Compress the full basis of ``kr`` (``m`` steps) to the ``p`` most wanted Ritz vectors in place.
+
+    With ``Y_p = Q_m S_p`` the kept Ritz vectors and ``b = H[m, :m] S_p`` their residual coefficients,
+    ``A Y_p = Y_p diag(theta_p) + q_m b^T`` (Stewart 2001): the new projected matrix is the arrow
+    ``diag(theta_p)`` with the row ``b`` below it, and ``q_m`` becomes the next vector to multiply.
+    """
+    assert kr.H is not None
+    Q, H = kr.Q[0], kr.H[0]
+    p = _num_kept(k, m)
+    keep = order[:p]
+    Q[:p] = S[:, keep].to(dtype=Q.dtype, device=Q.device).T @ Q[:m]
+    Q[p] = Q[m]
+    b = H[m, :m] @ S[:, keep]
+    H.zero_()
+    H[torch.arange(p), torch.arange(p)] = theta[keep]
+    H[p, :p] = b
+    kr.num_steps = p
+
+
+def _krylov_schur(op: CurvatureOperator, k: int, which: str, tol: float, budget: int, q0: torch.Tensor,
+                  gen: torch.Generator, m: int, progress: bool, return_vectors: bool) -> EigshResult:
+    """Thick-restart Lanczos on a stored basis of at most ``m + 1`` vectors (see the module docs)."""
+    n = op.shape[0]
     kr = _start(op, q0[:, None], m, generator=gen)
-    Q, H = kr.Q[0], kr.H[0]  # (m + 1, n) basis rows and (m + 1, m) projected matrix, updated in place
     used = 0
     restarts = 0
-
-    def ritz(j):
-        # the projected matrix is symmetric; its upper triangle holds the orthogonalization
-        # coefficients (column by column), which is all eigh reads with UPLO="U"
-        theta, S = torch.linalg.eigh(H[:j, :j], UPLO="U")
-        resid = (H[j, :j] @ S).abs()
-        kr.scale = torch.maximum(kr.scale, theta.abs().max())
-        return theta, S, resid, _priority(theta, which)
-
     with Progress(budget, f"eigsh (Krylov-Schur, n={n}, k={k})", progress) as bar:
         while True:
             for _ in _lanczos_steps(op, kr, min(m - kr.num_steps, budget - used)):
                 used += 1
                 bar.update(1, info=f"restart {restarts}")
                 if k <= kr.num_steps < m:
-                    # cheap convergence check (a j x j float64 eigh, no products)
-                    theta, S, resid, order = ritz(kr.num_steps)
+                    # a j x j float64 eigh, no products: stop as soon as the wanted pairs converge
+                    theta, S, resid, order = _ritz(kr, kr.num_steps, which)
                     if bool((resid[order[:k]] <= tol * float(kr.scale)).all()):
                         break
             j = kr.num_steps
-            theta, S, resid, order = ritz(j)
+            theta, S, resid, order = _ritz(kr, j, which)
             want = order[:k]
             conv = resid[want] <= tol * float(kr.scale)
             if bool(conv.all()) or used >= budget:
                 break
-            # thick restart: keep the p most wanted Ritz vectors, A Q_p = Q_p diag(theta) + q_{p+1} b^T
-            p = min(k + max(1, (m - k) // 2), m - 1)
-            keep = order[:p]
-            Q[:p] = S[:, keep].to(dtype=dtype, device=device).T @ Q[:m]
-            Q[p] = Q[m]
-            b = H[m, :m] @ S[:, keep]
-            H.zero_()
-            H[torch.arange(p), torch.arange(p)] = theta[keep]
-            H[p, :p] = b
-            kr.num_steps = p
+            _thick_restart(kr, theta, S, order, k, m)
             restarts += 1
     vals = theta[want]
-    vecs = Q[:j].T @ S[:, want].to(dtype=dtype, device=device)
+    vecs = kr.Q[0, :j].T @ S[:, want].to(dtype=op.dtype, device=op.device)
     out = _output_order(vals, which)
     vals, vecs, res_w, conv = vals[out], vecs[:, out], resid[want][out], conv[out]
-    msg = "converged" if bool(conv.all()) else "product budget exhausted"
     return EigshResult(
         values=vals, vectors=vecs if return_vectors else None, residuals=res_w, converged=conv,
-        num_matvecs=used, num_restarts=restarts, method="krylov-schur", which=which, tol=tol,
-        message=msg, extra={"num_basis": m, "norm_estimate": float(kr.scale)},
+        num_matvecs=used, nit=restarts, method="krylov-schur", which=which, tol=tol,
+        message=_stop_message(conv), extra={"num_basis": m, "norm_estimate": float(kr.scale)},
     )
+
+
+def _stop_message(converged: torch.Tensor) -> str:
+    return "converged" if bool(converged.all()) else "product budget exhausted"
 
 
 def _spurious(T: torch.Tensor, theta: torch.Tensor, tol: float) -> torch.Tensor:
@@ -483,55 +584,69 @@ def _spurious(T: torch.Tensor, theta: torch.Tensor, tol: float) -> torch.Tensor:
     return close_mu & simple
 
 
-def _two_pass(op, k, which, tol, budget, q0, progress, return_vectors) -> EigshResult:
+def _two_pass(op: CurvatureOperator, k: int, which: str, tol: float, budget: int, q0: torch.Tensor,
+              progress: bool, return_vectors: bool) -> EigshResult:
+    """Low-memory Lanczos: the recurrence without a basis, then a second pass for the eigenvectors.
+
+    Half the budget goes to each pass. Convergence is checked from ``2 k`` steps on, every
+    ``_TWO_PASS_CHECK_EVERY`` steps: a Krylov space of fewer steps seldom resolves ``k`` pairs, and
+    each check costs ``O(j^3)`` flops.
+    """
     n = op.shape[0]
     half = budget // 2
     kr = _start(op, q0[:, None], store_basis=False)
-    check_every = 5
     with Progress(half, f"eigsh (two-pass Lanczos, n={n}, k={k})", progress) as bar:
         for _ in _lanczos_steps(op, kr, min(half, n)):
             bar.update(1)
             j = kr.num_steps
-            if j >= 2 * k and j % check_every == 0:
+            if j >= 2 * k and j % _TWO_PASS_CHECK_EVERY == 0:
                 sel = _select_two_pass(kr, k, which, tol)
                 if sel is not None and bool(sel[2].all()):
                     break
     j = kr.num_steps
-    vals, S, converged, resid = _select_two_pass(kr, k, which, tol, force=True)
-    vecs = None
-    if return_vectors:
-        # second pass: regenerate q_0 .. q_{j-1} from the same start and coefficients, accumulate Q S
-        again = _start(op, q0[:, None], store_basis=False, replay=(kr.alpha, kr.beta))
-        S = S.to(again.Q.device)
-        acc = again.q[0][:, None] * S[0][None, :]
-        for i, _ in enumerate(_lanczos_steps(op, again, j - 1), start=1):
-            acc += again.q[0][:, None] * S[i][None, :]
-        vecs = (acc / acc.norm(dim=0)).to(op.dtype)
+    selected = _select_two_pass(kr, k, which, tol, force=True)
+    assert selected is not None  # force=True always selects k pairs
+    vals, S, converged, resid = selected
+    vecs = _second_pass(op, q0, kr, S, j) if return_vectors else None
     out = _output_order(vals, which)
     return EigshResult(
         values=vals[out], vectors=None if vecs is None else vecs[:, out], residuals=resid[out],
         converged=converged[out], num_matvecs=0, method="lanczos-two-pass", which=which, tol=tol,
-        message="converged" if bool(converged.all()) else "product budget exhausted",
+        message=_stop_message(converged),
         extra={"num_steps": j, "norm_estimate": float(vals.abs().max())},
     )
 
 
-def _select_two_pass(kr: _Krylov, k, which, tol, force=False):
+def _second_pass(op: CurvatureOperator, q0: torch.Tensor, kr: _Krylov, S: torch.Tensor, j: int) -> torch.Tensor:
+    """Ritz vectors ``Q_j S``, normalised, with ``q_0 .. q_{j-1}`` regenerated from the same start and
+    the recorded coefficients of ``kr`` (``j - 1`` products; Golub & Van Loan 2013, sec. 10.3)."""
+    again = _start(op, q0[:, None], store_basis=False, replay=(kr.alpha, kr.beta))
+    S = S.to(again.Q.device)
+    acc = again.q[0][:, None] * S[0][None, :]
+    for i, _ in enumerate(_lanczos_steps(op, again, j - 1), start=1):
+        acc += again.q[0][:, None] * S[i][None, :]
+    return (acc / acc.norm(dim=0)).to(op.dtype)
+
+
+def _select_two_pass(kr: _Krylov, k: int, which: str, tol: float, force: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """The ``k`` most wanted Ritz pairs of ``T_j`` that are not ghosts (Cullum-Willoughby), merging
-    copies of converged values; ``None`` if fewer than ``k`` remain, unless ``force``."""
+    copies of converged values; ``None`` if fewer than ``k`` remain, unless ``force``.
+
+    Returns ``(values, S, converged, residuals)`` with ``S`` the pairs' eigenvectors of ``T_j``."""
     T = kr.tridiagonal()[0]
     j = T.shape[0]
     theta, S = torch.linalg.eigh(T)
     scale = float(theta.abs().max()) or 1.0
     resid = (kr.beta[-1][0] * S[-1, :]).abs()
-    bad = _spurious(T, theta, 1e-10 * scale) if j > 1 else torch.zeros(j, dtype=torch.bool)
+    bad = _spurious(T, theta, _GHOST_RTOL * scale) if j > 1 else torch.zeros(j, dtype=torch.bool)
     # merge copies (ghosts of converged values) keeping the one with the smallest residual
     order = _priority(theta, which).tolist()
     chosen: list[int] = []
     for i in order:
         if bool(bad[i]) and resid[i] > tol * scale:
             continue
-        dup = [c for c in chosen if abs(float(theta[c] - theta[i])) <= math.sqrt(tol) * 1e-3 * scale]
+        dup = [c for c in chosen if abs(float(theta[c] - theta[i])) <= math.sqrt(tol) * _COPY_RTOL * scale]
         if dup:
             c = dup[0]
             if resid[i] < resid[c]:
@@ -548,7 +663,8 @@ def _select_two_pass(kr: _Krylov, k, which, tol, force=False):
     return theta[idx], S[:, idx], resid[idx] <= tol * scale, resid[idx]
 
 
-def lanczos_tridiagonal(op, num_steps: int, v0=None, seed: int = 0):
+def lanczos_tridiagonal(op: CurvatureOperator, num_steps: int, v0: Any = None, seed: int = 0
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``num_steps`` Lanczos steps with full reorthogonalization from ``v0`` (random if None).
 
     Returns ``(Q, T, r)`` with ``Q`` (n, j) orthonormal, ``T`` (j, j) tridiagonal in float64 and

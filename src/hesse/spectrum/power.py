@@ -11,23 +11,34 @@ needs far fewer products. Cost: one product per iteration and pair.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 
 from hesse._progress import Progress
+from hesse.operators import CurvatureOperator
 
 from ._common import check_operator, gaussian, generator
-from .lanczos import EigshResult, _check_tol, _check_v0
+from .lanczos import EigshResult, _check_tol, _check_v0, _stop_message
 
 __all__ = ["power_iteration"]
 
+#: Default product budget per wanted pair: power iteration gains a factor ``|lambda_2 / lambda_1|``
+#: per product, so 1000 products reach ``tol = 1e-6`` for ratios up to about 0.986.
+_MATVECS_PER_PAIR = 1000
+
+#: Floor of the convergence scale ``|lambda_1|``, so an operator whose top eigenvalue is exactly zero
+#: still has a positive tolerance: far below any eigenvalue of interest, yet ``tol * 1e-300`` is
+#: still a normal float64 for every valid ``tol``.
+_TINY_SCALE = 1e-300
+
 
 def power_iteration(
-    op,
+    op: CurvatureOperator,
     k: int = 1,
     tol: float = 1e-6,
     max_matvecs: int | None = None,
-    v0=None,
+    v0: Any = None,
     seed: int = 0,
     progress: bool = False,
 ) -> EigshResult:
@@ -35,44 +46,30 @@ def power_iteration(
 
     A pair is converged when ``||A v - lambda v|| <= tol * |lambda_1|`` (checked every iteration
     from the product already computed). ``max_matvecs`` (default ``1000 * k``) is shared by all
-    pairs; pairs not converged in it are flagged ``converged=False`` with a warning.
+    pairs, split evenly over the pairs still to find; pairs not converged in it are flagged
+    ``converged=False`` with a warning.
     """
     op = check_operator(op)
     n = op.shape[0]
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= n:
         raise ValueError(f"k must be an int between 1 and n={n}, got {k!r}.")
     _check_tol(tol)
-    budget = max_matvecs if max_matvecs is not None else 1000 * k
+    budget = max_matvecs if max_matvecs is not None else _MATVECS_PER_PAIR * k
     if not isinstance(budget, int) or budget < k:
         raise ValueError(f"max_matvecs must be an int >= k={k}, got {max_matvecs!r}.")
     v0 = _check_v0(v0, n, op)
     gen = generator(seed, op.device)
     start = op.num_matvecs
-    vals, vecs, res, conv = [], [], [], []
-    scale = None
+    vals: list[float] = []
+    vecs: list[torch.Tensor] = []
+    res: list[float] = []
+    conv: list[bool] = []
+    scale: float | None = None
     with Progress(budget, f"power iteration (n={n}, k={k})", progress) as bar:
         for i in range(k):
             v = v0 if (i == 0 and v0 is not None) else gaussian(n, 1, gen, op.dtype, op.device)[:, 0]
-            V = torch.stack(vecs, 1) if vecs else None
-            lam_t = torch.tensor(vals, dtype=op.dtype, device=op.device) if vals else None
-            if V is not None:
-                v = v - V @ (V.T @ v)
-            v = v / v.norm()
-            lam, r, ok = 0.0, float("inf"), False
             per_pair = max(1, (budget - (op.num_matvecs - start)) // (k - i))
-            for _ in range(per_pair):
-                w = op.matvec(v)
-                bar.update(1, info=f"pair {i + 1}")
-                if V is not None:
-                    w = w - V @ (lam_t * (V.T @ v))
-                lam = float(v @ w)
-                r = float((w - lam * v).norm())
-                if scale is None or i == 0:
-                    scale = max(abs(lam), 1e-300)
-                if r <= tol * scale:
-                    ok = True
-                    break
-                v = w / w.norm()
+            lam, v, r, ok, scale = _one_pair(op, v, vals, vecs, tol, per_pair, scale, bar, i)
             vals.append(lam)
             vecs.append(v)
             res.append(r)
@@ -82,7 +79,7 @@ def power_iteration(
         values=torch.tensor(vals, dtype=torch.float64), vectors=torch.stack(vecs, 1),
         residuals=torch.tensor(res, dtype=torch.float64), converged=torch.tensor(conv),
         num_matvecs=used, method="power", which="magnitude", tol=tol, residuals_checked=True,
-        message="converged" if all(conv) else "product budget exhausted",
+        message=_stop_message(torch.tensor(conv)),
     )
     if not all(conv):
         warnings.warn(
@@ -91,3 +88,33 @@ def power_iteration(
             RuntimeWarning, stacklevel=2,
         )
     return result
+
+
+def _one_pair(op: CurvatureOperator, v: torch.Tensor, vals: list[float], vecs: list[torch.Tensor],
+              tol: float, max_matvecs: int, scale: float | None, bar: Progress, i: int
+              ) -> tuple[float, torch.Tensor, float, bool, float | None]:
+    """Pair ``i``: power iteration on ``A - sum_j lambda_j v_j v_j^T`` (the pairs found so far) from ``v``.
+
+    Returns ``(lambda, v, residual, converged, scale)``; ``scale`` is ``|lambda_1|``, set while
+    iterating on the first pair and the yardstick of every later pair's residual.
+    """
+    V = torch.stack(vecs, 1) if vecs else None
+    lam_t = torch.tensor(vals, dtype=op.dtype, device=op.device) if vals else None
+    if V is not None:
+        v = v - V @ (V.T @ v)
+    v = v / v.norm()
+    lam, r, ok = 0.0, float("inf"), False
+    for _ in range(max_matvecs):
+        w = op.matvec(v)
+        bar.update(1, info=f"pair {i + 1}")
+        if V is not None and lam_t is not None:
+            w = w - V @ (lam_t * (V.T @ v))
+        lam = float(v @ w)
+        r = float((w - lam * v).norm())
+        if scale is None or i == 0:
+            scale = max(abs(lam), _TINY_SCALE)
+        if r <= tol * scale:
+            ok = True
+            break
+        v = w / w.norm()
+    return lam, v, r, ok, scale

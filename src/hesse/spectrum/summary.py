@@ -27,6 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
+from hesse._result import Result
+from hesse.operators import CurvatureOperator
+
 from ._common import check_operator
 from .density import slq_nodes
 from .lanczos import DENSE_THRESHOLD, eigsh
@@ -36,7 +39,7 @@ __all__ = ["SpectrumSummary", "summarize", "definiteness_verdict"]
 
 
 @dataclass(repr=False)
-class SpectrumSummary:
+class SpectrumSummary(Result):
     """Result of :func:`summarize` (see the module docs for each definition)."""
 
     n: int
@@ -54,9 +57,6 @@ class SpectrumSummary:
     method: str
     converged: bool
     num_matvecs: int
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
 
     def __repr__(self) -> str:
         est = "" if self.method == "dense" else " (estimates from SLQ/XTrace where noted)"
@@ -109,7 +109,8 @@ def describe_bulk(bulk_edge: float, lambda_max: float) -> str:
         else f"a bulk extending to |lambda| = {edge:.3g}"
 
 
-def _sums(values: torch.Tensor, mass: torch.Tensor, n: int, zero_rtol: float, t: float):
+def _sums(values: torch.Tensor, mass: torch.Tensor, n: int, zero_rtol: float, t: float
+          ) -> tuple[float, float, float, float, float]:
     """Spectral sums from a discrete measure ``sum_l mass_l delta(values_l)`` of total mass ``n``."""
     a = values.abs()
     s = float(a.max())
@@ -126,7 +127,7 @@ def _sums(values: torch.Tensor, mass: torch.Tensor, n: int, zero_rtol: float, t:
     return cond, thr, neg_mass, frac_neg, math.exp(ent)
 
 
-def summarize(op, *, tol: float = 1e-6, zero_rtol: float = 1e-6, definiteness_rtol: float = 1e-6,
+def summarize(op: CurvatureOperator, *, tol: float = 1e-6, zero_rtol: float = 1e-6, definiteness_rtol: float = 1e-6,
               trace_matvecs: int = 100, num_probes: int = 4, num_steps: int = 60, seed: int = 0,
               dense_threshold: int = DENSE_THRESHOLD, progress: bool = False) -> SpectrumSummary:
     """Summary numbers of the spectrum of ``op`` (see module docs for definitions and method).

@@ -33,10 +33,11 @@ from dataclasses import dataclass
 
 import torch
 
+from hesse._blocks import probe_block, products
 from hesse._progress import Progress
 from hesse._result import Result
 from hesse._validation import check_choice
-from hesse.operators._blocks import probe_block, products
+from hesse.operators import CurvatureOperator
 
 from ._common import check_operator, generator
 from .diagonal import exact_diagonal
@@ -76,7 +77,7 @@ def _std_error(samples: torch.Tensor) -> float:
     return float(samples.std(unbiased=True) / math.sqrt(samples.numel()))
 
 
-def trace(op, method: str = "xtrace", num_matvecs: int = 198, seed: int = 0,
+def trace(op: CurvatureOperator, method: str = "xtrace", num_matvecs: int = 198, seed: int = 0,
           progress: bool = False) -> TraceEstimate:
     """Estimate ``tr(op)`` with ``num_matvecs`` products (see module docs for the methods).
 
