@@ -2,7 +2,8 @@
 
 Every function that returns more than a tensor returns a dataclass that derives from
 :class:`Result`. Like scipy's ``OptimizeResult`` a result can be read as a mapping
-(``res["x"]``, ``res.keys()``, ``dict(res.items())``), turned into plain Python data with
+(``res["x"]``, ``res.keys()``, ``dict(res.items())``; there is no ``values()``, so
+that a record may have a field named ``values``), turned into plain Python data with
 :meth:`Result.as_dict`, and printed as an aligned table of its fields. Unlike scipy's it is a
 dataclass with declared fields, so a misspelt field is an ``AttributeError``, not a silent
 ``None``.
@@ -67,9 +68,6 @@ class Result:
     def keys(self) -> list[str]:
         """The field names, in declaration order."""
         return self._field_names()
-
-    def values(self) -> list[Any]:
-        return [getattr(self, k) for k in self._field_names()]
 
     def items(self) -> list[tuple[str, Any]]:
         return [(k, getattr(self, k)) for k in self._field_names()]
