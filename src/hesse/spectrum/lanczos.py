@@ -94,10 +94,7 @@ class EigshResult(Result):
     ``0`` for the other methods; ``message`` says why the iteration stopped.
     """
 
-    # The eigenvalues, by the name scipy and torch use. The field hides the mapping method
-    # Result.values() (the fields' values remain available through items()); field() without a
-    # default keeps dataclass from taking that inherited method for this field's default.
-    values: torch.Tensor = field()  # type: ignore[assignment]
+    values: torch.Tensor  # the eigenvalues, by the name scipy and torch use
     vectors: torch.Tensor | None
     residuals: torch.Tensor
     converged: torch.Tensor
