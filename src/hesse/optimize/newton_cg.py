@@ -15,8 +15,9 @@ import math
 
 import torch
 
+from ._core import Objective, Run
 from .line_search import strong_wolfe
-from .result import STEP_FAILURE
+from .result import STEP_FAILURE, OptimizeResult
 
 
 def truncated_cg(hvp, g, max_iter: int):
@@ -43,7 +44,8 @@ def truncated_cg(hvp, g, max_iter: int):
     return z, False
 
 
-def minimize_newton_cg(obj, x, run, *, cg_max_iter: int | None = None):
+def minimize_newton_cg(obj: Objective, x: torch.Tensor, run: Run, *,
+                       cg_max_iter: int | None = None) -> OptimizeResult:
     f, g, hvp = obj.hvp_at(x)
     status = run.start(x, f, float(g.norm()))
     if status is not None:

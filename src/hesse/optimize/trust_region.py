@@ -28,7 +28,8 @@ import math
 
 import torch
 
-from .result import CONVERGED, STEP_FAILURE
+from ._core import Objective, Run
+from .result import CONVERGED, STEP_FAILURE, OptimizeResult
 
 
 def steihaug_cg(hvp, g, radius, max_iter=None):
@@ -113,8 +114,9 @@ def exact_subproblem(lam, Q, g, radius, max_iter=60):
     return p, True
 
 
-def minimize_trust_region(obj, x, run, *, subproblem: str, initial_radius: float = 1.0,
-                          max_radius: float = 1e4, eta: float = 0.15):
+def minimize_trust_region(obj: Objective, x: torch.Tensor, run: Run, *, subproblem: str,
+                          initial_radius: float = 1.0, max_radius: float = 1e4,
+                          eta: float = 0.15) -> OptimizeResult:
     radius = initial_radius
     if subproblem == "steihaug":
         f, g, hvp = obj.hvp_at(x)
@@ -122,11 +124,12 @@ def minimize_trust_region(obj, x, run, *, subproblem: str, initial_radius: float
         f, g = obj.value_grad(x)
     status = run.start(x, f, float(g.norm()))
     n = x.numel()
-    B = None
-    lam = Q = None
+    B: torch.Tensor | None = None
+    lam: torch.Tensor | None = None
+    Q: torch.Tensor | None = None
     if subproblem == "exact":
-        H = obj.hessian(x)
-        lam, Q = torch.linalg.eigh(H)
+        run.hessian = obj.hessian(x)
+        lam, Q = torch.linalg.eigh(run.hessian)
         run.min_eigenvalue = float(lam[0])
     elif subproblem == "sr1":
         B = torch.eye(n, dtype=x.dtype, device=x.device)
@@ -138,8 +141,9 @@ def minimize_trust_region(obj, x, run, *, subproblem: str, initial_radius: float
             p, _, _ = steihaug_cg(hvp, g, radius)
             Bp = hvp(p)
         else:
-            if subproblem == "sr1":
+            if B is not None:  # sr1: the model matrix changes after every trial
                 lam, Q = torch.linalg.eigh(B)
+            assert lam is not None and Q is not None  # set above for "exact" and "sr1"
             p, _ = exact_subproblem(lam, Q, g, radius)
             Bp = Q @ (lam * (Q.T @ p))
         predicted = -(float(torch.dot(g, p)) + 0.5 * float(torch.dot(p, Bp)))
@@ -159,7 +163,7 @@ def minimize_trust_region(obj, x, run, *, subproblem: str, initial_radius: float
             # with a large f* (Brown-Dennis, f* = 85822) can still be refined to gtol
             rho = 1.0 if float(g_try.norm()) < float(g.norm()) else 0.0
         pnorm = float(p.norm())
-        if subproblem == "sr1" and finite:
+        if B is not None and finite:
             s, y = p, g_try - g
             r = y - B @ s
             sr = float(torch.dot(s, r))
@@ -176,7 +180,8 @@ def minimize_trust_region(obj, x, run, *, subproblem: str, initial_radius: float
             if subproblem == "steihaug":
                 hvp = hvp_try
             elif subproblem == "exact":
-                lam, Q = torch.linalg.eigh(obj.hessian(x))
+                run.hessian = obj.hessian(x)
+                lam, Q = torch.linalg.eigh(run.hessian)
                 run.min_eigenvalue = float(lam[0])
             status = run.step(x, f, float(g.norm()), pnorm, x_old_f)
             if status is not None:
