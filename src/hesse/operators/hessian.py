@@ -28,55 +28,84 @@ from .base import CurvatureOperator
 class HessianOperator(ModelCurvatureOperator):
     """Hessian ``∇²L(θ)`` of the mean loss of ``model`` over ``data`` (or of a function).
 
-    Parameters
-    ----------
+    Arguments shared by the model operators (Hessian, GGN, Fisher), in this order:
+
     model : torch.nn.Module (a ``DistributedDataParallel`` wrapper is unwrapped)
     loss_fn : callable ``(outputs, targets) -> scalar`` with ``reduction="mean"`` or ``"sum"``
-    data : DataLoader, iterable of ``(inputs, targets)``, or a pair of tensors
+    data : DataLoader, iterable of batches, or a pair of tensors ``(inputs, targets)``
     params : ``None`` (all trainable parameters), a list of names, or a predicate
         ``(name, parameter) -> bool``
+    batch_loss : instead of ``loss_fn``, a callable ``(model, batch) -> scalar mean loss`` for
+        models that compute their own loss (``lambda m, b: m(**b).loss``); a batch may be any
+        object. Hessian only: the GGN and Fisher need outputs and ``loss_fn``.
+    batch_size : callable ``batch -> int``, the weight of a batch in the mean loss
+        (``L = Σ_b n_b L_b / Σ_b n_b``); default the leading dimension of the targets, or with
+        ``batch_loss`` of the first tensor found in the batch
+    forward : callable ``(model, inputs) -> outputs tensor``; default ``model(inputs)``,
+        ``model(**inputs)`` for a mapping. Hugging Face: ``lambda m, b: m(**b).logits``
+    dtype : the floating type curvature is computed and accumulated in (e.g. ``torch.float32``
+        for a ``bfloat16`` model: products run on a cast copy of the parameters, the model is
+        not modified); default the parameters' dtype. It is the operator's ``dtype``.
     bn_mode : ``"eval"`` (BatchNorm running statistics, the default) or ``"batch"``
     eval_mode : evaluate in eval mode (dropout off) and restore the model's mode afterwards
     check_deterministic : take two products with one vector and refuse a random loss
-    keep_graph, graph_memory : keep each batch's first-backward graph (see module docs)
+    progress : show a bar (stderr) over the batches of the pass that computes ``L`` and ``∇L``
+    keep_graph, graph_memory : keep each batch's graph for later products, within
+        ``graph_memory`` bytes over the operator (default 2 GiB; see the module docs)
+    distributed : ``None`` (data-parallel when a ``torch.distributed`` default group is
+        initialized), ``False`` (local) or a process group: products are all-reduced over the
+        ranks' data shards (README section "distributed"; :mod:`hesse.distributed`)
+
+    Hessian only:
+
     matmat_strategy : how a block ``H V`` is taken from one first-backward graph: ``"vmap"``
         (one batched second backward, ``is_grads_batched``), ``"loop"`` (one second backward per
         column through the same graph) or ``"auto"``: ``"loop"`` on CPU, where it measured
         faster (1.38x against 1.72x a gradient per vector on a 127k-parameter MLP), ``"vmap"``
         on accelerators.
-    distributed : ``None`` (data-parallel when a ``torch.distributed`` default group is
-        initialized), ``False`` (local) or a process group: products are all-reduced over the
-        ranks' data shards (README section "distributed"; :mod:`hesse.distributed`)
 
-    ``HessianOperator.from_function(f, x)`` gives the Hessian of a function of one tensor.
+    Frozen entries: the padding row of every ``nn.Embedding(padding_idx=...)`` among the
+    parameters is held fixed (torch zeroes its gradient, so autograd's second derivative is not
+    symmetric there); the operator has zero rows and columns on those entries.
+
+    ``HessianOperator.from_function(f, x)`` gives the Hessian of a function of one tensor
+    (a :class:`FunctionHessianOperator`).
     """
+
+    _keeps_first_pass_graph = True
 
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: Callable,
-        data: Any,
+        loss_fn: Callable | None = None,
+        data: Any = None,
         params: Any = None,
         *,
+        batch_loss: Callable | None = None,
+        batch_size: Callable[[Any], int] | None = None,
+        forward: Callable | None = None,
+        dtype: torch.dtype | None = None,
         bn_mode: str = "eval",
         eval_mode: bool = True,
         check_deterministic: bool = False,
+        progress: bool = False,
         keep_graph: bool = True,
         graph_memory: int | None = None,
-        matmat_strategy: str = "auto",
         distributed: Any = None,
+        matmat_strategy: str = "auto",
     ):
         if matmat_strategy not in ("auto", "vmap", "loop"):
             raise ValueError(f"matmat_strategy must be 'auto', 'vmap' or 'loop'; got {matmat_strategy!r}.")
         self.matmat_strategy = matmat_strategy
-        super().__init__(model, loss_fn, data, params, bn_mode=bn_mode, eval_mode=eval_mode,
-                         check_deterministic=check_deterministic, distributed=distributed, is_psd=None,
-                         keep_graph=keep_graph, graph_memory=graph_memory)
+        super().__init__(model, loss_fn, data, params, batch_loss=batch_loss, batch_size=batch_size,
+                         forward=forward, dtype=dtype, bn_mode=bn_mode, eval_mode=eval_mode,
+                         check_deterministic=check_deterministic, progress=progress, is_psd=None,
+                         keep_graph=keep_graph, graph_memory=graph_memory, distributed=distributed)
 
     def _batch_product(self, index, inputs, targets, Vs, k):
         p = self._problem
         params = p.params
-        grads = self._graphs.get(index)
+        grads = self._cache.get(index)
         keep = grads is not None
         if grads is None:
             with p.mode():
@@ -101,29 +130,41 @@ class HessianOperator(ModelCurvatureOperator):
         return [zeros(j) if columns[0][j] is None else torch.stack([col[j] for col in columns])
                 for j in range(len(params))]
 
+    def _skips_data(self, k: int) -> bool:
+        # every batch's first-backward graph is kept: products need not touch the data
+        return self._cache.covers(i for i, _ in self._batch_sizes)
+
     def _use_vmap(self) -> bool:
         if self.matmat_strategy == "auto":
             return self.device.type != "cpu"
         return self.matmat_strategy == "vmap"
 
     @classmethod
-    def from_function(cls, f: Callable[[torch.Tensor], torch.Tensor], x: Any) -> HessianOperator:
+    def from_function(cls, f: Callable[[torch.Tensor], torch.Tensor], x: Any) -> FunctionHessianOperator:
         """The Hessian of a function of one tensor at ``x``, as an operator on flat vectors of
-        length ``x.numel()``.
-
-        The gradient's reverse-mode graph is built once; each block of products is one ``vmap``ped
-        ``vjp`` through it (reverse-over-reverse, exact because ``H`` is symmetric).
+        length ``x.numel()`` (a :class:`FunctionHessianOperator`; see there).
         """
         return FunctionHessianOperator(f, x)
 
 
-class FunctionHessianOperator(HessianOperator):
-    """``∇²f(x)`` of a function of one tensor, matrix-free. Built by ``HessianOperator.from_function``."""
+class FunctionHessianOperator(CurvatureOperator):
+    """``∇²f(x)`` of a function of one tensor, matrix-free; built by
+    :meth:`HessianOperator.from_function`.
+
+    A sibling of the model operator, with the same reading interface: ``loss`` (``f(x)``),
+    ``gradient`` (flat ``∇f(x)``), ``point`` (flat ``x``), ``param_names`` (``["x"]``),
+    ``num_samples`` (1), ``unflatten(v)`` (``{"x": v reshaped to x's shape}``) and
+    ``flatten(...)``. It is registered as a virtual subclass of :class:`HessianOperator`, so
+    ``isinstance(op, HessianOperator)`` holds.
+
+    The gradient's reverse-mode graph is built once; each block of products is one ``vmap``ped
+    ``vjp`` through it (reverse-over-reverse, exact because ``H`` is symmetric; Pearlmutter 1994).
+    """
 
     def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], x: Any):
         check_callable(f)
         x = as_point(x)
-        CurvatureOperator.__init__(self, x.numel(), x.dtype, x.device, None)
+        super().__init__(x.numel(), x.dtype, x.device, None)
         self.f, self.x = f, x
         fs = _scalar_fn(f)
         shape = x.shape
@@ -132,7 +173,7 @@ class FunctionHessianOperator(HessianOperator):
             return fs(z.reshape(shape))
 
         x_flat = x.reshape(-1)
-        self.gradient, self._vjp = vjp(grad(flat_f), x_flat)
+        self.gradient, self._vjp = vjp(grad(flat_f), x_flat)[:2]
         self.loss = float(flat_f(x_flat))
         if not torch.isfinite(torch.as_tensor(self.loss)):
             raise ValueError(f"f(x) is not finite ({self.loss}) at the given x.")
@@ -149,10 +190,38 @@ class FunctionHessianOperator(HessianOperator):
     def num_samples(self) -> int:
         return 1
 
+    def unflatten(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Map a flat vector of length n to ``{"x": tensor of x's shape}``."""
+        v = self._as_block(v, "v")
+        if v.shape != (self._n,):
+            raise ValueError(f"expected a vector of shape ({self._n},), got {tuple(v.shape)}.")
+        return {"x": v.reshape(self.x.shape)}
+
+    def flatten(self, tensors: Any) -> torch.Tensor:
+        """Map ``{"x": t}``, ``[t]`` or ``t`` (of x's shape) to one flat vector."""
+        if isinstance(tensors, dict):
+            if set(tensors) != {"x"}:
+                raise ValueError(f"expected {{'x': tensor}}, got keys {sorted(tensors)}.")
+            tensors = tensors["x"]
+        elif isinstance(tensors, (list, tuple)):
+            if len(tensors) != 1:
+                raise ValueError(f"expected one tensor of shape {tuple(self.x.shape)}, got {len(tensors)}.")
+            tensors = tensors[0]
+        t = self._as_block(tensors, "tensors")
+        if tuple(t.shape) != tuple(self.x.shape):
+            raise ValueError(f"expected a tensor of shape {tuple(self.x.shape)}, got {tuple(t.shape)}.")
+        return t.reshape(-1)
+
     def extra_repr(self) -> str:
         return f"function of x with shape {tuple(self.x.shape)}"
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", {self.extra_repr()})"
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         if V.shape[1] == 1:
             return self._vjp(V[:, 0])[0].unsqueeze(1)
         return vmap(lambda v: self._vjp(v)[0])(V.T).T
+
+
+HessianOperator.register(FunctionHessianOperator)
