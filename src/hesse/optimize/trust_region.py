@@ -9,7 +9,8 @@ as 1 if the step lowers ``||g||`` and 0 otherwise.
 
 Subproblem solvers:
 
-* ``trust-ncg`` - Steihaug-Toint truncated CG on Hessian-vector products (N&W Alg. 7.2), with
+* ``trust-ncg`` - Steihaug-Toint truncated CG on Hessian-vector products (N&W Alg. 7.2; the
+  CG kernel :func:`hesse.operators.solve.conjugate_gradient` with :class:`SteihaugBoundary`), with
   the forcing term ``min(0.5, sqrt(||g||)) ||g||``. Never forms ``B``; cost per iteration:
   one fused value+gradient and at most ``n`` HVPs (usually a handful).
 * ``trust-exact`` - the nearly exact solution of Moré & Sorensen (1983) (N&W Alg. 4.3): find
@@ -25,38 +26,55 @@ Subproblem solvers:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
+from hesse.operators.solve import CGState, Stop, conjugate_gradient
+
 from ._core import Objective, Run
+from .newton_cg import ForcingTolerance, forcing_tolerance
 from .result import CONVERGED, STEP_FAILURE, OptimizeResult
 
 
-def steihaug_cg(hvp, g, radius, max_iter=None):
-    """Steihaug-Toint CG (N&W Alg. 7.2). Returns ``(p, on_boundary, num_products)``."""
-    gnorm = float(g.norm())
-    tol = min(0.5, math.sqrt(gnorm)) * gnorm
-    z = torch.zeros_like(g)
-    r = g.clone()
-    d = -r
-    rr = float(torch.dot(r, r))
-    max_iter = max_iter or 2 * g.numel() + 10
-    for j in range(max_iter):
-        Bd = hvp(d)
-        dBd = float(torch.dot(d, Bd))
-        if dBd <= 0:
-            return _to_boundary(z, d, radius), True, j + 1
-        alpha = rr / dBd
-        z_next = z + alpha * d
-        if float(z_next.norm()) >= radius:
-            return _to_boundary(z, d, radius), True, j + 1
-        r = r + alpha * Bd
-        rr_next = float(torch.dot(r, r))
-        if math.sqrt(rr_next) < tol:
-            return z_next, False, j + 1
-        d = -r + (rr_next / rr) * d
-        rr, z = rr_next, z_next
-    return z, False, max_iter
+# Steihaug's CG ends within n steps in exact arithmetic; 2 n + 10 absorbs the loss of
+# conjugacy in floating point on small problems.
+def _steihaug_max_iter(n: int) -> int:
+    return 2 * n + 10
+
+
+class SteihaugBoundary:
+    """CG stopping rule of Steihaug-Toint (N&W Alg. 7.2): a direction of non-positive curvature,
+    or a step that would leave ``||z|| <= radius``, ends the solve on the boundary along the
+    current direction (the root ``tau >= 0`` of ``||z + tau d|| = radius``)."""
+
+    def __init__(self, radius: float):
+        self.radius = radius
+
+    def before_step(self, state: CGState) -> Stop | None:
+        if state.pAp <= 0:
+            return Stop(_to_boundary(state.x, state.p, self.radius), "negative_curvature",
+                        "non-positive curvature: stopped on the boundary", on_boundary=True)
+        assert state.alpha is not None  # the kernel sets it when pAp > 0
+        if float((state.x + state.alpha * state.p).norm()) >= self.radius:
+            return Stop(_to_boundary(state.x, state.p, self.radius), "trust_region_boundary",
+                        "the step reached the boundary", on_boundary=True)
+        return None
+
+    def after_step(self, state: CGState) -> Stop | None:
+        return None
+
+
+def steihaug_cg(hvp: Callable[[torch.Tensor], torch.Tensor], g: torch.Tensor, radius: float,
+                max_iter: int | None = None) -> tuple[torch.Tensor, bool, int]:
+    """Steihaug-Toint CG (N&W Alg. 7.2) by the one CG kernel
+    (:func:`hesse.operators.solve.conjugate_gradient`), stopped on the boundary or at the
+    forcing tolerance ``||r|| < min(0.5, sqrt(||g||)) ||g||``. Returns
+    ``(p, on_boundary, num_products)``."""
+    rules = [SteihaugBoundary(radius), ForcingTolerance(forcing_tolerance(g), strict=True)]
+    res = conjugate_gradient(hvp, -g, rules=rules, max_iter=max_iter or _steihaug_max_iter(g.numel()),
+                             true_residual=False)
+    return res.x, res.on_boundary, res.num_matvecs
 
 
 def _to_boundary(z, d, radius):
