@@ -36,6 +36,21 @@ from ._core import Objective, Run
 from .newton_cg import ForcingTolerance, forcing_tolerance
 from .result import CONVERGED, STEP_FAILURE, OptimizeResult
 
+# N&W Alg. 4.1: shrink the region when rho < 1/4, grow it when rho > 3/4 and the step reached
+# the boundary (within 1 %, the accuracy of the exact subproblem's secular equation and more).
+SHRINK_BELOW, GROW_ABOVE, ON_BOUNDARY = 0.25, 0.75, 0.99
+# Actual and predicted reductions below 100 ulps of |f| are rounding noise.
+ROUNDING_LEVEL_ULPS = 100
+# The region has collapsed (the attainable accuracy is reached) when the radius is below the
+# rounding level of x, or after 60 rejected steps in a row (60 quarterings: 4^-60 ~ 1e-36).
+COLLAPSED_RADIUS = 1e-14
+MAX_REJECTED = 60
+# SR1 skips the update when |s^T (y - B s)| < 1e-8 ||s|| ||y - B s|| (N&W eq. 6.26, r = 1e-8).
+SR1_SKIP_TOL = 1e-8
+# Moré-Sorensen: at most 60 safeguarded Newton steps on the secular equation (it converges
+# quadratically; 60 bisections alone would shrink the bracket by 2^-60).
+SECULAR_MAX_ITER = 60
+
 
 # Steihaug's CG ends within n steps in exact arithmetic; 2 n + 10 absorbs the loss of
 # conjugacy in floating point on small problems.
@@ -77,7 +92,7 @@ def steihaug_cg(hvp: Callable[[torch.Tensor], torch.Tensor], g: torch.Tensor, ra
     return res.x, res.on_boundary, res.num_matvecs
 
 
-def _to_boundary(z, d, radius):
+def _to_boundary(z: torch.Tensor, d: torch.Tensor, radius: float) -> torch.Tensor:
     """``z + tau d`` with ``tau >= 0`` and ``||z + tau d|| = radius``."""
     a = float(torch.dot(d, d))
     b = 2 * float(torch.dot(z, d))
@@ -86,7 +101,8 @@ def _to_boundary(z, d, radius):
     return z + tau * d
 
 
-def exact_subproblem(lam, Q, g, radius, max_iter=60):
+def exact_subproblem(lam: torch.Tensor, Q: torch.Tensor, g: torch.Tensor, radius: float,
+                     max_iter: int = SECULAR_MAX_ITER) -> tuple[torch.Tensor, bool]:
     """Moré-Sorensen solution given ``B = Q diag(lam) Q^T``. Returns ``(p, on_boundary)``."""
     gh = Q.T @ g
     lam1 = float(lam[0])
@@ -173,7 +189,7 @@ def minimize_trust_region(obj: Objective, x: torch.Tensor, run: Run, *, subprobl
         finite = math.isfinite(f_try) and bool(torch.isfinite(g_try).all())
         actual = f - f_try if finite else -math.inf
         rho = actual / predicted if predicted > 0 else (-math.inf if actual < 0 else 0.0)
-        noise = 100 * torch.finfo(x.dtype).eps * max(1.0, abs(f))
+        noise = ROUNDING_LEVEL_ULPS * torch.finfo(x.dtype).eps * max(1.0, abs(f))
         in_noise = finite and 0 < predicted <= noise and abs(actual) <= noise
         if in_noise:
             # both reductions are below the rounding level of f: their ratio is noise. Judge the
@@ -185,11 +201,11 @@ def minimize_trust_region(obj: Objective, x: torch.Tensor, run: Run, *, subprobl
             s, y = p, g_try - g
             r = y - B @ s
             sr = float(torch.dot(s, r))
-            if abs(sr) >= 1e-8 * float(s.norm()) * float(r.norm()) and sr != 0:
+            if abs(sr) >= SR1_SKIP_TOL * float(s.norm()) * float(r.norm()) and sr != 0:
                 B = B + torch.outer(r, r) / sr
-        if rho < 0.25:
+        if rho < SHRINK_BELOW:
             radius = 0.25 * pnorm if finite else 0.25 * min(radius, pnorm)
-        elif rho > 0.75 and pnorm >= 0.99 * radius:
+        elif rho > GROW_ABOVE and pnorm >= ON_BOUNDARY * radius:
             radius = min(2.0 * radius, max_radius)
         if rho > eta and finite and (actual > 0 or in_noise):
             rejected = 0
@@ -206,7 +222,7 @@ def minimize_trust_region(obj: Objective, x: torch.Tensor, run: Run, *, subprobl
                 return run.finish(x, f, g, status)
         else:
             rejected += 1
-            if radius < 1e-14 * max(1.0, float(x.norm())) or rejected > 60:
+            if radius < COLLAPSED_RADIUS * max(1.0, float(x.norm())) or rejected > MAX_REJECTED:
                 if float(g.norm()) <= run.gtol:
                     return run.finish(x, f, g, CONVERGED)
                 return run.finish(x, f, g, STEP_FAILURE,
