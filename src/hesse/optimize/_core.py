@@ -31,7 +31,14 @@ from .result import (
 )
 
 KEEP_ITERATES_MAX_N = 10_000
+"""The history keeps copies of x only up to this n (memory: one n-vector per iteration)."""
 DENSE_CURVATURE_MAX_N = 500
+"""The final curvature check is a dense eigvalsh up to this n (a 500 x 500 Hessian takes well
+under a second), Lanczos above."""
+CURVATURE_LANCZOS_TOL = 1e-4
+CURVATURE_LANCZOS_MAX_MATVECS = 300
+"""Lanczos for the smallest eigenvalue only has to tell its sign against ``curvature_tol``:
+a relative accuracy of 1e-4 within 300 products suffices."""
 UNBOUNDED_F = 1e20
 """f below ``-UNBOUNDED_F * max(1, |f(x0)|)`` while decreasing: no finite minimum is in sight."""
 RUNAWAY_HINT_X = 1e3
@@ -215,7 +222,8 @@ class Run:
         op = HessianOperator.from_function(self.obj.flat, x.detach())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            res = eigsh(op, k=1, which="smallest", tol=1e-4, max_matvecs=300)
+            res = eigsh(op, k=1, which="smallest", tol=CURVATURE_LANCZOS_TOL,
+                        max_matvecs=CURVATURE_LANCZOS_MAX_MATVECS)
         self.obj.num_matvecs += op.num_matvecs
         lam = float(res.values[0])
         how = "Lanczos" + ("" if bool(res.converged.all()) else " (not fully converged)")

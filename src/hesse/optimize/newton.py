@@ -114,13 +114,13 @@ def minimize_newton(obj: Objective, x: torch.Tensor, run: Run, *, variant: str, 
             ls = armijo(obj.value, x, p, f, float(torch.dot(g, p)))
             if not ls.success:
                 return run.finish(x, f, g, STEP_FAILURE, f"line search: {ls.message}")
-            x_new, f_new, alpha = ls.x, ls.f, ls.alpha
+            x_new, f_new, alpha = ls.x, ls.fun, ls.alpha
             _, g_new = obj.value_grad(x_new)
             obj.nfev -= 1  # the value was already counted by the line search
         else:
             ls = strong_wolfe(obj.value_grad, x, p, f, g)
-            if not ls.success or ls.g is None:
+            if not ls.success or ls.jac is None:
                 return run.finish(x, f, g, STEP_FAILURE, f"line search: {ls.message}")
-            x_new, f_new, g_new, alpha = ls.x, ls.f, ls.g, ls.alpha
+            x_new, f_new, g_new, alpha = ls.x, ls.fun, ls.jac, ls.alpha
         status = run.step(x_new, f_new, float(g_new.norm()), alpha * float(p.norm()), f)
         x, f, g = x_new, f_new, g_new

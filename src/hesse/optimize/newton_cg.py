@@ -99,14 +99,14 @@ def minimize_newton_cg(obj: Objective, x: torch.Tensor, run: Run, *,
     while True:
         p, _ = truncated_cg(hvp, g, cg_max_iter)
         ls = strong_wolfe(value_grad_keep_graph, x, p, f, g)
-        if not ls.success or ls.g is None:
+        if not ls.success or ls.jac is None:
             return run.finish(x, f, g, STEP_FAILURE, f"line search: {ls.message}")
         x_new = ls.x
-        status = run.step(x_new, ls.f, float(ls.g.norm()), ls.alpha * float(p.norm()), f)
+        status = run.step(x_new, ls.fun, float(ls.jac.norm()), ls.alpha * float(p.norm()), f)
         if status is not None:
-            return run.finish(x_new, ls.f, ls.g, status)
+            return run.finish(x_new, ls.fun, ls.jac, status)
         if last.get("x") is x_new:
-            f, g, hvp = ls.f, ls.g, last["hvp"]
+            f, g, hvp = ls.fun, ls.jac, last["hvp"]
         else:
             f, g, hvp = obj.hvp_at(x_new)
         last.clear()

@@ -98,10 +98,10 @@ def minimize_quasi_newton(obj: Objective, x: torch.Tensor, run: Run, *,
             alpha0 = 1.0
         ls = strong_wolfe(obj.value_grad, x, p, f, g, alpha0=alpha0)
         f_old = f
-        if not ls.success or ls.g is None:
+        if not ls.success or ls.jac is None:
             return run.finish(x, f, g, STEP_FAILURE, f"line search: {ls.message}")
         s = ls.x - x
-        y = ls.g - g
+        y = ls.jac - g
         ys = float(torch.dot(y, s))
         if ys > CURVATURE_SKIP_TOL * float(s.norm()) * float(y.norm()):
             if first:
@@ -109,8 +109,8 @@ def minimize_quasi_newton(obj: Objective, x: torch.Tensor, run: Run, *,
                     H = (ys / float(torch.dot(y, y))) * H
                 first = False
             H = update(H, s, y)
-        status = run.step(ls.x, ls.f, float(ls.g.norm()), float(s.norm()), f)
-        x, f, g = ls.x, ls.f, ls.g
+        status = run.step(ls.x, ls.fun, float(ls.jac.norm()), float(s.norm()), f)
+        x, f, g = ls.x, ls.fun, ls.jac
         if status is not None:
             return run.finish(x, f, g, status)
 
@@ -142,11 +142,11 @@ def minimize_lbfgs(obj: Objective, x: torch.Tensor, run: Run, *, memory: int = 1
         p = q.neg()
         alpha0 = min(1.0, 1.0 / float(g.norm())) if count == 0 else 1.0
         ls = strong_wolfe(obj.value_grad, x, p, f, g, alpha0=alpha0)
-        if not ls.success or ls.g is None:
+        if not ls.success or ls.jac is None:
             return run.finish(x, f, g, STEP_FAILURE, f"line search: {ls.message}")
         s, y = S[head], Y[head]
         torch.sub(ls.x, x, out=s)
-        torch.sub(ls.g, g, out=y)
+        torch.sub(ls.jac, g, out=y)
         ys = float(torch.dot(y, s))
         snorm = float(s.norm())
         if ys > CURVATURE_SKIP_TOL * snorm * float(y.norm()):
@@ -155,7 +155,7 @@ def minimize_lbfgs(obj: Objective, x: torch.Tensor, run: Run, *, memory: int = 1
                 gamma = ys / float(torch.dot(y, y))
             head = (head + 1) % memory
             count = min(count + 1, memory)
-        status = run.step(ls.x, ls.f, float(ls.g.norm()), snorm, f)
-        x, f, g = ls.x, ls.f, ls.g
+        status = run.step(ls.x, ls.fun, float(ls.jac.norm()), snorm, f)
+        x, f, g = ls.x, ls.fun, ls.jac
         if status is not None:
             return run.finish(x, f, g, status)
