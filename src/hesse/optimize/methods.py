@@ -89,11 +89,6 @@ class MethodSpec:
         """The options and their defaults."""
         return MappingProxyType({k: o.default for k, o in self.option_specs.items()})
 
-    @property
-    def forms_matrix(self) -> bool:
-        """Keeps an ``n x n`` matrix (a dense Hessian or a quasi-Newton matrix)."""
-        return self.dense_matrices > 0
-
     def check_options(self, given: Mapping[str, Any], extra_names: tuple[str, ...] = ()) -> dict[str, Any]:
         """The defaults updated with ``given``, each value checked by its option's check.
         Unknown names raise ``TypeError`` naming this method's options (and ``extra_names``,
