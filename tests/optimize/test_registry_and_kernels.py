@@ -9,7 +9,7 @@ import torch
 
 import hesse
 from hesse._linalg import modify_eigenvalues, newton_solve, shifted_cholesky_solve, spectral_step
-from hesse.optimize import LEAST_SQUARES_METHODS, METHODS, REGISTRY
+from hesse.optimize.methods import LEAST_SQUARES_METHODS, METHODS, REGISTRY
 from hesse.optimize.quasi_newton import bfgs_update
 
 DT = torch.float64

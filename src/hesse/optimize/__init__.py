@@ -1,9 +1,10 @@
 """hesse.optimize: minimize() and least_squares() from gradient descent to trust regions
 (see the README section "optimize"). One module per method family; ``minimize`` dispatches through
-the one registry ``REGISTRY`` (viewed by problem as ``METHODS`` and ``LEAST_SQUARES_METHODS``)."""
+the one registry ``hesse.optimize.methods.REGISTRY`` (viewed by problem as ``METHODS`` and
+``LEAST_SQUARES_METHODS``)."""
 
 from .least_squares import least_squares
-from .methods import LEAST_SQUARES_METHODS, METHODS, REGISTRY, MethodSpec
+from .methods import METHODS, MethodSpec
 from .minimize import minimize, resolve_method
 from .result import OptimizeHistory, OptimizeResult, estimate_convergence_order
 
@@ -14,8 +15,6 @@ __all__ = [
     "OptimizeHistory",
     "estimate_convergence_order",
     "METHODS",
-    "LEAST_SQUARES_METHODS",
-    "REGISTRY",
     "MethodSpec",
     "resolve_method",
 ]
