@@ -96,3 +96,23 @@ def test_parse_point_and_bounds():
                     ("-2:2,0:1,0:1", lambda t: parse_bounds(t, 2)), ("1", lambda t: parse_bounds(t, 1))]:
         with pytest.raises(ExpressionError):
             fn(bad)
+
+
+@pytest.mark.parametrize("name", ["nan", "inf", "NaN", "Inf", "oo", "zoo", "infinity", "NAN"])
+def test_non_finite_names_are_refused_not_variables(name):
+    with pytest.raises(ExpressionError, match="not finite"):
+        parse_expression(f"x + {name}")
+    with pytest.raises(ExpressionError):
+        parse_expression("x + y", variables=["x", name])
+
+
+@pytest.mark.parametrize("x0", [1.05, 1.5, 2.0])
+def test_large_negative_power_derivatives_do_not_underflow(x0):
+    # closed forms: d/dx x**-1000 = -1000 x**-1001, d²/dx² = 1000·1001 x**-1002, representable in
+    # float64 for these x (as 1/x**1000 they came out 0 at 1.5 and 2); rel 1e-12: a few roundings
+    from torch.func import grad, hessian
+
+    f = parse_expression("x**-1000")
+    x = torch.tensor([x0], dtype=torch.float64)
+    assert float(grad(f.function)(x)[0]) == pytest.approx(-1000 * x0 ** -1001, rel=1e-12, abs=0)
+    assert float(hessian(f.function)(x)[0, 0]) == pytest.approx(1000 * 1001 * x0 ** -1002, rel=1e-12, abs=0)

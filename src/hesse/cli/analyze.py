@@ -24,15 +24,22 @@ def add_parser(sub) -> None:
                    "(one low:high per variable; one interval is used for all)")
     p.add_argument("--vars", metavar="NAMES", help="variable order, comma separated (default x, y, z "
                    "first, then alphabetical)")
-    p.add_argument("--starts", type=int, default=None, help="Newton starts for the search (default 128+)")
+    p.add_argument("--starts", type=int, default=None, help="Newton starts for the search (default 128+, "
+                   "at most 2**20; chunked to fit the memory guard HESSE_MAX_MEMORY)")
     p.add_argument("--no-symbolic", action="store_true", help="skip the sympy route")
     p.add_argument("--timeout", type=float, default=10.0, help="time guard of the sympy route in seconds")
+    p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS",
+                   help="overall time limit of the box search (default 60): what was found by then is "
+                   "reported, with a note")
     p.add_argument("--plot", metavar="OUT.png", help="save the contour figure (2 variables only)")
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    # let "--bounds -2:2,-2:2" and "--at -1,0" through: argparse otherwise reads a value that starts
-    # with "-" and is not a plain number as an option (no option of this verb looks like a number)
-    p._negative_number_matcher = re.compile(r"^-[0-9.]")
+    # argparse reads any word that starts with "-" and is not a plain number as an option, so
+    # "-x**2+y**2", "--bounds -2:2,-2:2" and "--at -1,0" would need "--" or "=". This verb's only
+    # single-dash option is -h, so a single dash followed by anything else is a value (an
+    # expression, a box or a point); argparse consults this matcher only for words that are not
+    # one of the verb's options.
+    p._negative_number_matcher = re.compile(r"^-(?!-)(?!h$).")
     p.set_defaults(func=run)
 
 
@@ -58,10 +65,14 @@ def run(args) -> int:
             raise CLIError(f"--plot expects a .png, .pdf or .svg path, got {args.plot!r}.")
         if n != 2:
             raise CLIError(f"--plot draws 2-D functions; this one has {n} variables ({', '.join(expr.variables)}).")
-    if args.starts is not None and args.starts < 1:
-        raise CLIError(f"--starts must be a positive integer, got {args.starts}.")
-    if args.timeout <= 0:
-        raise CLIError(f"--timeout must be positive, got {args.timeout}.")
+    from hesse.geometry.critical_points import MAX_STARTS
+
+    if args.starts is not None and not 1 <= args.starts <= MAX_STARTS:
+        raise CLIError(f"--starts must be an integer from 1 to {MAX_STARTS}, got {args.starts}.")
+    if not args.timeout > 0 or not math.isfinite(args.timeout):
+        raise CLIError(f"--timeout must be a positive number of seconds, got {args.timeout}.")
+    if not args.time_limit > 0 or not math.isfinite(args.time_limit):
+        raise CLIError(f"--time-limit must be a positive number of seconds, got {args.time_limit}.")
     import hesse
 
     if args.at and args.bounds:
@@ -82,8 +93,13 @@ def run(args) -> int:
         if not args.bounds:
             message(f"no --at or --bounds: searching the box [-2, 2]^{n}", verbose)
         box = parse_bounds(args.bounds or "-2:2", n)
-        pts = hesse.critical_points(expr, box, num_starts=args.starts, symbolic=not args.no_symbolic,
-                                    symbolic_timeout=args.timeout, progress=verbose)
+        try:
+            pts = hesse.critical_points(expr, box, num_starts=args.starts, symbolic=not args.no_symbolic,
+                                        symbolic_timeout=args.timeout, progress=verbose,
+                                        time_limit=args.time_limit)
+        except ValueError as err:  # the library names its arguments; say which option they came from
+            msg = str(err).replace("num_starts", "--starts").replace("bounds ", "--bounds ", 1)
+            raise CLIError(msg) from None
         points = list(pts)
         out = {"expression": expr.text, "variables": list(expr.variables), "mode": "box", "bounds": box,
                "counts": pts.counts(), "num_starts": pts.num_starts, "symbolic": pts.symbolic_status,
@@ -134,5 +150,5 @@ def _print_table(expr, out: dict) -> None:
     for note in out["notes"]:
         print(f"note: {note}")
     for p in out["points"]:
-        if p["kind"].startswith("degenerate") or p["kind"] == "inconclusive":
+        if p["kind"].startswith("degenerate") or p["kind"] in ("inconclusive", "non-isolated"):
             print(f"at {_fmt_vec(p['x'])}: {p['reason']}")

@@ -4,7 +4,8 @@
 (which only builds a syntax tree, it runs nothing) and walks the tree against a whitelist:
 numbers, variable names, ``+ - * / **``, unary minus/plus, parentheses, the functions
 ``sin cos tan exp log sqrt tanh sinh cosh abs atan asin acos`` (one argument each) and the
-constants ``pi`` and ``e``. Everything else — attribute access, indexing, other calls, keywords,
+constants ``pi`` and ``e``. Names of non-finite numbers (``nan``, ``inf``, ``oo``, ``zoo``, any
+case) are refused, never taken as variables. Everything else — attribute access, indexing, other calls, keywords,
 dunder names, lambda, strings, comprehensions, comparisons — is refused with an
 :class:`ExpressionError` that says what was found and what is allowed, before anything is
 evaluated. Sizes are bounded too: the text (2,000 characters), the tree (1,000 nodes, depth 60),
@@ -19,6 +20,7 @@ from __future__ import annotations
 import ast
 import math
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -50,6 +52,9 @@ _FUNCTIONS: dict[str, tuple[Callable, Callable, str]] = {
     "acos": (torch.acos, math.acos, "acos"),
 }
 _CONSTANTS = {"pi": math.pi, "e": math.e}
+# names that mean a non-finite number in Python, numpy, torch or sympy: refused, never variables
+# (``x + nan`` must not become a function of a variable called nan)
+_NON_FINITE = frozenset({"nan", "inf", "infinity", "oo", "zoo"})
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _ALLOWED = ("numbers, variable names, + - * / **, parentheses, the functions "
             + ", ".join(sorted(_FUNCTIONS)) + " and the constants pi, e")
@@ -183,6 +188,9 @@ def _check(tree: ast.AST, text: str) -> set[str]:
                 raise _fail(text, f"the function {node.id!r} must be called with one argument")
             if not _NAME.match(node.id):
                 raise _fail(text, f"the name {node.id!r} is not a valid variable name")
+            if node.id.lower() in _NON_FINITE:
+                raise _fail(text, f"{node.id!r} is not finite; the function must be finite (write a "
+                                  "number, or rename the variable)")
             if node.id not in _CONSTANTS:
                 names.add(node.id)
             return
@@ -246,7 +254,9 @@ def parse_expression(text: str, variables: Sequence[str] | None = None) -> Expre
     if not text.strip():
         raise ExpressionError("the expression is empty; give e.g. 'x**2 + y**2'.")
     try:
-        module = ast.parse(text.strip(), mode="eval")
+        with warnings.catch_warnings():  # "invalid decimal literal" and the like: refused or fine
+            warnings.simplefilter("ignore", SyntaxWarning)
+            module = ast.parse(text.strip(), mode="eval")
     except SyntaxError as err:
         raise ExpressionError(f"cannot parse expression {_short(text)}: {err.msg}. "
                               "Write it in Python syntax, e.g. '3*x**2 + 2*x*y'.") from None
@@ -260,7 +270,8 @@ def parse_expression(text: str, variables: Sequence[str] | None = None) -> Expre
     else:
         order = tuple(variables)
         for v in order:
-            if not isinstance(v, str) or not _NAME.match(v) or v in _FUNCTIONS or v in _CONSTANTS:
+            if (not isinstance(v, str) or not _NAME.match(v) or v in _FUNCTIONS or v in _CONSTANTS
+                    or v.lower() in _NON_FINITE):
                 raise ExpressionError(f"variables: {v!r} is not a usable variable name.")
         if len(set(order)) != len(order):
             raise ExpressionError(f"variables: names repeat in {order}.")
@@ -342,8 +353,8 @@ def _int_pow(v, k: int):
         return float(v) ** k
     if k == 0:
         return v * 0 + 1
-    if k < 0:
-        return 1 / _int_pow(v, -k)
+    # v ** k for k < 0 too: as 1 / v**|k| the chain rule divides by (v**|k|)², which overflows
+    # (x**-1000 at x = 1.5 would get a zero gradient instead of -1000·x**-1001 ≈ -2.6e-182)
     return v ** k
 
 
