@@ -144,7 +144,7 @@ class Run:
         self.obj, self.method = obj, method
         self.gtol, self.ftol, self.xtol = gtol, ftol, xtol
         self.max_iter, self.max_time = max_iter, max_time
-        self.callback, self.keep_history = callback, history
+        self.callback = callback
         self.check_curvature, self.curvature_tol = check_curvature, curvature_tol
         self.nit = 0
         self.t0 = time.perf_counter()
