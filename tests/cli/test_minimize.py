@@ -56,3 +56,19 @@ def test_minimize_plot_prints_every_file(capsys, tmp_path, json_out):
     assert all(f"wrote {f}" in listing for f in files)
     if json_out:
         assert json.loads(captured.out)["success"]
+
+
+@pytest.mark.parametrize("spelling,name", [("BFGS", "bfgs"), ("Newton-CG", "newton-cg"),
+                                           ("trust_exact", "trust-exact")])
+def test_minimize_accepts_scipy_spellings(capsys, spelling, name):
+    # the CLI reads method names as hesse.minimize does (resolve_method), not by its own list
+    rc = main(["minimize", ROSEN, "--x0", "-1.2,1", "--method", spelling, "--json", "--quiet"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["success"] and out["method"] == spelling
+    # counts under the package's names: njev gradients (as scipy), num_matvecs products
+    assert out["njev"] >= out["nit"] and out["num_matvecs"] >= 0
+
+
+def test_minimize_scipy_method_hesse_lacks_names_the_alternative(capsys):
+    assert main(["minimize", ROSEN, "--x0", "1,1", "--method", "Nelder-Mead", "--quiet"]) == 2
+    assert "derivative-free methods are not in hesse" in capsys.readouterr().err

@@ -10,7 +10,8 @@ import torch
 
 import hesse
 from hesse.optimize import METHODS
-from hesse.optimize.batched import BATCHED_METHODS
+
+BATCHED_METHODS = [name for name, spec in METHODS.items() if spec.batched]
 
 DISCONNECTED = {
     "item": lambda x: torch.tensor(x[0].item() ** 2 + x[1].item() ** 2),
@@ -23,7 +24,7 @@ DISCONNECTED_MESSAGE = r"does not depend on x.*\.item\(\).*torch\.tensor.*NumPy"
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("kind", DISCONNECTED)
 def test_minimize_refuses_f_not_connected_to_x(method, kind):
-    # before: gradient zeros at x0, status 0 "converged to a minimum" at the start
+    # unguarded: a zero gradient at x0, reported as status 0 "converged to a minimum"
     with pytest.raises(ValueError, match=DISCONNECTED_MESSAGE):
         hesse.minimize(DISCONNECTED[kind], [1.0, 2.0], method=method)
 
@@ -103,7 +104,7 @@ def guard_message(alternative: str) -> str:
 
 
 def test_least_squares_large_jacobian_is_refused():
-    # before: died in torch's allocator (118190^2 float32 Jacobian = 52 GiB, plus jacrev's basis)
+    # unguarded, this dies in torch's allocator (118190^2 float32 Jacobian = 52 GiB, plus jacrev's basis)
     with pytest.raises(ValueError, match=r"118190 x 118190 Jacobian.*GiB.*"
                        + guard_message(r"method='lbfgs' or 'newton-cg'")):
         hesse.least_squares(lambda z: z - 1, torch.zeros(118190))
@@ -124,7 +125,7 @@ def test_least_squares_guard_follows_max_memory_and_environment(monkeypatch):
 
 
 def test_batched_newton_many_starts_is_refused():
-    # before: 2000 starts x 400 variables took > 5 GB; the estimate (9 buffers of
+    # unguarded, 2000 starts x 400 variables take > 5 GB; the estimate (9 buffers of
     # 2000 x 400 x 400 float32) is 10.7 GiB
     with pytest.raises(ValueError, match=r"batched method='newton' on 2000 starts x 400 variables.*"
                        + guard_message("split x0 into chunks")):
@@ -145,7 +146,9 @@ DENSE_METHODS = [name for name, spec in METHODS.items() if spec.dense_matrices]
 
 
 def test_every_matrix_method_declares_its_dense_matrices():
-    assert {name for name, spec in METHODS.items() if spec.forms_matrix} == set(DENSE_METHODS)
+    # the methods that keep an n x n matrix (dense Hessian or quasi-Newton matrix), by the math
+    assert set(DENSE_METHODS) == {"newton", "newton-damped", "saddle-free-newton", "trust-exact",
+                                  "sr1", "bfgs", "dfp"}
 
 
 @pytest.mark.parametrize("method", DENSE_METHODS)

@@ -58,4 +58,4 @@ def test_momentum_methods_beat_gd_on_ill_conditioned_quadratic(method):
 
 def test_gd_lr_auto_uses_lanczos_products():
     r = hesse.minimize(_diag_quadratic(10.0), [1.0, 1.0], method="gd", lr="auto")
-    assert r.nhvp > 0 and r.success
+    assert r.num_matvecs > 0 and r.success

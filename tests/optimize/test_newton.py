@@ -1,4 +1,4 @@
-"""Newton family: the seeds' claims (one step on quadratics, affine invariance, quadratic
+"""Newton family: the textbook claims (one step on quadratics, affine invariance, quadratic
 convergence on Rosenbrock, saddle behaviour)."""
 
 import math

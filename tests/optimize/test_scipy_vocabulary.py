@@ -203,7 +203,7 @@ UNBOUNDED_PROBLEMS = {
 @pytest.mark.parametrize("problem", UNBOUNDED_PROBLEMS)
 @pytest.mark.parametrize("method", ["bfgs", "lbfgs", "dfp", "newton-cg", "newton-damped"])
 def test_unbounded_function_stops_early_with_status_unbounded(problem, method):
-    # before: bfgs on x + y spent 30,001 evaluations and suggested a second-order method
+    # unguarded, bfgs on x + y spends 30,001 evaluations and suggests a second-order method
     f, x0 = UNBOUNDED_PROBLEMS[problem]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

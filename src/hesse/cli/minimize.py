@@ -50,7 +50,7 @@ def run(args) -> int:
 
     import hesse
     from hesse.cli.expressions import parse_expression
-    from hesse.optimize import METHODS
+    from hesse.optimize import METHODS, resolve_method
 
     variables = [v.strip() for v in args.variables.split(",")] if args.variables else None
     expr = parse_expression(args.expression, variables=variables)
@@ -60,16 +60,22 @@ def run(args) -> int:
             f"--x0 has {len(x0)} values but the expression has {len(expr.variables)} variables "
             f"({', '.join(expr.variables)}); give one value per variable in that order."
         )
-    methods = [m.strip() for m in args.compare.split(",")] if args.compare else [args.method]
-    for m in methods:
-        if m not in METHODS:
-            raise CLIError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    requested = [m.strip() for m in args.compare.split(",")] if args.compare else [args.method]
+    methods = {}  # as the user wrote it -> hesse's name (scipy's spellings accepted)
+    for m in requested:
+        try:
+            name, note = resolve_method(m)
+        except (TypeError, ValueError) as err:
+            raise CLIError(f"unknown method {m!r}: {err}") from None
+        if note is not None:
+            print(f"note: {note}", file=sys.stderr)
+        methods[m] = name
     results = {}
-    for m in methods:
+    for m, name in methods.items():
         opts = {}
-        if args.lr is not None and "lr" in METHODS[m].options:
+        if args.lr is not None and "lr" in METHODS[name].options:
             opts["lr"] = args.lr
-        results[m] = hesse.minimize(expr.function, torch.tensor(x0, dtype=torch.float64), method=m,
+        results[m] = hesse.minimize(expr.function, torch.tensor(x0, dtype=torch.float64), method=name,
                                     gtol=args.gtol, max_iter=args.max_iter, progress=not args.quiet, **opts)
     written = []
     if args.plot:
@@ -89,7 +95,7 @@ def run(args) -> int:
         out = [
             dict(method=m, success=r.success, status=r.status, message=r.message, x=r.x.tolist(),
                  variables=list(expr.variables), fun=r.fun, grad_norm=r.grad_norm, nit=r.nit, nfev=r.nfev,
-                 ngev=r.ngev, nhev=r.nhev, nhvp=r.nhvp, min_eigenvalue=r.min_eigenvalue,
+                 njev=r.njev, nhev=r.nhev, num_matvecs=r.num_matvecs, min_eigenvalue=r.min_eigenvalue,
                  convergence_order=r.convergence_order)
             for m, r in results.items()
         ]

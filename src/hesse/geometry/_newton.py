@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 from torch.func import grad, hessian, vmap
 
+from hesse._linalg import modify_eigenvalues, spectral_step
 from hesse._progress import Progress
 
 ALPHAS = tuple(2.0 ** -k for k in range(13))
@@ -63,10 +64,9 @@ def batched_newton(f: Callable[[torch.Tensor], torch.Tensor], X0: torch.Tensor, 
             H = torch.where(bad[:, None, None], torch.eye(n, dtype=X.dtype, device=X.device), H)
             Gs = torch.where(bad[:, None], torch.zeros_like(G), G)
             lam, Q = torch.linalg.eigh(H)
-            cut = n * eps * lam.abs().amax(dim=1, keepdim=True)
-            inv = torch.where(lam.abs() > cut, 1.0 / torch.where(lam == 0, torch.ones_like(lam), lam),
-                              torch.zeros_like(lam))
-            S = -(Q @ ((inv * (Q.transpose(1, 2) @ Gs[:, :, None])[..., 0])[:, :, None]))[..., 0]
+            # the pseudo-inverse step -H^+ g: eigenvalues below n eps max|lambda| are dropped
+            cut = n * eps * lam.abs().amax(dim=1)
+            S = spectral_step(modify_eigenvalues(lam, "pseudo-inverse", cut), Q, Gs)
             norm = S.norm(dim=1, keepdim=True)
             S = torch.where(norm > max_step, S * (max_step / norm), S)
             # backtracking on ‖g‖²: all trial step lengths evaluated in one batch

@@ -1,9 +1,11 @@
 """hesse.optimize: minimize() and least_squares() from gradient descent to trust regions
 (see the README section "optimize"). One module per method family; ``minimize`` dispatches through
-the registry ``METHODS``."""
+the one registry ``hesse.optimize.methods.REGISTRY`` (viewed by problem as ``METHODS`` and
+``LEAST_SQUARES_METHODS``)."""
 
 from .least_squares import least_squares
-from .minimize import METHODS, MethodSpec, minimize, resolve_method
+from .methods import METHODS, MethodSpec
+from .minimize import minimize, resolve_method
 from .result import OptimizeHistory, OptimizeResult, estimate_convergence_order
 
 __all__ = [

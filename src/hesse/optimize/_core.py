@@ -31,7 +31,14 @@ from .result import (
 )
 
 KEEP_ITERATES_MAX_N = 10_000
+"""The history keeps copies of x only up to this n (memory: one n-vector per iteration)."""
 DENSE_CURVATURE_MAX_N = 500
+"""The final curvature check is a dense eigvalsh up to this n (a 500 x 500 Hessian takes well
+under a second), Lanczos above."""
+CURVATURE_LANCZOS_TOL = 1e-4
+CURVATURE_LANCZOS_MAX_MATVECS = 300
+"""Lanczos for the smallest eigenvalue only has to tell its sign against ``curvature_tol``:
+a relative accuracy of 1e-4 within 300 products suffices."""
 UNBOUNDED_F = 1e20
 """f below ``-UNBOUNDED_F * max(1, |f(x0)|)`` while decreasing: no finite minimum is in sight."""
 RUNAWAY_HINT_X = 1e3
@@ -45,7 +52,9 @@ after one or two iterations instead of ``max_iter`` line searches."""
 class Objective:
     """``f`` on flat vectors with evaluation counters.
 
-    ``value_grad`` is one fused forward + backward pass (counts one value and one gradient);
+    Counters: ``nfev`` values, ``njev`` gradients (as scipy), ``nhev`` dense Hessians,
+    ``num_matvecs`` Hessian-vector products. ``value_grad`` is one fused forward + backward pass
+    (counts one value and one gradient);
     ``hvp_at`` builds the gradient graph once and returns a product closure (reverse-over-reverse,
     the cheapest product on CPU); ``hessian`` is dense (``hesse.hessian``, guarded by
     ``max_memory``).
@@ -60,7 +69,7 @@ class Objective:
                  max_memory: int | None = None):
         self.f_user, self.shape = f, shape
         self.max_memory = max_memory
-        self.nfev = self.ngev = self.nhev = self.nhvp = 0
+        self.nfev = self.njev = self.nhev = self.num_matvecs = 0
         self.connection_checked = False
 
     def _gradient_or_refuse(self, v, xr, create_graph: bool):
@@ -87,7 +96,7 @@ class Objective:
 
     def value_grad(self, x: torch.Tensor) -> tuple[float, torch.Tensor]:
         self.nfev += 1
-        self.ngev += 1
+        self.njev += 1
         xr = x.detach().requires_grad_(True)
         with torch.enable_grad():
             v = self._call(xr)
@@ -97,14 +106,14 @@ class Objective:
     def hvp_at(self, x: torch.Tensor):
         """``(f, g, hvp)`` at ``x``; ``hvp(v)`` reuses the gradient's graph."""
         self.nfev += 1
-        self.ngev += 1
+        self.njev += 1
         xr = x.detach().requires_grad_(True)
         with torch.enable_grad():
             v = self._call(xr)
             g = self._gradient_or_refuse(v, xr, create_graph=True)
 
         def hvp(p: torch.Tensor) -> torch.Tensor:
-            self.nhvp += 1
+            self.num_matvecs += 1
             if not g.requires_grad:
                 return torch.zeros_like(p)
             with torch.enable_grad():
@@ -135,14 +144,14 @@ class Run:
         self.obj, self.method = obj, method
         self.gtol, self.ftol, self.xtol = gtol, ftol, xtol
         self.max_iter, self.max_time = max_iter, max_time
-        self.callback, self.keep_history = callback, history
+        self.callback = callback
         self.check_curvature, self.curvature_tol = check_curvature, curvature_tol
         self.nit = 0
         self.t0 = time.perf_counter()
         self.history = OptimizeHistory(iterates_kept=history and n <= KEEP_ITERATES_MAX_N) if history else None
         self.bar = Progress(max_iter, method, progress)
         self.min_eigenvalue: float | None = None  # set by methods that have the Hessian at x
-        self.njev = 0
+        self.hessian: torch.Tensor | None = None  # the dense Hessian at x, when the method has it
         self.f0 = math.nan
         self.x0_norm = self.x_norm = 0.0
 
@@ -196,9 +205,10 @@ class Run:
             return MAX_TIME
         return None
 
-    def smallest_eigenvalue(self, x: torch.Tensor) -> tuple[float, str]:
-        """Smallest Hessian eigenvalue at ``x``: dense ``eigvalsh`` for ``n <= 500``, else
-        Lanczos (:func:`hesse.spectrum.eigsh`, ``which="smallest"``)."""
+    def smallest_eigenvalue(self, x: torch.Tensor) -> tuple[float, float, str]:
+        """``(lambda_min, scale, how)`` of the Hessian at ``x``: dense ``eigvalsh`` for ``n <= 500``
+        (``scale = max |lambda|``), else Lanczos (:func:`hesse.spectrum.eigsh`,
+        ``which="smallest"``; ``scale = max(1, |lambda_min|)``)."""
         n = x.numel()
         if n <= DENSE_CURVATURE_MAX_N:
             H = self.obj.hessian(x)
@@ -212,8 +222,9 @@ class Run:
         op = HessianOperator.from_function(self.obj.flat, x.detach())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            res = eigsh(op, k=1, which="smallest", tol=1e-4, max_matvecs=300)
-        self.obj.nhvp += op.num_matvecs
+            res = eigsh(op, k=1, which="smallest", tol=CURVATURE_LANCZOS_TOL,
+                        max_matvecs=CURVATURE_LANCZOS_MAX_MATVECS)
+        self.obj.num_matvecs += op.num_matvecs
         lam = float(res.values[0])
         how = "Lanczos" + ("" if bool(res.converged.all()) else " (not fully converged)")
         return lam, max(abs(lam), 1.0), how
@@ -272,10 +283,11 @@ class Run:
             grad_norm=gnorm,
             nit=self.nit,
             nfev=obj.nfev,
-            ngev=obj.ngev,
+            njev=obj.njev,
             nhev=obj.nhev,
-            nhvp=obj.nhvp,
-            njev=self.njev,
+            num_matvecs=obj.num_matvecs,
+            jac=g.detach().reshape(obj.shape) if isinstance(g, torch.Tensor) else None,
+            hess=self.hessian,
             success=success,
             status=status,
             message=message,

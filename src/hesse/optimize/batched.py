@@ -2,32 +2,39 @@
 
 ``minimize(f, X0, method=..., batched=True)`` with ``X0`` of shape ``(B, n)``: every iteration
 evaluates values and gradients of all rows with one ``vmap(grad_and_value(f))`` call (and, for the
-Newton methods, Hessians with one ``vmap(hessian(f))``), instead of a Python loop over starts.
-Each row keeps its own state (iterate, step, quasi-Newton matrix, status, counters, history) and
-is frozen once it stops; frozen rows ride along in the vectorized evaluation but never change.
+methods that need the Hessian, Hessians with one ``vmap(hessian(f))``), instead of a Python loop
+over starts. Each row keeps its own state (iterate, step, quasi-Newton matrix, status, counters,
+history) and is frozen once it stops; frozen rows ride along in the vectorized evaluation but
+never change.
 
-Methods: ``gd`` (fixed ``lr``, or ``"auto"`` = ``1/lambda_max`` per row from the dense Hessian),
-``newton`` (unit steps), ``newton-damped`` (``modification="lm"``: ``H + tau I`` with
-``tau = max(0, delta - lambda_min)``; ``"eigen"``: eigenvalues clamped at ``delta``), ``bfgs``.
-The line search is batched Armijo backtracking (N&W Alg. 3.1, halving); BFGS skips the update in
-a row where ``y^T s <= 0`` (Armijo does not guarantee the curvature condition). For ``n <= 500``
-(the curvature check that decides success is a batched dense ``eigvalsh``). Returns one
-:class:`OptimizeResult` per row, with counts per row.
+Methods (those registered with ``batched=True``): ``gd`` (fixed ``lr``, or ``"auto"`` =
+``1/lambda_max`` per row from the dense Hessian), ``newton`` (unit steps), ``newton-damped``
+(``modification="lm"``: ``H + tau I`` with ``tau = max(0, delta - lambda_min)``; ``"eigen"``:
+eigenvalues clamped at ``delta``), ``bfgs``. The Newton steps are :func:`hesse._linalg.spectral_step`
+and the BFGS update :func:`hesse.optimize.quasi_newton.bfgs_update`, the kernels of the unbatched
+methods. The line search is batched Armijo backtracking (N&W Alg. 3.1, halving); BFGS skips the
+update in a row where ``y^T s <= 0`` (Armijo does not guarantee the curvature condition). For
+``n <= 500`` (the curvature check that decides success is a batched dense ``eigvalsh``). Returns
+one :class:`OptimizeResult` per row, with counts per row.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch.func import grad_and_value, hessian, vmap
 
+from hesse._linalg import modify_eigenvalues, spectral_step
 from hesse._memory import guard_bytes
 from hesse._progress import Progress
 from hesse._validation import check_connected, check_finite_point
 
 from ._core import UNBOUNDED_F, UNBOUNDED_X
+from .quasi_newton import CURVATURE_SKIP_TOL, bfgs_update
 from .result import (
     CONVERGED,
     MAX_ITER,
@@ -42,27 +49,83 @@ from .result import (
     OptimizeResult,
 )
 
-BATCHED_METHODS = ("gd", "newton", "newton-damped", "bfgs")
 BATCHED_MAX_N = 500
 
 # (B, n, n) buffers alive at the peak, for the memory guard: peak resident memory measured on
 # 200 starts x 400 variables (float32, a quartic), in units of one (B, n, n) buffer. The
-# vmapped Hessian (jacfwd over jacrev) alone takes about 7; Newton adds the eigenvectors and
-# the scaled products (9 in all); BFGS keeps Hinv and its update's outer products (7 with the
-# final curvature check, which is itself one vmapped Hessian).
-BATCHED_MATRICES = {"newton": 9, "newton-damped": 9, "bfgs": 7, "gd": 7}
+# vmapped Hessian (jacfwd over jacrev) alone takes about 7 (the final curvature check is one
+# vmapped Hessian too).
 CURVATURE_CHECK_MATRICES = 7
 
+# A pure Newton step drops to NaN (the row stops) when an eigenvalue is below this fraction of
+# max(1, max |lambda|): the Hessian is singular to working precision.
+SINGULAR_EIGENVALUE_FRACTION = 1e-14
+# Armijo's sufficient-decrease constant c1 (N&W Sec. 3.1, the usual 1e-4).
+ARMIJO_C1 = 1e-4
+# Backtracking halves the step at most 60 times (2^-60, the rounding level of float64) before a
+# row is declared a failed step.
+MAX_HALVINGS = 60
 
-def minimize_batched(f, X0: torch.Tensor, *, method: str, gtol: float, ftol: float, xtol: float,
-                     max_iter: int, max_time: float | None, callback, history: bool, progress: bool,
-                     check_curvature: bool, curvature_tol: float, max_memory: int | None = None,
-                     **opts) -> list[OptimizeResult]:
-    if method not in BATCHED_METHODS:
-        raise ValueError(
-            f"batched=True supports method in {BATCHED_METHODS}; got {method!r}. "
-            "Loop over the starting points for the other methods."
-        )
+
+@dataclass
+class _Rows:
+    """The per-row state of a batched run (tensors of leading size B)."""
+
+    X: torch.Tensor
+    G: torch.Tensor
+    F: torch.Tensor
+    F0: torch.Tensor
+    X0_norm: torch.Tensor
+    gnorm: torch.Tensor
+    status: torch.Tensor
+    nit: torch.Tensor
+    nfev: torch.Tensor
+    njev: torch.Tensor
+    nhev: torch.Tensor
+    history: list[OptimizeHistory] | None
+
+    def record(self, rows, step: torch.Tensor) -> None:
+        if self.history is None:
+            return
+        Fc, Gc, Xc = self.F.cpu(), self.gnorm.cpu(), self.X.cpu()
+        for b in rows:
+            h = self.history[b]
+            h.values.append(float(Fc[b]))
+            h.grad_norms.append(float(Gc[b]))
+            h.step_sizes.append(float(step[b]))
+            h.evaluations.append(int(self.nfev[b]))
+            if h.iterates_kept:
+                h.iterates.append(Xc[b].clone())
+
+
+@dataclass
+class _Derivatives:
+    """The vmapped value, value+gradient and Hessian of ``f`` over the rows."""
+
+    value: Callable
+    value_grad: Callable
+    hessian: Callable
+
+
+def minimize_batched(f, X0: torch.Tensor, *, method: str, needs: str, matrices: int, gtol: float,
+                     ftol: float, xtol: float, max_iter: int, max_time: float | None, callback,
+                     history: bool, progress: bool, check_curvature: bool, curvature_tol: float,
+                     max_memory: int | None = None, **opts) -> list[OptimizeResult]:
+    """Run ``method`` from every row of ``X0`` (``(B, n)``); ``needs`` (``"gradient"`` or
+    ``"hessian"``) and ``matrices`` (``(B, n, n)`` buffers at the peak) come from the method's
+    registry entry."""
+    _validate(X0, callback)
+    _guard_memory(X0, method, matrices, max_memory, check_curvature, opts)
+    d = _derivatives(f, X0)
+    t0 = time.perf_counter()
+    rows = _start(d, X0, gtol, history)
+    _iterate(d, rows, method, needs, opts, gtol=gtol, ftol=ftol, xtol=xtol, max_iter=max_iter,
+             max_time=max_time, t0=t0, progress=progress)
+    min_eig = _check_curvature(d, rows, curvature_tol) if check_curvature else None
+    return _results(rows, method, min_eig, time.perf_counter() - t0)
+
+
+def _validate(X0: torch.Tensor, callback) -> None:
     if callback is not None:
         raise TypeError("callback is not supported with batched=True; inspect result.history instead.")
     if X0.ndim != 2 or X0.shape[0] < 1 or X0.shape[1] < 1:
@@ -70,13 +133,17 @@ def minimize_batched(f, X0: torch.Tensor, *, method: str, gtol: float, ftol: flo
             f"with batched=True, x0 must have shape (B, n) (one starting point per row); got shape "
             f"{tuple(X0.shape)}. Use x0.reshape(B, -1) or batched=False for a single start."
         )
-    B, n = X0.shape
+    n = X0.shape[1]
     if n > BATCHED_MAX_N:
         raise ValueError(f"batched=True is for n <= {BATCHED_MAX_N} (dense curvature checks); got n={n}.")
     check_finite_point(X0, "x0")
-    matrices = BATCHED_MATRICES[method]
+
+
+def _guard_memory(X0: torch.Tensor, method: str, matrices: int, max_memory: int | None,
+                  check_curvature: bool, opts: dict) -> None:
+    B, n = X0.shape
     if method == "gd" and not check_curvature and opts.get("lr", "auto") != "auto":
-        matrices = 0
+        matrices = 0  # a fixed step and no final check: no Hessian is ever formed
     elif check_curvature:
         matrices = max(matrices, CURVATURE_CHECK_MATRICES)
     if matrices:
@@ -86,6 +153,8 @@ def minimize_batched(f, X0: torch.Tensor, *, method: str, gtol: float, ftol: flo
                     alternative="fewer starts per call (split x0 into chunks of rows), or "
                                 "batched=False with method='lbfgs' or 'newton-cg' per start")
 
+
+def _derivatives(f, X0: torch.Tensor) -> _Derivatives:
     def fs(z):
         out = f(z)
         if not isinstance(out, torch.Tensor) or out.numel() != 1:
@@ -95,16 +164,14 @@ def minimize_batched(f, X0: torch.Tensor, *, method: str, gtol: float, ftol: flo
     # one plain-autograd evaluation at the first start: refuse an f not connected to x, whose
     # gradients vmap would report as zeros (or fail on .item() with a message about vmap)
     check_connected(fs, X0[0])
+    return _Derivatives(value=vmap(fs), value_grad=vmap(grad_and_value(fs)), hessian=vmap(hessian(fs)))
 
-    vg = vmap(grad_and_value(fs))
-    vh = vmap(hessian(fs))
-    vf = vmap(fs)
-    dev, dt = X0.device, X0.dtype
-    t0 = time.perf_counter()
 
+def _start(d: _Derivatives, X0: torch.Tensor, gtol: float, history: bool) -> _Rows:
+    B = X0.shape[0]
     X = X0.detach().clone()
     try:
-        G, F = vg(X)
+        G, F = d.value_grad(X)
     except RuntimeError as err:
         if "vmap" not in str(err):
             raise
@@ -114,186 +181,201 @@ def minimize_batched(f, X0: torch.Tensor, *, method: str, gtol: float, ftol: flo
             "data-dependent control flow (if x[0] > 0: ...) or .item() inside f; write it with "
             "torch.where, or use batched=False and loop over the starts."
         ) from None
-    F0, X0_norm = F.clone(), X.norm(dim=1)
-    nfev = torch.ones(B, dtype=torch.long)
-    ngev = torch.ones(B, dtype=torch.long)
-    nhev = torch.zeros(B, dtype=torch.long)
-    nit = torch.zeros(B, dtype=torch.long)
     if not bool(torch.isfinite(F).all()):
         raise ValueError("f is not finite at some starting points; start where f is defined.")
-    status = torch.full((B,), -1, dtype=torch.long)
     gnorm = G.norm(dim=1)
+    status = torch.full((B,), -1, dtype=torch.long)
     status[gnorm <= gtol] = CONVERGED
-    hist = [OptimizeHistory(iterates_kept=history) for _ in range(B)] if history else None
+    rows = _Rows(X=X, G=G, F=F, F0=F.clone(), X0_norm=X.norm(dim=1), gnorm=gnorm, status=status,
+                 nit=torch.zeros(B, dtype=torch.long), nfev=torch.ones(B, dtype=torch.long),
+                 njev=torch.ones(B, dtype=torch.long), nhev=torch.zeros(B, dtype=torch.long),
+                 history=[OptimizeHistory(iterates_kept=history) for _ in range(B)] if history else None)
+    rows.record(range(B), torch.zeros(B))
+    return rows
 
-    def record(rows, step):
-        if hist is None:
-            return
-        Fc, Gc, Xc = F.cpu(), gnorm.cpu(), X.cpu()
-        for b in rows:
-            h = hist[b]
-            h.values.append(float(Fc[b]))
-            h.grad_norms.append(float(Gc[b]))
-            h.step_sizes.append(float(step[b]))
-            h.evaluations.append(int(nfev[b]))
-            if h.iterates_kept:
-                h.iterates.append(Xc[b].clone())
 
-    record(range(B), torch.zeros(B))
-    eye = torch.eye(n, dtype=dt, device=dev)
-    Hinv = eye.expand(B, n, n).clone() if method == "bfgs" else None
+def _auto_learning_rate(d: _Derivatives, rows: _Rows) -> torch.Tensor:
+    """``1 / lambda_max`` per row from the dense Hessian at the start."""
+    lam_max = torch.linalg.eigvalsh(d.hessian(rows.X))[:, -1]
+    rows.nhev += 1
+    if not bool((lam_max > 0).all()):
+        raise ValueError("lr='auto' needs positive curvature at every start; pass a number lr=...")
+    return 1.0 / lam_max
+
+
+def _newton_directions(d: _Derivatives, rows: _Rows, method: str, modification: str,
+                       active: torch.Tensor) -> torch.Tensor:
+    """Per row ``-M^{-1} g`` with ``M`` the Hessian (``newton``) or its modification
+    (``newton-damped``: LM shift or clamped eigenvalues at ``delta = sqrt(eps) max(1, |lambda|)``)."""
+    H = d.hessian(rows.X)
+    rows.nhev += active.long()
+    lam, Q = torch.linalg.eigh(H)
+    scale = lam.abs().amax(dim=1).clamp_min(1.0)
+    if method == "newton":
+        mu = modify_eigenvalues(lam, "keep", SINGULAR_EIGENVALUE_FRACTION * scale)
+    else:
+        delta = math.sqrt(torch.finfo(lam.dtype).eps) * scale
+        mu = modify_eigenvalues(lam, "clamp" if modification == "eigen" else "shift", delta)
+    return spectral_step(mu, Q, rows.G)
+
+
+def _backtrack(d: _Derivatives, rows: _Rows, P: torch.Tensor, alpha: torch.Tensor,
+               searching: torch.Tensor, sufficient_decrease: bool):
+    """Batched backtracking from ``alpha``, halving: a row accepts the first finite trial
+    (``sufficient_decrease=False``: gd and pure Newton keep their step) or the first with
+    ``f(x + alpha p) <= f + c1 alpha g^T p`` (Armijo). Returns ``(accepted, alpha, F_new)``."""
+    slope = (rows.G * P).sum(1)
+    accepted = torch.zeros_like(searching)
+    F_new = rows.F.clone()
+    for _ in range(MAX_HALVINGS):
+        if not bool(searching.any()):
+            break
+        Ft = d.value(rows.X + alpha.unsqueeze(1) * P)
+        rows.nfev += searching.cpu().long()
+        ok = torch.isfinite(Ft)
+        if sufficient_decrease:
+            ok = ok & (Ft <= rows.F + ARMIJO_C1 * alpha * slope)
+        newly = searching & ok
+        F_new = torch.where(newly, Ft, F_new)
+        accepted |= newly
+        searching &= ~ok
+        alpha = torch.where(searching, 0.5 * alpha, alpha)
+    return accepted, alpha, F_new
+
+
+def _bfgs_step(Hinv: torch.Tensor, first_update: torch.Tensor, S: torch.Tensor, Y: torch.Tensor,
+               accepted: torch.Tensor) -> torch.Tensor:
+    """Update the rows' inverse Hessians where ``y^T s`` is safely positive; before the first
+    update ``H_0`` is rescaled to ``(y^T s / y^T y) I`` (N&W eq. 6.20). ``first_update`` is
+    cleared in place for the updated rows."""
+    B = S.shape[0]
+    ys = (Y * S).sum(1)
+    upd = accepted & (ys > CURVATURE_SKIP_TOL * S.norm(dim=1) * Y.norm(dim=1))
+    init = upd & first_update
+    gamma = torch.where(init, ys / (Y * Y).sum(1).clamp_min(1e-300), torch.ones_like(ys))
+    Hn = bfgs_update(Hinv * gamma.view(B, 1, 1), S, Y)
+    first_update &= ~upd
+    return torch.where(upd.view(B, 1, 1), Hn, Hinv)
+
+
+def _row_status(rows: _Rows, b: int, failed: bool, bad_direction: bool, F_old: torch.Tensor,
+                step: torch.Tensor, method: str, gtol: float, ftol: float, xtol: float,
+                max_iter: int) -> int:
+    """The status of row ``b`` after an iteration (-1: keep going); the same tests as ``Run.step``."""
+    F, X = rows.F, rows.X
+    if failed:
+        return NONFINITE if method in ("gd", "newton") and not bad_direction else STEP_FAILURE
+    if float(rows.gnorm[b]) <= gtol:
+        return CONVERGED
+    if float(F[b]) < float(rows.F0[b]) and (
+            float(F[b]) < -UNBOUNDED_F * max(1.0, abs(float(rows.F0[b])))
+            or float(X[b].norm()) > UNBOUNDED_X * (1.0 + float(rows.X0_norm[b]))):
+        return UNBOUNDED
+    if ftol > 0 and abs(float(F_old[b]) - float(F[b])) <= ftol * max(1.0, abs(float(F[b]))):
+        return STALLED
+    if xtol > 0 and float(step[b]) <= xtol * (1 + float(X[b].norm())):
+        return STALLED
+    if int(rows.nit[b]) >= max_iter:
+        return MAX_ITER
+    return int(rows.status[b])
+
+
+def _iterate(d: _Derivatives, rows: _Rows, method: str, needs: str, opts: dict, *, gtol: float,
+             ftol: float, xtol: float, max_iter: int, max_time: float | None, t0: float,
+             progress: bool) -> None:
+    B, n = rows.X.shape
+    dev, dt = rows.X.device, rows.X.dtype
+    Hinv = torch.eye(n, dtype=dt, device=dev).expand(B, n, n).clone() if method == "bfgs" else None
     first_update = torch.ones(B, dtype=torch.bool, device=dev)
     lr = opts.get("lr", "auto")
     if method == "gd":
-        if lr == "auto":
-            lam_max = torch.linalg.eigvalsh(vh(X))[:, -1]
-            nhev += 1
-            if not bool((lam_max > 0).all()):
-                raise ValueError("lr='auto' needs positive curvature at every start; pass a number lr=...")
-            lr_t = 1.0 / lam_max
-        else:
-            lr_t = torch.full((B,), float(lr), dtype=dt, device=dev)
-    modification = opts.get("modification", "lm")
-    min_eig = torch.full((B,), math.nan, dtype=dt)
-
+        lr_t = (_auto_learning_rate(d, rows) if lr == "auto"
+                else torch.full((B,), float(lr), dtype=dt, device=dev))
     with Progress(max_iter, f"{method} x{B}", progress) as bar:
         for _ in range(max_iter):
-            active = (status < 0).to(dev)
+            active = (rows.status < 0).to(dev)
             if not bool(active.any()):
                 break
             act_cpu = active.cpu()
-            if method in ("newton", "newton-damped"):
-                H = vh(X)
-                nhev += act_cpu.long()
-                lam, Q = torch.linalg.eigh(H)
-                scale = lam.abs().amax(dim=1).clamp_min(1.0)
-                QtG = (Q.transpose(1, 2) @ G.unsqueeze(2)).squeeze(2)
-                if method == "newton":
-                    lam_used = torch.where(lam.abs() > 1e-14 * scale.unsqueeze(1), lam, torch.full_like(lam, math.nan))
-                else:
-                    delta = math.sqrt(torch.finfo(dt).eps) * scale
-                    if modification == "eigen":
-                        lam_used = torch.maximum(lam, delta.unsqueeze(1))
-                    else:
-                        tau = (delta - lam[:, 0]).clamp_min(0.0)
-                        lam_used = lam + tau.unsqueeze(1)
-                P = -(Q @ (QtG / lam_used).unsqueeze(2)).squeeze(2)
-            elif method == "bfgs":
-                P = -(Hinv @ G.unsqueeze(2)).squeeze(2)
+            if needs == "hessian":
+                P = _newton_directions(d, rows, method, opts.get("modification", "lm"), act_cpu)
+            elif Hinv is not None:
+                P = -(Hinv @ rows.G.unsqueeze(2)).squeeze(2)
             else:
-                P = -lr_t.unsqueeze(1) * G
+                P = -lr_t.unsqueeze(1) * rows.G
             bad_dir = ~torch.isfinite(P).all(dim=1)
             P = torch.where(bad_dir.unsqueeze(1), torch.zeros_like(P), P)
-            slope = (G * P).sum(1)
-            # batched step: Armijo backtracking (unit or lr step for gd/newton, with NaN shrink)
             alpha = torch.ones(B, dtype=dt, device=dev)
-            if method == "bfgs":
-                alpha = torch.where(first_update, (1.0 / gnorm).clamp(max=1.0), alpha)
-            searching = active & ~bad_dir
-            accepted = torch.zeros(B, dtype=torch.bool, device=dev)
-            F_new = F.clone()
-            for _ in range(60):
-                if not bool(searching.any()):
-                    break
-                Ft = vf(X + alpha.unsqueeze(1) * P)
-                nfev += searching.cpu().long()
-                finite = torch.isfinite(Ft)
-                if method in ("gd", "newton"):
-                    ok = finite
-                else:
-                    ok = finite & (Ft <= F + 1e-4 * alpha * slope)
-                newly = searching & ok
-                F_new = torch.where(newly, Ft, F_new)
-                accepted |= newly
-                searching &= ~ok
-                alpha = torch.where(searching, 0.5 * alpha, alpha)
+            if Hinv is not None:  # before the first update the step has length at most 1
+                alpha = torch.where(first_update, (1.0 / rows.gnorm).clamp(max=1.0), alpha)
+            accepted, alpha, F_new = _backtrack(d, rows, P, alpha, active & ~bad_dir,
+                                                sufficient_decrease=method not in ("gd", "newton"))
             failed = active & ~accepted
             S = torch.where(accepted.unsqueeze(1), alpha.unsqueeze(1) * P, torch.zeros_like(P))
-            X_new = X + S
-            G_new, _ = vg(X_new)
-            ngev += accepted.cpu().long()
-            nfev += 0
-            if method == "bfgs":
-                Y = G_new - G
-                ys = (Y * S).sum(1)
-                upd = accepted & (ys > 1e-10 * S.norm(dim=1) * Y.norm(dim=1))
-                init = upd & first_update
-                gamma = torch.where(init, ys / (Y * Y).sum(1).clamp_min(1e-300), torch.ones_like(ys))
-                Hc = Hinv * gamma.view(B, 1, 1)
-                rho = torch.where(upd, 1.0 / ys.clamp_min(1e-300), torch.zeros_like(ys))
-                HY = (Hc @ Y.unsqueeze(2)).squeeze(2)
-                yHy = (Y * HY).sum(1)
-                Hn = (Hc - rho.view(B, 1, 1) * (S.unsqueeze(2) * HY.unsqueeze(1) + HY.unsqueeze(2) * S.unsqueeze(1))
-                      + (rho * rho * yHy + rho).view(B, 1, 1) * (S.unsqueeze(2) * S.unsqueeze(1)))
-                Hinv = torch.where(upd.view(B, 1, 1), Hn, Hinv)
-                first_update &= ~upd
-            F_old = F
-            X = torch.where(accepted.unsqueeze(1), X_new, X)
-            G = torch.where(accepted.unsqueeze(1), G_new, G)
-            F = torch.where(accepted, F_new, F)
-            gnorm = G.norm(dim=1)
+            X_new = rows.X + S
+            G_new, _ = d.value_grad(X_new)
+            rows.njev += accepted.cpu().long()
+            if Hinv is not None:
+                Hinv = _bfgs_step(Hinv, first_update, S, G_new - rows.G, accepted)
+            F_old = rows.F
+            rows.X = torch.where(accepted.unsqueeze(1), X_new, rows.X)
+            rows.G = torch.where(accepted.unsqueeze(1), G_new, rows.G)
+            rows.F = torch.where(accepted, F_new, rows.F)
+            rows.gnorm = rows.G.norm(dim=1)
             acc_cpu = accepted.cpu()
-            nit += acc_cpu.long()
+            rows.nit += acc_cpu.long()
             step = S.norm(dim=1)
-            record([b for b in range(B) if acc_cpu[b]], step.cpu())
-            st = status.clone()
-            fail_cpu = failed.cpu()
-            bad_cpu = bad_dir.cpu()
-            for b in range(B):
-                if not act_cpu[b]:
-                    continue
-                if fail_cpu[b]:
-                    st[b] = NONFINITE if method in ("gd", "newton") and not bad_cpu[b] else STEP_FAILURE
-                elif float(gnorm[b]) <= gtol:
-                    st[b] = CONVERGED
-                elif float(F[b]) < float(F0[b]) and (
-                        float(F[b]) < -UNBOUNDED_F * max(1.0, abs(float(F0[b])))
-                        or float(X[b].norm()) > UNBOUNDED_X * (1.0 + float(X0_norm[b]))):
-                    st[b] = UNBOUNDED
-                elif ftol > 0 and abs(float(F_old[b]) - float(F[b])) <= ftol * max(1.0, abs(float(F[b]))):
-                    st[b] = STALLED
-                elif xtol > 0 and float(step[b]) <= xtol * (1 + float(X[b].norm())):
-                    st[b] = STALLED
-                elif int(nit[b]) >= max_iter:
-                    st[b] = MAX_ITER
-            status = st
-            bar.update(1, info=f"{int((status < 0).sum())} of {B} running")
+            rows.record([b for b in range(B) if acc_cpu[b]], step.cpu())
+            fail_cpu, bad_cpu = failed.cpu(), bad_dir.cpu()
+            rows.status = torch.tensor(
+                [_row_status(rows, b, bool(fail_cpu[b]), bool(bad_cpu[b]), F_old, step, method,
+                             gtol, ftol, xtol, max_iter) if act_cpu[b] else int(rows.status[b])
+                 for b in range(B)], dtype=torch.long)
+            bar.update(1, info=f"{int((rows.status < 0).sum())} of {B} running")
             if max_time is not None and time.perf_counter() - t0 >= max_time:
-                status[status < 0] = MAX_TIME
+                rows.status[rows.status < 0] = MAX_TIME
                 break
-        status[status < 0] = MAX_ITER
+        rows.status[rows.status < 0] = MAX_ITER
 
-    # curvature check of the rows that passed the gradient test (one batched Hessian)
-    conv = (status == CONVERGED)
-    if check_curvature and bool(conv.any()):
-        lam = torch.linalg.eigvalsh(vh(X)).cpu()
-        nhev += conv.long()
+
+def _check_curvature(d: _Derivatives, rows: _Rows, curvature_tol: float) -> torch.Tensor:
+    """Smallest Hessian eigenvalue of the rows that passed the gradient test (one batched
+    Hessian; NaN elsewhere); a negative one turns the row's status into a saddle."""
+    min_eig = torch.full(rows.status.shape, math.nan, dtype=rows.X.dtype)
+    conv = rows.status == CONVERGED
+    if bool(conv.any()):
+        lam = torch.linalg.eigvalsh(d.hessian(rows.X)).cpu()
+        rows.nhev += conv.long()
         min_eig = torch.where(conv, lam[:, 0], min_eig)
         negative = lam[:, 0] < -curvature_tol * lam.abs().amax(dim=1).clamp_min(1.0)
-        status[conv & negative] = SADDLE
-    wall = time.perf_counter() - t0
+        rows.status[conv & negative] = SADDLE
+    return min_eig
+
+
+def _results(rows: _Rows, method: str, min_eig: torch.Tensor | None, wall: float) -> list[OptimizeResult]:
     results = []
-    Fc, Gc = F.cpu(), gnorm.cpu()
-    for b in range(B):
-        s = int(status[b])
-        me = None if math.isnan(float(min_eig[b])) else float(min_eig[b])
+    Fc, Gc = rows.F.cpu(), rows.gnorm.cpu()
+    for b in range(rows.X.shape[0]):
+        s = int(rows.status[b])
+        me = None if min_eig is None or math.isnan(float(min_eig[b])) else float(min_eig[b])
         if s == CONVERGED:
             detail = f"||g||={float(Gc[b]):.2e} <= gtol" + (
                 f"; smallest Hessian eigenvalue {me:.4g}" if me is not None else "; curvature not checked")
         elif s == SADDLE:
             detail = f"||g|| <= gtol but the smallest Hessian eigenvalue is {me:.4g} < 0"
         elif s == UNBOUNDED:
-            detail = (f"f = {float(Fc[b]):.4g} at ||x|| = {float(X[b].norm()):.3g} (from f(x0) = "
-                      f"{float(F0[b]):.4g}): f kept decreasing as x ran away. Check the sign of f, "
+            detail = (f"f = {float(Fc[b]):.4g} at ||x|| = {float(rows.X[b].norm()):.3g} (from f(x0) = "
+                      f"{float(rows.F0[b]):.4g}): f kept decreasing as x ran away. Check the sign of f, "
                       "add a regularizer or penalty, or rescale x")
         else:
             detail = f"||g||={float(Gc[b]):.2e}"
         results.append(OptimizeResult(
-            x=X[b].detach().clone(), fun=float(Fc[b]), grad_norm=float(Gc[b]), nit=int(nit[b]),
-            nfev=int(nfev[b]), ngev=int(ngev[b]), nhev=int(nhev[b]), nhvp=0,
+            x=rows.X[b].detach().clone(), fun=float(Fc[b]), jac=rows.G[b].detach().clone(),
+            grad_norm=float(Gc[b]), nit=int(rows.nit[b]), nfev=int(rows.nfev[b]),
+            njev=int(rows.njev[b]), nhev=int(rows.nhev[b]), num_matvecs=0,
             success=s == CONVERGED, status=s, message=f"{STATUS_NAMES[s]}: {detail}",
             method=f"{method} (batched)", min_eigenvalue=me,
             curvature_check="batched dense eigvalsh" if me is not None else "not checked",
-            wall_time=wall, history=hist[b] if hist is not None else None,
+            wall_time=wall, history=rows.history[b] if rows.history is not None else None,
         ))
     return results

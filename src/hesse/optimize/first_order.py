@@ -21,10 +21,15 @@ import math
 
 import torch
 
-from .result import NONFINITE
+from ._core import Objective, Run
+from .result import NONFINITE, OptimizeResult
+
+# A non-finite trial halves the step size (kept halved) up to 60 times, 2^-60, the rounding level
+# of float64, before the run stops with status 5.
+NONFINITE_MAX_HALVINGS = 60
 
 
-def auto_learning_rate(obj, x) -> float:
+def auto_learning_rate(obj: Objective, x: torch.Tensor) -> float:
     """``1 / lambda_max(H(x))`` by Lanczos; ValueError when ``lambda_max <= 0``."""
     import warnings
 
@@ -35,7 +40,7 @@ def auto_learning_rate(obj, x) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         res = eigsh(op, k=1, which="largest", tol=1e-3)
-    obj.nhvp += op.num_matvecs
+    obj.num_matvecs += op.num_matvecs
     lam = float(res.values[0])
     if not lam > 0:
         raise ValueError(
@@ -45,30 +50,30 @@ def auto_learning_rate(obj, x) -> float:
     return 1.0 / lam
 
 
-def minimize_first_order(obj, x, run, *, variant: str, lr="auto", beta: float = 0.9):
+def minimize_first_order(obj: Objective, x: torch.Tensor, run: Run, *, variant: str,
+                         lr: float | str = "auto", beta: float = 0.9) -> OptimizeResult:
     # the first gradient comes before lr="auto": it refuses an f not connected to x, which
     # would otherwise show up as "needs positive curvature" from a zero Hessian
     f, g = obj.value_grad(x)
-    if lr == "auto":
-        lr = auto_learning_rate(obj, x)
+    step_size = auto_learning_rate(obj, x) if lr == "auto" else float(lr)
     status = run.start(x, f, float(g.norm()))
     if status is not None:
         return run.finish(x, f, g, status)
     v = torch.zeros_like(x)
     use_beta = 0.0 if variant == "gd" else beta
     while True:
-        for _ in range(61):
+        for _ in range(NONFINITE_MAX_HALVINGS + 1):
             if variant == "nesterov":
                 y = x + use_beta * v
                 _, gy = obj.value_grad(y)
-                v_new = use_beta * v - lr * gy
+                v_new = use_beta * v - step_size * gy
             else:
-                v_new = use_beta * v - lr * g
+                v_new = use_beta * v - step_size * g
             x_new = x + v_new
             f_new, g_new = obj.value_grad(x_new)
             if math.isfinite(f_new) and bool(torch.isfinite(g_new).all()):
                 break
-            lr *= 0.5
+            step_size *= 0.5
         else:
             return run.finish(x, f, g, NONFINITE)
         step = float(v_new.norm())

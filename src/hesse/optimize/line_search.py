@@ -17,15 +17,24 @@ from dataclasses import dataclass
 
 import torch
 
+from hesse._result import Result
 
-@dataclass
-class LineSearchResult:
+# A non-finite trial halves alpha, at most 60 times (2^-60, the rounding level of float64).
+MAX_SHRINKS = 60
+
+
+@dataclass(repr=False)
+class LineSearchResult(Result):
+    """A line search's outcome: the step ``alpha``, the point ``x = x0 + alpha p``, ``fun`` and
+    ``jac`` there (``jac`` None for :func:`armijo`, which evaluates values only), ``success``,
+    ``nfev`` the trial evaluations and ``message`` (why it failed)."""
+
     alpha: float
-    f: float
-    g: torch.Tensor | None  # gradient at x + alpha p (strong_wolfe) or None (armijo)
+    fun: float
+    jac: torch.Tensor | None
     x: torch.Tensor
     success: bool
-    num_evals: int
+    nfev: int
     message: str = ""
 
 
@@ -74,7 +83,7 @@ def strong_wolfe(value_grad, x: torch.Tensor, p: torch.Tensor, f0: float, g0: to
     shrinks = 0
     while not (math.isfinite(fa) and bool(torch.isfinite(ga).all())):
         shrinks += 1
-        if shrinks > 60:
+        if shrinks > MAX_SHRINKS:
             return LineSearchResult(0.0, f0, g0, x, False, evals, "non-finite values for every step tried")
         alpha *= 0.5
         alpha_max = alpha
@@ -107,7 +116,7 @@ def strong_wolfe(value_grad, x: torch.Tensor, p: torch.Tensor, f0: float, g0: to
         while not (math.isfinite(fa) and bool(torch.isfinite(ga).all())):
             evals_guard += 1
             alpha_max = alpha = a_prev + 0.5 * (alpha - a_prev)
-            if evals_guard > 60:
+            if evals_guard > MAX_SHRINKS:
                 return LineSearchResult(a_prev, f_prev, None, torch.add(x, p, alpha=a_prev), f_prev < f0,
                                         evals, "non-finite beyond the last step")
             fa, ga, xa = phi(alpha)

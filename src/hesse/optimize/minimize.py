@@ -1,19 +1,14 @@
-"""The front door :func:`minimize`: validate, look the method up in ONE registry, dispatch.
-
-Each registry entry declares the method's name, what it needs (``"gradient"``, ``"hvp"`` or
-``"hessian"``), its options with their defaults, and the function that runs it. Adding a method
-is adding one entry.
+"""The front door :func:`minimize`: validate, look the method up in the one registry
+(:mod:`hesse.optimize.methods`), dispatch. Also the scipy vocabulary: method spellings, option
+names, and the scipy arguments hesse refuses (with what to do instead).
 """
 
 from __future__ import annotations
 
 import inspect
-import numbers
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import partial
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 
@@ -29,88 +24,10 @@ from hesse._validation import (
 )
 
 from ._core import Objective, Run
-from .first_order import minimize_first_order
-from .newton import minimize_newton
-from .newton_cg import minimize_newton_cg
-from .quasi_newton import UPDATES, minimize_lbfgs, minimize_quasi_newton
+from .methods import METHODS, MethodSpec, describe
 from .result import OptimizeResult
-from .trust_region import minimize_trust_region
 
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """One optimization method: its name, what it needs, its options (with defaults), its runner."""
-
-    name: str
-    needs: str  # "gradient" | "hvp" | "hessian"
-    options: dict[str, Any]
-    run: Callable
-    summary: str
-    forms_matrix: bool = False  # keeps an n x n matrix (dense Hessian or quasi-Newton matrix)
-    dense_matrices: int = 0  # n x n matrices alive at the peak (for the memory guard)
-    batched: bool = False  # supported by batched=True
-    choices: dict[str, tuple] = field(default_factory=dict)
-
-
-METHODS: dict[str, MethodSpec] = {}
-
-# n x n matrices alive at the peak, for the memory guard. Peak resident memory measured at
-# n = 2000-4000 (float64, a quartic): the dense Hessian alone takes about 4 (the matrix, the
-# per-chunk products of the vmapped double backward and allocator slack), Newton's factorization
-# or eigendecomposition (with LAPACK's workspace) and the shifted copy about 2 more; SR1 and
-# BFGS/DFP keep the matrix, its update's outer products and the eigenvectors or the new matrix.
-NEWTON_MATRICES = 6
-TRUST_EXACT_MATRICES = 6
-SR1_MATRICES = 6
-QUASI_NEWTON_MATRICES = 6
 MATRIX_FREE_METHODS = "method='lbfgs', 'newton-cg' or 'trust-ncg', which never form an n x n matrix"
-
-
-def _register(spec: MethodSpec) -> None:
-    METHODS[spec.name] = spec
-
-
-for _name, _summary in (
-    ("gd", "gradient descent, fixed step lr (or 'auto' = 1/lambda_max)"),
-    ("momentum", "heavy-ball momentum (Polyak)"),
-    ("nesterov", "Nesterov accelerated gradient"),
-):
-    _register(MethodSpec(_name, "gradient", {"lr": "auto", "beta": 0.9},
-                         partial(minimize_first_order, variant=_name), _summary, batched=_name == "gd"))
-_register(MethodSpec("newton", "hessian", {}, partial(minimize_newton, variant="newton"),
-                     "pure Newton, unit steps", forms_matrix=True, batched=True, dense_matrices=NEWTON_MATRICES))
-_register(MethodSpec("newton-damped", "hessian",
-                     {"modification": "lm", "line_search": "strong-wolfe"},
-                     partial(minimize_newton, variant="newton-damped"),
-                     "Newton + line search, Hessian made PD (LM shift or eigenvalue modification)",
-                     forms_matrix=True, batched=True, dense_matrices=NEWTON_MATRICES,
-                     choices={"modification": ("lm", "eigen"), "line_search": ("strong-wolfe", "armijo")}))
-_register(MethodSpec("saddle-free-newton", "hessian", {"damping": 1e-4},
-                     partial(minimize_newton, variant="saddle-free-newton"),
-                     "Newton on |H| (Dauphin et al. 2014)", forms_matrix=True,
-                     dense_matrices=NEWTON_MATRICES))
-_register(MethodSpec("trust-ncg", "hvp", {"initial_radius": 1.0, "max_radius": 1e4, "eta": 0.15},
-                     partial(minimize_trust_region, subproblem="steihaug"),
-                     "trust region, Steihaug-Toint CG on HVPs"))
-_register(MethodSpec("trust-exact", "hessian", {"initial_radius": 1.0, "max_radius": 1e4, "eta": 0.15},
-                     partial(minimize_trust_region, subproblem="exact"),
-                     "trust region, Moré-Sorensen exact subproblem", forms_matrix=True,
-                     dense_matrices=TRUST_EXACT_MATRICES))
-_register(MethodSpec("sr1", "gradient", {"initial_radius": 1.0, "max_radius": 1e4, "eta": 0.15},
-                     partial(minimize_trust_region, subproblem="sr1"),
-                     "SR1 quasi-Newton in a trust region", forms_matrix=True,
-                     dense_matrices=SR1_MATRICES))
-_register(MethodSpec("newton-cg", "hvp", {"cg_max_iter": None}, minimize_newton_cg,
-                     "Hessian-free truncated CG + strong Wolfe line search"))
-for _name in ("bfgs", "dfp"):
-    _register(MethodSpec(_name, "gradient", {"scale_h0": False, "initial_step": "interpolate"},
-                         partial(minimize_quasi_newton, update=UPDATES[_name]),
-                         f"{_name.upper()} (dense inverse Hessian) + strong Wolfe", forms_matrix=True,
-                         dense_matrices=QUASI_NEWTON_MATRICES,
-                         batched=_name == "bfgs", choices={"initial_step": ("interpolate", "unit")}))
-_register(MethodSpec("lbfgs", "gradient", {"memory": 10, "h0": "latest"}, minimize_lbfgs,
-                     "limited-memory BFGS, two-loop recursion + strong Wolfe",
-                     choices={"h0": ("latest", "first")}))
 
 
 # scipy.optimize.minimize / torchmin spellings (lower case, "_" read as "-") of hesse methods,
@@ -196,7 +113,7 @@ def resolve_method(method: Any) -> tuple[str, str | None]:
         raise ValueError(f"method={method!r}: {MISSING_METHODS[key]}.")
     known = list(METHODS) + list(METHOD_ALIASES) + list(MISSING_METHODS)
     raise ValueError(
-        f"method must be one of {', '.join(map(repr, METHODS))} (case-insensitive; scipy's "
+        f"method must be one of {describe(METHODS)} (case-insensitive; scipy's "
         f"'BFGS', 'Newton-CG', 'trust-ncg', 'trust-exact', 'L-BFGS-B' are accepted); "
         f"got {method!r}.{suggest(key, known)}"
     )
@@ -228,40 +145,27 @@ def _translate_settings(spec: MethodSpec, given: dict) -> tuple[dict, dict]:
     return run_settings, method_options
 
 
-def _check_options(spec: MethodSpec, options: dict) -> dict:
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        allowed = ", ".join(spec.options) or "none"
-        known = list(spec.options) + list(RUN_SETTINGS) + list(SCIPY_OPTION_NAMES)
-        hints = "".join(suggest(k, known) for k in unknown)
-        raise TypeError(
-            f"unknown option(s) {', '.join(map(repr, unknown))} for method={spec.name!r}; "
-            f"its options are: {allowed}.{hints}"
-        )
-    out = dict(spec.options)
-    out.update(options)
-    for key, allowed in spec.choices.items():
-        if out[key] not in allowed:
-            raise ValueError(f"{key} must be one of {', '.join(map(repr, allowed))}; got {out[key]!r}.")
-    if "lr" in out and out["lr"] != "auto":
-        out["lr"] = check_positive_float(out["lr"], "lr")
-    if "beta" in out:
-        b = out["beta"]
-        if isinstance(b, bool) or not isinstance(b, numbers.Real) or not 0 <= b < 1:
-            raise ValueError(f"beta must be a number in [0, 1), got {b!r}.")
-    if "memory" in out:
-        out["memory"] = check_positive_int(out["memory"], "memory")
-    for key in ("initial_radius", "max_radius", "eta", "damping"):
-        if key in out:
-            out[key] = check_positive_float(out[key], key)
-    if out.get("cg_max_iter") is not None:
-        out["cg_max_iter"] = check_positive_int(out["cg_max_iter"], "cg_max_iter")
-    return out
+@overload
+def minimize(f: Callable[..., torch.Tensor], x0: Any, method: str = ..., *, args: tuple = ...,
+             options: dict | None = ..., tol: float | None = ..., gtol: float = ..., ftol: float = ...,
+             xtol: float = ..., max_iter: int = ..., max_time: float | None = ...,
+             callback: Callable | None = ..., history: bool = ..., batched: Literal[False] = ...,
+             progress: bool = ..., check_curvature: bool = ..., curvature_tol: float = ...,
+             max_memory: int | None = ..., **method_options: Any) -> OptimizeResult: ...
+
+
+@overload
+def minimize(f: Callable[..., torch.Tensor], x0: Any, method: str = ..., *, args: tuple = ...,
+             options: dict | None = ..., tol: float | None = ..., gtol: float = ..., ftol: float = ...,
+             xtol: float = ..., max_iter: int = ..., max_time: float | None = ...,
+             callback: Callable | None = ..., history: bool = ..., batched: Literal[True],
+             progress: bool = ..., check_curvature: bool = ..., curvature_tol: float = ...,
+             max_memory: int | None = ..., **method_options: Any) -> list[OptimizeResult]: ...
 
 
 def minimize(
     f: Callable[..., torch.Tensor],
-    x0,
+    x0: Any,
     method: str = "bfgs",
     *,
     args: tuple = (),
@@ -279,7 +183,7 @@ def minimize(
     check_curvature: bool = True,
     curvature_tol: float = 1e-6,
     max_memory: int | None = None,
-    **method_options,
+    **method_options: Any,
 ) -> OptimizeResult | list[OptimizeResult]:
     """Minimize ``f(x)`` from ``x0`` with ``method`` (see ``hesse.optimize.METHODS``).
 
@@ -333,40 +237,19 @@ def minimize(
     check_callable(f, "f")
     name, note = resolve_method(method)
     spec = METHODS[name]
-    if options is not None and not isinstance(options, dict):
-        raise TypeError(f"options must be a dict (as scipy's), got {type(options).__name__}.")
-    given = dict(method_options)
-    for key, value in (options or {}).items():
-        if key in given:
-            raise TypeError(f"{key!r} is given both as a keyword and in options; give it once.")
-        given[key] = value
-    settings, method_options = _translate_settings(spec, given)
-    if tol is not None:
-        settings.setdefault("gtol", tol)
-    gtol = settings.get("gtol", gtol)
-    ftol = settings.get("ftol", ftol)
-    xtol = settings.get("xtol", xtol)
-    max_iter = settings.get("max_iter", max_iter)
-    max_time = settings.get("max_time", max_time)
-    history = bool(settings.get("history", history))
-    progress = bool(settings.get("progress", progress))
-    check_curvature = bool(settings.get("check_curvature", check_curvature))
-    curvature_tol = settings.get("curvature_tol", curvature_tol)
-    max_memory = settings.get("max_memory", max_memory)
-    disp = bool(settings.get("disp", False))
-    gtol = check_positive_float(gtol, "gtol", allow_zero=True)
-    ftol = check_positive_float(ftol, "ftol", allow_zero=True)
-    xtol = check_positive_float(xtol, "xtol", allow_zero=True)
-    max_iter = check_positive_int(max_iter, "max_iter")
-    if max_time is not None:
-        max_time = check_positive_float(max_time, "max_time")
-    if max_memory is not None:
-        max_memory = check_positive_int(max_memory, "max_memory")
-    curvature_tol = check_positive_float(curvature_tol, "curvature_tol", allow_zero=True)
+    keywords = dict(gtol=gtol, ftol=ftol, xtol=xtol, max_iter=max_iter, max_time=max_time,
+                    history=history, progress=progress, check_curvature=check_curvature,
+                    curvature_tol=curvature_tol, max_memory=max_memory, disp=False)
+    settings, opts = _settings_and_options(spec, keywords, options, tol, method_options)
+    if batched and not spec.batched:
+        capable = {k: s for k, s in METHODS.items() if s.batched}
+        raise ValueError(
+            f"batched=True supports method in {', '.join(map(repr, capable))} "
+            f"({describe(capable)}); got {name!r}. Loop over the starting points for the other methods."
+        )
     if callback is not None:
         check_callable(callback, "callback")
         callback = _adapt_callback(callback)
-    opts = _check_options(spec, method_options)
     if not isinstance(args, tuple):
         args = (args,)
     fun = f if not args else _with_args(f, args)
@@ -375,13 +258,13 @@ def minimize(
     check_finite_point(x0, "x0")
     if note is not None:
         warnings.warn(note, UserWarning, stacklevel=2)
-    common = dict(gtol=gtol, ftol=ftol, xtol=xtol, max_iter=max_iter, max_time=max_time,
-                  callback=callback, history=history, progress=progress,
-                  check_curvature=check_curvature, curvature_tol=curvature_tol)
+    disp = settings.pop("disp")
+    max_memory = settings.pop("max_memory")
     if batched:
         from .batched import minimize_batched
 
-        results = minimize_batched(fun, x0, method=name, max_memory=max_memory, **common, **opts)
+        results = minimize_batched(fun, x0, method=name, needs=spec.needs, matrices=spec.batched_matrices,
+                                   max_memory=max_memory, callback=callback, **settings, **opts)
         if disp:
             for b, res in enumerate(results):
                 _display(res, prefix=f"start {b}: ")
@@ -391,11 +274,39 @@ def minimize(
         guard_dense(n, x0.dtype, max_memory, what=f"dense n x n matrices of method={name!r}",
                     count=spec.dense_matrices, alternative=MATRIX_FREE_METHODS)
     obj = Objective(fun, x0.shape, max_memory=max_memory)
-    run = Run(obj, name, n=n, **common)
+    run = Run(obj, name, n=n, callback=callback, **settings)
     result = spec.run(obj, x0.detach().reshape(-1).clone(), run, **opts)
     if disp:
         _display(result)
     return result
+
+
+def _settings_and_options(spec: MethodSpec, keywords: dict[str, Any], options: dict | None,
+                          tol: float | None, method_options: dict[str, Any]) -> tuple[dict, dict]:
+    """The run settings (``keywords`` overridden by ``options`` and ``tol``, each checked) and the
+    method's options (checked by the method's own registry entry)."""
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"options must be a dict (as scipy's), got {type(options).__name__}.")
+    given = dict(method_options)
+    for key, value in (options or {}).items():
+        if key in given:
+            raise TypeError(f"{key!r} is given both as a keyword and in options; give it once.")
+        given[key] = value
+    overrides, method_opts = _translate_settings(spec, given)
+    if tol is not None:
+        overrides.setdefault("gtol", tol)
+    s = {**keywords, **overrides}
+    s["history"], s["progress"] = bool(s["history"]), bool(s["progress"])
+    s["check_curvature"], s["disp"] = bool(s["check_curvature"]), bool(s["disp"])
+    for key in ("gtol", "ftol", "xtol"):
+        s[key] = check_positive_float(s[key], key, allow_zero=True)
+    s["max_iter"] = check_positive_int(s["max_iter"], "max_iter")
+    if s["max_time"] is not None:
+        s["max_time"] = check_positive_float(s["max_time"], "max_time")
+    if s["max_memory"] is not None:
+        s["max_memory"] = check_positive_int(s["max_memory"], "max_memory")
+    s["curvature_tol"] = check_positive_float(s["curvature_tol"], "curvature_tol", allow_zero=True)
+    return s, spec.check_options(method_opts, RUN_SETTINGS + tuple(SCIPY_OPTION_NAMES))
 
 
 def _adapt_callback(callback: Callable) -> Callable:
@@ -428,4 +339,4 @@ def _display(result: OptimizeResult, prefix: str = "") -> None:
     print(f"{prefix}         Current function value: {result.fun:.6g}")
     print(f"{prefix}         Iterations: {result.nit}")
     print(f"{prefix}         Function evaluations: {result.nfev}")
-    print(f"{prefix}         Gradient evaluations: {result.ngev}")
+    print(f"{prefix}         Gradient evaluations: {result.njev}")

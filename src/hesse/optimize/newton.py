@@ -24,42 +24,40 @@ import math
 
 import torch
 
+from hesse._linalg import modify_eigenvalues, newton_solve, shifted_cholesky_solve, spectral_step
+
+from ._core import Objective, Run
 from .line_search import armijo, strong_wolfe
-from .result import CONVERGED, NONFINITE, STEP_FAILURE
+from .result import CONVERGED, NONFINITE, STEP_FAILURE, OptimizeResult
+
+# The step along the most negative curvature direction out of a saddle starts at
+# max(1, ||x||) (the scale of x) and is halved until f decreases; 60 halvings reach 2^-60 of it,
+# below the rounding level of x in float64.
+ESCAPE_MAX_HALVINGS = 60
+# A non-finite trial of a unit Newton step is halved up to 60 times (2^-60, the rounding level
+# of float64) before the iteration stops with status 5.
+NONFINITE_MAX_HALVINGS = 60
 
 
-def _lm_direction(H, g, state):
-    """Cholesky with added multiple of the identity (N&W Alg. 3.3, beta = 1e-3 * ||H||)."""
-    n = H.shape[0]
-    eye = torch.eye(n, dtype=H.dtype, device=H.device)
-    beta = 1e-3 * max(1.0, float(H.abs().max()))
-    dmin = float(torch.diagonal(H).min())
-    tau = 0.0 if dmin > 0 else -dmin + beta
-    for _ in range(100):
-        L, info = torch.linalg.cholesky_ex(H + tau * eye)
-        if int(info) == 0:
-            return -torch.cholesky_solve(g.unsqueeze(1), L).squeeze(1)
-        tau = max(2.0 * tau, beta)
-    return None
+def _direction(H: torch.Tensor, g: torch.Tensor, spectrum: tuple[torch.Tensor, torch.Tensor] | None, *,
+               variant: str, modification: str, damping: float) -> torch.Tensor | None:
+    """The (modified) Newton direction of ``variant`` (module docstring); None when ``H`` is
+    singular (pure Newton) or cannot be made positive definite."""
+    if variant == "saddle-free-newton":
+        lam, Q = spectrum if spectrum is not None else torch.linalg.eigh(H)
+        scale = max(1.0, float(lam.abs().max()))
+        return spectral_step(modify_eigenvalues(lam, "absolute", damping * scale), Q, g)
+    if variant == "newton":
+        return newton_solve(H, g)
+    if modification == "eigen":
+        lam, Q = torch.linalg.eigh(H)
+        delta = math.sqrt(torch.finfo(H.dtype).eps) * max(1.0, float(lam.abs().max()))
+        return spectral_step(modify_eigenvalues(lam, "clamp", delta), Q, g)
+    return shifted_cholesky_solve(H, g)
 
 
-def _eigen_direction(H, g, state):
-    lam, Q = torch.linalg.eigh(H)
-    delta = math.sqrt(torch.finfo(H.dtype).eps) * max(1.0, float(lam.abs().max()))
-    lam_mod = torch.clamp(lam, min=delta)
-    return -Q @ ((Q.T @ g) / lam_mod)
-
-
-def _newton_direction(H, g, state):
-    try:
-        p = torch.linalg.solve(H, -g)
-    except RuntimeError:
-        return None
-    return p if bool(torch.isfinite(p).all()) else None
-
-
-def minimize_newton(obj, x, run, *, variant: str, modification: str = "lm", damping: float = 1e-4,
-                    line_search: str = "strong-wolfe"):
+def minimize_newton(obj: Objective, x: torch.Tensor, run: Run, *, variant: str, modification: str = "lm",
+                    damping: float = 1e-4, line_search: str = "strong-wolfe") -> OptimizeResult:
     f, g = obj.value_grad(x)
     status = run.start(x, f, float(g.norm()))
     saddle_free = variant == "saddle-free-newton"
@@ -67,20 +65,20 @@ def minimize_newton(obj, x, run, *, variant: str, modification: str = "lm", damp
         H = obj.hessian(x)
         if not bool(torch.isfinite(H).all()):
             return run.finish(x, f, g, NONFINITE, "the Hessian is not finite at x")
-        lam = Q = None
-        if status == CONVERGED or saddle_free:
-            lam, Q = torch.linalg.eigh(H)
-        if status == CONVERGED:
+        spectrum = torch.linalg.eigh(H) if status == CONVERGED or saddle_free else None
+        if status == CONVERGED and spectrum is not None:
+            lam, Q = spectrum
             lam_min = float(lam[0])
             run.min_eigenvalue = lam_min
             negative = lam_min < -run.curvature_tol * max(1.0, float(lam.abs().max()))
             if not (saddle_free and negative):
+                run.hessian = H
                 return run.finish(x, f, g, CONVERGED)
             # escape the saddle along the most negative curvature direction
             v = Q[:, 0]
             v = v if float(torch.dot(g, v)) <= 0 else -v
             alpha, accepted = max(1.0, float(x.norm())), False
-            for _ in range(60):
+            for _ in range(ESCAPE_MAX_HALVINGS):
                 x_try = x + alpha * v
                 f_try, g_try = obj.value_grad(x_try)
                 if math.isfinite(f_try) and f_try < f:
@@ -98,22 +96,13 @@ def minimize_newton(obj, x, run, *, variant: str, modification: str = "lm", damp
         if status is not None:
             return run.finish(x, f, g, status)
 
-        if saddle_free:
-            scale = max(1.0, float(lam.abs().max()))
-            absl = torch.clamp(lam.abs(), min=damping * scale)
-            p = -Q @ ((Q.T @ g) / absl)
-        elif variant == "newton":
-            p = _newton_direction(H, g, None)
-        elif modification == "eigen":
-            p = _eigen_direction(H, g, None)
-        else:
-            p = _lm_direction(H, g, None)
+        p = _direction(H, g, spectrum, variant=variant, modification=modification, damping=damping)
         if p is None:
             return run.finish(x, f, g, STEP_FAILURE, "the Hessian is singular; use method='newton-damped'")
 
         if variant == "newton":
             alpha = 1.0
-            for _ in range(61):
+            for _ in range(NONFINITE_MAX_HALVINGS + 1):
                 x_new = x + alpha * p
                 f_new, g_new = obj.value_grad(x_new)
                 if math.isfinite(f_new) and bool(torch.isfinite(g_new).all()):
@@ -125,13 +114,13 @@ def minimize_newton(obj, x, run, *, variant: str, modification: str = "lm", damp
             ls = armijo(obj.value, x, p, f, float(torch.dot(g, p)))
             if not ls.success:
                 return run.finish(x, f, g, STEP_FAILURE, f"line search: {ls.message}")
-            x_new, f_new, alpha = ls.x, ls.f, ls.alpha
+            x_new, f_new, alpha = ls.x, ls.fun, ls.alpha
             _, g_new = obj.value_grad(x_new)
             obj.nfev -= 1  # the value was already counted by the line search
         else:
             ls = strong_wolfe(obj.value_grad, x, p, f, g)
-            if not ls.success or ls.g is None:
+            if not ls.success or ls.jac is None:
                 return run.finish(x, f, g, STEP_FAILURE, f"line search: {ls.message}")
-            x_new, f_new, g_new, alpha = ls.x, ls.f, ls.g, ls.alpha
+            x_new, f_new, g_new, alpha = ls.x, ls.fun, ls.jac, ls.alpha
         status = run.step(x_new, f_new, float(g_new.norm()), alpha * float(p.norm()), f)
         x, f, g = x_new, f_new, g_new

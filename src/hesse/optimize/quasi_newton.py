@@ -25,19 +25,34 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
+from ._core import Objective, Run
 from .line_search import strong_wolfe
-from .result import STEP_FAILURE
+from .result import STEP_FAILURE, OptimizeResult
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float | torch.Tensor:
+    """``a^T b``: a float for vectors, a ``(..., 1, 1)`` tensor for batches of vectors."""
+    if a.dim() == 1:
+        return float(torch.dot(a, b))
+    return (a * b).sum(-1)[..., None, None]
+
+
+def _outer(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return a.unsqueeze(-1) * b.unsqueeze(-2)
 
 
 def bfgs_update(H: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """BFGS update of the inverse Hessian approximation (N&W eq. 6.17); needs ``y^T s > 0``."""
-    rho = 1.0 / float(torch.dot(y, s))
-    Hy = H @ y
-    yHy = float(torch.dot(y, Hy))
-    return H - rho * (torch.outer(s, Hy) + torch.outer(Hy, s)) + (rho * rho * yHy + rho) * torch.outer(s, s)
+    """BFGS update of the inverse Hessian approximation (N&W eq. 6.17); needs ``y^T s > 0``.
+
+    Batched over leading dimensions: ``H`` ``(..., n, n)``, ``s`` and ``y`` ``(..., n)``."""
+    rho = 1.0 / _dot(y, s)
+    Hy = H @ y if H.dim() == 2 else (H @ y.unsqueeze(-1)).squeeze(-1)
+    yHy = _dot(y, Hy)
+    return H - rho * (_outer(s, Hy) + _outer(Hy, s)) + (rho * rho * yHy + rho) * _outer(s, s)
 
 
 def dfp_update(H: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -48,8 +63,17 @@ def dfp_update(H: torch.Tensor, s: torch.Tensor, y: torch.Tensor) -> torch.Tenso
 
 UPDATES = {"bfgs": bfgs_update, "dfp": dfp_update}
 
+# N&W eq. 3.60 takes alpha0 = 2 (f_k - f_{k-1}) / g_k^T p_k; the factor 1.01 more (2.02, as in
+# scipy's BFGS) lets alpha0 reach 1 once the iteration converges superlinearly.
+INTERPOLATION_FACTOR = 1.01 * 2
+# A pair with y^T s <= 1e-10 ||s|| ||y|| is skipped: the update would lose positive definiteness
+# (y^T s <= 0) or divide by a number at the rounding level of the product.
+CURVATURE_SKIP_TOL = 1e-10
 
-def minimize_quasi_newton(obj, x, run, *, update, scale_h0: bool = False, initial_step: str = "interpolate"):
+
+def minimize_quasi_newton(obj: Objective, x: torch.Tensor, run: Run, *,
+                          update: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                          scale_h0: bool = False, initial_step: str = "interpolate") -> OptimizeResult:
     f, g = obj.value_grad(x)
     status = run.start(x, f, float(g.norm()))
     if status is not None:
@@ -69,29 +93,30 @@ def minimize_quasi_newton(obj, x, run, *, update, scale_h0: bool = False, initia
         elif initial_step == "unit":
             alpha0 = min(1.0, 1.0 / float(g.norm()))
         else:
-            alpha0 = min(1.0, 1.01 * 2 * (f - f_old) / d0) if d0 < 0 else 1.0
+            alpha0 = min(1.0, INTERPOLATION_FACTOR * (f - f_old) / d0) if d0 < 0 else 1.0
         if not (alpha0 > 0 and math.isfinite(alpha0)):
             alpha0 = 1.0
         ls = strong_wolfe(obj.value_grad, x, p, f, g, alpha0=alpha0)
         f_old = f
-        if not ls.success or ls.g is None:
+        if not ls.success or ls.jac is None:
             return run.finish(x, f, g, STEP_FAILURE, f"line search: {ls.message}")
         s = ls.x - x
-        y = ls.g - g
+        y = ls.jac - g
         ys = float(torch.dot(y, s))
-        if ys > 1e-10 * float(s.norm()) * float(y.norm()):
+        if ys > CURVATURE_SKIP_TOL * float(s.norm()) * float(y.norm()):
             if first:
                 if scale_h0:
                     H = (ys / float(torch.dot(y, y))) * H
                 first = False
             H = update(H, s, y)
-        status = run.step(ls.x, ls.f, float(ls.g.norm()), float(s.norm()), f)
-        x, f, g = ls.x, ls.f, ls.g
+        status = run.step(ls.x, ls.fun, float(ls.jac.norm()), float(s.norm()), f)
+        x, f, g = ls.x, ls.fun, ls.jac
         if status is not None:
             return run.finish(x, f, g, status)
 
 
-def minimize_lbfgs(obj, x, run, *, memory: int = 10, h0: str = "latest"):
+def minimize_lbfgs(obj: Objective, x: torch.Tensor, run: Run, *, memory: int = 10,
+                   h0: str = "latest") -> OptimizeResult:
     f, g = obj.value_grad(x)
     status = run.start(x, f, float(g.norm()))
     if status is not None:
@@ -117,20 +142,20 @@ def minimize_lbfgs(obj, x, run, *, memory: int = 10, h0: str = "latest"):
         p = q.neg()
         alpha0 = min(1.0, 1.0 / float(g.norm())) if count == 0 else 1.0
         ls = strong_wolfe(obj.value_grad, x, p, f, g, alpha0=alpha0)
-        if not ls.success or ls.g is None:
+        if not ls.success or ls.jac is None:
             return run.finish(x, f, g, STEP_FAILURE, f"line search: {ls.message}")
         s, y = S[head], Y[head]
         torch.sub(ls.x, x, out=s)
-        torch.sub(ls.g, g, out=y)
+        torch.sub(ls.jac, g, out=y)
         ys = float(torch.dot(y, s))
         snorm = float(s.norm())
-        if ys > 1e-10 * snorm * float(y.norm()):
+        if ys > CURVATURE_SKIP_TOL * snorm * float(y.norm()):
             rho[head] = 1.0 / ys
             if h0 == "latest" or count == 0:
                 gamma = ys / float(torch.dot(y, y))
             head = (head + 1) % memory
             count = min(count + 1, memory)
-        status = run.step(ls.x, ls.f, float(ls.g.norm()), snorm, f)
-        x, f, g = ls.x, ls.f, ls.g
+        status = run.step(ls.x, ls.fun, float(ls.jac.norm()), snorm, f)
+        x, f, g = ls.x, ls.fun, ls.jac
         if status is not None:
             return run.finish(x, f, g, status)

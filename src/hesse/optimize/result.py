@@ -21,9 +21,12 @@ Status codes (``OptimizeResult.status``):
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import torch
+
+from hesse._result import Result
 
 CONVERGED, MAX_ITER, MAX_TIME, STALLED, SADDLE, NONFINITE, STEP_FAILURE, CALLBACK, UNBOUNDED = range(9)
 
@@ -42,7 +45,9 @@ STATUS_NAMES = {
 
 @dataclass
 class OptimizeHistory:
-    """Per-iteration record (entry 0 is the starting point).
+    """Per-iteration record (entry 0 is the starting point). A plain dataclass rather than a
+    :class:`hesse._result.Result`: its field ``values`` (the f values) would hide the mapping's
+    ``values()`` method.
 
     ``iterates`` holds copies of ``x`` (CPU, detached) when ``n <= 10_000`` and is empty otherwise
     (``iterates_kept=False``) to keep memory bounded at large ``n``.
@@ -111,34 +116,52 @@ def estimate_convergence_order(errors: list[float], floor: float | None = None) 
     return "unknown"
 
 
-@dataclass
-class OptimizeResult:
-    """Outcome of a minimization, in the spirit of ``scipy.optimize.OptimizeResult``.
+@dataclass(repr=False)
+class OptimizeResult(Result):
+    """Outcome of a minimization, with the fields of ``scipy.optimize.OptimizeResult``.
 
+    ``x`` the solution, ``fun`` and ``jac`` the value and gradient there (``grad_norm`` its
+    2-norm), ``hess`` the dense Hessian at ``x`` when the method formed it (else None).
     ``success`` is True only when the gradient test held AND the curvature at ``x`` is not
-    negative (``min_eigenvalue`` checked by the method's own Hessian, a dense ``eigvalsh`` for
+    negative (``min_eigenvalue``, checked by the method's own Hessian, a dense ``eigvalsh`` for
     ``n <= 500`` or Lanczos otherwise). ``status``/``message`` say what happened and what to do.
-    Counts: ``nfev`` values, ``ngev`` gradients, ``nhev`` dense Hessians, ``nhvp`` Hessian-vector
-    products, ``njev`` Jacobians (least squares); a fused value+gradient counts once in each.
+    Counts, as scipy's: ``nit`` iterations, ``nfev`` values, ``njev`` gradients (Jacobians for
+    :func:`hesse.least_squares`), ``nhev`` dense Hessians; and ``num_matvecs`` Hessian-vector
+    products. A fused value+gradient counts once in ``nfev`` and once in ``njev``. Read as a
+    mapping too (``res["x"]``, ``res.keys()``), as scipy's.
     """
 
     x: torch.Tensor
     fun: float
+    jac: torch.Tensor | None
     grad_norm: float
     nit: int
     nfev: int
-    ngev: int
+    njev: int
     nhev: int
-    nhvp: int
+    num_matvecs: int
     success: bool
     status: int
     message: str
     method: str
-    njev: int = 0
+    hess: torch.Tensor | None = None
     min_eigenvalue: float | None = None
     curvature_check: str = "not checked"
     wall_time: float = 0.0
     history: OptimizeHistory | None = None
+
+    @property
+    def ngev(self) -> int:
+        """Deprecated name of :attr:`njev` (gradient evaluations, as scipy counts them)."""
+        warnings.warn("OptimizeResult.ngev is deprecated; use njev (gradient evaluations, as in scipy).",
+                      DeprecationWarning, stacklevel=2)
+        return self.njev
+
+    @property
+    def nhvp(self) -> int:
+        """Deprecated name of :attr:`num_matvecs` (Hessian-vector products)."""
+        warnings.warn("OptimizeResult.nhvp is deprecated; use num_matvecs.", DeprecationWarning, stacklevel=2)
+        return self.num_matvecs
 
     @property
     def convergence_order(self) -> str:
@@ -148,16 +171,3 @@ class OptimizeResult:
         if self.history is None or len(self.history.grad_norms) < 4:
             return "unknown"
         return estimate_convergence_order(self.history.grad_norms)
-
-    def __repr__(self) -> str:
-        eig = "" if self.min_eigenvalue is None else f", min_eigenvalue={self.min_eigenvalue:.4g}"
-        xs = self.x.detach().reshape(-1)
-        xr = (
-            "[" + ", ".join(f"{float(v):.6g}" for v in xs[:6]) + (", ...]" if xs.numel() > 6 else "]")
-        )
-        return (
-            f"OptimizeResult(method={self.method!r}, success={self.success}, status={self.status}, "
-            f"message={self.message!r}, fun={self.fun:.10g}, grad_norm={self.grad_norm:.3g}, "
-            f"nit={self.nit}, nfev={self.nfev}, ngev={self.ngev}, nhev={self.nhev}, "
-            f"nhvp={self.nhvp}{eig}, x={xr})"
-        )

@@ -9,7 +9,8 @@ as 1 if the step lowers ``||g||`` and 0 otherwise.
 
 Subproblem solvers:
 
-* ``trust-ncg`` - Steihaug-Toint truncated CG on Hessian-vector products (N&W Alg. 7.2), with
+* ``trust-ncg`` - Steihaug-Toint truncated CG on Hessian-vector products (N&W Alg. 7.2; the
+  CG kernel :func:`hesse.operators.solve.conjugate_gradient` with :class:`SteihaugBoundary`), with
   the forcing term ``min(0.5, sqrt(||g||)) ||g||``. Never forms ``B``; cost per iteration:
   one fused value+gradient and at most ``n`` HVPs (usually a handful).
 * ``trust-exact`` - the nearly exact solution of Moré & Sorensen (1983) (N&W Alg. 4.3): find
@@ -25,40 +26,73 @@ Subproblem solvers:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
-from .result import CONVERGED, STEP_FAILURE
+from hesse.operators.solve import CGState, Stop, conjugate_gradient
+
+from ._core import Objective, Run
+from .newton_cg import ForcingTolerance, forcing_tolerance
+from .result import CONVERGED, STEP_FAILURE, OptimizeResult
+
+# N&W Alg. 4.1: shrink the region when rho < 1/4, grow it when rho > 3/4 and the step reached
+# the boundary (within 1 %, the accuracy of the exact subproblem's secular equation and more).
+SHRINK_BELOW, GROW_ABOVE, ON_BOUNDARY = 0.25, 0.75, 0.99
+# Actual and predicted reductions below 100 ulps of |f| are rounding noise.
+ROUNDING_LEVEL_ULPS = 100
+# The region has collapsed (the attainable accuracy is reached) when the radius is below the
+# rounding level of x, or after 60 rejected steps in a row (60 quarterings: 4^-60 ~ 1e-36).
+COLLAPSED_RADIUS = 1e-14
+MAX_REJECTED = 60
+# SR1 skips the update when |s^T (y - B s)| < 1e-8 ||s|| ||y - B s|| (N&W eq. 6.26, r = 1e-8).
+SR1_SKIP_TOL = 1e-8
+# Moré-Sorensen: at most 60 safeguarded Newton steps on the secular equation (it converges
+# quadratically; 60 bisections alone would shrink the bracket by 2^-60).
+SECULAR_MAX_ITER = 60
 
 
-def steihaug_cg(hvp, g, radius, max_iter=None):
-    """Steihaug-Toint CG (N&W Alg. 7.2). Returns ``(p, on_boundary, num_products)``."""
-    gnorm = float(g.norm())
-    tol = min(0.5, math.sqrt(gnorm)) * gnorm
-    z = torch.zeros_like(g)
-    r = g.clone()
-    d = -r
-    rr = float(torch.dot(r, r))
-    max_iter = max_iter or 2 * g.numel() + 10
-    for j in range(max_iter):
-        Bd = hvp(d)
-        dBd = float(torch.dot(d, Bd))
-        if dBd <= 0:
-            return _to_boundary(z, d, radius), True, j + 1
-        alpha = rr / dBd
-        z_next = z + alpha * d
-        if float(z_next.norm()) >= radius:
-            return _to_boundary(z, d, radius), True, j + 1
-        r = r + alpha * Bd
-        rr_next = float(torch.dot(r, r))
-        if math.sqrt(rr_next) < tol:
-            return z_next, False, j + 1
-        d = -r + (rr_next / rr) * d
-        rr, z = rr_next, z_next
-    return z, False, max_iter
+# Steihaug's CG ends within n steps in exact arithmetic; 2 n + 10 absorbs the loss of
+# conjugacy in floating point on small problems.
+def _steihaug_max_iter(n: int) -> int:
+    return 2 * n + 10
 
 
-def _to_boundary(z, d, radius):
+class SteihaugBoundary:
+    """CG stopping rule of Steihaug-Toint (N&W Alg. 7.2): a direction of non-positive curvature,
+    or a step that would leave ``||z|| <= radius``, ends the solve on the boundary along the
+    current direction (the root ``tau >= 0`` of ``||z + tau d|| = radius``)."""
+
+    def __init__(self, radius: float):
+        self.radius = radius
+
+    def before_step(self, state: CGState) -> Stop | None:
+        if state.pAp <= 0:
+            return Stop(_to_boundary(state.x, state.p, self.radius), "negative_curvature",
+                        "non-positive curvature: stopped on the boundary", on_boundary=True)
+        assert state.alpha is not None  # the kernel sets it when pAp > 0
+        if float((state.x + state.alpha * state.p).norm()) >= self.radius:
+            return Stop(_to_boundary(state.x, state.p, self.radius), "trust_region_boundary",
+                        "the step reached the boundary", on_boundary=True)
+        return None
+
+    def after_step(self, state: CGState) -> Stop | None:
+        return None
+
+
+def steihaug_cg(hvp: Callable[[torch.Tensor], torch.Tensor], g: torch.Tensor, radius: float,
+                max_iter: int | None = None) -> tuple[torch.Tensor, bool, int]:
+    """Steihaug-Toint CG (N&W Alg. 7.2) by the one CG kernel
+    (:func:`hesse.operators.solve.conjugate_gradient`), stopped on the boundary or at the
+    forcing tolerance ``||r|| < min(0.5, sqrt(||g||)) ||g||``. Returns
+    ``(p, on_boundary, num_products)``."""
+    rules = [SteihaugBoundary(radius), ForcingTolerance(forcing_tolerance(g), strict=True)]
+    res = conjugate_gradient(hvp, -g, rules=rules, max_iter=max_iter or _steihaug_max_iter(g.numel()),
+                             true_residual=False)
+    return res.x, res.on_boundary, res.num_matvecs
+
+
+def _to_boundary(z: torch.Tensor, d: torch.Tensor, radius: float) -> torch.Tensor:
     """``z + tau d`` with ``tau >= 0`` and ``||z + tau d|| = radius``."""
     a = float(torch.dot(d, d))
     b = 2 * float(torch.dot(z, d))
@@ -67,7 +101,8 @@ def _to_boundary(z, d, radius):
     return z + tau * d
 
 
-def exact_subproblem(lam, Q, g, radius, max_iter=60):
+def exact_subproblem(lam: torch.Tensor, Q: torch.Tensor, g: torch.Tensor, radius: float,
+                     max_iter: int = SECULAR_MAX_ITER) -> tuple[torch.Tensor, bool]:
     """Moré-Sorensen solution given ``B = Q diag(lam) Q^T``. Returns ``(p, on_boundary)``."""
     gh = Q.T @ g
     lam1 = float(lam[0])
@@ -113,8 +148,9 @@ def exact_subproblem(lam, Q, g, radius, max_iter=60):
     return p, True
 
 
-def minimize_trust_region(obj, x, run, *, subproblem: str, initial_radius: float = 1.0,
-                          max_radius: float = 1e4, eta: float = 0.15):
+def minimize_trust_region(obj: Objective, x: torch.Tensor, run: Run, *, subproblem: str,
+                          initial_radius: float = 1.0, max_radius: float = 1e4,
+                          eta: float = 0.15) -> OptimizeResult:
     radius = initial_radius
     if subproblem == "steihaug":
         f, g, hvp = obj.hvp_at(x)
@@ -122,11 +158,12 @@ def minimize_trust_region(obj, x, run, *, subproblem: str, initial_radius: float
         f, g = obj.value_grad(x)
     status = run.start(x, f, float(g.norm()))
     n = x.numel()
-    B = None
-    lam = Q = None
+    B: torch.Tensor | None = None
+    lam: torch.Tensor | None = None
+    Q: torch.Tensor | None = None
     if subproblem == "exact":
-        H = obj.hessian(x)
-        lam, Q = torch.linalg.eigh(H)
+        run.hessian = obj.hessian(x)
+        lam, Q = torch.linalg.eigh(run.hessian)
         run.min_eigenvalue = float(lam[0])
     elif subproblem == "sr1":
         B = torch.eye(n, dtype=x.dtype, device=x.device)
@@ -138,8 +175,9 @@ def minimize_trust_region(obj, x, run, *, subproblem: str, initial_radius: float
             p, _, _ = steihaug_cg(hvp, g, radius)
             Bp = hvp(p)
         else:
-            if subproblem == "sr1":
+            if B is not None:  # sr1: the model matrix changes after every trial
                 lam, Q = torch.linalg.eigh(B)
+            assert lam is not None and Q is not None  # set above for "exact" and "sr1"
             p, _ = exact_subproblem(lam, Q, g, radius)
             Bp = Q @ (lam * (Q.T @ p))
         predicted = -(float(torch.dot(g, p)) + 0.5 * float(torch.dot(p, Bp)))
@@ -151,7 +189,7 @@ def minimize_trust_region(obj, x, run, *, subproblem: str, initial_radius: float
         finite = math.isfinite(f_try) and bool(torch.isfinite(g_try).all())
         actual = f - f_try if finite else -math.inf
         rho = actual / predicted if predicted > 0 else (-math.inf if actual < 0 else 0.0)
-        noise = 100 * torch.finfo(x.dtype).eps * max(1.0, abs(f))
+        noise = ROUNDING_LEVEL_ULPS * torch.finfo(x.dtype).eps * max(1.0, abs(f))
         in_noise = finite and 0 < predicted <= noise and abs(actual) <= noise
         if in_noise:
             # both reductions are below the rounding level of f: their ratio is noise. Judge the
@@ -159,15 +197,15 @@ def minimize_trust_region(obj, x, run, *, subproblem: str, initial_radius: float
             # with a large f* (Brown-Dennis, f* = 85822) can still be refined to gtol
             rho = 1.0 if float(g_try.norm()) < float(g.norm()) else 0.0
         pnorm = float(p.norm())
-        if subproblem == "sr1" and finite:
+        if B is not None and finite:
             s, y = p, g_try - g
             r = y - B @ s
             sr = float(torch.dot(s, r))
-            if abs(sr) >= 1e-8 * float(s.norm()) * float(r.norm()) and sr != 0:
+            if abs(sr) >= SR1_SKIP_TOL * float(s.norm()) * float(r.norm()) and sr != 0:
                 B = B + torch.outer(r, r) / sr
-        if rho < 0.25:
+        if rho < SHRINK_BELOW:
             radius = 0.25 * pnorm if finite else 0.25 * min(radius, pnorm)
-        elif rho > 0.75 and pnorm >= 0.99 * radius:
+        elif rho > GROW_ABOVE and pnorm >= ON_BOUNDARY * radius:
             radius = min(2.0 * radius, max_radius)
         if rho > eta and finite and (actual > 0 or in_noise):
             rejected = 0
@@ -176,14 +214,15 @@ def minimize_trust_region(obj, x, run, *, subproblem: str, initial_radius: float
             if subproblem == "steihaug":
                 hvp = hvp_try
             elif subproblem == "exact":
-                lam, Q = torch.linalg.eigh(obj.hessian(x))
+                run.hessian = obj.hessian(x)
+                lam, Q = torch.linalg.eigh(run.hessian)
                 run.min_eigenvalue = float(lam[0])
             status = run.step(x, f, float(g.norm()), pnorm, x_old_f)
             if status is not None:
                 return run.finish(x, f, g, status)
         else:
             rejected += 1
-            if radius < 1e-14 * max(1.0, float(x.norm())) or rejected > 60:
+            if radius < COLLAPSED_RADIUS * max(1.0, float(x.norm())) or rejected > MAX_REJECTED:
                 if float(g.norm()) <= run.gtol:
                     return run.finish(x, f, g, CONVERGED)
                 return run.finish(x, f, g, STEP_FAILURE,
