@@ -68,8 +68,8 @@ from ._kronecker import (
     supports_layer,
 )
 from ._model import ModelLoss
-from .fisher import mc_seed, sample_likelihood_targets
 from .base import CurvatureOperator
+from .fisher import mc_seed, sample_likelihood_targets
 
 _KINDS = ("type2", "empirical", "mc")
 _LIKELIHOOD_LOSSES = (nn.CrossEntropyLoss, nn.MSELoss, nn.BCEWithLogitsLoss)
