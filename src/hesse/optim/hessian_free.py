@@ -7,7 +7,8 @@ At each step, on the current batch, with gradient ``g`` and GGN ``G = Jᵀ H_ℓ
    ``q_λ(p) = gᵀp + ½ pᵀ(G + λI)p``, started from the previous direction times ``cg_decay``
    (warm start, §4.5), stopped when ``‖r‖ ≤ cg_tol ‖g‖``, after ``cg_max_iter`` iterations, or by
    Martens' progress test (§4.4): ``i > k``, ``q(p_i) < 0`` and
-   ``(q(p_i) − q(p_{i−k})) / q(p_i) < k · 5e-4`` with ``k = max(10, 0.1 i)``.
+   ``(q(p_i) − q(p_{i−k})) / q(p_i) < k · 5e-4`` with ``k = max(10, 0.1 i)``; the loop is
+   :func:`hesse.operators.conjugate_gradient` with these stopping rules.
 2. **CG iterate backtracking** (§4.6): iterates are kept at ``i = ⌈1.3ʲ⌉`` and at the end; starting
    from the last, step back while an earlier kept iterate gives a lower loss on the batch.
 3. **Levenberg-Marquardt damping** (§4.1): with the reduction ratio
