@@ -14,8 +14,10 @@ from typing import Any, Protocol
 
 import torch
 
+from .._validation import check_positive_int
+
 __all__ = ["DEFAULT_CHUNK", "unit_block", "unit_blocks", "probe_block", "apply_in_chunks", "products",
-           "PROBE_KINDS"]
+           "PROBE_KINDS", "check_chunk"]
 
 #: Columns per product when the caller gives no chunk size: large enough that ``matmat`` batches
 #: the work (a vmap over 256 columns amortises its per-call overhead), small enough that the
@@ -32,6 +34,12 @@ class _Bar(Protocol):
     def update(self, n: int = 1, info: str = "") -> None: ...
 
 
+def check_chunk(chunk: Any, name: str = "chunk_size") -> int | None:
+    """``None`` or a positive integer: a chunk of ``0`` or fewer columns would cover nothing, and
+    a block left uncovered would be returned uninitialized."""
+    return None if chunk is None else check_positive_int(chunk, name)
+
+
 def unit_block(n: int, start: int, stop: int, dtype: torch.dtype, device: Any) -> torch.Tensor:
     """The ``n x (stop - start)`` block ``[e_start, ..., e_{stop-1}]`` of unit vectors."""
     E = torch.zeros((n, stop - start), dtype=dtype, device=device)
@@ -41,8 +49,9 @@ def unit_block(n: int, start: int, stop: int, dtype: torch.dtype, device: Any) -
 
 def unit_blocks(n: int, chunk: int | None, dtype: torch.dtype, device: Any
                 ) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """``(start, stop, [e_start .. e_{stop-1}])`` for consecutive chunks covering ``e_1 .. e_n``."""
-    chunk = chunk or min(n, DEFAULT_CHUNK)
+    """``(start, stop, [e_start .. e_{stop-1}])`` for consecutive chunks covering ``e_1 .. e_n``
+    (``chunk=None``: :data:`DEFAULT_CHUNK` columns)."""
+    chunk = check_chunk(chunk) or min(n, DEFAULT_CHUNK)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         yield start, stop, unit_block(n, start, stop, dtype, device)
@@ -73,7 +82,7 @@ def apply_in_chunks(op: Any, make_block: Callable[[int, int], torch.Tensor], tot
     ``chunk=None`` multiplies the whole block at once. ``progress`` (a :class:`hesse._progress.Progress`)
     is advanced by the number of columns of each product.
     """
-    chunk = chunk or max(total, 1)
+    chunk = check_chunk(chunk) or max(total, 1)
     for start in range(0, total, chunk):
         stop = min(total, start + chunk)
         V = make_block(start, stop)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 import hesse
 from hesse.operators import CurvatureOperator
@@ -138,3 +139,64 @@ def test_validation_messages():
         op.solve(torch.ones(3), method="qr")
     with pytest.raises(ValueError, match="shapes"):
         op + hesse.DenseOperator(torch.eye(2))
+
+
+class _MatrixProducts(CurvatureOperator):
+    """Products with a stored matrix, but the base class's ``to_dense`` (DenseOperator has its own)."""
+
+    def __init__(self, A: torch.Tensor):
+        super().__init__(A.shape[0], A.dtype, A.device, None)
+        self.A = A
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        return self.A @ V
+
+
+class _LargeStorages(TorchFunctionMode):
+    """Records the distinct storages of at least ``numel`` elements that torch functions return."""
+
+    def __init__(self, numel: int):
+        super().__init__()
+        self.numel, self.seen = numel, set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.untyped_storage().nbytes() >= self.numel * out.element_size():
+            self.seen.add(out.untyped_storage().data_ptr())
+        return out
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 3, 7, 13, 50])
+def test_to_dense_in_chunks_is_the_matrix_with_one_n_by_n_allocation(chunk_size):
+    """``to_dense`` multiplies blocks of unit vectors: A e_i is column i exactly (a float64 product
+    with a unit vector adds exact zeros), and symmetrizing a symmetric matrix changes nothing, so
+    the result equals A bit for bit, in n products, for every chunking. The memory guard counts one
+    n x n matrix: with blocks narrower than n no second one (e.g. a transposed copy) may be made."""
+    n = 13
+    A = _spd(n)
+    A = 0.5 * (A + A.T)
+    op = _MatrixProducts(A)
+    with _LargeStorages(n * n) as storages:
+        dense = op.to_dense(chunk_size=chunk_size)
+    assert torch.equal(dense, A)
+    assert op.num_matvecs == n
+    if chunk_size is not None and chunk_size < n:  # else the unit block itself is n x n
+        assert len(storages.seen) == 1  # the result itself
+
+
+@pytest.mark.parametrize("chunk_size", [0, -1, 2.5, True])
+def test_to_dense_refuses_a_chunk_size_that_covers_nothing(chunk_size):
+    """A chunk of 0 or fewer columns would leave the (uninitialized) matrix unfilled."""
+    op = _MatrixProducts(_spd(4))
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
+        op.to_dense(chunk_size=chunk_size)
+    assert op.num_matvecs == 0
+
+
+def test_to_dense_memory_guard_refuses_before_any_product():
+    A = _spd(10)
+    op = _MatrixProducts(0.5 * (A + A.T))
+    with pytest.raises(ValueError, match="max_memory"):
+        op.to_dense(max_memory=10 * 10 * 8 - 1)
+    assert op.num_matvecs == 0
+    assert torch.equal(op.to_dense(max_memory=10 * 10 * 8), op.A)

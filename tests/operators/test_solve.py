@@ -164,3 +164,13 @@ def test_rule_validation():
         TrustRegion(-1.0)
     with pytest.raises(TypeError, match="stopping rule"):
         conjugate_gradient(op, torch.ones(2, dtype=torch.float64), rules=[object()])
+
+
+def test_zero_rhs_returns_zero_whatever_the_warm_start():
+    """A x = 0 is solved exactly by x = 0; a warm start must not be returned (or iterated on with
+    a relative tolerance of 0): x = 0, no iteration, converged."""
+    A = torch.diag(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    res = conjugate_gradient(lambda v: A @ v, torch.zeros(3, dtype=torch.float64),
+                             x0=torch.ones(3, dtype=torch.float64), true_residual=False)
+    assert res.converged and res.nit == 0 and res.num_matvecs == 0
+    assert torch.equal(res.x, torch.zeros(3, dtype=torch.float64))

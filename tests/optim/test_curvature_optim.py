@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -103,3 +105,56 @@ def test_adahessian_on_diagonal_quadratic_is_scaled_newton():
     opt.step(closure)
     torch.testing.assert_close(w.detach(), 0.5 * w0, rtol=1e-10, atol=1e-10)  # eps=1e-12 in the denominator
     torch.testing.assert_close(opt.state[w]["hess_diag"], h, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("make", [lambda m, f: HessianFree(m, f, cg_decay=0.95),
+                                  lambda m, f: NaturalGradient(m, f)], ids=["hf", "ng"])
+def test_zero_gradient_after_a_warm_started_step_gives_no_step(make):
+    """At a point with gradient exactly 0 the damped system (C + λI) p = 0 has the solution p = 0,
+    whatever the warm start: the parameters stay where they are and the stored direction (the
+    next warm start) is 0. The batch whose targets are the model's own outputs makes the MSE
+    gradient exactly 0 (and its empirical Fisher 0), so the comparison is exact."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    loss_fn = nn.MSELoss()
+    X = torch.randn(8, 3, dtype=torch.float64)
+    opt = make(model, loss_fn)
+
+    def closure(Y):
+        def f():
+            opt.zero_grad()
+            loss = loss_fn(model(X), Y)
+            loss.backward()
+            return loss
+        return f
+
+    opt.step(closure(torch.randn(8, 2, dtype=torch.float64)))  # nonzero direction to warm-start from
+    assert any(bool(opt.state[p]["direction"].abs().sum() > 0) for p in model.parameters())
+    with torch.no_grad():
+        Y0 = model(X)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step(closure(Y0))
+    assert opt.last_solve.message == "zero right-hand side" and opt.last_solve.nit == 0
+    for p, p0 in zip(model.parameters(), before):
+        assert torch.equal(p.detach(), p0)
+        assert torch.equal(opt.state[p]["direction"], torch.zeros_like(p))
+
+
+def test_cg_record_follows_the_kernel_on_a_progress_stop():
+    """Martens' progress test (§4.4) stops CG on an ill-conditioned SPD system before the residual
+    tolerance: message "progress", not converged, the recursive residual reported equals the true
+    one of the returned iterate (float64, SPD with cond 1e6: drift below 1e-8 relative), and the
+    iterates are kept at ⌈1.3ʲ⌉ plus the last one."""
+    gen = torch.Generator().manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(200, 200, generator=gen, dtype=torch.float64))
+    A = Q @ torch.diag(torch.logspace(-6, 0, 200, dtype=torch.float64)) @ Q.T
+    b = torch.randn(200, generator=gen, dtype=torch.float64)
+    x, kept, rec = cg_with_iterates(lambda v: A @ v, b, None, 1e-12, 500)
+    assert rec.message == "progress" and not rec.converged and 10 < rec.nit < 500
+    assert rec.num_matvecs == rec.nit
+    true_rel = float((b - A @ x).norm() / b.norm())
+    assert rec.relative_residual == pytest.approx(true_rel, rel=1e-8)
+    steps = [i for i, _ in kept]
+    assert steps[-1] == rec.nit and torch.equal(kept[-1][1], x)
+    assert set(steps[:-1]) <= {math.ceil(1.3**j) for j in range(40)} and steps[:4] == [1, 2, 3, 4]
+    assert rec.relative_residual > 1e-12  # stopped by the progress test, not the tolerance

@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._autodiff import _symmetrize_in_place
 from .._memory import guard_dense
+from ._blocks import DEFAULT_CHUNK, apply_in_chunks, check_chunk, unit_block
 
 
 class CurvatureOperator(ABC):
@@ -142,26 +144,26 @@ class CurvatureOperator(ABC):
         """The ``n x n`` matrix, built from ``matmat`` on blocks of unit vectors, symmetrized.
 
         Refused (``ValueError``) when it would exceed ``max_memory`` bytes (default 4 GiB or
-        ``HESSE_MAX_MEMORY``). Cost: ``n`` products; ``progress=True`` shows a bar.
+        ``HESSE_MAX_MEMORY``). Cost: ``n`` products, ``chunk_size`` columns at a time (default
+        256: batched, and one block stays ``n x 256``); ``progress=True`` shows a bar.
         """
         from .._progress import Progress
 
-        guard_dense(self._n, self.dtype, max_memory, what="dense matrix of this operator")
-        chunk = chunk_size or self._default_chunk_size()
-        out = torch.empty((self._n, self._n), dtype=self.dtype, device=self.device)
-        with Progress(self._n, "dense matrix", progress) as bar:
-            for start in range(0, self._n, chunk):
-                stop = min(self._n, start + chunk)
-                E = torch.zeros((self._n, stop - start), dtype=self.dtype, device=self.device)
-                E[torch.arange(start, stop), torch.arange(stop - start)] = 1
-                out[:, start:stop] = self.matmat(E)
-                bar.update(stop - start)
-        out += out.T.clone()
-        out *= 0.5
+        n = self._n
+        chunk = check_chunk(chunk_size) or self._default_chunk_size()
+        guard_dense(n, self.dtype, max_memory, what="dense matrix of this operator")
+        out = torch.empty((n, n), dtype=self.dtype, device=self.device)
+        with Progress(n, "dense matrix", progress) as bar:
+            blocks = apply_in_chunks(self, lambda a, b: unit_block(n, a, b, self.dtype, self.device),
+                                     n, chunk, bar)
+            for start, stop, _, AE in blocks:
+                out[:, start:stop] = AE
+        # (A + Aᵀ)/2 tile by tile: no second n x n matrix, so the guard above is the peak
+        _symmetrize_in_place(out, chunk)
         return out
 
     def _default_chunk_size(self) -> int:
-        return min(self._n, 256)
+        return min(self._n, DEFAULT_CHUNK)
 
     def to_scipy(self):
         """A ``scipy.sparse.linalg.LinearOperator`` in float64 NumPy over this operator."""

@@ -300,7 +300,8 @@ def conjugate_gradient(
     op : a :class:`CurvatureOperator`, or a callable ``v -> A v`` on vectors of ``b``'s shape
         (then ``is_psd`` may be passed; products are counted here).
     b : right-hand side, a vector.
-    x0 : starting point (default 0; a nonzero one costs one product).
+    x0 : starting point (default 0; a nonzero one costs one product). Unused when ``b = 0``:
+        then ``x = 0``, the exact solution, is returned.
     rules : stopping rules (see the module docs); default ``[ResidualTolerance(tol)]``.
         A rule list without :class:`ResidualTolerance` runs until another rule or ``max_iter``.
     max_iter : iteration budget (default ``10 n``); exhausting it gives ``status="max_iter"``.
@@ -348,8 +349,6 @@ def conjugate_gradient(
     def M(v: torch.Tensor) -> torch.Tensor:
         return v if preconditioner is None else preconditioner(v)
 
-    x = torch.zeros_like(b) if x0 is None else x0.clone()
-    r = b.clone() if x0 is None else b - A(x)
     b_norm = float(torch.linalg.vector_norm(b))
 
     def finish(x: torch.Tensor, it: int, status: str, message: str, converged: bool,
@@ -372,8 +371,10 @@ def conjugate_gradient(
                                  message=message, residual_norm=r_norm, relative_residual=rel,
                                  status=status, method="cg", iterates=iterates, **extra)
 
-    if b_norm == 0 and x0 is None:
-        return finish(x, 0, "converged", "b = 0, so x = 0", True, r)
+    if b_norm == 0:  # x = 0 solves A x = 0 exactly; a relative tolerance of 0 could not stop
+        return finish(torch.zeros_like(b), 0, "converged", "b = 0, so x = 0", True, b.clone())
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    r = b.clone() if x0 is None else b - A(x)
     z = M(r)
     p = z.clone()
     rz = float(r @ z)

@@ -7,7 +7,8 @@ At each step, on the current batch, with gradient ``g`` and GGN ``G = Jᵀ H_ℓ
    ``q_λ(p) = gᵀp + ½ pᵀ(G + λI)p``, started from the previous direction times ``cg_decay``
    (warm start, §4.5), stopped when ``‖r‖ ≤ cg_tol ‖g‖``, after ``cg_max_iter`` iterations, or by
    Martens' progress test (§4.4): ``i > k``, ``q(p_i) < 0`` and
-   ``(q(p_i) − q(p_{i−k})) / q(p_i) < k · 5e-4`` with ``k = max(10, 0.1 i)``.
+   ``(q(p_i) − q(p_{i−k})) / q(p_i) < k · 5e-4`` with ``k = max(10, 0.1 i)``; the loop is
+   :func:`hesse.operators.conjugate_gradient` with these stopping rules.
 2. **CG iterate backtracking** (§4.6): iterates are kept at ``i = ⌈1.3ʲ⌉`` and at the end; starting
    from the last, step back while an earlier kept iterate gives a lower loss on the batch.
 3. **Levenberg-Marquardt damping** (§4.1): with the reduction ratio
@@ -29,7 +30,6 @@ line-search trial. ``last_solve`` is a :class:`CGRecord` of the last CG solve (`
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +40,12 @@ from torch import nn
 from torch.func import functional_call
 
 from .._result import Result
+from ..operators.solve import (
+    MartensProgress,
+    RecordIterates,
+    ResidualTolerance,
+    conjugate_gradient,
+)
 from ._common import (
     BatchRecorder,
     check_hyper,
@@ -54,13 +60,6 @@ from ._common import (
 __all__ = ["HessianFree", "CGRecord"]
 
 
-# Martens (2010), §4.6: CG iterates are kept at i = ⌈GROWTHʲ⌉ for the backtracking over them.
-_KEEP_GROWTH = 1.3
-# Martens (2010), §4.4: stop CG when the quadratic decreased by less than k·TOL (relative) over the
-# last k = max(WINDOW_MIN, WINDOW_FRACTION · i) iterations.
-_PROGRESS_WINDOW_MIN = 10
-_PROGRESS_WINDOW_FRACTION = 0.1
-_PROGRESS_TOL = 5e-4
 # Martens (2010), §4.1: Levenberg-Marquardt rule, λ grows by 3/2 when the quadratic model
 # over-predicts the decrease (ρ < 1/4) and shrinks by 2/3 when it predicts it well (ρ > 3/4).
 _RHO_LOW, _RHO_HIGH = 0.25, 0.75
@@ -105,73 +104,40 @@ class CGRecord(Result):
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
-def _keep_schedule(max_iter: int) -> set[int]:
-    """``{⌈1.3ʲ⌉ : j ≥ 0} ∩ [1, max_iter]`` (Martens 2010, §4.6)."""
-    keep, j = set(), 0
-    while (i := math.ceil(_KEEP_GROWTH ** j)) <= max_iter:
-        keep.add(i)
-        j += 1
-    return keep
+# What CGRecord.message says for each status of the CG kernel.
+_MESSAGES = {"converged": "tolerance", "progress": "progress", "max_iter": "max_iter",
+             "negative_curvature": "negative curvature", "breakdown": "negative curvature",
+             "nonfinite": "non-finite product"}
 
 
 def cg_with_iterates(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor,
                      x0: torch.Tensor | None, tol: float, max_iter: int,
-                     progress_test: bool = True) -> tuple[torch.Tensor, list, CGRecord]:
-    """CG for ``A x = b`` (A symmetric positive definite) from ``x0``; returns the final iterate, the
-    iterates kept at ``⌈1.3ʲ⌉`` (Martens 2010, §4.6) and a :class:`CGRecord`.
+                     progress_test: bool = True,
+                     preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     ) -> tuple[torch.Tensor, list[tuple[int, torch.Tensor]], CGRecord]:
+    """Truncated CG for ``A x = b`` (``A`` symmetric positive definite) from ``x0``, as Martens
+    (2010) runs it; returns the final iterate, the iterates kept at ``i = ⌈1.3ʲ⌉`` and the last
+    one (§4.6, for backtracking), and a :class:`CGRecord`.
 
-    Hestenes & Stiefel (1952); Nocedal & Wright (2006), Alg. 5.2. One matvec per iteration (plus
-    one for a nonzero ``x0``). Stops on negative curvature ``pᵀAp ≤ 0`` (keeps the last iterate).
+    The iteration is :func:`hesse.operators.conjugate_gradient` (Hestenes & Stiefel 1952; Nocedal
+    & Wright 2006, Alg. 5.2, with ``preconditioner``: Alg. 5.3) with the rules
+    ``‖r‖ ≤ tol · ‖b‖`` on the recursive residual and, with ``progress_test``, Martens' relative
+    progress test on ``q(x) = ½ xᵀAx − bᵀx`` (§4.4). A curvature ``pᵀAp ≤ 0`` (rounding on a
+    singular ``A``) stops at the last iterate. ``b = 0`` gives ``x = 0``. One product per
+    iteration, plus one for a nonzero ``x0``; ``relative_residual`` is the recursive one.
     """
-    num_matvecs = 0
-
-    def A(v: torch.Tensor) -> torch.Tensor:
-        nonlocal num_matvecs
-        num_matvecs += 1
-        return matvec(v)
-
-    x = torch.zeros_like(b) if x0 is None else x0.clone()
-    r = b - A(x) if x0 is not None else b.clone()
-    bnorm = float(b.norm())
-    if bnorm == 0:
-        return x, [(0, x.clone())], CGRecord(converged=True, relative_residual=0.0, nit=0,
-                                              num_matvecs=num_matvecs,
-                                              message="zero right-hand side")
-    p = r.clone()
-    rr = float(r @ r)
-    keep_at = _keep_schedule(max_iter)
-    kept: list[tuple[int, torch.Tensor]] = []
-    qs: list[float] = []
-    stop, i = "max_iter", 0
-    for i in range(1, max_iter + 1):
-        Ap = A(p)
-        pAp = float(p @ Ap)
-        if pAp <= 0:
-            stop, i = "negative curvature", i - 1
-            break
-        alpha = rr / pAp
-        x = x + alpha * p
-        r = r - alpha * Ap
-        rr_new = float(r @ r)
-        # q(x) = ½ xᵀAx − bᵀx = −½ xᵀ(b + r)
-        qs.append(-0.5 * float(x @ (b + r)))
-        if i in keep_at:
-            kept.append((i, x.clone()))
-        if math.sqrt(rr_new) <= tol * bnorm:
-            stop = "tolerance"
-            break
-        k = max(_PROGRESS_WINDOW_MIN, int(_PROGRESS_WINDOW_FRACTION * i))
-        if (progress_test and i > k and qs[-1] < 0
-                and (qs[-1] - qs[-1 - k]) / qs[-1] < k * _PROGRESS_TOL):
-            stop = "progress"
-            break
-        p = r + (rr_new / rr) * p
-        rr = rr_new
-    if not kept or kept[-1][0] != i:
-        kept.append((i, x.clone()))
-    rel = float(r.norm()) / bnorm
-    return x, kept, CGRecord(converged=rel <= tol, relative_residual=rel, nit=i,
-                             num_matvecs=num_matvecs, message=stop)
+    recorder = RecordIterates.martens()
+    rules: list[Any] = [recorder, ResidualTolerance(tol)]
+    if progress_test:
+        rules.append(MartensProgress())
+    res = conjugate_gradient(matvec, b, x0=x0, rules=rules, max_iter=int(max_iter),
+                             preconditioner=preconditioner, true_residual=False, is_psd=True)
+    message = _MESSAGES.get(res.status, res.status)
+    if res.nit == 0 and res.status == "converged":
+        message = "zero right-hand side"
+    kept = res.iterates if res.iterates is not None else [(res.nit, res.x.clone())]
+    return res.x, kept, CGRecord(converged=res.converged, relative_residual=res.relative_residual,
+                                 nit=res.nit, num_matvecs=res.num_matvecs, message=message)
 
 
 class _BatchCurvatureOptimizer(torch.optim.Optimizer):
@@ -249,9 +215,11 @@ class _BatchCurvatureOptimizer(torch.optim.Optimizer):
         x, y = self._recorder.batch(inputs, targets, self._name)
         return loss, x, y
 
-    def _check_finite(self, v: torch.Tensor, what: str) -> None:
-        """Refuse a non-finite gradient or solution before any parameter or state changes."""
-        if not bool(torch.isfinite(v).all()):
+    def _check_finite(self, v: torch.Tensor, what: str, record: CGRecord | None = None) -> None:
+        """Refuse a non-finite gradient or solution (or a CG solve stopped by a non-finite
+        product) before any parameter or state changes."""
+        if not bool(torch.isfinite(v).all()) or (record is not None
+                                                 and record.message == _MESSAGES["nonfinite"]):
             raise ValueError(f"{self._name}.step: the {what} on this batch has non-finite entries; "
                              f"nothing was changed. Check the batch, lower lr or raise damping.")
 
@@ -326,7 +294,7 @@ class HessianFree(_BatchCurvatureOptimizer):
             else:
                 break
         p = kept[best_i][1]
-        self._check_finite(p, "CG solution")
+        self._check_finite(p, "CG solution", rec)
         if "damping" not in st:
             st["damping"] = torch.tensor(float(group0["damping"]), dtype=self._params[0].dtype)
             st["step"] = torch.zeros((), dtype=torch.int64)

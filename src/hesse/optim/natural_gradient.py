@@ -103,7 +103,7 @@ class NaturalGradient(_BatchCurvatureOptimizer):
         prev = self._prev_direction()
         p, _, rec = cg_with_iterates(A, -g, prev, group0["cg_tol"], group0["cg_max_iter"],
                                      progress_test=False)
-        self._check_finite(p, "CG solution")
+        self._check_finite(p, "CG solution", rec)
         dampings = {float(gr["damping"]) for gr in self.param_groups}
         rec.damping = dampings.pop() if len(dampings) == 1 else float("nan")
         if "step" not in st:
