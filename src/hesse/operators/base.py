@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from hesse._blocks import DEFAULT_CHUNK, apply_in_chunks, check_chunk, unit_block
+
 from .._autodiff import _symmetrize_in_place
 from .._memory import guard_dense
-from ._blocks import DEFAULT_CHUNK, apply_in_chunks, check_chunk, unit_block
 
 
 class CurvatureOperator(ABC):
