@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .._validation import check_positive_int
+from hesse._validation import check_positive_int
 
 __all__ = ["DEFAULT_CHUNK", "unit_block", "unit_blocks", "probe_block", "apply_in_chunks", "products",
            "PROBE_KINDS", "check_chunk"]
