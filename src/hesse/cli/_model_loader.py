@@ -48,7 +48,7 @@ from typing import Any
 
 from hesse.cli._errors import CLIError
 from hesse.operators import FisherOperator, GGNOperator, HessianOperator
-from hesse.operators._evaluation import default_forward
+from hesse.operators.evaluation import default_forward
 
 __all__ = ["load_model_factory", "prepare_problem", "build_operator", "check_device", "check_output_path",
            "check_dtype", "loss_options", "CURVATURES", "DTYPES"]

@@ -10,11 +10,11 @@ import math
 import re
 from typing import Any
 
-import hesse
+from hesse._autodiff import gradient
 from hesse._progress import message
 from hesse.cli._errors import CLIError
 from hesse.cli.expressions import Expression, parse_bounds, parse_expression, parse_point
-from hesse.geometry import CriticalPoint
+from hesse.geometry import CriticalPoint, classify, critical_points
 from hesse.geometry.critical_points import MAX_STARTS
 
 Box = list[tuple[float, float]]
@@ -77,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         points, box = _analyze_box(expr, args, verbose)
     if args.plot:
-        fig = hesse.plot.plot_contour(expr.function, box, points=points)
+        from hesse.plot import plot_contour  # matplotlib only when a plot is asked for
+
+        fig = plot_contour(expr.function, box, points=points)
         fig.savefig(args.plot)
         message(f"wrote {args.plot}", verbose)
     return 0
@@ -104,10 +106,10 @@ def _check_options(args: argparse.Namespace, expr: Expression) -> None:
 def _analyze_point(expr: Expression, at: str, *, as_json: bool) -> tuple[list[CriticalPoint], Box | None]:
     """Classify one point and print it; the plot box is PLOT_HALF_WIDTH around it (2-D only)."""
     x = parse_point(at, expr.variables)
-    cp = hesse.classify(expr.function, x)
+    cp = classify(expr.function, x)
     out = {"expression": expr.text, "variables": list(expr.variables), "mode": "point",
            **{k: _num(v) for k, v in cp.as_dict().items()},
-           "gradient": hesse.gradient(expr.function, x).tolist()}
+           "gradient": gradient(expr.function, x).tolist()}
     if as_json:
         print(json.dumps(out, indent=2))
     else:
@@ -123,7 +125,7 @@ def _analyze_box(expr: Expression, args: argparse.Namespace, verbose: bool) -> t
         message(f"no --at or --bounds: searching the box [-2, 2]^{n}", verbose)
     box = parse_bounds(args.bounds or DEFAULT_BOUNDS, n)
     try:
-        pts = hesse.critical_points(expr, box, num_starts=args.starts, symbolic=not args.no_symbolic,
+        pts = critical_points(expr, box, num_starts=args.starts, symbolic=not args.no_symbolic,
                                     symbolic_timeout=args.timeout, progress=verbose,
                                     time_limit=args.time_limit)
     except ValueError as err:  # the library names its arguments; say which option they came from

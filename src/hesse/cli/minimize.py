@@ -12,7 +12,9 @@ import json
 import re
 import sys
 
+from hesse.cli.expressions import parse_expression
 from hesse.cli.main import CLIError
+from hesse.optimize import METHODS, minimize, resolve_method
 
 
 def add_parser(sub) -> None:
@@ -48,9 +50,6 @@ def _parse_x0(text: str) -> list[float]:
 def run(args) -> int:
     import torch
 
-    import hesse
-    from hesse.cli.expressions import parse_expression
-    from hesse.optimize import METHODS, resolve_method
 
     variables = [v.strip() for v in args.variables.split(",")] if args.variables else None
     expr = parse_expression(args.expression, variables=variables)
@@ -75,7 +74,7 @@ def run(args) -> int:
         opts = {}
         if args.lr is not None and "lr" in METHODS[name].options:
             opts["lr"] = args.lr
-        results[m] = hesse.minimize(expr.function, torch.tensor(x0, dtype=torch.float64), method=name,
+        results[m] = minimize(expr.function, torch.tensor(x0, dtype=torch.float64), method=name,
                                     gtol=args.gtol, max_iter=args.max_iter, progress=not args.quiet, **opts)
     written = []
     if args.plot:

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from hesse.operators._data import DataSource, batch_size, first_batch_size
-from hesse.operators._evaluation import default_forward
+from hesse.operators.data import DataSource, batch_size, first_batch_size
+from hesse.operators.evaluation import default_forward
 
 
 def read_once(data: Any) -> Any:
@@ -32,7 +32,7 @@ class LossSpec:
     defaults to ``model(inputs)``, ``model(**inputs)`` for a mapping), or ``batch_loss(model,
     batch)`` for a model that computes its own loss, batches weighted by ``batch_size(batch)``.
     ``dtype`` is the precision curvature is computed in (the operators' ``dtype=``; training
-    steps run in the model's own precision). See :mod:`hesse.operators._evaluation`.
+    steps run in the model's own precision). See :mod:`hesse.operators.evaluation`.
     """
 
     loss_fn: Callable | None = None

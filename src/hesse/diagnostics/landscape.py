@@ -29,7 +29,7 @@ import torch
 from hesse._progress import Progress
 from hesse._result import Result
 from hesse.operators import HessianOperator
-from hesse.operators._evaluation import ModelLoss
+from hesse.operators.evaluation import ModelLoss
 from hesse.spectrum import eigsh
 
 from ._data import LossSpec, read_once

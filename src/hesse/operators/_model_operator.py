@@ -24,10 +24,10 @@ from torch import nn
 
 from .._memory import format_bytes
 from .._progress import Progress
-from ._evaluation import ModelLoss
 from ._graph_cache import DEFAULT_GRAPH_MEMORY, GraphCache, SavedBytes
 from ._parallel import DataParallelReduction
 from .base import CurvatureOperator
+from .evaluation import ModelLoss
 
 __all__ = ["DEFAULT_GRAPH_MEMORY", "ModelCurvatureOperator"]
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from .. import distributed as _dist
+import hesse.distributed as _dist
 
 T = TypeVar("T")
 

@@ -31,6 +31,7 @@ from hesse._blocks import DEFAULT_CHUNK, apply_in_chunks, check_chunk, unit_bloc
 
 from .._autodiff import _symmetrize_in_place
 from .._memory import guard_dense
+from .._progress import Progress
 
 
 class CurvatureOperator(ABC):
@@ -148,7 +149,6 @@ class CurvatureOperator(ABC):
         ``HESSE_MAX_MEMORY``). Cost: ``n`` products, ``chunk_size`` columns at a time (default
         256: batched, and one block stays ``n x 256``); ``progress=True`` shows a bar.
         """
-        from .._progress import Progress
 
         n = self._n
         chunk = check_chunk(chunk_size) or self._default_chunk_size()
@@ -182,7 +182,6 @@ class CurvatureOperator(ABC):
 
     # ----------------------------------------------------------------- algebra
     def __add__(self, other: Any) -> CurvatureOperator:
-        from .composition import ShiftedOperator, SumOperator
 
         if isinstance(other, CurvatureOperator):
             return SumOperator(self, other)
@@ -200,7 +199,6 @@ class CurvatureOperator(ABC):
         return NotImplemented
 
     def __mul__(self, alpha: Any) -> CurvatureOperator:
-        from .composition import ScaledOperator
 
         if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
             return ScaledOperator(self, _finite_scalar(alpha, "the factor alpha in alpha * A"))
@@ -228,7 +226,6 @@ class CurvatureOperator(ABC):
         definite and stops with ``converged=False`` on negative curvature), ``"minres"``
         (symmetric indefinite, via SciPy) or ``"direct"`` (dense Cholesky/LU, guarded).
         """
-        from .solve import solve
 
         # CG with a residual tolerance; hesse.operators.conjugate_gradient takes other stopping
         # rules (negative curvature, trust region, Martens' progress test)
@@ -248,3 +245,9 @@ def _finite_scalar(value: Any, what: str) -> float:
     if not np.isfinite(x):
         raise ValueError(f"{what} must be a finite real number, got {value!r}.")
     return x
+
+
+# The algebra and `solve` above return operators and solvers defined in modules that themselves
+# build on CurvatureOperator; importing them once the class exists breaks the cycle.
+from .composition import ScaledOperator, ShiftedOperator, SumOperator  # noqa: E402
+from .solve import solve  # noqa: E402

@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from hesse._validation import as_point, check_finite
+
 from .base import CurvatureOperator, _finite_scalar
 
 
@@ -64,8 +66,6 @@ class DenseOperator(CurvatureOperator):
     """
 
     def __init__(self, matrix: Any, is_psd: bool | None = None, symmetry_rtol: float = 1e-10):
-        from .._validation import as_point, check_finite
-
         A = as_point(matrix, "matrix")
         if A.ndim != 2 or A.shape[0] != A.shape[1]:
             raise ValueError(f"matrix must be square (n, n), got shape {tuple(A.shape)}.")

@@ -39,7 +39,7 @@ from torch.func import grad, jvp, vjp, vmap
 
 from ._model_operator import ModelCurvatureOperator, _needs_outputs
 
-_MC_LOSSES = (nn.CrossEntropyLoss, nn.MSELoss, nn.BCEWithLogitsLoss)
+LIKELIHOOD_LOSSES = (nn.CrossEntropyLoss, nn.MSELoss, nn.BCEWithLogitsLoss)
 
 
 class FisherOperator(ModelCurvatureOperator):
@@ -74,10 +74,10 @@ class FisherOperator(ModelCurvatureOperator):
         _needs_outputs("FisherOperator", loss_fn, batch_loss)
         if kind not in ("empirical", "mc"):
             raise ValueError(f"kind must be 'empirical' or 'mc'; got {kind!r}.")
-        if kind == "mc" and not isinstance(loss_fn, _MC_LOSSES):
+        if kind == "mc" and not isinstance(loss_fn, LIKELIHOOD_LOSSES):
             raise ValueError(
                 f"kind='mc' samples targets from the model's likelihood, which hesse knows for "
-                f"{', '.join(c.__name__ for c in _MC_LOSSES)}; got {type(loss_fn).__name__}. Use "
+                f"{', '.join(c.__name__ for c in LIKELIHOOD_LOSSES)}; got {type(loss_fn).__name__}. Use "
                 f"kind='empirical' or GGNOperator."
             )
         if kind == "mc" and loss_fn is not None:

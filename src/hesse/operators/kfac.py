@@ -38,7 +38,7 @@ features a row's loss ``(1/D) Σ_e ℓ_e`` is a tempered likelihood; the MC fact
 ``D`` so that its expectation is still the type-2 factor.
 
 The rows (``nn.Linear`` inputs and ``nn.Conv2d`` patches, padded as the layer pads) and the
-damped inverses come from ``hesse.operators._kronecker``, shared with the optimizer
+damped inverses come from ``hesse.operators.kronecker``, shared with the optimizer
 :class:`hesse.optim.KFAC`; :meth:`KFACOperator.inverse` offers the exact damping
 ``(K + λ I)⁻¹`` and the factored damping of Martens & Grosse (2015, §6.3) that the optimizer uses.
 
@@ -57,7 +57,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._kronecker import (
+from .._progress import Progress
+from .base import CurvatureOperator
+from .evaluation import ModelLoss
+from .fisher import mc_seed, sample_likelihood_targets
+from .kronecker import (
     DAMPING_MODES,
     FactorEigh,
     KroneckerInverse,
@@ -67,9 +71,6 @@ from ._kronecker import (
     output_rows,
     supports_layer,
 )
-from ._model import ModelLoss
-from .base import CurvatureOperator
-from .fisher import mc_seed, sample_likelihood_targets
 
 _KINDS = ("type2", "empirical", "mc")
 _LIKELIHOOD_LOSSES = (nn.CrossEntropyLoss, nn.MSELoss, nn.BCEWithLogitsLoss)
@@ -164,7 +165,6 @@ class KFACOperator(CurvatureOperator):
 
     # ------------------------------------------------------------------ factors
     def _compute_factors(self, progress: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        from .._progress import Progress
 
         p = self._problem
         layers = self._layers

@@ -40,6 +40,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .._result import Result
+from ..operators import GGNOperator
 from ..operators.solve import (
     MartensProgress,
     RecordIterates,
@@ -261,7 +262,6 @@ class HessianFree(_BatchCurvatureOptimizer):
             self, closure: Callable | None = None, inputs: Any = None,
             targets: Any = None) -> torch.Tensor:
         """One HF step on the batch of the closure; returns the loss before the step."""
-        from ..operators import GGNOperator
 
         loss, x, y = self._operator_batch(closure, inputs, targets)
         group0 = self.param_groups[0]  # the step options are the same in every group (checked)

@@ -51,17 +51,17 @@ from torch import nn
 
 # The per-batch factors and the damped inverse are shared with hesse.KFACOperator; the factor
 # functions stay importable from here (explicit re-exports).
-from ..operators._kronecker import (
+from ..operators.kronecker import (
     REDUCTIONS,
     KroneckerInverse,
     damped_kronecker_inverse,
     factor_eigh,
     supports_layer,
 )
-from ..operators._kronecker import conv2d_factors as conv2d_factors
-from ..operators._kronecker import layer_factors as layer_factors
-from ..operators._kronecker import linear_factors as linear_factors
-from ..operators._kronecker import output_gradient_scale as output_gradient_scale
+from ..operators.kronecker import conv2d_factors as conv2d_factors
+from ..operators.kronecker import layer_factors as layer_factors
+from ..operators.kronecker import linear_factors as linear_factors
+from ..operators.kronecker import output_gradient_scale as output_gradient_scale
 from ._common import (
     DeprecatedOptions,
     HookSet,

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..operators import FisherOperator
+from ..operators.fisher import LIKELIHOOD_LOSSES
 from ._common import check_hyper, check_int
 from .hessian_free import CGRecord, _BatchCurvatureOptimizer, cg_with_iterates
 
@@ -68,11 +70,10 @@ class NaturalGradient(_BatchCurvatureOptimizer):
         self._setup(model, loss_fn, params, dict(lr=lr, damping=damping, momentum=momentum,
                                                  cg_max_iter=cg_max_iter, cg_tol=cg_tol))
         if kind == "mc":  # fail now, not at the first step, for a loss without a known likelihood
-            from ..operators.fisher import _MC_LOSSES
 
-            if not isinstance(loss_fn, _MC_LOSSES):
+            if not isinstance(loss_fn, LIKELIHOOD_LOSSES):
                 raise ValueError(f"kind='mc' needs a loss with a known likelihood "
-                                 f"({', '.join(c.__name__ for c in _MC_LOSSES)}); got "
+                                 f"({', '.join(c.__name__ for c in LIKELIHOOD_LOSSES)}); got "
                                  f"{type(loss_fn).__name__}. Use kind='empirical'.")
         self.last_solve: CGRecord | None = None
 
@@ -80,7 +81,6 @@ class NaturalGradient(_BatchCurvatureOptimizer):
             self, closure: Callable | None = None, inputs: Any = None,
             targets: Any = None) -> torch.Tensor:
         """One natural-gradient step on the batch of the closure; returns the loss before it."""
-        from ..operators import FisherOperator
 
         loss, x, y = self._operator_batch(closure, inputs, targets)
         group0 = self.param_groups[0]  # the CG options are the same in every group (checked)

@@ -13,8 +13,11 @@ from collections.abc import Callable
 
 import torch
 
+from hesse._autodiff import hessian
 from hesse._progress import Progress
 from hesse._validation import check_scalar_output, disconnected_error
+from hesse.operators import HessianOperator
+from hesse.spectrum import eigsh
 
 from .result import (
     CALLBACK,
@@ -123,7 +126,6 @@ class Objective:
         return float(v.detach()), g.detach(), hvp
 
     def hessian(self, x: torch.Tensor) -> torch.Tensor:
-        from hesse._autodiff import hessian
 
         self.nhev += 1
         return hessian(self.flat, x.detach(), max_memory=self.max_memory)
@@ -216,8 +218,6 @@ class Run:
             return float(lam[0]), float(lam.abs().max()), "dense eigvalsh"
         import warnings
 
-        from hesse.operators import HessianOperator
-        from hesse.spectrum import eigsh
 
         op = HessianOperator.from_function(self.obj.flat, x.detach())
         with warnings.catch_warnings():

@@ -21,6 +21,9 @@ import math
 
 import torch
 
+from hesse.operators import HessianOperator
+from hesse.spectrum import eigsh
+
 from ._core import Objective, Run
 from .result import NONFINITE, OptimizeResult
 
@@ -33,8 +36,6 @@ def auto_learning_rate(obj: Objective, x: torch.Tensor) -> float:
     """``1 / lambda_max(H(x))`` by Lanczos; ValueError when ``lambda_max <= 0``."""
     import warnings
 
-    from hesse.operators import HessianOperator
-    from hesse.spectrum import eigsh
 
     op = HessianOperator.from_function(obj.flat, x.detach())
     with warnings.catch_warnings():

@@ -24,6 +24,7 @@ from hesse._validation import (
 )
 
 from ._core import Objective, Run
+from .batched import minimize_batched
 from .methods import METHODS, MethodSpec, describe
 from .result import OptimizeResult
 
@@ -261,7 +262,6 @@ def minimize(
     disp = settings.pop("disp")
     max_memory = settings.pop("max_memory")
     if batched:
-        from .batched import minimize_batched
 
         results = minimize_batched(fun, x0, method=name, needs=spec.needs, matrices=spec.batched_matrices,
                                    max_memory=max_memory, callback=callback, **settings, **opts)

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ._data import DataSource, batch_size, first_batch_size, to_device
+from .data import DataSource, batch_size, first_batch_size, to_device
 
 T = TypeVar("T")
 
