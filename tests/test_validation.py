@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from hesse import _validation as v
 
@@ -57,3 +58,13 @@ def test_optimizers_use_the_one_implementation():
 
     for name in ("check_hyper", "check_int", "check_betas", "check_model", "model_param_groups"):
         assert getattr(_common, name) is getattr(v, name), name
+
+
+def test_param_group_given_as_a_generator_keeps_its_parameters():
+    import hesse
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    opt = hesse.optim.KFAC(model, params=[{"params": model[0].parameters()},
+                                          {"params": model[2].parameters(), "lr": 0.01}])
+    sizes = [len(g["params"]) for g in opt.param_groups]
+    assert sizes == [2, 2]

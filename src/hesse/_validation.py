@@ -240,6 +240,10 @@ def check_model(model: Any, cls_name: str) -> nn.Module:
     return model
 
 
+def _param_list(ps: Any) -> list:
+    return [ps] if isinstance(ps, torch.Tensor) else list(ps)
+
+
 def model_param_groups(model: nn.Module, params: Any) -> list:
     """The parameters an optimizer over ``model`` works on: ``params`` (an iterable of tensors or of
     param-group dicts, all of them parameters of ``model``) or all trainable parameters."""
@@ -248,12 +252,13 @@ def model_param_groups(model: nn.Module, params: Any) -> list:
     if isinstance(params, torch.Tensor):
         raise TypeError("params must be an iterable of tensors or of param-group dicts, got a "
                         "single tensor; wrap it in a list.")
-    groups = list(params)
+    # A group's "params" may be a generator (``model[0].parameters()``): read it once into a list
+    # that the returned group carries, so that the check does not leave torch an empty group.
+    groups = [dict(g, params=_param_list(g["params"])) if isinstance(g, dict) else g
+              for g in params]
     ids = {id(p) for p in model.parameters()}
     for g in groups:
-        ps = g["params"] if isinstance(g, dict) else [g]
-        ps = [ps] if isinstance(ps, torch.Tensor) else list(ps)
-        for p in ps:
+        for p in g["params"] if isinstance(g, dict) else [g]:
             if id(p) not in ids:
                 raise ValueError("params contains a tensor that is not a parameter of model; "
                                  "pass model's own parameters (or param groups of them).")
