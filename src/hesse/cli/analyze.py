@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         points, box = _analyze_point(expr, args.at, as_json=args.json)
     else:
         points, box = _analyze_box(expr, args, verbose)
-    if args.plot:
+    if args.plot and box is not None:  # --plot is refused for other than two variables
         from hesse.plot import plot_contour  # matplotlib only when a plot is asked for
 
         fig = plot_contour(expr.function, box, points=points)

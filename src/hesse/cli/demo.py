@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 from hesse._progress import message
 from hesse.cli._errors import CLIError
@@ -22,8 +23,8 @@ from hesse.diagnostics.report import analyze_training, diagnosis, quadratic_exam
 #: (num_samples, lr, train_steps, every, top k, density steps, landscape steps). The 2-D landscape
 #: uses ``landscape_steps // 2`` points a side: 41 gives a 20 x 20 grid, enough to show its shape
 #: (400 forward passes of a 3,466-parameter model, well under a second).
-FULL = dict(num_samples=512, lr=1.0, train_steps=400, every=10, k=20, density_steps=80, landscape_steps=41)
-QUICK = dict(num_samples=256, lr=1.0, train_steps=150, every=15, k=5, density_steps=40, landscape_steps=11)
+FULL: dict[str, Any] = dict(num_samples=512, lr=1.0, train_steps=400, every=10, k=20, density_steps=80, landscape_steps=41)
+QUICK: dict[str, Any] = dict(num_samples=256, lr=1.0, train_steps=150, every=15, k=5, density_steps=40, landscape_steps=11)
 
 
 def add_parser(sub) -> None:

@@ -293,7 +293,7 @@ class SharpnessMonitor:
         self._v_top: torch.Tensor | None = None
         self._v_bottom: torch.Tensor | None = None
         self._operator_kind: str | None = None
-        self.log_dir: str | None = self.logging.log_dir  # type: ignore[assignment]  # a str after LogOptions
+        self.log_dir: str | None = self.logging.log_dir  # a str after LogOptions
         self.log: SharpnessLog | None = None
         if self.log_dir is not None:
             if self.logging.resume:

@@ -125,7 +125,10 @@ class FisherOperator(ModelCurvatureOperator):
         """``mc_samples`` draws of the targets from ``p(y | z)``, stacked on a leading dim."""
         gen = torch.Generator(device=z.device)
         gen.manual_seed(mc_seed(self.seed, self._batch_index))
-        return sample_likelihood_targets(self._problem.loss_fn, z, self.mc_samples, gen)
+        loss_fn = self._problem.loss_fn
+        if loss_fn is None:  # kind="mc" is refused at construction without a likelihood loss
+            raise ValueError("kind='mc' needs loss_fn (a likelihood loss), not batch_loss.")
+        return sample_likelihood_targets(loss_fn, z, self.mc_samples, gen)
 
     def _batch_product(self, index, inputs, targets, Vs, k):
         p = self._problem

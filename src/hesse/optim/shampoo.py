@@ -131,7 +131,7 @@ class Shampoo(DeprecatedOptions):
         return p.shape[0], max(1, p.numel() // p.shape[0])
 
     @torch.no_grad()
-    def step(  # type: ignore[override]  # torch's stub says float; the loss is a tensor
+    def step(
             self, closure: Callable | None = None) -> Any:
         """One Shampoo step; returns the closure's loss (``None`` without a closure). A
         non-finite loss or gradient raises ``ValueError`` and changes nothing."""
