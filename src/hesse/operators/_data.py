@@ -1,12 +1,14 @@
 """Data sets for model operators: a DataLoader, an iterable of (inputs, targets), or a tensor pair.
 
 The operators iterate the data once per product. A one-shot iterator (a generator) is read into
-a list once, since it could not be iterated again.
+a list once, since it could not be iterated again. With ``pairs=False`` (a ``batch_loss``) a
+batch may be any object (a mapping, a tuple, a tensor); a single mapping, tensor or tensor pair
+passed as ``data`` is one batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -31,20 +33,47 @@ def batch_size(inputs: Any, targets: Any) -> int:
     )
 
 
-class DataSource:
-    """A re-iterable view of the user's data as (inputs, targets) batches."""
+def first_batch_size(batch: Any) -> int:
+    """The leading dimension of the first tensor with at least one dimension found in ``batch``
+    (mappings, tuples and lists searched in order)."""
+    found = _first_tensor(batch)
+    if found is None:
+        raise TypeError(
+            f"cannot tell the batch size of a {type(batch).__name__}: no tensor with a leading "
+            f"batch dimension in it; pass batch_size=(batch) -> int.")
+    return int(found.shape[0])
 
-    def __init__(self, data: Any):
+
+def _first_tensor(x: Any) -> torch.Tensor | None:
+    if isinstance(x, torch.Tensor):
+        return x if x.ndim >= 1 else None
+    items = x.values() if isinstance(x, Mapping) else x if isinstance(x, (tuple, list)) else ()
+    for item in items:
+        found = _first_tensor(item)
+        if found is not None:
+            return found
+    return None
+
+
+class DataSource:
+    """A re-iterable view of the user's data as (inputs, targets) batches, or (``pairs=False``)
+    as batches of any form, yielded as ``(index, batch, None)``."""
+
+    def __init__(self, data: Any, pairs: bool = True):
+        self.pairs = pairs
         if data is None:
             raise TypeError("data is required: a DataLoader, an iterable of (inputs, targets) "
                             "batches, or a pair of tensors (inputs, targets).")
-        if (
+        if not pairs and (isinstance(data, (Mapping, torch.Tensor)) or _is_tensor_pair(data)):
+            self._batches: Iterable = [data]
+            self.kind = "one batch"
+        elif (
             isinstance(data, (tuple, list))
             and len(data) == 2
             and _is_tensorlike(data[0])
             and _is_tensorlike(data[1])
         ):
-            self._batches: Iterable = [(data[0], data[1])]
+            self._batches = [(data[0], data[1])]
             self.kind = "tensor pair"
         elif isinstance(data, torch.Tensor):
             raise TypeError("data is a single tensor; pass (inputs, targets) as a pair of tensors.")
@@ -64,6 +93,9 @@ class DataSource:
 
     def __iter__(self) -> Iterator[tuple[int, Any, Any]]:
         for i, batch in enumerate(self._batches):
+            if not self.pairs:
+                yield i, batch, None
+                continue
             if not isinstance(batch, (tuple, list)) or len(batch) != 2:
                 raise TypeError(
                     f"batch {i} is a {type(batch).__name__}"
@@ -71,6 +103,11 @@ class DataSource:
                     + "; each batch must be a pair (inputs, targets)."
                 )
             yield i, batch[0], batch[1]
+
+
+def _is_tensor_pair(data: Any) -> bool:
+    return (isinstance(data, (tuple, list)) and len(data) == 2 and _is_tensorlike(data[0])
+            and _is_tensorlike(data[1]))
 
 
 def _loader_shuffles(data: Any) -> bool:
@@ -84,8 +121,10 @@ def to_device(x: Any, device: torch.device, dtype: torch.dtype | None = None) ->
         if dtype is not None and x.is_floating_point() and x.dtype != dtype:
             return x.to(device=device, dtype=dtype)
         return x.to(device)
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a namedtuple
+        return type(x)(*(to_device(t, device, dtype) for t in x))
     if isinstance(x, (tuple, list)):
         return type(x)(to_device(t, device, dtype) for t in x)
-    if isinstance(x, dict):
+    if isinstance(x, Mapping):  # a dict, or a mapping such as transformers' BatchEncoding
         return {k: to_device(v, device, dtype) for k, v in x.items()}
     return x

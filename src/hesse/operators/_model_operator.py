@@ -17,7 +17,7 @@ from torch import nn
 
 from .. import distributed as _dist
 from .._memory import format_bytes
-from ._model import ModelLoss, is_derivative_rule_failure
+from ._evaluation import ModelLoss, is_derivative_rule_failure
 from .base import CurvatureOperator
 
 DEFAULT_GRAPH_MEMORY = 2 * 1024**3
@@ -36,10 +36,14 @@ class ModelCurvatureOperator(CurvatureOperator):
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: Callable,
-        data: Any,
+        loss_fn: Callable | None = None,
+        data: Any = None,
         params: Any = None,
         *,
+        batch_loss: Callable | None = None,
+        batch_size: Callable[[Any], int] | None = None,
+        forward: Callable | None = None,
+        dtype: torch.dtype | None = None,
         bn_mode: str = "eval",
         eval_mode: bool = True,
         check_deterministic: bool = False,
@@ -51,7 +55,8 @@ class ModelCurvatureOperator(CurvatureOperator):
         # data-parallel over this group (None: local); see hesse.distributed
         self.process_group = _dist.resolve_group(distributed)
         self._problem = ModelLoss(model, loss_fn, data, params, bn_mode=bn_mode,
-                                  eval_mode=eval_mode)
+                                  eval_mode=eval_mode, forward=forward, batch_loss=batch_loss,
+                                  batch_size=batch_size, dtype=dtype)
         p = self._problem
         super().__init__(p.n, p.dtype, p.device, is_psd)
         self._graphs: dict[int, tuple] = {}
@@ -161,8 +166,8 @@ class ModelCurvatureOperator(CurvatureOperator):
                 loss = p.batch_loss(params, x, y)
                 if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                     shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss)
-                    raise ValueError(f"loss_fn must return a scalar per batch; got {shape} on "
-                                     f"batch {i}. Use reduction='mean'.")
+                    raise ValueError(f"{p.loss_name} must return a scalar per batch; got {shape} "
+                                     f"on batch {i}. Use reduction='mean'.")
                 if not torch.isfinite(loss):
                     raise ValueError(f"the loss is not finite ({float(loss.detach())}) on batch {i}; check "
                                      f"that batch's inputs and targets, and the model's outputs.")
@@ -186,13 +191,18 @@ class ModelCurvatureOperator(CurvatureOperator):
         return total, loss_sum, any_batch
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        mask = self._problem.frozen_mask
+        if mask is not None:  # frozen entries (embedding padding rows): zero rows and columns
+            V = V * mask[:, None]
         if self.process_group is None:
-            return self._products(V)
-        try:
             out = self._products(V)
-        except Exception as err:  # data-parallel: every rank raises, none waits forever
-            return _dist.all_reduce_sum(None, self.process_group, error=err, like=V)
-        return self._reduce(out)
+        else:
+            try:
+                partial = self._products(V)
+            except Exception as err:  # data-parallel: every rank raises, none waits forever
+                return _dist.all_reduce_sum(None, self.process_group, error=err, like=V)
+            out = self._reduce(partial)
+        return out if mask is None else out * mask[:, None]
 
     def _products(self, V: torch.Tensor) -> torch.Tensor:
         try:
@@ -313,6 +323,17 @@ class ModelCurvatureOperator(CurvatureOperator):
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", {self.extra_repr()})"
+
+
+def _needs_outputs(name: str, loss_fn: Any, batch_loss: Any) -> None:
+    """The GGN and Fisher are built from the outputs and the loss's derivatives in them."""
+    if batch_loss is not None and loss_fn is None:
+        raise ValueError(
+            f"{name} needs the model's outputs and the loss as a function of them (J^T H_L J); "
+            f"batch_loss gives the loss only. Pass loss_fn=(outputs, targets) -> scalar with "
+            f"data of (inputs, targets) batches, and forward=(model, inputs) -> outputs if the "
+            f"model does not return the outputs tensor itself (e.g. forward=lambda m, batch: "
+            f"m(**batch).logits). HessianOperator accepts batch_loss.")
 
 
 def _not_deterministic(detail: str) -> str:

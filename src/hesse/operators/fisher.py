@@ -37,8 +37,7 @@ import torch
 from torch import nn
 from torch.func import grad, jvp, vjp, vmap
 
-from ._data import batch_size
-from ._model_operator import ModelCurvatureOperator
+from ._model_operator import ModelCurvatureOperator, _needs_outputs
 
 _MC_LOSSES = (nn.CrossEntropyLoss, nn.MSELoss, nn.BCEWithLogitsLoss)
 
@@ -46,25 +45,32 @@ _MC_LOSSES = (nn.CrossEntropyLoss, nn.MSELoss, nn.BCEWithLogitsLoss)
 class FisherOperator(ModelCurvatureOperator):
     """Fisher matrix (``kind="empirical"`` or ``"mc"``) of a model over ``data``; PSD.
 
-    Extra arguments: ``mc_samples`` (draws per sample for ``"mc"``), ``seed``. Others as for
-    :class:`HessianOperator`.
+    Shared arguments as for :class:`HessianOperator` (same names, same order; no graphs are
+    kept); it needs ``loss_fn`` on the model's outputs, not ``batch_loss``. Extra arguments:
+    ``kind``, ``mc_samples`` (draws per sample for ``"mc"``), ``seed``. Embedding padding rows
+    are frozen (zero rows and columns).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: Callable,
-        data: Any,
+        loss_fn: Callable | None = None,
+        data: Any = None,
         params: Any = None,
         *,
-        kind: str = "empirical",
-        mc_samples: int = 1,
-        seed: int = 0,
+        batch_loss: Callable | None = None,
+        batch_size: Callable[[Any], int] | None = None,
+        forward: Callable | None = None,
+        dtype: torch.dtype | None = None,
         bn_mode: str = "eval",
         eval_mode: bool = True,
         check_deterministic: bool = False,
         distributed: Any = None,
+        kind: str = "empirical",
+        mc_samples: int = 1,
+        seed: int = 0,
     ):
+        _needs_outputs("FisherOperator", loss_fn, batch_loss)
         if kind not in ("empirical", "mc"):
             raise ValueError(f"kind must be 'empirical' or 'mc'; got {kind!r}.")
         if kind == "mc" and not isinstance(loss_fn, _MC_LOSSES):
@@ -78,8 +84,10 @@ class FisherOperator(ModelCurvatureOperator):
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
             raise ValueError(f"mc_samples must be an integer >= 1, got {mc_samples!r}.")
         self.kind, self.mc_samples, self.seed = kind, mc_samples, int(seed)
-        super().__init__(model, loss_fn, data, params, bn_mode=bn_mode, eval_mode=eval_mode,
-                         check_deterministic=check_deterministic, distributed=distributed, is_psd=True, keep_graph=False)
+        super().__init__(model, loss_fn, data, params, batch_size=batch_size, forward=forward,
+                         dtype=dtype, bn_mode=bn_mode, eval_mode=eval_mode,
+                         check_deterministic=check_deterministic, is_psd=True, keep_graph=False,
+                         distributed=distributed)
         if kind == "mc" and self._problem.data.shuffles:
             import warnings
 
@@ -138,7 +146,7 @@ class FisherOperator(ModelCurvatureOperator):
         def outputs(theta):
             return p.forward(theta, inputs)
 
-        nb = batch_size(inputs, targets)
+        nb = p.size_of(inputs, targets)
         with p.mode():
             z, vjp_fn = vjp(outputs, params)
             R = self._per_sample_loss_grads(z, targets, nb)  # (m, *z.shape)

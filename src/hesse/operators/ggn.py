@@ -29,35 +29,43 @@ import torch
 from torch import nn
 from torch.func import grad, jvp, vjp, vmap
 
-from ._model_operator import ModelCurvatureOperator, _SavedBytes
+from ._model_operator import ModelCurvatureOperator, _needs_outputs, _SavedBytes
 
 
 class GGNOperator(ModelCurvatureOperator):
     """Generalized Gauss-Newton matrix of the mean loss over ``data``; PSD for MSE and
-    cross-entropy. Arguments as for :class:`HessianOperator`."""
+    cross-entropy. Arguments as for :class:`HessianOperator` (same names, same order); it needs
+    ``loss_fn`` on the model's outputs, not ``batch_loss``. Embedding padding rows are frozen
+    (zero rows and columns), as there."""
 
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: Callable,
-        data: Any,
+        loss_fn: Callable | None = None,
+        data: Any = None,
         params: Any = None,
         *,
+        batch_loss: Callable | None = None,
+        batch_size: Callable[[Any], int] | None = None,
+        forward: Callable | None = None,
+        dtype: torch.dtype | None = None,
         bn_mode: str = "eval",
         eval_mode: bool = True,
         check_deterministic: bool = False,
-        distributed: Any = None,
         keep_graph: bool = True,
         graph_memory: int | None = None,
+        distributed: Any = None,
     ):
+        _needs_outputs("GGNOperator", loss_fn, batch_loss)
         # graphs for single products, per batch index (filled lazily by the first matvec)
         self._jvp_graphs: dict[int, tuple] = {}
         self._jvp_bytes = 0
         self._jvp_keep = keep_graph
         self._jvp_attention: bool | None = None
-        super().__init__(model, loss_fn, data, params, bn_mode=bn_mode, eval_mode=eval_mode,
-                         check_deterministic=check_deterministic, distributed=distributed, is_psd=True,
-                         keep_graph=False, graph_memory=graph_memory)
+        super().__init__(model, loss_fn, data, params, batch_size=batch_size, forward=forward,
+                         dtype=dtype, bn_mode=bn_mode, eval_mode=eval_mode,
+                         check_deterministic=check_deterministic, is_psd=True, keep_graph=False,
+                         graph_memory=graph_memory, distributed=distributed)
 
     def _check_deterministic(self) -> None:
         # two products must each run the model: no graph may be reused between them

@@ -28,50 +28,75 @@ from .base import CurvatureOperator
 class HessianOperator(ModelCurvatureOperator):
     """Hessian ``∇²L(θ)`` of the mean loss of ``model`` over ``data`` (or of a function).
 
-    Parameters
-    ----------
+    Arguments shared by the model operators (Hessian, GGN, Fisher), in this order:
+
     model : torch.nn.Module (a ``DistributedDataParallel`` wrapper is unwrapped)
     loss_fn : callable ``(outputs, targets) -> scalar`` with ``reduction="mean"`` or ``"sum"``
-    data : DataLoader, iterable of ``(inputs, targets)``, or a pair of tensors
+    data : DataLoader, iterable of batches, or a pair of tensors ``(inputs, targets)``
     params : ``None`` (all trainable parameters), a list of names, or a predicate
         ``(name, parameter) -> bool``
+    batch_loss : instead of ``loss_fn``, a callable ``(model, batch) -> scalar mean loss`` for
+        models that compute their own loss (``lambda m, b: m(**b).loss``); a batch may be any
+        object. Hessian only: the GGN and Fisher need outputs and ``loss_fn``.
+    batch_size : callable ``batch -> int``, the weight of a batch in the mean loss
+        (``L = Σ_b n_b L_b / Σ_b n_b``); default the leading dimension of the targets, or with
+        ``batch_loss`` of the first tensor found in the batch
+    forward : callable ``(model, inputs) -> outputs tensor``; default ``model(inputs)``,
+        ``model(**inputs)`` for a mapping. Hugging Face: ``lambda m, b: m(**b).logits``
+    dtype : the floating type curvature is computed and accumulated in (e.g. ``torch.float32``
+        for a ``bfloat16`` model: products run on a cast copy of the parameters, the model is
+        not modified); default the parameters' dtype. It is the operator's ``dtype``.
     bn_mode : ``"eval"`` (BatchNorm running statistics, the default) or ``"batch"``
     eval_mode : evaluate in eval mode (dropout off) and restore the model's mode afterwards
     check_deterministic : take two products with one vector and refuse a random loss
-    keep_graph, graph_memory : keep each batch's first-backward graph (see module docs)
+    keep_graph, graph_memory : keep each batch's graph for later products, within
+        ``graph_memory`` bytes over the operator (default 2 GiB; see the module docs)
+    distributed : ``None`` (data-parallel when a ``torch.distributed`` default group is
+        initialized), ``False`` (local) or a process group: products are all-reduced over the
+        ranks' data shards (README section "distributed"; :mod:`hesse.distributed`)
+
+    Hessian only:
+
     matmat_strategy : how a block ``H V`` is taken from one first-backward graph: ``"vmap"``
         (one batched second backward, ``is_grads_batched``), ``"loop"`` (one second backward per
         column through the same graph) or ``"auto"``: ``"loop"`` on CPU, where it measured
         faster (1.38x against 1.72x a gradient per vector on a 127k-parameter MLP), ``"vmap"``
         on accelerators.
-    distributed : ``None`` (data-parallel when a ``torch.distributed`` default group is
-        initialized), ``False`` (local) or a process group: products are all-reduced over the
-        ranks' data shards (README section "distributed"; :mod:`hesse.distributed`)
 
-    ``HessianOperator.from_function(f, x)`` gives the Hessian of a function of one tensor.
+    Frozen entries: the padding row of every ``nn.Embedding(padding_idx=...)`` among the
+    parameters is held fixed (torch zeroes its gradient, so autograd's second derivative is not
+    symmetric there); the operator has zero rows and columns on those entries.
+
+    ``HessianOperator.from_function(f, x)`` gives the Hessian of a function of one tensor
+    (a :class:`FunctionHessianOperator`).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: Callable,
-        data: Any,
+        loss_fn: Callable | None = None,
+        data: Any = None,
         params: Any = None,
         *,
+        batch_loss: Callable | None = None,
+        batch_size: Callable[[Any], int] | None = None,
+        forward: Callable | None = None,
+        dtype: torch.dtype | None = None,
         bn_mode: str = "eval",
         eval_mode: bool = True,
         check_deterministic: bool = False,
         keep_graph: bool = True,
         graph_memory: int | None = None,
-        matmat_strategy: str = "auto",
         distributed: Any = None,
+        matmat_strategy: str = "auto",
     ):
         if matmat_strategy not in ("auto", "vmap", "loop"):
             raise ValueError(f"matmat_strategy must be 'auto', 'vmap' or 'loop'; got {matmat_strategy!r}.")
         self.matmat_strategy = matmat_strategy
-        super().__init__(model, loss_fn, data, params, bn_mode=bn_mode, eval_mode=eval_mode,
-                         check_deterministic=check_deterministic, distributed=distributed, is_psd=None,
-                         keep_graph=keep_graph, graph_memory=graph_memory)
+        super().__init__(model, loss_fn, data, params, batch_loss=batch_loss, batch_size=batch_size,
+                         forward=forward, dtype=dtype, bn_mode=bn_mode, eval_mode=eval_mode,
+                         check_deterministic=check_deterministic, is_psd=None,
+                         keep_graph=keep_graph, graph_memory=graph_memory, distributed=distributed)
 
     def _batch_product(self, index, inputs, targets, Vs, k):
         p = self._problem
