@@ -68,6 +68,26 @@ def test_function_hessian_operator_matches_dense_hessian():
     assert torch.allclose(op2.to_dense(), torch.diag(6 * M.reshape(-1)))
 
 
+def test_function_hessian_operator_flatten_unflatten_round_trip():
+    """The interface the model operators promise: unflatten(v) -> {name: tensor}, flatten back."""
+    M = torch.randn(2, 3, dtype=torch.float64)
+    op = hesse.HessianOperator.from_function(lambda m: (m**3).sum(), M)
+    assert isinstance(op, hesse.operators.FunctionHessianOperator)
+    assert op.param_names == ["x"] and op.num_samples == 1
+    v = torch.arange(6, dtype=torch.float64)
+    parts = op.unflatten(v)
+    assert list(parts) == ["x"] and parts["x"].shape == (2, 3)
+    assert torch.equal(parts["x"], v.reshape(2, 3))
+    assert torch.equal(op.flatten(parts), v)
+    assert torch.equal(op.flatten([parts["x"]]), v) and torch.equal(op.flatten(parts["x"]), v)
+    assert torch.equal(op.unflatten(op.point)["x"], M)
+    with pytest.raises(ValueError, match=r"\(6,\)"):
+        op.unflatten(torch.zeros(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="shape"):
+        op.flatten({"x": torch.zeros(3, 2, dtype=torch.float64)})
+    assert "function of x" in repr(op)
+
+
 def test_to_scipy_works_with_arpack():
     from scipy.sparse.linalg import eigsh
 

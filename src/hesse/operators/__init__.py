@@ -6,9 +6,22 @@ from .fisher import FisherOperator
 from .ggn import GGNOperator
 from .hessian import FunctionHessianOperator, HessianOperator
 from .kfac import KFACOperator
-from .solve import LinearSolveResult, solve
+from .solve import (
+    CGState,
+    LinearSolveResult,
+    MartensProgress,
+    NegativeCurvature,
+    RecordIterates,
+    ResidualTolerance,
+    Stop,
+    StoppingRule,
+    TrustRegion,
+    conjugate_gradient,
+    solve,
+)
 
 __all__ = [
+    "CGState",
     "CurvatureOperator",
     "DenseOperator",
     "FisherOperator",
@@ -17,8 +30,16 @@ __all__ = [
     "HessianOperator",
     "KFACOperator",
     "LinearSolveResult",
+    "MartensProgress",
+    "NegativeCurvature",
+    "RecordIterates",
+    "ResidualTolerance",
     "ScaledOperator",
     "ShiftedOperator",
+    "Stop",
+    "StoppingRule",
     "SumOperator",
+    "TrustRegion",
+    "conjugate_gradient",
     "solve",
 ]

@@ -294,10 +294,10 @@ class ModelLoss:
             with self._attention_context():
                 yield
         finally:
-            for m, was_training in saved:
-                m.training = was_training
-            for m, was_tracking in tracking:
-                m.track_running_stats = was_tracking
+            for module, was_training in saved:
+                module.training = was_training
+            for bn, was_tracking in tracking:
+                bn.track_running_stats = was_tracking
 
     def _attention_context(self):
         if not self.math_attention:
@@ -342,6 +342,7 @@ class ModelLoss:
         ``batch_loss(model, batch)`` (then ``inputs`` is the batch and ``targets`` is ``None``)."""
         if self._loss_module is not None:
             return functional_call(self._loss_module, self._state(params), (inputs,))
+        assert self.loss_fn is not None  # one of loss_fn / batch_loss, checked in __init__
         return self.loss_fn(self.forward(params, inputs), targets)
 
     def size_of(self, inputs: Any, targets: Any) -> int:

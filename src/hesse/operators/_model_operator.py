@@ -1,13 +1,20 @@
-"""Shared machinery of curvature operators over a model, a loss and a data set.
+"""Curvature operators over a model, a loss and a data set, assembled from small pieces.
 
 A subclass says how to multiply one batch's curvature matrix with a block of vectors
-(``_batch_product``); this class loops over the batches, weights them so the result is the
-curvature of the mean loss over the whole data set, checks inputs, counts products, and falls back
-to the math attention kernel when a fused kernel lacks derivative rules.
+(``_batch_product``). The pieces it uses, each in its own module:
+
+* :class:`~._evaluation.ModelLoss`: the loss over the data (batches, their weights ``n_b / N``,
+  ``forward``/``batch_loss``, modes, dtype, frozen embedding rows, the attention fallback);
+* :class:`~._graph_cache.GraphCache`: per-batch graphs kept between products in one byte budget;
+* :class:`~._parallel.DataParallelReduction`: sums over the ranks' data shards.
+
+This class joins them: one pass over the data for ``L(θ)`` and ``∇L(θ)``, then per product the
+weighted sum of the batches' products, reduced over the ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
 from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -15,12 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import distributed as _dist
 from .._memory import format_bytes
 from ._evaluation import ModelLoss, is_derivative_rule_failure
+from ._graph_cache import DEFAULT_GRAPH_MEMORY, GraphCache, SavedBytes
+from ._parallel import DataParallelReduction
 from .base import CurvatureOperator
 
-DEFAULT_GRAPH_MEMORY = 2 * 1024**3
+__all__ = ["DEFAULT_GRAPH_MEMORY", "ModelCurvatureOperator"]
 
 
 class ModelCurvatureOperator(CurvatureOperator):
@@ -32,6 +40,9 @@ class ModelCurvatureOperator(CurvatureOperator):
     """
 
     process_group: Any = None  # set in __init__; None: a local operator
+    # keep the first pass's graph of each batch (create_graph=True) in the cache: the Hessian's
+    # products are backward passes through it
+    _keeps_first_pass_graph = False
 
     def __init__(
         self,
@@ -53,18 +64,20 @@ class ModelCurvatureOperator(CurvatureOperator):
         distributed: Any = None,
     ):
         # data-parallel over this group (None: local); see hesse.distributed
-        self.process_group = _dist.resolve_group(distributed)
+        self._parallel = DataParallelReduction(distributed)
+        self.process_group = self._parallel.group
         self._problem = ModelLoss(model, loss_fn, data, params, bn_mode=bn_mode,
                                   eval_mode=eval_mode, forward=forward, batch_loss=batch_loss,
                                   batch_size=batch_size, dtype=dtype)
         p = self._problem
         super().__init__(p.n, p.dtype, p.device, is_psd)
-        self._graphs: dict[int, tuple] = {}
-        self._graph_budget = DEFAULT_GRAPH_MEMORY if graph_memory is None else int(graph_memory)
-        self.graph_bytes = 0
-        self._with_fallback(lambda: self._first_pass(keep_graph))
-        if self.process_group is not None:
-            self._announce_data_parallel()
+        self._cache = GraphCache(graph_memory, enabled=keep_graph)
+        self._with_fallback(self._first_pass)
+        if self._parallel.active:
+            self._parallel.announce(
+                f"{type(self).__name__} is data-parallel over {self.world_size} processes "
+                f"({self.num_samples} samples in all): products are all-reduced (said once per "
+                f"process group). Pass distributed=False for a local operator on this rank's data.")
         if check_deterministic:
             self._check_deterministic()
 
@@ -100,69 +113,62 @@ class ModelCurvatureOperator(CurvatureOperator):
             raise ValueError("tensors must match the selected parameters in number and shape.")
         return self._problem.flatten(tensors).to(self.dtype)
 
+    @property
+    def graph_bytes(self) -> int:
+        """Bytes of the graphs kept between products (within ``graph_memory``)."""
+        return self._cache.bytes
+
     # ------------------------------------------------------------------ machinery
     def _with_fallback(self, fn):
+        """Run ``fn``; if a fused attention kernel lacks a derivative rule, switch to the math
+        kernel (graphs built with the fused one are dropped) and run it again."""
         try:
             return fn()
         except (RuntimeError, NotImplementedError) as err:
             if self._problem.math_attention or not is_derivative_rule_failure(err):
                 raise
             self._problem.enable_math_attention(err)
-            self._graphs.clear()
-            self.graph_bytes = 0
+            self._cache.clear()
             return fn()
 
-    def _first_pass(self, keep_graph: bool) -> None:
+    def _first_pass(self) -> None:
         """One pass over the data: count samples, check the loss, compute L(θ) and ∇L(θ); keep the
-        first-backward graph of each batch when asked and within the memory budget."""
+        first-backward graph of each batch when the operator uses it and it fits the budget."""
         p = self._problem
         params = tuple(q.detach().requires_grad_(True) for q in p.params)
         p.params = params
-        total, loss_sum = 0, 0.0
         grad_sum = torch.zeros(p.n, dtype=p.dtype, device=p.device)
-        self._graphs.clear()
-        self.graph_bytes = 0
-        any_batch = False
+        self._cache.clear()
         sizes: list[tuple[int, int]] = []
-        group = self.process_group
-        try:
-            total, loss_sum, any_batch = self._local_first_pass(keep_graph, params, grad_sum, sizes)
-        except Exception as err:  # data-parallel: stop every rank with this error, not a hang
-            if group is None:
-                raise
-            # same shape as the first collective of _reduce_first_pass, so the ranks stay matched
-            like = torch.zeros(3, dtype=torch.float64, device=p.device)
-            _dist.all_reduce_sum(None, group, error=err, like=like)
-            raise
-        if group is not None:
-            total, loss_sum, any_batch, grad_sum = self._reduce_first_pass(total, loss_sum, any_batch, grad_sum)
+        # an error on one rank reaches the others through the shape of the scalar all-reduce
+        like = torch.zeros(3, dtype=torch.float64, device=p.device)
+        total, loss_sum, any_batch = self._parallel.run(
+            lambda: self._local_first_pass(params, grad_sum, sizes), like)
+        if self._parallel.active:
+            scalars = torch.tensor([float(total), float(loss_sum), float(any_batch)],
+                                   dtype=torch.float64, device=p.device)
+            scalars = self._parallel.sum(scalars)
+            grad_sum = self._parallel.sum(grad_sum)
+            total, loss_sum, any_batch = (int(round(float(scalars[0]))), float(scalars[1]),
+                                          bool(scalars[2] > 0))
         if not any_batch or total == 0:
             raise ValueError("the data set is empty: no batch with samples was found"
-                             + (" on any rank." if group is not None else "."))
+                             + (" on any rank." if self._parallel.active else "."))
         p.num_samples = total
         self._batch_sizes = sizes
         self.loss = loss_sum / total
         self.gradient = grad_sum / total
 
-    def _reduce_first_pass(self, total, loss_sum, any_batch, grad_sum):
-        """All-reduce sample count, loss sum and gradient sum (the weights need the global N)."""
-        p = self._problem
-        scalars = torch.tensor([float(total), float(loss_sum), float(any_batch)], dtype=torch.float64,
-                               device=p.device)
-        scalars = _dist.all_reduce_sum(scalars, self.process_group)
-        grad_sum = _dist.all_reduce_sum(grad_sum, self.process_group)
-        return int(round(float(scalars[0]))), float(scalars[1]), bool(scalars[2] > 0), grad_sum
-
-    def _local_first_pass(self, keep_graph, params, grad_sum, sizes):
+    def _local_first_pass(self, params, grad_sum, sizes):
         p = self._problem
         total, loss_sum, any_batch = 0, 0.0, False
         for i, x, y, nb in p.batches():
             any_batch = True
             if nb == 0:
                 continue
-            keep = keep_graph and self.graph_bytes < self._graph_budget
-            counter = _SavedBytes() if keep else None
-            with p.mode(), (counter.hooks() if counter else _null()):
+            keep = self._keeps_first_pass_graph and self._cache.has_room()
+            counter = SavedBytes() if keep else None
+            with p.mode(), (counter.hooks() if counter else contextlib.nullcontext()):
                 loss = p.batch_loss(params, x, y)
                 if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                     shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss)
@@ -184,24 +190,15 @@ class ModelCurvatureOperator(CurvatureOperator):
             grad_sum += w * flat
             total += nb
             sizes.append((i, nb))
-            if keep:
-                self.graph_bytes += counter.bytes
-                if self.graph_bytes <= self._graph_budget:
-                    self._graphs[i] = grads
+            if counter is not None:
+                self._cache.offer(i, grads, counter.bytes)
         return total, loss_sum, any_batch
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         mask = self._problem.frozen_mask
         if mask is not None:  # frozen entries (embedding padding rows): zero rows and columns
             V = V * mask[:, None]
-        if self.process_group is None:
-            out = self._products(V)
-        else:
-            try:
-                partial = self._products(V)
-            except Exception as err:  # data-parallel: every rank raises, none waits forever
-                return _dist.all_reduce_sum(None, self.process_group, error=err, like=V)
-            out = self._reduce(partial)
+        out = self._parallel.sum(self._parallel.run(lambda: self._products(V), like=V))
         return out if mask is None else out * mask[:, None]
 
     def _products(self, V: torch.Tensor) -> torch.Tensor:
@@ -214,7 +211,12 @@ class ModelCurvatureOperator(CurvatureOperator):
             raise ValueError(_not_deterministic(
                 "the model calls a random operation while a product is taken")) from err
 
+    def _skips_data(self, k: int) -> bool:
+        """A product of ``k`` columns can be taken from kept graphs alone, without the data."""
+        return False
+
     def _accumulate(self, V: torch.Tensor) -> torch.Tensor:
+        """``Σ_b w_b A_b V`` over this rank's batches, ``w_b`` the batch's weight in the mean."""
         p = self._problem
         k = V.shape[1]
         Vs = p.unflatten_block(V)
@@ -230,8 +232,7 @@ class ModelCurvatureOperator(CurvatureOperator):
             else:
                 out.add_(block, alpha=p.weight(nb))
 
-        if self._graphs and len(self._graphs) == len(self._batch_sizes):
-            # every batch's graph is kept: no need to touch the data at all
+        if self._skips_data(k):
             for i, nb in self._batch_sizes:
                 add(self._batch_product(i, None, None, Vs, k), nb, i, None, None)
         else:
@@ -273,25 +274,10 @@ class ModelCurvatureOperator(CurvatureOperator):
             + ("." if p.dtype == torch.float64 else ", or use float64.")
         )
 
-    def _reduce(self, out: torch.Tensor) -> torch.Tensor:
-        """Sum the ranks' partial products (each already weighted by n_b / N with the global N):
-        one all-reduce carrying an error flag (see :mod:`hesse.distributed.collectives`)."""
-        if self.process_group is None:
-            return out
-        return _dist.all_reduce_sum(out, self.process_group)
-
     @property
     def world_size(self) -> int:
         """Number of processes the products are reduced over (1 for a local operator)."""
-        return 1 if self.process_group is None else _dist.get_world_size(self.process_group)
-
-    def _announce_data_parallel(self) -> None:
-        _dist.announce_once(
-            self.process_group,
-            f"{type(self).__name__} is data-parallel over {self.world_size} processes "
-            f"({self.num_samples} samples in all): products are all-reduced (said once per "
-            f"process group). Pass distributed=False for a local operator on this rank's data.",
-            _dist.DataParallelNotice, stacklevel=4)
+        return self._parallel.world_size
 
     @abstractmethod
     def _batch_product(self, index: int, inputs: Any, targets: Any, Vs: list[torch.Tensor],
@@ -302,11 +288,8 @@ class ModelCurvatureOperator(CurvatureOperator):
     def _check_deterministic(self) -> None:
         g = torch.Generator(device="cpu").manual_seed(1234)
         v = torch.randn(self._n, generator=g, dtype=torch.float64).to(self.dtype).to(self.device)
-        saved, self._graphs = self._graphs, {}
-        try:
+        with self._cache.suspended():  # each product must run the model
             a, b = self.matvec(v), self.matvec(v)
-        finally:
-            self._graphs = saved
         tol = 1e-10 if self.dtype == torch.float64 else 1e-4
         diff = float((a - b).abs().max())
         scale = max(float(a.abs().max()), 1e-30)
@@ -316,7 +299,7 @@ class ModelCurvatureOperator(CurvatureOperator):
                 f"{diff / scale:.1e})"))
 
     def extra_repr(self) -> str:
-        mem = f", graphs kept: {format_bytes(self.graph_bytes)}" if self._graphs else ""
+        mem = f", graphs kept: {format_bytes(self.graph_bytes)}" if len(self._cache) else ""
         if self.process_group is not None:
             mem += f", data-parallel over {self.world_size} processes"
         return f"{self.num_samples} samples, {len(self.param_names)} parameter tensors{mem}"
@@ -340,33 +323,3 @@ def _not_deterministic(detail: str) -> str:
     return (f"the loss is not deterministic: {detail}. Dropout in training mode, data "
             f"augmentation or a shuffling sampler with bn_mode='batch' make the curvature "
             f"random; use eval_mode=True (the default) and fixed data.")
-
-
-class _SavedBytes:
-    """Counts the bytes autograd saves for backward (``torch.autograd.graph.saved_tensors_hooks``),
-    each storage once."""
-
-    def __init__(self):
-        self.bytes = 0
-        self._seen: set[int] = set()
-
-    def hooks(self):
-        def pack(t):
-            try:
-                key = t.untyped_storage().data_ptr()
-                if key not in self._seen:
-                    self._seen.add(key)
-                    self.bytes += t.untyped_storage().nbytes()
-            except (RuntimeError, NotImplementedError):
-                self.bytes += t.numel() * t.element_size()
-            return t
-
-        return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

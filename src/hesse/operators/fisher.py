@@ -79,7 +79,7 @@ class FisherOperator(ModelCurvatureOperator):
                 f"{', '.join(c.__name__ for c in _MC_LOSSES)}; got {type(loss_fn).__name__}. Use "
                 f"kind='empirical' or GGNOperator."
             )
-        if kind == "mc":
+        if kind == "mc" and loss_fn is not None:
             _check_likelihood(loss_fn)
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
             raise ValueError(f"mc_samples must be an integer >= 1, got {mc_samples!r}.")

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 from torch.func import grad, jvp, vjp, vmap
 
-from ._model_operator import ModelCurvatureOperator, _needs_outputs, _SavedBytes
+from ._graph_cache import SavedBytes
+from ._model_operator import ModelCurvatureOperator, _needs_outputs
 
 
 class GGNOperator(ModelCurvatureOperator):
@@ -57,24 +58,14 @@ class GGNOperator(ModelCurvatureOperator):
         distributed: Any = None,
     ):
         _needs_outputs("GGNOperator", loss_fn, batch_loss)
-        # graphs for single products, per batch index (filled lazily by the first matvec)
-        self._jvp_graphs: dict[int, tuple] = {}
-        self._jvp_bytes = 0
-        self._jvp_keep = keep_graph
-        self._jvp_attention: bool | None = None
         super().__init__(model, loss_fn, data, params, batch_size=batch_size, forward=forward,
                          dtype=dtype, bn_mode=bn_mode, eval_mode=eval_mode,
-                         check_deterministic=check_deterministic, is_psd=True, keep_graph=False,
+                         check_deterministic=check_deterministic, is_psd=True, keep_graph=keep_graph,
                          graph_memory=graph_memory, distributed=distributed)
 
-    def _check_deterministic(self) -> None:
-        # two products must each run the model: no graph may be reused between them
-        keep, saved = self._jvp_keep, self._jvp_graphs
-        self._jvp_keep, self._jvp_graphs = False, {}
-        try:
-            super()._check_deterministic()
-        finally:
-            self._jvp_keep, self._jvp_graphs = keep, saved
+    def _skips_data(self, k: int) -> bool:
+        # single products through kept graphs need no data once every batch has one
+        return k == 1 and self._cache.covers(i for i, _ in self._batch_sizes)
 
     def _batch_product(self, index, inputs, targets, Vs, k):
         if k == 1:
@@ -97,14 +88,10 @@ class GGNOperator(ModelCurvatureOperator):
 
     def _single_product(self, index, inputs, targets, Vs):
         p = self._problem
-        if self._jvp_attention != p.math_attention:  # graphs built before an attention fallback
-            self._jvp_graphs.clear()
-            self._jvp_bytes = 0
-            self._jvp_attention = p.math_attention
-        entry = self._jvp_graphs.get(index)
+        entry = self._cache.get(index)
         if entry is None:
             params = tuple(q.detach().requires_grad_(True) for q in p.params)
-            counter = _SavedBytes()
+            counter = SavedBytes()
             with p.mode(), counter.hooks():
                 z = p.forward(params, inputs)
                 u = torch.zeros_like(z, requires_grad=True)
@@ -112,9 +99,7 @@ class GGNOperator(ModelCurvatureOperator):
                 zd = z.detach().requires_grad_(True)
                 gl = torch.autograd.grad(p.loss_fn(zd, targets), zd, create_graph=True)[0]
             entry = (params, z, u, ju, zd, gl)
-            if self._jvp_keep and self._jvp_bytes + counter.bytes <= self._graph_budget:
-                self._jvp_bytes += counter.bytes
-                self._jvp_graphs[index] = entry
+            self._cache.offer(index, entry, counter.bytes)
         params, z, u, ju, zd, gl = entry
         live = [j for j, g in enumerate(ju) if g is not None and g.requires_grad]
         Jv = None

@@ -71,6 +71,8 @@ class HessianOperator(ModelCurvatureOperator):
     (a :class:`FunctionHessianOperator`).
     """
 
+    _keeps_first_pass_graph = True
+
     def __init__(
         self,
         model: nn.Module,
@@ -101,7 +103,7 @@ class HessianOperator(ModelCurvatureOperator):
     def _batch_product(self, index, inputs, targets, Vs, k):
         p = self._problem
         params = p.params
-        grads = self._graphs.get(index)
+        grads = self._cache.get(index)
         keep = grads is not None
         if grads is None:
             with p.mode():
@@ -126,29 +128,41 @@ class HessianOperator(ModelCurvatureOperator):
         return [zeros(j) if columns[0][j] is None else torch.stack([col[j] for col in columns])
                 for j in range(len(params))]
 
+    def _skips_data(self, k: int) -> bool:
+        # every batch's first-backward graph is kept: products need not touch the data
+        return self._cache.covers(i for i, _ in self._batch_sizes)
+
     def _use_vmap(self) -> bool:
         if self.matmat_strategy == "auto":
             return self.device.type != "cpu"
         return self.matmat_strategy == "vmap"
 
     @classmethod
-    def from_function(cls, f: Callable[[torch.Tensor], torch.Tensor], x: Any) -> HessianOperator:
+    def from_function(cls, f: Callable[[torch.Tensor], torch.Tensor], x: Any) -> FunctionHessianOperator:
         """The Hessian of a function of one tensor at ``x``, as an operator on flat vectors of
-        length ``x.numel()``.
-
-        The gradient's reverse-mode graph is built once; each block of products is one ``vmap``ped
-        ``vjp`` through it (reverse-over-reverse, exact because ``H`` is symmetric).
+        length ``x.numel()`` (a :class:`FunctionHessianOperator`; see there).
         """
         return FunctionHessianOperator(f, x)
 
 
-class FunctionHessianOperator(HessianOperator):
-    """``∇²f(x)`` of a function of one tensor, matrix-free. Built by ``HessianOperator.from_function``."""
+class FunctionHessianOperator(CurvatureOperator):
+    """``∇²f(x)`` of a function of one tensor, matrix-free; built by
+    :meth:`HessianOperator.from_function`.
+
+    A sibling of the model operator, with the same reading interface: ``loss`` (``f(x)``),
+    ``gradient`` (flat ``∇f(x)``), ``point`` (flat ``x``), ``param_names`` (``["x"]``),
+    ``num_samples`` (1), ``unflatten(v)`` (``{"x": v reshaped to x's shape}``) and
+    ``flatten(...)``. It is registered as a virtual subclass of :class:`HessianOperator`, so
+    ``isinstance(op, HessianOperator)`` holds.
+
+    The gradient's reverse-mode graph is built once; each block of products is one ``vmap``ped
+    ``vjp`` through it (reverse-over-reverse, exact because ``H`` is symmetric; Pearlmutter 1994).
+    """
 
     def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], x: Any):
         check_callable(f)
         x = as_point(x)
-        CurvatureOperator.__init__(self, x.numel(), x.dtype, x.device, None)
+        super().__init__(x.numel(), x.dtype, x.device, None)
         self.f, self.x = f, x
         fs = _scalar_fn(f)
         shape = x.shape
@@ -157,7 +171,7 @@ class FunctionHessianOperator(HessianOperator):
             return fs(z.reshape(shape))
 
         x_flat = x.reshape(-1)
-        self.gradient, self._vjp = vjp(grad(flat_f), x_flat)
+        self.gradient, self._vjp = vjp(grad(flat_f), x_flat)[:2]
         self.loss = float(flat_f(x_flat))
         if not torch.isfinite(torch.as_tensor(self.loss)):
             raise ValueError(f"f(x) is not finite ({self.loss}) at the given x.")
@@ -174,10 +188,38 @@ class FunctionHessianOperator(HessianOperator):
     def num_samples(self) -> int:
         return 1
 
+    def unflatten(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Map a flat vector of length n to ``{"x": tensor of x's shape}``."""
+        v = self._as_block(v, "v")
+        if v.shape != (self._n,):
+            raise ValueError(f"expected a vector of shape ({self._n},), got {tuple(v.shape)}.")
+        return {"x": v.reshape(self.x.shape)}
+
+    def flatten(self, tensors: Any) -> torch.Tensor:
+        """Map ``{"x": t}``, ``[t]`` or ``t`` (of x's shape) to one flat vector."""
+        if isinstance(tensors, dict):
+            if set(tensors) != {"x"}:
+                raise ValueError(f"expected {{'x': tensor}}, got keys {sorted(tensors)}.")
+            tensors = tensors["x"]
+        elif isinstance(tensors, (list, tuple)):
+            if len(tensors) != 1:
+                raise ValueError(f"expected one tensor of shape {tuple(self.x.shape)}, got {len(tensors)}.")
+            tensors = tensors[0]
+        t = self._as_block(tensors, "tensors")
+        if tuple(t.shape) != tuple(self.x.shape):
+            raise ValueError(f"expected a tensor of shape {tuple(self.x.shape)}, got {tuple(t.shape)}.")
+        return t.reshape(-1)
+
     def extra_repr(self) -> str:
         return f"function of x with shape {tuple(self.x.shape)}"
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", {self.extra_repr()})"
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         if V.shape[1] == 1:
             return self._vjp(V[:, 0])[0].unsqueeze(1)
         return vmap(lambda v: self._vjp(v)[0])(V.T).T
+
+
+HessianOperator.register(FunctionHessianOperator)
