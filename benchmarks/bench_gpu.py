@@ -127,6 +127,41 @@ def bench_hvp_and_top5(quick: bool, device) -> list[dict]:
     return rows
 
 
+def _optimizer_row(name: str, cfg, ids, quick: bool, device) -> dict:
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.BertForMaskedLM(cfg).to(device).train()
+    n = sum(p.numel() for p in model.parameters())
+    opt = (torch.optim.Adam(model.parameters(), lr=1e-4) if name == "Adam"
+           else hesse.optim.KFAC(model, lr=1e-3, inverse_every=10))
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        logits = model(input_ids=ids).logits
+        loss = nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size), ids.reshape(-1))
+        loss.backward()
+        return loss
+
+    def step():
+        if name == "KFAC":
+            opt.step(closure)
+        else:
+            closure()
+            opt.step()
+
+    reset_peak(device)
+    step()  # first step: K-FAC factors and inverses, Adam state
+    sync(device)
+    steps = 3 if quick else 10  # spans one K-FAC inverse refresh (inverse_every=10)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return dict(task="optimizer step", model=f"BERT ({n / 1e6:.1f}M)", n=n, method=name,
+                seconds=(time.perf_counter() - t0) / steps, peak_bytes=peak_bytes(device))
+
+
 def bench_kfac(quick: bool, device) -> list[dict]:
     import transformers
 
@@ -139,35 +174,7 @@ def bench_kfac(quick: bool, device) -> list[dict]:
         batch, seq = 16, 128
     cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
     ids = tokens(cfg.vocab_size, batch, seq, device)
-    rows = []
-    for name in ("Adam", "KFAC"):
-        torch.manual_seed(0)
-        model = transformers.BertForMaskedLM(cfg).to(device).train()
-        n = sum(p.numel() for p in model.parameters())
-        opt = (torch.optim.Adam(model.parameters(), lr=1e-4) if name == "Adam"
-               else hesse.optim.KFAC(model, lr=1e-3, inverse_every=10))
-
-        def closure():
-            opt.zero_grad(set_to_none=True)
-            logits = model(input_ids=ids).logits
-            loss = nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size), ids.reshape(-1))
-            loss.backward()
-            return loss
-
-        def step():
-            opt.step(closure) if name == "KFAC" else (closure(), opt.step())
-
-        reset_peak(device)
-        step()  # first step: K-FAC factors and inverses, Adam state
-        sync(device)
-        steps = 3 if quick else 10  # spans one K-FAC inverse refresh (inverse_every=10)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync(device)
-        rows.append(dict(task="optimizer step", model=f"BERT ({n / 1e6:.1f}M)", n=n, method=name,
-                         seconds=(time.perf_counter() - t0) / steps, peak_bytes=peak_bytes(device)))
-        del model, opt
+    rows = [_optimizer_row(name, cfg, ids, quick, device) for name in ("Adam", "KFAC")]
     adam = rows[0]["seconds"]
     for r in rows:
         r["ratio"] = r["seconds"] / adam
