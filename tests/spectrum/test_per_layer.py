@@ -92,6 +92,8 @@ def test_default_is_module_grouping():
 def test_bad_by_is_refused():
     with pytest.raises(ValueError, match="by must be one of"):
         hesse.layer_groups(encoder(), by="layer")
+    with pytest.raises(ValueError, match="needs by='block_type'"):
+        hesse.layer_groups(encoder(), pool_layers=True)
 
 
 def _tiny_gpt2():

@@ -157,6 +157,8 @@ def layer_groups(model: torch.nn.Module, by: str = "module", *,
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     if by not in _BY:
         raise ValueError(f"by must be one of {_BY}; got {by!r}.")
+    if pool_layers and by != "block_type":
+        raise ValueError("pool_layers=True merges the layers of one block type; it needs by='block_type'.")
     modules = dict(model.named_modules())
     groups: dict[str, list[str]] = {}
     for name, p in model.named_parameters():
