@@ -366,3 +366,27 @@ def test_padding_rows_hessian_matches_central_differences():
     fd = (grad_at(theta + eps * v) - grad_at(theta - eps * v)) / (2 * eps)
     assert float(fd[_pad_rows(model)].abs().max()) == 0.0  # torch's gradient is frozen there too
     assert _rel(op.matvec(v), fd) < 1e-7
+
+
+# ----------------------------------------------------------------------------- one signature
+
+_SHARED = ["model", "loss_fn", "data", "params", "batch_loss", "batch_size", "forward", "dtype",
+           "bn_mode", "eval_mode", "check_deterministic", "progress", "keep_graph", "graph_memory",
+           "distributed"]
+
+
+@pytest.mark.parametrize("cls", [hesse.HessianOperator, hesse.GGNOperator, hesse.FisherOperator])
+def test_model_operators_share_one_keyword_order(cls):
+    import inspect
+
+    names = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+    shared = [n for n in names if n in _SHARED]
+    assert shared == [n for n in _SHARED if n in names]
+    assert set(_SHARED) - set(shared) <= {"keep_graph", "graph_memory"}  # Fisher keeps no graphs
+
+
+def test_progress_writes_a_line_per_pass(capsys):
+    model, (X, y) = _HFLike().double(), _hf_data()
+    hesse.GGNOperator(model, nn.CrossEntropyLoss(), [(X, y), (X, y)], forward=lambda m, x: m(x).logits,
+                      progress=True)
+    assert "GGNOperator: loss and gradient" in capsys.readouterr().err

@@ -91,6 +91,14 @@ class DataSource:
             )
         self.shuffles = _loader_shuffles(data)
 
+    @property
+    def num_batches(self) -> int | None:
+        """Number of batches when the data can tell (a list, a DataLoader), else ``None``."""
+        try:
+            return len(self._batches)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
     def __iter__(self) -> Iterator[tuple[int, Any, Any]]:
         for i, batch in enumerate(self._batches):
             if not self.pairs:

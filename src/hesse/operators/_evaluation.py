@@ -47,13 +47,15 @@ import contextlib
 import inspect
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from ._data import DataSource, batch_size, first_batch_size, to_device
+
+T = TypeVar("T")
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -313,6 +315,21 @@ class ModelLoss:
             stacklevel=4,
         )
         self.math_attention = True
+
+    def with_attention_fallback(self, fn: Callable[[], T],
+                                on_switch: Callable[[], None] | None = None) -> T:
+        """Run ``fn``; if a fused attention kernel lacks a (double-)derivative rule, switch this
+        evaluation to the math kernel (same values, composite derivatives), call ``on_switch``
+        (e.g. to drop graphs built with the fused kernel) and run ``fn`` again."""
+        try:
+            return fn()
+        except (RuntimeError, NotImplementedError) as err:
+            if self.math_attention or not is_derivative_rule_failure(err):
+                raise
+            self.enable_math_attention(err)
+            if on_switch is not None:
+                on_switch()
+            return fn()
 
     def _state(self, params: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         state = {**self.constants, **self.buffers, **dict(zip(self.names, params))}

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from .._memory import format_bytes
-from ._evaluation import ModelLoss, is_derivative_rule_failure
+from .._progress import Progress
+from ._evaluation import ModelLoss
 from ._graph_cache import DEFAULT_GRAPH_MEMORY, GraphCache, SavedBytes
 from ._parallel import DataParallelReduction
 from .base import CurvatureOperator
@@ -62,6 +63,7 @@ class ModelCurvatureOperator(CurvatureOperator):
         keep_graph: bool = False,
         graph_memory: int | None = None,
         distributed: Any = None,
+        progress: bool = False,
     ):
         # data-parallel over this group (None: local); see hesse.distributed
         self._parallel = DataParallelReduction(distributed)
@@ -72,6 +74,7 @@ class ModelCurvatureOperator(CurvatureOperator):
         p = self._problem
         super().__init__(p.n, p.dtype, p.device, is_psd)
         self._cache = GraphCache(graph_memory, enabled=keep_graph)
+        self._progress = bool(progress)
         self._with_fallback(self._first_pass)
         if self._parallel.active:
             self._parallel.announce(
@@ -120,16 +123,9 @@ class ModelCurvatureOperator(CurvatureOperator):
 
     # ------------------------------------------------------------------ machinery
     def _with_fallback(self, fn):
-        """Run ``fn``; if a fused attention kernel lacks a derivative rule, switch to the math
-        kernel (graphs built with the fused one are dropped) and run it again."""
-        try:
-            return fn()
-        except (RuntimeError, NotImplementedError) as err:
-            if self._problem.math_attention or not is_derivative_rule_failure(err):
-                raise
-            self._problem.enable_math_attention(err)
-            self._cache.clear()
-            return fn()
+        """``fn()``, run again with the math attention kernel if a fused one lacks a derivative
+        rule (the graphs kept so far were built with the fused kernel and are dropped)."""
+        return self._problem.with_attention_fallback(fn, on_switch=self._cache.clear)
 
     def _first_pass(self) -> None:
         """One pass over the data: count samples, check the loss, compute L(θ) and ∇L(θ); keep the
@@ -162,37 +158,46 @@ class ModelCurvatureOperator(CurvatureOperator):
     def _local_first_pass(self, params, grad_sum, sizes):
         p = self._problem
         total, loss_sum, any_batch = 0, 0.0, False
-        for i, x, y, nb in p.batches():
-            any_batch = True
-            if nb == 0:
-                continue
-            keep = self._keeps_first_pass_graph and self._cache.has_room()
-            counter = SavedBytes() if keep else None
-            with p.mode(), (counter.hooks() if counter else contextlib.nullcontext()):
-                loss = p.batch_loss(params, x, y)
-                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                    shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss)
-                    raise ValueError(f"{p.loss_name} must return a scalar per batch; got {shape} "
-                                     f"on batch {i}. Use reduction='mean'.")
-                if not torch.isfinite(loss):
-                    raise ValueError(f"the loss is not finite ({float(loss.detach())}) on batch {i}; check "
-                                     f"that batch's inputs and targets, and the model's outputs.")
-                grads = torch.autograd.grad(loss, params, create_graph=keep, allow_unused=True)
-            flat = p.flatten([
-                torch.zeros_like(q) if g is None else g.detach() for q, g in zip(params, grads)
-            ])
-            if not bool(torch.isfinite(flat).all()):  # one check; locate the culprit only on failure
-                bad = next(n for n, g in zip(p.names, grads)
-                           if g is not None and not bool(torch.isfinite(g).all()))
-                raise ValueError(f"the gradient is not finite on batch {i}, parameter {bad!r}.")
-            w = nb if p.reduction == "mean" else 1.0
-            loss_sum += w * float(loss.detach())
-            grad_sum += w * flat
-            total += nb
-            sizes.append((i, nb))
-            if counter is not None:
-                self._cache.offer(i, grads, counter.bytes)
+        bar = Progress(p.data.num_batches, f"{type(self).__name__}: loss and gradient", self._progress)
+        with bar:
+            for i, x, y, nb in p.batches():
+                any_batch = True
+                bar.update(1)
+                if nb == 0:
+                    continue
+                loss_i, total_i = self._first_pass_batch(i, x, y, nb, params, grad_sum, sizes)
+                loss_sum += loss_i
+                total += total_i
         return total, loss_sum, any_batch
+
+    def _first_pass_batch(self, i, x, y, nb, params, grad_sum, sizes) -> tuple[float, int]:
+        """Add batch ``i``'s weighted gradient to ``grad_sum``; its weighted loss and size."""
+        p = self._problem
+        keep = self._keeps_first_pass_graph and self._cache.has_room()
+        counter = SavedBytes() if keep else None
+        with p.mode(), (counter.hooks() if counter else contextlib.nullcontext()):
+            loss = p.batch_loss(params, x, y)
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss)
+                raise ValueError(f"{p.loss_name} must return a scalar per batch; got {shape} "
+                                 f"on batch {i}. Use reduction='mean'.")
+            if not torch.isfinite(loss):
+                raise ValueError(f"the loss is not finite ({float(loss.detach())}) on batch {i}; check "
+                                 f"that batch's inputs and targets, and the model's outputs.")
+            grads = torch.autograd.grad(loss, params, create_graph=keep, allow_unused=True)
+        flat = p.flatten([
+            torch.zeros_like(q) if g is None else g.detach() for q, g in zip(params, grads)
+        ])
+        if not bool(torch.isfinite(flat).all()):  # one check; locate the culprit only on failure
+            bad = next(n for n, g in zip(p.names, grads)
+                       if g is not None and not bool(torch.isfinite(g).all()))
+            raise ValueError(f"the gradient is not finite on batch {i}, parameter {bad!r}.")
+        w = nb if p.reduction == "mean" else 1.0
+        grad_sum += w * flat
+        sizes.append((i, nb))
+        if counter is not None:
+            self._cache.offer(i, grads, counter.bytes)
+        return w * float(loss.detach()), nb
 
     def _matmat(self, V: torch.Tensor) -> torch.Tensor:
         mask = self._problem.frozen_mask

@@ -13,6 +13,9 @@ the parameter. Scalars in the algebra must be finite.
 
 Structure tags: ``is_symmetric`` is always true; ``is_psd`` is ``True`` for Gauss-Newton and Fisher
 matrices, ``False`` when it is known not to hold, ``None`` when unknown (a general Hessian).
+Conjugate gradients (:func:`hesse.operators.conjugate_gradient`) reads ``is_psd``: for an
+operator tagged ``True`` it skips the negative-curvature rule (a ``pᵀAp ≤ 0`` there is reported
+as a breakdown: a null direction or rounding); otherwise it checks every ``pᵀAp``.
 """
 
 from __future__ import annotations
@@ -215,7 +218,8 @@ class CurvatureOperator(ABC):
     # ----------------------------------------------------------------- solves
     def solve(self, b: Any, method: str = "cg", tol: float = 1e-8, max_iter: int | None = None,
               x0: Any = None):
-        """Solve ``A x = b``; returns a :class:`hesse.LinearSolveResult` (``.x``, ``.converged``...).
+        """Solve ``A x = b``; returns a :class:`hesse.LinearSolveResult` (``x``, ``nit``,
+        ``num_matvecs``, ``converged``, ``status``, ``message``, ``residual_norm``...).
 
         ``method="cg"`` (conjugate gradients, Hestenes & Stiefel 1952; needs ``A`` positive
         definite and stops with ``converged=False`` on negative curvature), ``"minres"``
@@ -223,6 +227,8 @@ class CurvatureOperator(ABC):
         """
         from .solve import solve
 
+        # CG with a residual tolerance; hesse.operators.conjugate_gradient takes other stopping
+        # rules (negative curvature, trust region, Martens' progress test)
         return solve(self, b, method=method, tol=tol, max_iter=max_iter, x0=x0)
 
     def __repr__(self) -> str:

@@ -65,6 +65,7 @@ class FisherOperator(ModelCurvatureOperator):
         bn_mode: str = "eval",
         eval_mode: bool = True,
         check_deterministic: bool = False,
+        progress: bool = False,
         distributed: Any = None,
         kind: str = "empirical",
         mc_samples: int = 1,
@@ -86,7 +87,7 @@ class FisherOperator(ModelCurvatureOperator):
         self.kind, self.mc_samples, self.seed = kind, mc_samples, int(seed)
         super().__init__(model, loss_fn, data, params, batch_size=batch_size, forward=forward,
                          dtype=dtype, bn_mode=bn_mode, eval_mode=eval_mode,
-                         check_deterministic=check_deterministic, is_psd=True, keep_graph=False,
+                         check_deterministic=check_deterministic, progress=progress, is_psd=True, keep_graph=False,
                          distributed=distributed)
         if kind == "mc" and self._problem.data.shuffles:
             import warnings

@@ -53,6 +53,7 @@ class GGNOperator(ModelCurvatureOperator):
         bn_mode: str = "eval",
         eval_mode: bool = True,
         check_deterministic: bool = False,
+        progress: bool = False,
         keep_graph: bool = True,
         graph_memory: int | None = None,
         distributed: Any = None,
@@ -60,7 +61,7 @@ class GGNOperator(ModelCurvatureOperator):
         _needs_outputs("GGNOperator", loss_fn, batch_loss)
         super().__init__(model, loss_fn, data, params, batch_size=batch_size, forward=forward,
                          dtype=dtype, bn_mode=bn_mode, eval_mode=eval_mode,
-                         check_deterministic=check_deterministic, is_psd=True, keep_graph=keep_graph,
+                         check_deterministic=check_deterministic, progress=progress, is_psd=True, keep_graph=keep_graph,
                          graph_memory=graph_memory, distributed=distributed)
 
     def _skips_data(self, k: int) -> bool:

@@ -49,6 +49,7 @@ class HessianOperator(ModelCurvatureOperator):
     bn_mode : ``"eval"`` (BatchNorm running statistics, the default) or ``"batch"``
     eval_mode : evaluate in eval mode (dropout off) and restore the model's mode afterwards
     check_deterministic : take two products with one vector and refuse a random loss
+    progress : show a bar (stderr) over the batches of the pass that computes ``L`` and ``∇L``
     keep_graph, graph_memory : keep each batch's graph for later products, within
         ``graph_memory`` bytes over the operator (default 2 GiB; see the module docs)
     distributed : ``None`` (data-parallel when a ``torch.distributed`` default group is
@@ -87,6 +88,7 @@ class HessianOperator(ModelCurvatureOperator):
         bn_mode: str = "eval",
         eval_mode: bool = True,
         check_deterministic: bool = False,
+        progress: bool = False,
         keep_graph: bool = True,
         graph_memory: int | None = None,
         distributed: Any = None,
@@ -97,7 +99,7 @@ class HessianOperator(ModelCurvatureOperator):
         self.matmat_strategy = matmat_strategy
         super().__init__(model, loss_fn, data, params, batch_loss=batch_loss, batch_size=batch_size,
                          forward=forward, dtype=dtype, bn_mode=bn_mode, eval_mode=eval_mode,
-                         check_deterministic=check_deterministic, is_psd=None,
+                         check_deterministic=check_deterministic, progress=progress, is_psd=None,
                          keep_graph=keep_graph, graph_memory=graph_memory, distributed=distributed)
 
     def _batch_product(self, index, inputs, targets, Vs, k):
