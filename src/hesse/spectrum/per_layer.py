@@ -69,23 +69,109 @@ class PerLayerSpectrum:
         return f"PerLayerSpectrum({len(self.rows)} blocks)\n{self.table}"
 
 
-def layer_groups(model: torch.nn.Module) -> dict[str, list[str]]:
-    """Trainable parameter names grouped by the module that owns them, labelled by module path.
+_BY = ("module", "block_type")
 
-    The label is the module's path in ``model.named_modules()`` followed by its class, so a row of
-    a table says which layer it is: ``"layers.0 (Linear)"`` for ``layers.0.weight`` and
-    ``layers.0.bias``; in an ``nn.Sequential``, whose paths are bare indices, ``"0 (Linear)"``,
-    ``"2 (Linear)"``. Parameters registered on ``model`` itself keep their own name.
+# Block types of transformer parameters, matched on the parameter's path (lower case, with
+# dots around it so that ``.q.`` does not match ``.query_key.``). The first match wins, so fused
+# projections and attention outputs are listed before the generic MLP names they contain.
+_BLOCK_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("attn.qkv", (".c_attn.", ".in_proj_weight.", ".in_proj_bias.", ".qkv.", ".qkv_proj.",
+                  ".query_key_value.", ".wqkv.")),
+    ("attn.q", (".query.", ".q_proj.", ".q.", ".wq.", ".q_lin.")),
+    ("attn.k", (".key.", ".k_proj.", ".k.", ".wk.", ".k_lin.")),
+    ("attn.v", (".value.", ".v_proj.", ".v.", ".wv.", ".v_lin.")),
+    ("attn.out", (".attn.c_proj.", ".attention.output.dense.", ".out_proj.", ".o_proj.",
+                  ".attn.out.", ".wo.", ".out_lin.", ".attention.dense.")),
+    ("mlp.in", (".c_fc.", ".intermediate.dense.", ".linear1.", ".fc1.", ".up_proj.",
+                ".gate_proj.", ".w1.", ".w3.", ".lin1.", ".dense_h_to_4h.")),
+    ("mlp.out", (".mlp.c_proj.", ".output.dense.", ".linear2.", ".fc2.", ".down_proj.", ".w2.",
+                 ".lin2.", ".dense_4h_to_h.")),
+)
+_HEAD_PATTERNS = (".lm_head.", ".cls.", ".classifier.", ".score.", ".pooler.", ".qa_outputs.",
+                  ".head.")
+_POSITION_PATTERNS = (".wpe.", ".position", ".pos_emb", ".positional")
+
+
+def _is_norm(module: torch.nn.Module) -> bool:
+    kind = type(module).__name__.lower()
+    return isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)) or "norm" in kind
+
+
+def _block_type(name: str, module: torch.nn.Module) -> str:
+    """The block type of parameter ``name`` owned by ``module`` (see :func:`layer_groups`)."""
+    path = f".{name.lower()}."
+    if isinstance(module, torch.nn.Embedding) or "embed" in type(module).__name__.lower():
+        if any(t in path for t in _POSITION_PATTERNS):
+            return "embed.position"
+        if "token_type" in path or "segment" in path:
+            return "embed.token_type"
+        return "embed.token"
+    if _is_norm(module):
+        return "layernorm"
+    if any(t in path for t in _HEAD_PATTERNS):
+        return "head"
+    for kind, patterns in _BLOCK_PATTERNS:
+        if any(t in path for t in patterns):
+            return kind
+    return "other"
+
+
+def _layer_prefix(name: str, modules: dict[str, torch.nn.Module]) -> str:
+    """``"h.0"`` for ``transformer.h.0.attn.c_attn.weight``: the ``ModuleList`` entry holding the
+    parameter (its last path part and index), or ``""`` outside any repeated block."""
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        if parts[i].isdigit() and isinstance(modules.get(".".join(parts[:i])), torch.nn.ModuleList):
+            return f"{parts[i - 1]}.{parts[i]}"
+    return ""
+
+
+def layer_groups(model: torch.nn.Module, by: str = "module", *,
+                 pool_layers: bool = False) -> dict[str, list[str]]:
+    """Trainable parameter names grouped into blocks, each labelled for a table row.
+
+    ``by="module"`` (the default) groups by the module that owns them, labelled by module path
+    followed by its class, so a row of a table says which layer it is: ``"layers.0 (Linear)"``
+    for ``layers.0.weight`` and ``layers.0.bias``; in an ``nn.Sequential``, whose paths are bare
+    indices, ``"0 (Linear)"``, ``"2 (Linear)"``. Parameters registered on ``model`` itself keep
+    their own name.
+
+    ``by="block_type"`` groups the parameters of a transformer (GPT-2, BERT, LLaMA-style Hugging
+    Face models, ``torch.nn.TransformerEncoder``) by what they do: ``embed.token``,
+    ``embed.position``, ``embed.token_type``, ``attn.q``, ``attn.k``, ``attn.v``, ``attn.qkv``,
+    ``attn.out``, ``mlp.in``, ``mlp.out``, ``layernorm``, ``head`` (and ``other`` for anything
+    unrecognised), each per repeated layer: ``"h.0 attn.qkv"``, ``"layer.1 mlp.out"``;
+    parameters outside the repeated layers carry the type alone (``"embed.token"``,
+    ``"layernorm"`` for GPT-2's final ``ln_f``). ``pool_layers=True`` merges the layers, giving one
+    group per type (``"attn.qkv"`` holds that projection of every layer), the blocks whose spectra
+    Zhang et al. (2024), "Why Transformers Need Adam: A Hessian Perspective", compare.
+
+    Fused projections stay whole: GPT-2's ``c_attn`` and ``nn.MultiheadAttention``'s
+    ``in_proj_weight`` hold query, key and value in one tensor, and the curvature operators
+    restrict to whole parameters (``params=names``), so that tensor is one ``attn.qkv`` block
+    rather than three column slices. Models with separate projections (BERT's ``query``/``key``/
+    ``value``, LLaMA's ``q_proj``...) get separate ``attn.q``/``attn.k``/``attn.v`` blocks. Tied
+    weights appear once, under their first name (GPT-2's ``lm_head`` is ``wte``: ``embed.token``).
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    if by not in _BY:
+        raise ValueError(f"by must be one of {_BY}; got {by!r}.")
+    if pool_layers and by != "block_type":
+        raise ValueError("pool_layers=True merges the layers of one block type; it needs by='block_type'.")
     modules = dict(model.named_modules())
     groups: dict[str, list[str]] = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            path = name.rsplit(".", 1)[0] if "." in name else ""
+        if not p.requires_grad:
+            continue
+        path = name.rsplit(".", 1)[0] if "." in name else ""
+        if by == "module":
             label = f"{path} ({type(modules[path]).__name__})" if path else name
-            groups.setdefault(label, []).append(name)
+        else:
+            kind = _block_type(name, modules[path])
+            prefix = "" if pool_layers else _layer_prefix(name, modules)
+            label = f"{prefix} {kind}" if prefix else kind
+        groups.setdefault(label, []).append(name)
     if not groups:
         raise ValueError("model has no trainable parameters (requires_grad=True).")
     return groups
