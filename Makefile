@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,cli]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,cli,docs]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -19,15 +19,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m ruff check src tests benchmarks examples docs
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -n 2 -q tests
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[bench]"
 	$(BIN)/python benchmarks/run_all.py
 
 docs: $(STAMP)
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[docs]"
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # the figures of the examples pages, written by the example scripts themselves
 docs-figures: $(STAMP)
