@@ -72,7 +72,7 @@ def test_lower_layers_never_import_higher_ones():
 PLUMBING = ("all_reduce_sum", "sync_errors", "announce_once", "launched_by_torchrun", "is_initialized",
             "init_from_env", "get_rank", "get_world_size", "resolve_group", "shard", "print_once",
             "is_main_process", "torchrun_session", "higher_order_analysis", "MethodSpec", "METHODS",
-            "resolve_method", "definiteness_verdict", "layer_groups", "KINDS")
+            "resolve_method", "definiteness_verdict", "KINDS")
 
 
 def test_public_api_is_curated():

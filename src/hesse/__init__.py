@@ -52,6 +52,7 @@ from .spectrum import (
     TraceEstimate,
     diagonal,
     eigsh,
+    layer_groups,
     per_layer,
     power_iteration,
     spectral_density,
@@ -91,6 +92,7 @@ __all__ = [
     "summarize",
     "SpectrumSummary",
     "per_layer",
+    "layer_groups",
     "PerLayerSpectrum",
     # geometry of critical points
     "classify",

@@ -38,7 +38,7 @@ def test_higher_order_result_and_taylor_report_are_results():
     f = lambda p: p[0] ** 3 + p[1] ** 2  # noqa: E731  monkey-saddle-like: order 3 along x
     x = torch.zeros(2, dtype=torch.float64)
     lam, Q = torch.linalg.eigh(hesse.hessian(f, x))
-    res = hesse.higher_order_analysis(f, x, lam, Q, 1e-8)
+    res = hesse.geometry.higher_order_analysis(f, x, lam, Q, 1e-8)
     assert isinstance(res, HigherOrderResult) and isinstance(res, Result)
     assert (res.kind, res.order, res["num_directions"]) == ("degenerate saddle", 3, 1)
     rep = hesse.taylor(f, [0.3, 0.2]).error_slope()

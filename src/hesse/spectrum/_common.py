@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from hesse._blocks import probe_block
 from hesse.operators import CurvatureOperator
 
 
@@ -18,8 +19,8 @@ def check_operator(op, name: str = "op") -> CurvatureOperator:
     return op
 
 
-def generator(seed: int, device: torch.device) -> torch.Generator:
-    """A torch generator seeded with ``seed`` (CPU generator; tensors are moved afterwards)."""
+def generator(seed: int) -> torch.Generator:
+    """A torch generator seeded with ``seed`` (a CPU generator, so that a seed gives the same draws on every device; tensors are moved afterwards)."""
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {seed!r}.")
     g = torch.Generator(device="cpu")
@@ -28,11 +29,10 @@ def generator(seed: int, device: torch.device) -> torch.Generator:
 
 
 def rademacher(n: int, k: int, gen: torch.Generator, dtype, device) -> torch.Tensor:
-    """An ``(n, k)`` block of independent ±1 entries."""
-    r = torch.randint(0, 2, (n, k), generator=gen, dtype=torch.int8)
-    return (2 * r.to(dtype) - 1).to(device)
+    """An ``(n, k)`` block of independent ±1 entries (:func:`hesse._blocks.probe_block`)."""
+    return probe_block(n, k, "rademacher", gen, dtype, device)
 
 
 def gaussian(n: int, k: int, gen: torch.Generator, dtype, device) -> torch.Tensor:
-    """An ``(n, k)`` block of standard normal entries (drawn in float64, cast to ``dtype``)."""
-    return torch.randn((n, k), generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    """An ``(n, k)`` block of standard normal entries (:func:`hesse._blocks.probe_block`)."""
+    return probe_block(n, k, "gaussian", gen, dtype, device)

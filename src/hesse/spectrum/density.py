@@ -85,7 +85,7 @@ def slq_nodes(op: CurvatureOperator, num_probes: int, num_steps: int, seed: int 
     """
     n = op.shape[0]
     p, m = num_probes, min(num_steps, n)
-    V = rademacher(n, p, generator(seed, op.device), op.dtype, op.device)
+    V = rademacher(n, p, generator(seed), op.dtype, op.device)
     kr = _start(op, V, m)
     with Progress(m * p, f"spectral density (SLQ, {p} probes x {m} steps)", progress) as bar:
         for _ in _lanczos_steps(op, kr, m):

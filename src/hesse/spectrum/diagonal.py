@@ -88,7 +88,7 @@ def diagonal(op: CurvatureOperator, method: str = "hutchinson", num_matvecs: int
     if method == "exact" or num_matvecs >= n:
         out = exact_diagonal(op, progress)
         return DiagonalEstimate(out, torch.zeros_like(out), op.num_matvecs - start, "exact")
-    gen = generator(seed, op.device)
+    gen = generator(seed)
     with Progress(num_matvecs, f"diagonal ({method})", progress) as bar:
         low = torch.zeros(n, dtype=op.dtype, device=op.device)
         r = num_matvecs

@@ -237,7 +237,7 @@ def eigsh(
         return _dense(op, k, which, tol, return_vectors, progress, start_count)
     m, shrunk = _basis_size(op, k, num_basis, low_memory, max_memory)
     budget = max_matvecs if max_matvecs is not None else max(_MIN_BUDGET, _MATVECS_PER_BASIS * m)
-    gen = generator(seed, op.device)
+    gen = generator(seed)
     q0 = v0 if v0 is not None else gaussian(n, 1, gen, op.dtype, op.device)[:, 0]
     if low_memory:
         res = _two_pass(op, k, which, tol, budget, q0, progress, return_vectors)
@@ -675,7 +675,7 @@ def lanczos_tridiagonal(op: CurvatureOperator, num_steps: int, v0: Any = None, s
         raise ValueError(f"num_steps must be an int in [1, n={n}], got {num_steps!r}.")
     v0 = _check_v0(v0, n, op)
     if v0 is None:
-        v0 = gaussian(n, 1, generator(seed, op.device), op.dtype, op.device)[:, 0]
+        v0 = gaussian(n, 1, generator(seed), op.dtype, op.device)[:, 0]
     kr = _start(op, v0[:, None], num_steps)
     for _ in _lanczos_steps(op, kr, num_steps):
         pass

@@ -58,7 +58,7 @@ def power_iteration(
     if not isinstance(budget, int) or budget < k:
         raise ValueError(f"max_matvecs must be an int >= k={k}, got {max_matvecs!r}.")
     v0 = _check_v0(v0, n, op)
-    gen = generator(seed, op.device)
+    gen = generator(seed)
     start = op.num_matvecs
     vals: list[float] = []
     vecs: list[torch.Tensor] = []

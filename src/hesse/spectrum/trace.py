@@ -96,7 +96,7 @@ def trace(op: CurvatureOperator, method: str = "xtrace", num_matvecs: int = 198,
     if method == "exact" or num_matvecs >= n:
         total = float(exact_diagonal(op, progress, "trace (exact)").double().sum())
         return TraceEstimate(total, 0.0, op.num_matvecs - start, "exact")
-    gen = generator(seed, op.device)
+    gen = generator(seed)
     with Progress(num_matvecs, f"trace ({method})", progress) as bar:
         if method == "hutchinson":
             W = probe_block(n, num_matvecs, "rademacher", gen, op.dtype, op.device)
