@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 import torch
-from hesse.operators._model import math_attention
+from hesse.operators.evaluation import math_attention
 from torch import nn
 
 import hesse
