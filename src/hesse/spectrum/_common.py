@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from hesse._blocks import probe_block
+from hesse._validation import check_choice
 from hesse.operators import CurvatureOperator
 
 
@@ -36,3 +39,17 @@ def rademacher(n: int, k: int, gen: torch.Generator, dtype, device) -> torch.Ten
 def gaussian(n: int, k: int, gen: torch.Generator, dtype, device) -> torch.Tensor:
     """An ``(n, k)`` block of standard normal entries (:func:`hesse._blocks.probe_block`)."""
     return probe_block(n, k, "gaussian", gen, dtype, device)
+
+
+def check_budget(op: Any, method: str, methods: tuple[str, ...], num_matvecs: Any,
+                 minimum: dict[str, int]) -> tuple[CurvatureOperator, str, bool]:
+    """Checked ``(op, method, exact)`` of a trace or diagonal estimator: ``exact`` when the method
+    is ``"exact"`` or the budget reaches ``n`` (then ``n`` unit-vector products are the cheapest
+    way to the exact answer)."""
+    op = check_operator(op)
+    method = check_choice(method, "method", methods)
+    if method != "exact":
+        least = minimum[method]
+        if not isinstance(num_matvecs, int) or isinstance(num_matvecs, bool) or num_matvecs < least:
+            raise ValueError(f"num_matvecs must be an int >= {least} for method={method!r}, got {num_matvecs!r}.")
+    return op, method, method == "exact" or num_matvecs >= op.shape[0]

@@ -31,10 +31,9 @@ from hesse._blocks import (
 )
 from hesse._progress import Progress
 from hesse._result import Result
-from hesse._validation import check_choice
 from hesse.operators import CurvatureOperator
 
-from ._common import check_operator, generator
+from ._common import check_budget, generator
 
 __all__ = ["DiagonalEstimate", "diagonal", "exact_diagonal"]
 
@@ -77,15 +76,10 @@ def diagonal(op: CurvatureOperator, method: str = "hutchinson", num_matvecs: int
 
     ``num_matvecs >= n`` returns the exact diagonal (``n`` products, ``method="exact"``).
     """
-    op = check_operator(op)
-    method = check_choice(method, "method", _METHODS)
+    op, method, exact = check_budget(op, method, _METHODS, num_matvecs, _MIN_MATVECS)
     n = op.shape[0]
     start = op.num_matvecs
-    if method != "exact":
-        minimum = _MIN_MATVECS[method]
-        if not isinstance(num_matvecs, int) or isinstance(num_matvecs, bool) or num_matvecs < minimum:
-            raise ValueError(f"num_matvecs must be an int >= {minimum} for method={method!r}, got {num_matvecs!r}.")
-    if method == "exact" or num_matvecs >= n:
+    if exact:
         out = exact_diagonal(op, progress)
         return DiagonalEstimate(out, torch.zeros_like(out), op.num_matvecs - start, "exact")
     gen = generator(seed)

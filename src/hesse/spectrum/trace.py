@@ -36,10 +36,9 @@ import torch
 from hesse._blocks import probe_block, products
 from hesse._progress import Progress
 from hesse._result import Result
-from hesse._validation import check_choice
 from hesse.operators import CurvatureOperator
 
-from ._common import check_operator, generator
+from ._common import check_budget, generator
 from .diagonal import exact_diagonal
 
 __all__ = ["TraceEstimate", "trace"]
@@ -85,15 +84,10 @@ def trace(op: CurvatureOperator, method: str = "xtrace", num_matvecs: int = 198,
     (``seed`` makes them reproducible); products go through ``op.matmat`` in blocks.
     ``num_matvecs >= n`` returns the exact trace (``n`` products, ``method="exact"``, ``stderr=0``).
     """
-    op = check_operator(op)
-    method = check_choice(method, "method", _METHODS)
+    op, method, exact = check_budget(op, method, _METHODS, num_matvecs, _MIN_MATVECS)
     n = op.shape[0]
     start = op.num_matvecs
-    if method != "exact":
-        minimum = _MIN_MATVECS[method]
-        if not isinstance(num_matvecs, int) or isinstance(num_matvecs, bool) or num_matvecs < minimum:
-            raise ValueError(f"num_matvecs must be an int >= {minimum} for method={method!r}, got {num_matvecs!r}.")
-    if method == "exact" or num_matvecs >= n:
+    if exact:
         total = float(exact_diagonal(op, progress, "trace (exact)").double().sum())
         return TraceEstimate(total, 0.0, op.num_matvecs - start, "exact")
     gen = generator(seed)
