@@ -10,9 +10,24 @@ with ``ignore_index``):
    as multiples of the gradient;
 3. top eigenvalue: ``hesse.eigsh(op, k=1, tol=1e-4)``, wall time, products, and relative error
    against a reference run at ``tol=1e-6`` (float32; ``1e-10`` in float64);
-4. the same quantities with PyHessian (``hessian(...).eigenvalues(top_n=1)``) and curvlinops
-   (``HessianLinearOperator`` + SciPy ARPACK) in the same run when they are importable; when not,
-   their rows say "skipped: not importable" (they are optional peers, never required).
+4. the same quantities with PyHessian and curvlinops in the same process, on the same model, data and
+   loss, when they are importable (optional peers, never required; otherwise their rows say
+   "skipped: not importable"):
+   - PyHessian: ``hessian(Logits(model), loss, data=(inputs, labels))``, one product of its
+     ``hessian_vector_product`` on the kept first-backward graph, and ``eigenvalues(top_n=1,
+     tol=1e-4)``, whose power iteration stops when the eigenvalue changes by less than ``tol``
+     relatively and returns the eigenvalue of largest magnitude; its products are counted;
+   - curvlinops: ``HessianLinearOperator(...).to_scipy()`` (a jvp of a jacrev per product, the
+     graph rebuilt each time), one ``matvec``, and SciPy ARPACK ``eigsh(k=1, which="LA", tol=1e-4)``
+     with its products counted.
+
+One thread (``torch.set_num_threads(1)``), medians of 3 after a warm-up. The peers need no
+torchvision here; a separate environment keeps them out of the project's::
+
+    python -m venv benchvenv && benchvenv/bin/pip install torch numpy scipy transformers tqdm einops
+    benchvenv/bin/pip install --no-deps pyhessian curvlinops-for-pytorch backpack-for-pytorch
+    benchvenv/bin/pip install --no-deps unfoldNd einconv linear_operator jaxtyping wadler_lindig
+    PYTHONPATH=src benchvenv/bin/python benchmarks/bench_transformers.py
 
 Prints JSON and a table; writes ``benchmarks/results/transformers.json`` (``--quick``: tiny models,
 a few seconds, writes nothing unless ``--out`` is given).
