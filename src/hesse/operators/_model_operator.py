@@ -24,6 +24,7 @@ from torch import nn
 
 from .._memory import format_bytes
 from .._progress import Progress
+from .._validation import all_finite
 from ._graph_cache import DEFAULT_GRAPH_MEMORY, GraphCache, SavedBytes
 from ._parallel import DataParallelReduction
 from .base import CurvatureOperator
@@ -188,7 +189,7 @@ class ModelCurvatureOperator(CurvatureOperator):
         flat = p.flatten([
             torch.zeros_like(q) if g is None else g.detach() for q, g in zip(params, grads)
         ])
-        if not bool(torch.isfinite(flat).all()):  # one check; locate the culprit only on failure
+        if not all_finite(flat):  # one check; locate the culprit only on failure
             bad = next(n for n, g in zip(p.names, grads)
                        if g is not None and not bool(torch.isfinite(g).all()))
             raise ValueError(f"the gradient is not finite on batch {i}, parameter {bad!r}.")
@@ -230,7 +231,7 @@ class ModelCurvatureOperator(CurvatureOperator):
         def add(parts, nb, index, inputs, targets):
             nonlocal out
             block = p.flatten_block(parts, k)
-            if not bool(torch.isfinite(block).all()):  # one check per batch; locate on failure
+            if not all_finite(block):  # one check per batch; locate on failure
                 raise ValueError(self._nonfinite_message(index, inputs, targets, block))
             if out is None:
                 out = block.mul_(p.weight(nb))

@@ -32,6 +32,7 @@ from hesse._blocks import DEFAULT_CHUNK, apply_in_chunks, check_chunk, unit_bloc
 from .._autodiff import _symmetrize_in_place
 from .._memory import guard_dense
 from .._progress import Progress
+from .._validation import all_finite
 
 
 class CurvatureOperator(ABC):
@@ -118,14 +119,14 @@ class CurvatureOperator(ABC):
         return self._checked(self._matmat(V))
 
     def _check_finite_input(self, V: torch.Tensor, name: str) -> None:
-        if not bool(torch.isfinite(V).all()):
+        if not all_finite(V):
             raise ValueError(f"{name} has {int((~torch.isfinite(V)).sum())} non-finite entries; "
                              f"an operator multiplies finite vectors only.")
 
     def _checked(self, out: torch.Tensor) -> torch.Tensor:
         """Refuse a non-finite product of finite vectors: one ``isfinite`` per product, so that
         no algorithm downstream (Lanczos, eigh, Hutchinson) turns it into a silent NaN."""
-        if bool(torch.isfinite(out).all()):
+        if all_finite(out):
             return out
         rows = torch.nonzero(~torch.isfinite(out).reshape(out.shape[0], -1).all(dim=1)).flatten()
         shown = ", ".join(str(int(r)) for r in rows[:8]) + (" ..." if len(rows) > 8 else "")
