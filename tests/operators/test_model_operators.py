@@ -15,10 +15,10 @@ import warnings
 
 import pytest
 import torch
-from hesse.operators.evaluation import math_attention
 from torch import nn
 
 import hesse
+from hesse.operators.evaluation import math_attention
 from hesse.testing import dense_hessian_of_model, flat_loss_of_model
 
 

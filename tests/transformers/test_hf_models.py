@@ -27,7 +27,7 @@ import torch
 from torch.func import functional_call
 
 import hesse
-from hesse.operators._evaluation import AttentionFallbackWarning
+from hesse.operators.evaluation import AttentionFallbackWarning
 
 transformers = pytest.importorskip("transformers")
 
