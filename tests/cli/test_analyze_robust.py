@@ -26,6 +26,14 @@ def test_overflowing_bounds_refused_one_line(capsys):
     assert rc == 2 and "bounds" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("option", ["--timeout", "--time-limit"])
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "0"])
+def test_time_options_must_be_finite_positive(capsys, option, value):
+    rc = main(["analyze", "x**2+y**2", f"{option}={value}", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and option in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("starts", ["1000000000", "0"])
 def test_starts_bounded(capsys, starts):
     rc = main(["analyze", "x**2+y**2", "--starts", starts, "--quiet"])
