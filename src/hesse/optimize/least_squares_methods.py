@@ -63,11 +63,16 @@ def _finite(r: torch.Tensor, J: torch.Tensor) -> bool:
     return bool(torch.isfinite(J).all()) and bool(torch.isfinite(r).all())
 
 
-def minimize_gauss_newton(problem: Residuals, x: torch.Tensor, run: Run) -> OptimizeResult:
+def _start(problem: Residuals, x: torch.Tensor, run: Run):
+    """Residuals, Jacobian, ``f = ||r||²/2``, ``g = Jᵀ r`` at the start, and the run's verdict there."""
     r, J = problem.residuals_and_jacobian(x)
     f = 0.5 * float(torch.dot(r, r))
     g = J.T @ r
-    status = run.start(x, f, float(g.norm()))
+    return r, J, f, g, run.start(x, f, float(g.norm()))
+
+
+def minimize_gauss_newton(problem: Residuals, x: torch.Tensor, run: Run) -> OptimizeResult:
+    r, J, f, g, status = _start(problem, x, run)
     if status is not None:
         return run.finish(x, f, g, status)
     while True:
@@ -91,10 +96,7 @@ def minimize_gauss_newton(problem: Residuals, x: torch.Tensor, run: Run) -> Opti
 
 def minimize_levenberg_marquardt(problem: Residuals, x: torch.Tensor, run: Run, *,
                                  initial_radius_factor: float = 100.0) -> OptimizeResult:
-    r, J = problem.residuals_and_jacobian(x)
-    f = 0.5 * float(torch.dot(r, r))
-    g = J.T @ r
-    status = run.start(x, f, float(g.norm()))
+    r, J, f, g, status = _start(problem, x, run)
     if status is not None:
         return run.finish(x, f, g, status)
     D = J.norm(dim=0).clamp_min(torch.finfo(x.dtype).eps)
