@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import hesse
+import hesse.cli.spectrum
 from hesse.cli.main import main
 
 FACTORIES = textwrap.dedent("""
@@ -122,7 +123,7 @@ def test_internal_error_is_a_traceback_not_a_user_error(mf, capsys, monkeypatch)
     def broken(*a, **k):
         raise RuntimeError("internal failure")
 
-    monkeypatch.setattr(hesse.spectrum, "eigsh", broken)  # where hesse spectrum looks it up
+    monkeypatch.setattr(hesse.cli.spectrum, "eigsh", broken)  # where hesse spectrum looks it up
     rc = main(["spectrum", "--model", f"{mf}:small", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" in err and "this is a bug in hesse, please report it" in err
