@@ -13,6 +13,30 @@ def _restore_default_dtype():
         pytest.fail(f"test left torch's default dtype at {torch.get_default_dtype()}; restore it in the test")
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster and deterministic (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def load_factory():
+    """``load_factory(path, name)``: call the factory ``name`` of the model file at ``path``, as
+    ``hesse --model path:name`` does, to compute a reference in-process."""
+    import importlib.util
+
+    def load(path, name):
+        spec = importlib.util.spec_from_file_location(f"ref_{name}", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return getattr(mod, name)()
+
+    return load
+
+
 def pytest_configure(config):
     """Under pytest-xdist, one intra-op thread per worker.
 

@@ -19,14 +19,6 @@ MODELS = Path(__file__).resolve().parents[1] / "examples" / "models"
 FILES = ["digits_mlp.py", "digits_cnn.py", "tiny_transformer.py"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small models: threads only add overhead
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name", FILES)
 def test_factory_follows_the_protocol(name):
     problem = load_model_factory(f"{MODELS / name}:make")

@@ -4,7 +4,6 @@ import json
 import textwrap
 
 import pytest
-import torch
 
 import hesse
 from hesse.cli.main import main
@@ -32,13 +31,6 @@ FACTORIES = textwrap.dedent("""
 N = 4 * 3 + 3 + 3 * 3 + 3  # 27 parameters
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture()
 def mf(tmp_path):
@@ -46,14 +38,6 @@ def mf(tmp_path):
     p.write_text(FACTORIES)
     return p
 
-
-def _load(mf, name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"ref_{name}", mf)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return getattr(mod, name)()
 
 
 def test_diverged_run_is_diagnosed_as_diverged(mf, tmp_path, capsys):
@@ -115,7 +99,7 @@ def test_failure_while_writing_leaves_no_partial_or_stale_files(mf, tmp_path, ca
 
 
 @pytest.mark.parametrize("train", [0, 10])
-def test_generator_data(mf, tmp_path, capsys, train):
+def test_generator_data(load_factory, mf, tmp_path, capsys, train):
     rc = main(["report", "--model", f"{mf}:generator", "--train", str(train), "--lr", "0.5", "--every", "5",
                "--k", "2", "--out", str(tmp_path / "r"), "--quiet", "--json"])
     cap = capsys.readouterr()
@@ -123,18 +107,18 @@ def test_generator_data(mf, tmp_path, capsys, train):
     payload = json.loads(cap.out)
     assert len(payload["training_losses"]) == train
     if not train:
-        d = _load(mf, "generator")
+        d = load_factory(mf, "generator")
         ref = hesse.eigsh(hesse.HessianOperator(d["model"], d["loss_fn"], list(d["data"])), k=2)
         assert payload["final"]["top_eigenvalues"] == pytest.approx(ref.values.tolist(), rel=1e-9)
 
 
-def test_batches_curvature_device_flags(mf, tmp_path, capsys):
+def test_batches_curvature_device_flags(load_factory, mf, tmp_path, capsys):
     rc = main(["report", "--model", f"{mf}:batched", "--batches", "2", "--curvature", "ggn", "--device", "cpu",
                "--k", "3", "--out", str(tmp_path / "r"), "--quiet", "--json"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     payload = json.loads(cap.out)
-    d = _load(mf, "batched")
+    d = load_factory(mf, "batched")
     ref = hesse.eigsh(hesse.GGNOperator(d["model"], d["loss_fn"], d["data"][:2]), k=3)
     # n = 27: dense eigensolver on both sides, equal to rounding
     assert payload["curvature"] == "ggn"

@@ -62,14 +62,6 @@ def mf(tmp_path):
     return p
 
 
-def _load(mf, name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"ref_{name}", mf)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return getattr(mod, name)()
-
 
 def _json(capsys, *argv):
     rc = main(["spectrum", *argv, "--json", "--quiet"])
@@ -92,10 +84,10 @@ def test_k_above_n_is_refused_not_clamped(mf, capsys):
     _one_line_error(capsys, ["--model", f"{mf}:small", "--k", "600"], "k=600 exceeds the operator size n=44")
 
 
-def test_trace_on_small_model_is_exact(mf, capsys):
+def test_trace_on_small_model_is_exact(load_factory, mf, capsys):
     # default --trace-matvecs 100 >= n = 44: the exact trace from 44 unit-vector products
     out = _json(capsys, "--model", f"{mf}:small", "--k", "1", "--trace")
-    d = _load(mf, "small")
+    d = load_factory(mf, "small")
     from hesse.testing import dense_hessian_of_model
 
     H = dense_hessian_of_model(d["model"], d["loss_fn"], *d["data"])
@@ -129,16 +121,16 @@ def test_internal_error_is_a_traceback_not_a_user_error(mf, capsys, monkeypatch)
     assert rc == 1 and "Traceback" in err and "this is a bug in hesse, please report it" in err
 
 
-def test_generator_data(mf, capsys):
+def test_generator_data(load_factory, mf, capsys):
     out = _json(capsys, "--model", f"{mf}:generator", "--k", "2")
-    d = _load(mf, "generator")
+    d = load_factory(mf, "generator")
     ref = hesse.eigsh(hesse.HessianOperator(d["model"], d["loss_fn"], list(d["data"])), k=2)
     assert out["eigenvalues"]["values"] == pytest.approx(ref.values.tolist(), rel=1e-10)
 
 
-def test_batches_flag_equals_library_on_the_subset(mf, capsys):
+def test_batches_flag_equals_library_on_the_subset(load_factory, mf, capsys):
     out = _json(capsys, "--model", f"{mf}:batched", "--k", "3", "--batches", "2")
-    d = _load(mf, "batched")
+    d = load_factory(mf, "batched")
     ref = hesse.eigsh(hesse.HessianOperator(d["model"], d["loss_fn"], d["data"][:2]), k=3)
     full = hesse.eigsh(hesse.HessianOperator(d["model"], d["loss_fn"], d["data"]), k=3)
     # n = 44: dense eigensolver on both sides, equal to rounding; the subset differs from all batches
@@ -150,17 +142,17 @@ def test_batches_flag_equals_library_on_the_subset(mf, capsys):
 
 @pytest.mark.parametrize("curvature, cls", [("ggn", hesse.GGNOperator), ("fisher", hesse.FisherOperator),
                                             ("hessian", hesse.HessianOperator)])
-def test_curvature_flag_equals_library_operator(mf, capsys, curvature, cls):
+def test_curvature_flag_equals_library_operator(load_factory, mf, capsys, curvature, cls):
     out = _json(capsys, "--model", f"{mf}:small", "--k", "3", "--curvature", curvature)
-    d = _load(mf, "small")
+    d = load_factory(mf, "small")
     ref = hesse.eigsh(cls(d["model"], d["loss_fn"], d["data"]), k=3)
     assert out["curvature"] == curvature
     assert out["eigenvalues"]["values"] == pytest.approx(ref.values.tolist(), rel=1e-10, abs=1e-14)
 
 
-def test_device_flag(mf, capsys):
+def test_device_flag(load_factory, mf, capsys):
     out = _json(capsys, "--model", f"{mf}:small", "--k", "2", "--device", "cpu")
-    d = _load(mf, "small")
+    d = load_factory(mf, "small")
     ref = hesse.eigsh(hesse.HessianOperator(d["model"], d["loss_fn"], d["data"]), k=2)
     assert out["eigenvalues"]["values"] == pytest.approx(ref.values.tolist(), rel=1e-10)
     _one_line_error(capsys, ["--model", f"{mf}:small", "--device", "cuda:99"], "--device cuda:99")

@@ -9,19 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from hesse.cli.main import main
 
 VARIANTS_FILE = str(Path(__file__).resolve().parents[1] / "diagnostics" / "_variants.py")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _spectrum(capsys, factory, *argv):

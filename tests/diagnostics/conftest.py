@@ -4,15 +4,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and deterministic (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def linear_regression():
     """y ≈ X w with MSE: L(w) = mean((Xw - y)^2), Hessian 2 XᵀX / N exactly (float64)."""
