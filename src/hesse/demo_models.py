@@ -7,6 +7,8 @@ of the benchmarks. Each ``*_problem`` function follows the model protocol of the
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -66,22 +68,34 @@ def digits_cnn(channels: int = 16, seed: int = 0, dtype: torch.dtype = torch.flo
 
 def train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, steps: int = 200, lr: float = 0.1,
           batch_size: int | None = None, seed: int = 0) -> list[float]:
-    """Plain (mini-batch) gradient descent with cross-entropy; returns the loss per step."""
+    """Plain (mini-batch) gradient descent with cross-entropy; returns the loss per step.
+
+    The steps run in float64 on a copy of the model, and the trained weights are rounded to the
+    model's own dtype once at the end. Gradient descent at a large step size amplifies roundoff
+    (each step multiplies a perturbation by up to ``|1 - lr * lambda|``), so a float32 run's result
+    would depend on the last bits of the CPU's float32 kernels; in float64 the amplified roundoff
+    stays far below float32 resolution and the trained model is the same on every machine.
+    """
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    work = copy.deepcopy(model).to(torch.float64)
+    X64 = X.to(torch.float64) if X.is_floating_point() else X
+    opt = torch.optim.SGD(work.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     losses = []
     for _ in range(steps):
         if batch_size is None:
-            xb, yb = X, y
+            xb, yb = X64, y
         else:
             idx = torch.randint(0, len(X), (batch_size,), generator=gen)
-            xb, yb = X[idx], y[idx]
+            xb, yb = X64[idx], y[idx]
         opt.zero_grad()
-        loss = loss_fn(model(xb), yb)
+        loss = loss_fn(work(xb), yb)
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+    with torch.no_grad():
+        for target, source in zip(model.state_dict().values(), work.state_dict().values()):
+            target.copy_(source)
     return losses
 
 
