@@ -103,7 +103,7 @@ def _hvp_forward_over_reverse(fs, x, v):
 
 
 def _hvp_reverse_over_reverse(fs, x, v):
-    _, vjp_fn = vjp(grad(fs), x)
+    vjp_fn = vjp(grad(fs), x)[1]
     return vjp_fn(v)[0]
 
 

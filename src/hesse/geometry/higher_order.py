@@ -122,7 +122,8 @@ def _taylor_coefficients(phi: Callable, t0: torch.Tensor, K: int) -> torch.Tenso
         prev = level(k - 1)
 
         def fn(t):
-            primal, tangent = jvp(prev, (t,), (torch.ones_like(t),))
+            out = jvp(prev, (t,), (torch.ones_like(t),))
+            primal, tangent = out[0], out[1]
             return tuple(primal) + (tangent[-1],)
 
         return fn

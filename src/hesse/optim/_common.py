@@ -131,7 +131,7 @@ class BatchRecorder:
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, owner: Any):
-        self.inputs: torch.Tensor | None = None
+        self.inputs: torch.Tensor | tuple[Any, ...] | None = None
         self.targets: Any = None
         self.hooks = HookSet(owner)
         self.hooks.add(model.register_forward_pre_hook(weak_hook(self._record_inputs)))

@@ -269,15 +269,16 @@ def _make(name, n):
                                     0.0, None, "MGH 28"),
     }
     if name in scalable:
-        default_n, multiple, res, x0_of, fmin, xmin_of, ref = scalable[name]
+        default_n, multiple, res, x0_of, fmin_default, xmin_of, ref = scalable[name]
+        best: float | None = fmin_default
         m = default_n if n is None else n
         if not isinstance(m, int) or m < multiple or m % multiple:
             raise ValueError(f"problem {name!r} needs n a positive multiple of {multiple}; got n={n!r}.")
         if name == "penalty_one":
-            fmin = {4: 2.24997e-5, 10: 7.08765e-5}.get(m)
+            best = {4: 2.24997e-5, 10: 7.08765e-5}.get(m)
         if name == "trigonometric":
-            fmin = {10: 2.79506e-5}.get(m)
-        return OptimizationProblem(name, m, x0_of(m), _sumsq(res), res, fmin,
+            best = {10: 2.79506e-5}.get(m)
+        return OptimizationProblem(name, m, x0_of(m), _sumsq(res), res, best,
                                    xmin_of(m) if xmin_of else None, ref)
     if name == "chained_rosenbrock":
         m = 1000 if n is None else n
