@@ -1,9 +1,7 @@
-"""Option names follow torch.optim (``eps``, ``betas``, ``<thing>_every``); the old spellings keep
-working for one release as deprecated aliases: keyword arguments, param-group keys and the param
-groups of saved state_dicts, each with a FutureWarning naming the new option. Result records
-derive from hesse's Result and use its field names."""
+"""Option names follow torch.optim (``eps``, ``betas``, ``<thing>_every``); spellings that were
+never released are unknown keywords. Result records derive from hesse's Result and use its field
+names."""
 
-import copy
 import math
 import warnings
 
@@ -33,7 +31,7 @@ def _ada(model, **kw):
     return AdaHessian(model.parameters(), lr=0.01, **kw)
 
 
-# (factory, deprecated keyword, its value, new option, the value stored under it)
+# (factory, a spelling that was never released, its value, the option's name, the value stored)
 RENAMES = [
     (_kfac, "inv_every", 3, "inverse_every", 3),
     (_shampoo, "epsilon", 1e-3, "eps", 1e-3),
@@ -59,67 +57,16 @@ def _step(model, opt):
     opt.step(closure)
 
 
-@pytest.mark.parametrize("make,old,value,new,stored", RENAMES, ids=IDS)
-def test_deprecated_keyword_warns_and_is_honoured(make, old, value, new, stored):
-    with pytest.warns(FutureWarning, match=new):
-        opt = make(_model(), **{old: value})
-    group = opt.param_groups[0]
-    assert group[new] == stored and old not in group
+@pytest.mark.parametrize("make, old, value, new, stored", RENAMES, ids=IDS)
+def test_unreleased_spellings_are_unknown_keywords(make, old, value, new, stored):
+    with pytest.raises(TypeError, match=old):
+        make(_model(), **{old: value})
 
 
-@pytest.mark.parametrize("make,old,value,new,stored", RENAMES, ids=IDS)
-def test_deprecated_param_group_key_warns_and_is_honoured(make, old, value, new, stored):
-    """The old key in param-group dicts (in both groups: AdaHessian's cadence is one per step)."""
-    model = _model()
-    groups = [{"params": list(model[0].parameters()), old: value},
-              {"params": list(model[2].parameters()), old: value}]
-    with pytest.warns(FutureWarning, match=new):
-        if make is _kfac:
-            opt = KFAC(model, params=groups)
-        elif make is _shampoo:
-            opt = Shampoo(groups, graft="adam")
-        else:
-            opt = AdaHessian(groups)
-    for group in opt.param_groups:
-        assert group[new] == stored and old not in group
-
-
-@pytest.mark.parametrize("make,old,value,new,stored", RENAMES, ids=IDS)
-def test_old_state_dict_loads_and_resumes_bit_for_bit(make, old, value, new, stored):
-    """A state_dict whose param groups carry the old option name (as saved before the rename)
-    loads with a FutureWarning and continues exactly as the run that saved it."""
-    model = _model()
-    opt = make(model, **{new: stored})
-    _step(model, opt)
-    sd = copy.deepcopy(opt.state_dict())
-    old_sd = copy.deepcopy(sd)
-    for g in old_sd["param_groups"]:
-        if new == "graft_betas":
-            b1, b2 = g.pop("graft_betas")
-            g["beta1_graft"], g["beta2_graft"] = b1, b2
-        else:
-            g[old] = g.pop(new)
-    params0 = copy.deepcopy(model.state_dict())
-    _step(model, opt)
-    reference = [p.detach().clone() for p in model.parameters()]
-    model.load_state_dict(params0)
-    fresh = make(model)
-    with pytest.warns(FutureWarning, match=new):
-        fresh.load_state_dict(old_sd)
-    assert fresh.param_groups[0][new] == stored
-    _step(model, fresh)
-    for p, q in zip(model.parameters(), reference):
-        assert torch.equal(p.detach(), q)
-
-
-@pytest.mark.parametrize("make,old,value,new,stored", RENAMES[:5] + RENAMES[7:],
-                         ids=IDS[:5] + IDS[7:])
-def test_both_spellings_or_an_unknown_keyword_are_refused(make, old, value, new, stored):
-    with pytest.raises(TypeError, match=f"give only '?{new}"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        make(_model(), **{old: value, new: stored})
-    with pytest.raises(TypeError, match="unexpected keyword argument 'inverse_evry'"):
-        make(_model(), inverse_evry=3)
+@pytest.mark.parametrize("make, old, value, new, stored", RENAMES, ids=IDS)
+def test_options_are_stored_under_their_names(make, old, value, new, stored):
+    opt = make(_model(), **{new: stored})
+    assert opt.param_groups[0][new] == stored and old not in opt.param_groups[0]
 
 
 def test_new_names_raise_no_warning():
@@ -132,7 +79,7 @@ def test_new_names_raise_no_warning():
 
 def test_cg_record_is_a_result_with_the_glossary_names():
     """CGRecord derives from Result: nit, num_matvecs (counted here by the matvec itself),
-    converged, message; mapping access, as_dict and the aligned repr; the old names warn."""
+    converged, message; mapping access, as_dict and the aligned repr."""
     A = torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64))
     b = torch.ones(4, dtype=torch.float64)
     calls = []
@@ -154,9 +101,6 @@ def test_cg_record_is_a_result_with_the_glossary_names():
     assert list(d)[:5] == ["converged", "relative_residual", "nit", "num_matvecs", "message"]
     assert math.isnan(d["damping"])
     assert repr(rec).startswith("CGRecord(\n") and "num_matvecs: 5" in repr(rec)
-    with pytest.warns(FutureWarning, match="nit"):
-        assert rec.num_iterations == rec.nit
-    with pytest.warns(FutureWarning, match="message"):
-        assert rec.stop == rec.message
-    with pytest.raises(AttributeError):
-        rec.iterations  # noqa: B018
+    for never_released in ("num_iterations", "stop", "iterations"):
+        with pytest.raises(AttributeError):
+            getattr(rec, never_released)

@@ -14,9 +14,7 @@ structure take the model first: ``KFAC(model, ...)``, ``HessianFree(model, loss_
 Option names follow ``torch.optim``: ``lr``, ``momentum``, ``weight_decay``, ``eps``, ``betas``
 (``graft_betas`` for Shampoo's Adam grafting); a cadence is ``<thing>_every`` (``factor_every``,
 ``inverse_every``, ``precondition_every``, ``hessian_every``); the decay of curvature statistics
-is ``stat_decay``. Earlier spellings (``inv_every``, ``epsilon``, ``beta2``, ``precond_every``,
-``max_precond_dim``, ``beta1_graft``/``beta2_graft``, ``update_each``) still work for one release,
-as keywords, param-group keys and in saved state_dicts, with a ``FutureWarning``. Records
+is ``stat_decay``. Records
 (:class:`CGRecord`) are :class:`hesse._result.Result` dataclasses with the package's field names
 (``nit``, ``num_matvecs``, ``converged``, ``message``).
 """

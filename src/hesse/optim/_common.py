@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -178,64 +177,3 @@ def closure_loss(closure: Callable | None, cls_name: str, params: Any = (),
     _check_finite_loss(loss, cls_name)
     check_finite_gradients(params, cls_name, names)
     return loss
-
-
-# ---------------------------------------------------------------------- deprecated option names
-class DeprecatedOptions(torch.optim.Optimizer):
-    """Base of the optimizers whose options were renamed: the old spellings keep
-    working for one release, with a ``FutureWarning`` naming the new one, as keyword arguments
-    (:meth:`_take_deprecated`), as keys of param-group dicts (:meth:`add_param_group`) and in
-    the param groups of a saved ``state_dict`` (:meth:`load_state_dict`).
-
-    ``_renamed_options`` maps an old name to its new one. A subclass whose renaming is not
-    one-to-one overrides :meth:`_upgrade_options`.
-    """
-
-    _renamed_options: dict[str, str] = {}
-
-    def _upgrade_options(self, options: dict[str, Any], where: str) -> dict[str, Any]:
-        """``options`` with the old names replaced by the new ones (a new dict); a
-        ``FutureWarning`` per old name, a ``TypeError`` when both spellings are given."""
-        out = dict(options)
-        for old, new in self._renamed_options.items():
-            if old not in out:
-                continue
-            if new in out:
-                raise TypeError(f"{type(self).__name__}: {where} gives both {old!r} and {new!r}; "
-                                f"give only {new!r} ({old!r} is its deprecated name).")
-            warnings.warn(f"{type(self).__name__}: the option {old!r} ({where}) is deprecated and "
-                          f"will be removed in the next release; use {new!r}.", FutureWarning,
-                          stacklevel=4)
-            out[new] = out.pop(old)
-        return out
-
-    def _take_deprecated(self, deprecated: dict[str, Any], given: dict[str, Any],
-                         defaults: dict[str, Any]) -> dict[str, Any]:
-        """The keyword arguments ``given`` (new names) updated with the ``deprecated`` keyword
-        arguments (old names, each with a ``FutureWarning``). An unknown keyword is a
-        ``TypeError`` as Python raises it; so is an old name given together with its new name
-        set to a non-default value."""
-        unknown = sorted(set(deprecated) - set(self._known_deprecated()))
-        if unknown:
-            raise TypeError(f"{type(self).__name__}.__init__() got an unexpected keyword argument "
-                            f"{unknown[0]!r}.")
-        upgraded = self._upgrade_options(deprecated, "keyword argument")
-        out = dict(given)
-        for key, value in upgraded.items():
-            if given[key] != defaults[key]:
-                raise TypeError(f"{type(self).__name__}: got both {key!r} and its deprecated name; "
-                                f"give only {key!r}.")
-            out[key] = value
-        return out
-
-    def _known_deprecated(self) -> list[str]:
-        return list(self._renamed_options)
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        super().add_param_group(self._upgrade_options(param_group, "param group"))
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if "param_groups" in state_dict:
-            state_dict = {**state_dict, "param_groups": [
-                self._upgrade_options(g, "saved state_dict") for g in state_dict["param_groups"]]}
-        super().load_state_dict(state_dict)

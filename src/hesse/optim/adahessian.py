@@ -24,13 +24,12 @@ Cost per step: one forward/backward with ``create_graph`` plus one Hessian-vecto
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import torch
 
 from hesse._validation import check_betas
 
-from ._common import DeprecatedOptions, check_hyper, check_int, closure_loss, uniform_option
+from ._common import check_hyper, check_int, closure_loss, uniform_option
 
 __all__ = ["AdaHessian"]
 
@@ -38,21 +37,14 @@ __all__ = ["AdaHessian"]
 _WHY_ONE_CADENCE = "one Hutchinson draw covers all parameters"
 
 
-class AdaHessian(DeprecatedOptions):
+class AdaHessian(torch.optim.Optimizer):
     """``AdaHessian(params, lr=0.15, betas=(0.9, 0.999), eps=1e-4, weight_decay=0.0,
     hessian_power=1.0, hessian_every=1, seed=0)``; ``step(closure)`` with a closure that calls
-    ``loss.backward(create_graph=True)``.
-
-    ``update_each`` is the deprecated name of ``hessian_every`` (a ``FutureWarning``; saved
-    ``state_dict``s with it still load)."""
-
-    _renamed_options = {"update_each": "hessian_every"}
+    ``loss.backward(create_graph=True)``."""
 
     def __init__(self, params: Iterable, lr: float = 0.15, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-4, weight_decay: float = 0.0, hessian_power: float = 1.0,
-                 hessian_every: int = 1, seed: int = 0, **deprecated: Any):
-        hessian_every = self._take_deprecated(deprecated, {"hessian_every": hessian_every},
-                                              {"hessian_every": 1})["hessian_every"]
+                 hessian_every: int = 1, seed: int = 0):
         check_hyper(lr, "lr")
         betas = check_betas(betas)
         check_hyper(eps, "eps")

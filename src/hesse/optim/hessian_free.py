@@ -71,9 +71,6 @@ _ARMIJO_C = 1e-2
 _BACKTRACK_FACTOR = 0.8
 _MAX_LINE_SEARCH_TRIALS = 20
 
-_RENAMED_FIELDS = {"num_iterations": "nit", "stop": "message"}
-
-
 @dataclass(repr=False)
 class CGRecord(Result):
     """What the last inner CG did (a :class:`hesse._result.Result`): ``converged`` (residual
@@ -82,8 +79,6 @@ class CGRecord(Result):
     it stopped: ``"tolerance"``, ``"progress"`` (Martens' test), ``"max_iter"``,
     ``"negative curvature"``, ``"zero right-hand side"``), ``damping`` (λ used), ``rho``
     (reduction ratio), ``alpha`` (line-search step; 0 when no trial was accepted).
-
-    ``num_iterations`` and ``stop`` are deprecated names of ``nit`` and ``message``.
     """
 
     converged: bool
@@ -95,14 +90,6 @@ class CGRecord(Result):
     rho: float = float("nan")
     alpha: float = float("nan")
 
-    def __getattr__(self, name: str) -> Any:
-        # only called for names that are not fields: the deprecated spellings
-        if name in _RENAMED_FIELDS:
-            new = _RENAMED_FIELDS[name]
-            warnings.warn(f"CGRecord.{name} is deprecated and will be removed in the next "
-                          f"release; use CGRecord.{new}.", FutureWarning, stacklevel=2)
-            return getattr(self, new)
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 # What CGRecord.message says for each status of the CG kernel.

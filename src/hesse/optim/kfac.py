@@ -63,7 +63,6 @@ from ..operators.kronecker import layer_factors as layer_factors
 from ..operators.kronecker import linear_factors as linear_factors
 from ..operators.kronecker import output_gradient_scale as output_gradient_scale
 from ._common import (
-    DeprecatedOptions,
     HookSet,
     check_hyper,
     check_int,
@@ -77,7 +76,7 @@ from ._common import (
 __all__ = ["KFAC"]
 
 
-class KFAC(DeprecatedOptions):
+class KFAC(torch.optim.Optimizer):
     """K-FAC optimizer for the ``nn.Linear`` and ``nn.Conv2d`` layers of ``model``.
 
     ``KFAC(model, lr=0.1, damping=1e-3, inverse_every=10, stat_decay=0.95, momentum=0.9,
@@ -95,20 +94,13 @@ class KFAC(DeprecatedOptions):
 
     A step whose loss or gradients are not finite raises ``ValueError`` and changes nothing (the
     statistics recorded on that batch are discarded).
-
-    ``inv_every`` is the deprecated name of ``inverse_every`` (a ``FutureWarning``; saved
-    ``state_dict``s with it still load).
     """
-
-    _renamed_options = {"inv_every": "inverse_every"}
 
     def __init__(self, model: nn.Module, lr: float = 0.1, damping: float = 1e-3,
                  inverse_every: int = 10, stat_decay: float = 0.95, momentum: float = 0.9,
                  weight_decay: float = 0.0, kl_clip: float | None = 1e-3, params: Any = None,
-                 factor_every: int = 1, reduction: str = "mean", **deprecated: Any):
+                 factor_every: int = 1, reduction: str = "mean"):
         check_model(model, "KFAC")
-        inverse_every = self._take_deprecated(deprecated, {"inverse_every": inverse_every},
-                                              {"inverse_every": 10})["inverse_every"]
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be 'mean' or 'sum' (how the closure's loss combines "
                              f"the per-sample losses, as loss_fn.reduction); got {reduction!r}.")

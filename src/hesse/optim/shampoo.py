@@ -29,7 +29,6 @@ every ``precondition_every`` steps for the eigendecompositions. No extra forward
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -37,7 +36,7 @@ import torch
 
 from hesse._validation import check_betas
 
-from ._common import DeprecatedOptions, check_hyper, check_int, run_closure
+from ._common import check_hyper, check_int, run_closure
 
 __all__ = ["Shampoo"]
 
@@ -56,7 +55,7 @@ def inverse_root(M: torch.Tensor, p: int, eps: float) -> torch.Tensor:
     return (Q * d.pow(-1.0 / p)) @ Q.T
 
 
-class Shampoo(DeprecatedOptions):
+class Shampoo(torch.optim.Optimizer):
     """Shampoo with grafting: ``Shampoo(params, lr=0.01, momentum=0.9, stat_decay=1.0, eps=1e-4,
     precondition_every=10, max_precondition_dim=1024, graft="adagrad", graft_eps=1e-8,
     graft_betas=(0.9, 0.999), weight_decay=0.0)``.
@@ -65,29 +64,15 @@ class Shampoo(DeprecatedOptions):
     relative: the added ``εI`` is ``eps`` times the largest eigenvalue of the statistic (plus
     1e-30), so it does not depend on the scale of the loss.
 
-    Deprecated names (a ``FutureWarning``; saved ``state_dict``s with them still load):
-    ``beta2`` (``stat_decay``), ``epsilon`` (``eps``), ``precond_every``
-    (``precondition_every``), ``max_precond_dim`` (``max_precondition_dim``), ``beta1_graft`` and
-    ``beta2_graft`` (``graft_betas``).
     """
-
-    _renamed_options = {"beta2": "stat_decay", "epsilon": "eps",
-                        "precond_every": "precondition_every",
-                        "max_precond_dim": "max_precondition_dim"}
-    _graft_beta_names = ("beta1_graft", "beta2_graft")
 
     def __init__(self, params: Iterable, lr: float = 0.01, momentum: float = 0.9,
                  stat_decay: float = _DEFAULT_STAT_DECAY, eps: float = 1e-4,
                  precondition_every: int = 10, max_precondition_dim: int = 1024,
                  graft: str = "adagrad", graft_eps: float = 1e-8,
-                 graft_betas: tuple[float, float] = _GRAFT_BETAS, weight_decay: float = 0.0,
-                 **deprecated: Any):
-        given = dict(stat_decay=stat_decay, eps=eps, precondition_every=precondition_every,
-                     max_precondition_dim=max_precondition_dim, graft_betas=graft_betas)
-        defaults_of_renamed = dict(stat_decay=_DEFAULT_STAT_DECAY, eps=1e-4,
-                                   precondition_every=10, max_precondition_dim=1024,
-                                   graft_betas=_GRAFT_BETAS)
-        opts = self._take_deprecated(deprecated, given, defaults_of_renamed)
+                 graft_betas: tuple[float, float] = _GRAFT_BETAS, weight_decay: float = 0.0):
+        opts: dict[str, Any] = dict(stat_decay=stat_decay, eps=eps, precondition_every=precondition_every,
+                                    max_precondition_dim=max_precondition_dim, graft_betas=graft_betas)
         check_hyper(lr, "lr")
         check_hyper(momentum, "momentum", allow_zero=True, upper=1.0, upper_open=True)
         check_hyper(opts["stat_decay"], "stat_decay", upper=1.0)
@@ -102,27 +87,6 @@ class Shampoo(DeprecatedOptions):
         defaults = dict(lr=lr, momentum=momentum, graft=graft, graft_eps=graft_eps,
                         weight_decay=weight_decay, **opts)
         super().__init__(params, defaults)
-
-    def _known_deprecated(self) -> list[str]:
-        return [*self._renamed_options, *self._graft_beta_names]
-
-    def _upgrade_options(self, options: dict[str, Any], where: str) -> dict[str, Any]:
-        """One-to-one renames, and ``beta1_graft``/``beta2_graft`` folded into ``graft_betas``
-        (the other entry from ``graft_betas`` if given, else from the defaults)."""
-        out = super()._upgrade_options(options, where)
-        old = [k for k in self._graft_beta_names if k in out]
-        if not old:
-            return out
-        if "graft_betas" in out:
-            raise TypeError(f"Shampoo: {where} gives both {old[0]!r} and 'graft_betas'; give only "
-                            f"'graft_betas' ({old[0]!r} is deprecated).")
-        warnings.warn(f"Shampoo: the option(s) {', '.join(map(repr, old))} ({where}) are "
-                      f"deprecated and will be removed in the next release; use "
-                      f"graft_betas=(beta1, beta2).", FutureWarning, stacklevel=4)
-        base = getattr(self, "defaults", {}).get("graft_betas", _GRAFT_BETAS)
-        out["graft_betas"] = (float(out.pop("beta1_graft", base[0])),
-                              float(out.pop("beta2_graft", base[1])))
-        return out
 
     @staticmethod
     def _matrix_shape(p: torch.Tensor) -> tuple[int, int]:

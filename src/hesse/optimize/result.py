@@ -21,7 +21,6 @@ Status codes (``OptimizeResult.status``):
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -149,19 +148,6 @@ class OptimizeResult(Result):
     curvature_check: str = "not checked"
     wall_time: float = 0.0
     history: OptimizeHistory | None = None
-
-    @property
-    def ngev(self) -> int:
-        """Deprecated name of :attr:`njev` (gradient evaluations, as scipy counts them)."""
-        warnings.warn("OptimizeResult.ngev is deprecated; use njev (gradient evaluations, as in scipy).",
-                      DeprecationWarning, stacklevel=2)
-        return self.njev
-
-    @property
-    def nhvp(self) -> int:
-        """Deprecated name of :attr:`num_matvecs` (Hessian-vector products)."""
-        warnings.warn("OptimizeResult.nhvp is deprecated; use num_matvecs.", DeprecationWarning, stacklevel=2)
-        return self.num_matvecs
 
     @property
     def convergence_order(self) -> str:
