@@ -213,3 +213,22 @@ def test_cli_help_lists_verbs(capsys):
     assert main([]) == 2
     out = capsys.readouterr().out
     assert "demo" in out
+
+
+def test_public_records_derive_from_result():
+    """Every public record is a Result: fields, mapping access, as_dict() and the aligned repr."""
+    import dataclasses
+
+    import torch
+
+    from hesse._result import Result
+    from hesse.optimize.result import OptimizeHistory
+    from hesse.spectrum.per_layer import LayerSpectrumRow, PerLayerSpectrum
+
+    for cls in (hesse.HessianCheck,
+                OptimizeHistory, LayerSpectrumRow, PerLayerSpectrum):
+        assert issubclass(cls, Result) and dataclasses.is_dataclass(cls), cls
+    history = OptimizeHistory(values=[3.0, 1.0], grad_norms=[2.0, 0.5])
+    assert history["values"] == [3.0, 1.0] and history.as_dict()["grad_norms"] == [2.0, 0.5]
+    check = hesse.check_hessian(lambda x: (x**3).sum(), torch.tensor([1.0, 2.0], dtype=torch.float64))
+    assert check.as_dict()["passed"] is True and "max_rel_error" in check.keys()

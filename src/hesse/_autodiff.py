@@ -21,6 +21,7 @@ import torch
 from torch.func import grad, jacfwd, jacrev, jvp, vjp, vmap
 
 from ._memory import guard_bytes, guard_dense
+from ._result import Result
 from ._validation import (
     as_point,
     check_callable,
@@ -241,8 +242,8 @@ def jacobian(F: Callable[[torch.Tensor], torch.Tensor], x, max_memory: int | Non
     return J
 
 
-@dataclass(frozen=True)
-class HessianCheck:
+@dataclass(frozen=True, repr=False)
+class HessianCheck(Result):
     """Autodiff Hessian against central finite differences of the gradient.
 
     ``passed`` is ``max_rel_error <= rtol``; the relative error is taken against

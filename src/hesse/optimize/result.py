@@ -42,11 +42,9 @@ STATUS_NAMES = {
 }
 
 
-@dataclass
-class OptimizeHistory:
-    """Per-iteration record (entry 0 is the starting point). A plain dataclass rather than a
-    :class:`hesse._result.Result`: its field ``values`` (the f values) would hide the mapping's
-    ``values()`` method.
+@dataclass(repr=False)
+class OptimizeHistory(Result):
+    """Per-iteration record (entry 0 is the starting point), a :class:`hesse._result.Result`.
 
     ``iterates`` holds copies of ``x`` (CPU, detached) when ``n <= 10_000`` and is empty otherwise
     (``iterates_kept=False``) to keep memory bounded at large ``n``.

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from hesse._progress import message
+from hesse._result import Result
 
 from .lanczos import DENSE_THRESHOLD, eigsh
 from .summary import definiteness_verdict
@@ -26,8 +27,8 @@ from .trace import trace as _trace
 __all__ = ["LayerSpectrumRow", "PerLayerSpectrum", "per_layer", "layer_groups"]
 
 
-@dataclass
-class LayerSpectrumRow:
+@dataclass(repr=False)
+class LayerSpectrumRow(Result):
     """One block: its name, parameter names, size and spectral numbers."""
 
     layer: str
@@ -43,7 +44,7 @@ class LayerSpectrumRow:
 
 
 @dataclass(repr=False)
-class PerLayerSpectrum:
+class PerLayerSpectrum(Result):
     """Rows of :class:`LayerSpectrumRow` and a formatted table (``.table`` / ``str(result)``)."""
 
     rows: list[LayerSpectrumRow]
