@@ -24,6 +24,9 @@ from .._validation import as_point, check_callable
 from ._model_operator import ModelCurvatureOperator
 from .base import CurvatureOperator
 
+# columns per block of to_dense() when products loop over columns (the CPU default)
+_LOOP_CHUNK = 64
+
 
 class HessianOperator(ModelCurvatureOperator):
     """Hessian ``∇²L(θ)`` of the mean loss of ``model`` over ``data`` (or of a function).
@@ -112,12 +115,18 @@ class HessianOperator(ModelCurvatureOperator):
                 loss = p.batch_loss(params, inputs, targets)
                 grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
         live = [j for j, g in enumerate(grads) if g is not None and g.requires_grad]
+        if len(live) > 1:
+            # a block of V that is exactly zero adds nothing to H V: differentiate only the
+            # gradient blocks that meet a nonzero cotangent (the unit columns of to_dense() lie in
+            # one block, and the second backward then runs through that block's graph alone)
+            scale = torch.stack([Vs[j].abs().amax() for j in live]).tolist()
+            live = [j for j, s in zip(live, scale) if s != 0]
 
         def zeros(j):
             return torch.zeros((k, *p.shapes[j]), dtype=p.dtype, device=p.device)
 
         if not live:
-            return [zeros(j) for j in range(len(params))]  # the loss is linear in θ here
+            return [zeros(j) for j in range(len(params))]  # V = 0, or the loss is linear in θ here
         outputs = [grads[j] for j in live]
         if k > 1 and self._use_vmap():
             hv = torch.autograd.grad(outputs, params, [Vs[j] for j in live], retain_graph=keep,
@@ -133,6 +142,11 @@ class HessianOperator(ModelCurvatureOperator):
     def _skips_data(self, k: int) -> bool:
         # every batch's first-backward graph is kept: products need not touch the data
         return self._cache.covers(i for i, _ in self._batch_sizes)
+
+    def _default_chunk_size(self) -> int:
+        # a column at a time through the graph gains nothing from wide blocks, and each block's
+        # columns are held about three times over (the unit block, the columns, their stack)
+        return super()._default_chunk_size() if self._use_vmap() else min(self._n, _LOOP_CHUNK)
 
     def _use_vmap(self) -> bool:
         if self.matmat_strategy == "auto":
