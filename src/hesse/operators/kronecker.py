@@ -66,6 +66,23 @@ def num_samples(module: nn.Module, x: torch.Tensor) -> int:
     return 1 if unbatched else int(x.shape[0])
 
 
+
+def _conv2d_pad(module: nn.Conv2d) -> list[int]:
+    """``F.pad``'s amounts (last axis first) for the padding a ``Conv2d`` applies: its
+    ``padding`` on each side, or for ``"same"`` a total of ``dilation (kernel - 1)`` per axis with
+    the extra unit on the right, as torch's convolution places it."""
+    amounts: list[int] = []
+    for axis in (1, 0):
+        if module.padding == "valid":
+            left = right = 0
+        elif module.padding == "same":
+            total = module.dilation[axis] * (module.kernel_size[axis] - 1)
+            left, right = total // 2, total - total // 2
+        else:
+            left = right = int(module.padding[axis])  # type: ignore[index]
+        amounts += [left, right]
+    return amounts
+
 def input_rows(module: nn.Module, x: torch.Tensor, *, weight: bool = True,
                bias: bool = False) -> torch.Tensor:
     """The rows ``a_r`` of a layer's input ``x``, ``(R, d_in [+1])``: the last axis of ``x`` for
@@ -82,7 +99,7 @@ def input_rows(module: nn.Module, x: torch.Tensor, *, weight: bool = True,
         if isinstance(module.padding, str) or module.padding_mode != "zeros":
             # pad as Conv2d._conv_forward does, then unfold without padding
             mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
-            x = F.pad(x, list(module._reversed_padding_repeated_twice), mode=mode)
+            x = F.pad(x, _conv2d_pad(module), mode=mode)
             padding = 0
         patches = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=padding,
                            stride=module.stride)  # (N, C k k, L)
