@@ -79,7 +79,7 @@ def _conv2d_pad(module: nn.Conv2d) -> list[int]:
             total = module.dilation[axis] * (module.kernel_size[axis] - 1)
             left, right = total // 2, total - total // 2
         else:
-            left = right = int(module.padding[axis])  # type: ignore[index]
+            left = right = int(module.padding[axis])
         amounts += [left, right]
     return amounts
 
