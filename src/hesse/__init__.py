@@ -19,6 +19,10 @@ from .diagnostics import (
     LandscapeResult,
     SharpnessMonitor,
     SharpnessRecord,
+    adaptive_sharpness,
+    compare,
+    epsilon_sharpness,
+    filter_normalized_sharpness,
     landscape,
     stability_limit,
 )
@@ -114,6 +118,10 @@ __all__ = [
     "stability_limit",
     "landscape",
     "LandscapeResult",
+    "epsilon_sharpness",
+    "adaptive_sharpness",
+    "filter_normalized_sharpness",
+    "compare",
 ]
 
 

@@ -17,6 +17,15 @@ from .monitor import (
     StabilityBands,
     stability_limit,
 )
+from .sharpness import (
+    SharpnessComparison,
+    SharpnessValue,
+    adaptive_sharpness,
+    compare,
+    epsilon_sharpness,
+    filter_normalized_sharpness,
+    filter_scales,
+)
 
 __all__ = [
     "SharpnessMonitor",
@@ -30,4 +39,11 @@ __all__ = [
     "landscape",
     "LandscapeResult",
     "filter_normalized_direction",
+    "epsilon_sharpness",
+    "adaptive_sharpness",
+    "filter_normalized_sharpness",
+    "filter_scales",
+    "compare",
+    "SharpnessComparison",
+    "SharpnessValue",
 ]
