@@ -19,10 +19,7 @@ from .diagnostics import (
     LandscapeResult,
     SharpnessMonitor,
     SharpnessRecord,
-    adaptive_sharpness,
     compare,
-    epsilon_sharpness,
-    filter_normalized_sharpness,
     landscape,
     stability_limit,
 )
@@ -57,9 +54,11 @@ from .spectrum import (
     diagonal,
     eigsh,
     layer_groups,
+    outliers,
     per_layer,
     power_iteration,
     spectral_density,
+    subspace_overlap,
     summarize,
     trace,
 )
@@ -84,6 +83,8 @@ __all__ = [
     "solve",
     "LinearSolveResult",
     # spectra
+    "outliers",
+    "subspace_overlap",
     "eigsh",
     "EigshResult",
     "power_iteration",
@@ -118,9 +119,6 @@ __all__ = [
     "stability_limit",
     "landscape",
     "LandscapeResult",
-    "epsilon_sharpness",
-    "adaptive_sharpness",
-    "filter_normalized_sharpness",
     "compare",
 ]
 

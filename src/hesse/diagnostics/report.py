@@ -47,6 +47,7 @@ from hesse._progress import Progress, message
 from hesse.geometry.classify import classify
 from hesse.operators import FisherOperator, GGNOperator, HessianOperator
 from hesse.spectrum import eigsh, spectral_density, summarize
+from hesse.spectrum.analysis import OUTLIER_FACTOR, bulk_edge
 from hesse.spectrum.summary import describe_bulk
 
 from ._data import LossSpec, read_once
@@ -104,16 +105,6 @@ def quadratic_example() -> tuple[dict, Any]:
                                                      "exact": float(f(x0 + v)), "model": taylor}}, f
 
 
-
-
-def bulk_edge(density, quantile: float = 0.99) -> float:
-    """The ``quantile`` of ``|λ|`` under the SLQ distribution (nodes weighted by their weights)."""
-    nodes = density.nodes.reshape(-1).abs()
-    w = density.weights.reshape(-1).clamp_min(0)
-    order = torch.argsort(nodes)
-    cdf = torch.cumsum(w[order], 0) / w.sum()
-    idx = int(torch.searchsorted(cdf, torch.tensor(quantile, dtype=cdf.dtype)).clamp(max=len(cdf) - 1))
-    return float(nodes[order][idx])
 
 
 def _finite(x) -> bool:
@@ -200,11 +191,6 @@ _FINAL_TOL = 1e-6
 #: Relative residual of the starting λ_max that sets the default learning rate 1/λ_max: a 1e-4 error
 #: in λ_max moves the step size by 1e-4 of itself, far inside the factor 2 to the stability limit.
 _LR_TOL = 1e-4
-
-#: An eigenvalue is an outlier when it exceeds this multiple of the bulk edge: the bulk of a trained
-#: network's Hessian ends near its edge while its outliers lie an order of magnitude and more above
-#: it (Papyan 2019, Fig. 1; Ghorbani et al. 2019, sec. 3).
-OUTLIER_FACTOR = 4.0
 
 #: Density snapshots per training run when ``density_every`` is not given: at a quarter, half,
 #: three quarters and the end of the run they show how the spectrum spreads (progressive

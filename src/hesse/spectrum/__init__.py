@@ -2,10 +2,11 @@
 
 One module per concept: ``lanczos`` (:func:`eigsh`), ``power`` (:func:`power_iteration`), ``trace``,
 ``diagonal``, ``density`` (stochastic Lanczos quadrature), ``summary`` (:func:`summarize`) and
-``per_layer``. See the README section "spectrum".
+``per_layer``; ``analysis`` reads outliers and subspace overlaps off a spectrum.
 """
 
-from .density import SpectralDensity, spectral_density
+from .analysis import OutlierAnalysis, outliers, principal_angles, subspace_overlap
+from .density import DensityEstimate, SpectralDensity, spectral_density
 from .diagonal import DiagonalEstimate, diagonal
 from .lanczos import EigshResult, eigsh
 from .per_layer import LayerSpectrumRow, PerLayerSpectrum, layer_groups, per_layer
@@ -30,4 +31,9 @@ __all__ = [
     "PerLayerSpectrum",
     "LayerSpectrumRow",
     "layer_groups",
+    "outliers",
+    "OutlierAnalysis",
+    "subspace_overlap",
+    "principal_angles",
+    "DensityEstimate",
 ]

@@ -32,7 +32,7 @@ from hesse.operators import CurvatureOperator
 from ._common import check_operator, generator, rademacher
 from .lanczos import _lanczos_steps, _start
 
-__all__ = ["SpectralDensity", "spectral_density", "slq_nodes"]
+__all__ = ["SpectralDensity", "DensityEstimate", "spectral_density", "slq_nodes"]
 
 #: The default grid extends this many smoothing widths beyond the extreme nodes, where a Gaussian
 #: has under 1e-8 of its mass left, so ``phi`` integrates to 1 on the grid to that accuracy.
@@ -71,6 +71,138 @@ class SpectralDensity(Result):
     def integral(self) -> float:
         """Trapezoid integral of ``density`` over ``grid`` (≈ 1)."""
         return float(torch.trapezoid(self.density, self.grid))
+
+    def fraction_below(self, t: float) -> DensityEstimate:
+        """The fraction of eigenvalues below ``t``, from the quadrature (not the smoothed curve).
+
+        Each probe's Gauss rule bounds its spectral distribution function: with ``x_k < t <= x_{k+1}``
+        its nodes around ``t`` and ``S`` the weight of the nodes below ``t``, the measure below ``t``
+        lies in ``[S - w_k, S + w_{k+1}]`` (the Chebyshev-Markov-Stieltjes inequalities; Golub &
+        Meurant 2010, Thm. 6.3). ``value`` is the probes' mean of ``S``, ``lower``/``upper`` their
+        means of those bounds (the resolution of ``num_steps`` nodes), ``stderr`` the Monte-Carlo
+        standard error over probes (nan for one probe).
+        """
+        t = _finite_float(t, "t")
+        return _estimate(self, lambda nodes: _cdf_bounds(nodes, self.weights, t), f"fraction below {t:g}")
+
+    def mass(self, a: float, b: float) -> DensityEstimate:
+        """The fraction of eigenvalues in ``[a, b)``: ``fraction_below(b) - fraction_below(a)``
+        with the bounds combined (lower = lower(b) - upper(a), clipped at 0)."""
+        a, b = _finite_float(a, "a"), _finite_float(b, "b")
+        if not a < b:
+            raise ValueError(f"mass(a, b) needs a < b, got a={a!r}, b={b!r}.")
+
+        def per_probe(nodes):
+            va, la, ua = _cdf_bounds(nodes, self.weights, a)
+            vb, lb, ub = _cdf_bounds(nodes, self.weights, b)
+            return vb - va, (lb - ua).clamp_min(0), (ub - la).clamp_max(1)
+
+        return _estimate(self, per_probe, f"mass in [{a:g}, {b:g})")
+
+    def negative_mass(self) -> DensityEstimate:
+        """``Σ_{λ<0} |λ| / Σ |λ|`` (the summary's ``negative_mass``; Ghorbani et al. 2019) from the
+        quadrature, per probe and averaged. ``lower``/``upper`` move the nodes next to zero to the
+        other side of it (what ``num_steps`` nodes cannot place); ``stderr`` over probes."""
+        def per_probe(nodes):
+            a = nodes.abs() * self.weights
+            total = a.sum(1).clamp_min(torch.finfo(torch.float64).tiny)
+            neg = nodes < 0
+            value = (a * neg).sum(1) / total
+            # the last node below zero and the first at or above it, per probe
+            below = torch.where(neg, a, torch.zeros_like(a))
+            last_neg = torch.where(neg, nodes, torch.full_like(nodes, -math.inf)).argmax(1)
+            first_pos = torch.where(~neg, nodes, torch.full_like(nodes, math.inf)).argmin(1)
+            rows = torch.arange(nodes.shape[0])
+            w_neg = torch.where(neg.any(1), below[rows, last_neg], torch.zeros_like(value))
+            w_pos = torch.where((~neg).any(1), a[rows, first_pos], torch.zeros_like(value))
+            return value, (value - w_neg / total).clamp_min(0), (value + w_pos / total).clamp_max(1)
+
+        return _estimate(self, per_probe, "negative mass")
+
+    def resmooth(self, sigma: float | None = None, grid: Any = None, num_grid: int = 1000) -> SpectralDensity:
+        """The same nodes and weights smoothed with width ``sigma`` on ``grid``: snapshots taken at
+        different steps then share one grid and one width and can be compared point by point.
+        ``None`` keeps this density's width / grid. Costs no products."""
+        sigma = self.sigma if sigma is None else _check_sigma(sigma)
+        if grid is None and sigma == self.sigma:
+            grid = self.grid
+        grid = _grid(self.nodes, self.weights, sigma, grid, num_grid)
+        density, stderr = _smooth(self.nodes, self.weights, grid, sigma)
+        return SpectralDensity(grid, density, stderr, self.nodes, self.weights, sigma, 0,
+                               self.num_probes, self.num_steps)
+
+
+@dataclass(repr=False)
+class DensityEstimate(Result):
+    """A spectral quantity read off SLQ's quadrature: ``value``, the quadrature's ``lower`` and
+    ``upper`` bounds (its resolution at ``num_steps`` nodes), ``stderr`` over probes (nan for one
+    probe) and what it is (``quantity``)."""
+
+    value: float
+    lower: float
+    upper: float
+    stderr: float
+    quantity: str
+
+    def __repr__(self) -> str:
+        return (f"DensityEstimate({self.quantity}: {self.value:.4g} in [{self.lower:.4g}, {self.upper:.4g}] "
+                f"(quadrature), stderr {self.stderr:.2g} (probes))")
+
+
+def _finite_float(x: Any, name: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        raise ValueError(f"{name} must be a finite number, got {x!r}.")
+    return float(x)
+
+
+def _cdf_bounds(nodes: torch.Tensor, weights: torch.Tensor, t: float):
+    """Per probe: the weight below ``t`` and its Chebyshev-Markov-Stieltjes bounds."""
+    below = nodes < t
+    S = (weights * below).sum(1)
+    masked_below = torch.where(below, nodes, torch.full_like(nodes, -math.inf))
+    masked_above = torch.where(~below, nodes, torch.full_like(nodes, math.inf))
+    rows = torch.arange(nodes.shape[0])
+    w_k = torch.where(below.any(1), weights[rows, masked_below.argmax(1)], torch.zeros_like(S))
+    w_k1 = torch.where((~below).any(1), weights[rows, masked_above.argmin(1)], torch.zeros_like(S))
+    return S, (S - w_k).clamp_min(0), (S + w_k1).clamp_max(1)
+
+
+def _estimate(d: SpectralDensity, per_probe, quantity: str) -> DensityEstimate:
+    value, lower, upper = per_probe(d.nodes)
+    p = value.numel()
+    stderr = float(value.std(unbiased=True) / math.sqrt(p)) if p > 1 else float("nan")
+    return DensityEstimate(float(value.mean()), float(lower.mean()), float(upper.mean()), stderr, quantity)
+
+
+def _check_sigma(sigma: Any) -> float:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0 or not math.isfinite(sigma):
+        raise ValueError(f"sigma must be a positive float (Gaussian smoothing width) or None, got {sigma!r}.")
+    return float(sigma)
+
+
+def _grid(nodes: torch.Tensor, weights: torch.Tensor, sigma: float, grid: Any, num_grid: int) -> torch.Tensor:
+    """``grid`` as a float64 vector, or ``num_grid`` points spanning the nodes plus the margin."""
+    if grid is None:
+        live = weights > 0
+        lo, hi = float(nodes[live].min()), float(nodes[live].max())
+        margin = _GRID_MARGIN_SIGMAS * sigma
+        return torch.linspace(lo - margin, hi + margin, num_grid, dtype=torch.float64)
+    grid = torch.as_tensor(grid, dtype=torch.float64).reshape(-1)
+    if grid.numel() < 2 or not torch.isfinite(grid).all():
+        raise ValueError("grid must be a finite 1-D sequence of at least 2 points.")
+    return grid
+
+
+def _smooth(nodes: torch.Tensor, weights: torch.Tensor, grid: torch.Tensor, sigma: float
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``phi(t) = (1/p) Σ_probes Σ_l tau_l N(t; theta_l, sigma²)`` and its standard error over probes."""
+    z = (grid[None, None, :] - nodes[:, :, None]) / sigma
+    per_probe = (weights[:, :, None] * torch.exp(-0.5 * z**2)).sum(1) / (sigma * math.sqrt(2 * math.pi))
+    p = nodes.shape[0]
+    density = per_probe.mean(0)
+    stderr = (per_probe.std(0, unbiased=True) / math.sqrt(p) if p > 1
+              else torch.full_like(density, float("nan")))
+    return density, stderr
 
 
 def slq_nodes(op: CurvatureOperator, num_probes: int, num_steps: int, seed: int = 0,
@@ -115,26 +247,15 @@ def spectral_density(op: CurvatureOperator, num_probes: int = 4, num_steps: int 
     for name, val in (("num_probes", num_probes), ("num_steps", num_steps), ("num_grid", num_grid)):
         if not isinstance(val, int) or isinstance(val, bool) or val < 1:
             raise ValueError(f"{name} must be a positive int, got {val!r}.")
-    if sigma is not None and (not isinstance(sigma, (int, float)) or not sigma > 0 or not math.isfinite(sigma)):
-        raise ValueError(f"sigma must be a positive float (Gaussian smoothing width) or None, got {sigma!r}.")
+    if sigma is not None:
+        sigma = _check_sigma(sigma)
     start = op.num_matvecs
     nodes, weights = slq_nodes(op, num_probes, num_steps, seed, progress)
     live = weights > 0
     lo, hi = float(nodes[live].min()), float(nodes[live].max())
     width = hi - lo if hi > lo else max(abs(hi), 1.0)
     sigma = float(sigma) if sigma is not None else _SIGMA_FRACTION * width
-    if grid is None:
-        margin = _GRID_MARGIN_SIGMAS * sigma
-        grid = torch.linspace(lo - margin, hi + margin, num_grid, dtype=torch.float64)
-    else:
-        grid = torch.as_tensor(grid, dtype=torch.float64).reshape(-1)
-        if grid.numel() < 2 or not torch.isfinite(grid).all():
-            raise ValueError("grid must be a finite 1-D sequence of at least 2 points.")
-    # per-probe densities (p, g)
-    z = (grid[None, None, :] - nodes[:, :, None]) / sigma
-    per_probe = (weights[:, :, None] * torch.exp(-0.5 * z**2)).sum(1) / (sigma * math.sqrt(2 * math.pi))
-    density = per_probe.mean(0)
-    stderr = (per_probe.std(0, unbiased=True) / math.sqrt(num_probes) if num_probes > 1
-              else torch.full_like(density, float("nan")))
+    grid = _grid(nodes, weights, sigma, grid, num_grid)
+    density, stderr = _smooth(nodes, weights, grid, sigma)
     return SpectralDensity(grid, density, stderr, nodes, weights, sigma, op.num_matvecs - start,
                            num_probes, nodes.shape[1])
