@@ -174,3 +174,124 @@ def test_zero_rhs_returns_zero_whatever_the_warm_start():
                              x0=torch.ones(3, dtype=torch.float64), true_residual=False)
     assert res.converged and res.nit == 0 and res.num_matvecs == 0
     assert torch.equal(res.x, torch.zeros(3, dtype=torch.float64))
+
+
+def test_a_rule_object_reused_gives_the_same_solve():
+    """A rule is a description of a test, not a record of one solve: the same MartensProgress or
+    RecordIterates object passed to two identical solves gives two identical results (the same
+    stopping iteration, the same recorded iterates), and the caller's object is not changed."""
+    A, b = _spd(200, cond=1e4, seed=3), _b(200, seed=4)
+    op = hesse.DenseOperator(A, is_psd=True)
+    progress, record = MartensProgress(), RecordIterates.martens()
+    first = conjugate_gradient(op, b, rules=[ResidualTolerance(1e-14), progress, record], max_iter=150)
+    second = conjugate_gradient(op, b, rules=[ResidualTolerance(1e-14), progress, record], max_iter=150)
+    assert first.status == second.status == "progress"
+    assert first.nit == second.nit > 10
+    assert [i for i, _ in first.iterates] == [i for i, _ in second.iterates]
+    assert all(torch.equal(x1, x2) for (_, x1), (_, x2) in zip(first.iterates, second.iterates))
+    assert not getattr(progress, "values", []) and not getattr(record, "iterates", [])
+
+
+def test_rules_are_recognised_by_what_they_declare():
+    """The kernel reads what a rule declares, not its class: a rule of one's own that declares
+    ``indefinite_only`` (a negative-curvature test) is not consulted for an operator tagged PSD,
+    as NegativeCurvature is not, and one recording iterates has them returned in the result."""
+
+    class MyNegativeCurvature:
+        handles_curvature, indefinite_only = True, True
+
+        def before_step(self, state):
+            return NegativeCurvature().before_step(state)
+
+        def after_step(self, state):
+            return None
+
+    class EveryOther(RecordIterates):
+        pass
+
+    A = torch.diag(torch.tensor([1.0, 0.0], dtype=torch.float64))
+    b = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    psd = conjugate_gradient(hesse.DenseOperator(A, is_psd=True), b, rules=[MyNegativeCurvature()])
+    assert psd.status == "breakdown"
+    untagged = conjugate_gradient(hesse.DenseOperator(A), b, rules=[MyNegativeCurvature()])
+    assert untagged.status == "negative_curvature"
+    spd = hesse.DenseOperator(_spd(10), is_psd=True)
+    res = conjugate_gradient(spd, _b(10), rules=[ResidualTolerance(1e-12), EveryOther(lambda i: i % 2 == 0)])
+    assert [i for i, _ in res.iterates] == list(range(2, res.nit + 1, 2)) + ([res.nit] if res.nit % 2 else [])
+
+
+def _rank2_psd():
+    g = torch.Generator().manual_seed(0)
+    V = torch.randn(4, 2, generator=g, dtype=torch.float64)
+    return V @ V.T, torch.randn(4, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", ["cg", "minres", "direct"])
+def test_a_failed_solve_is_not_called_converged(method):
+    """``converged`` is the measured residual test: on a rank-2 4 x 4 PSD matrix with b outside
+    its range no x has ‖b − A x‖/‖b‖ below the tolerance (the least-squares residual, computed
+    densely here, is 0.83), so no method may report convergence, whatever it returns."""
+    A, b = _rank2_psd()
+    x_ls = torch.linalg.lstsq(A, b).solution
+    floor = float((b - A @ x_ls).norm() / b.norm())
+    assert floor > 0.1  # b is far from the range of A
+    res = hesse.solve(hesse.DenseOperator(A, is_psd=True), b, method=method)
+    assert not res.converged and res.status != "converged"
+    assert res.relative_residual > 1e-3  # measured at x (which may be huge: ‖x‖ ~ 1e15 for LU)
+
+
+@pytest.mark.parametrize("method", ["cg", "minres", "direct"])
+def test_float32_ill_conditioned_is_not_called_converged(method):
+    """Condition 1e9 in float32 (unit roundoff 6e-8): no solve can meet tol = 1e-6 (a solve's
+    relative residual is about eps times the condition number's share in b); the result must say
+    so from its measured residual, computed here in float64."""
+    g = torch.Generator().manual_seed(1)
+    Q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    A = (Q @ torch.diag(torch.logspace(0, 9, 6, dtype=torch.float64)) @ Q.T)
+    b = torch.randn(6, generator=g, dtype=torch.float64)
+    res = hesse.solve(hesse.DenseOperator(A.float(), is_psd=True), b.float(), method=method, tol=1e-6)
+    measured = float((b - A @ res.x.double()).norm() / b.norm())
+    if res.converged:
+        assert measured <= 10 * 1e-6 + 6 * torch.finfo(torch.float32).eps * 10
+
+
+@pytest.mark.parametrize("max_iter", [0, -1, 2.5, True, "3"])
+@pytest.mark.parametrize("method", ["cg", "minres"])
+def test_solve_refuses_a_budget_that_is_not_a_positive_integer(method, max_iter):
+    op = hesse.DenseOperator(torch.eye(3, dtype=torch.float64) * 2, is_psd=True)
+    with pytest.raises(ValueError, match="max_iter must be an integer >= 1"):
+        hesse.solve(op, torch.ones(3, dtype=torch.float64), method=method, max_iter=max_iter)
+
+
+@pytest.mark.parametrize("tol", ["1e-3", None, True, [1e-3]])
+def test_solve_refuses_a_tolerance_that_is_not_a_number(tol):
+    op = hesse.DenseOperator(torch.eye(3, dtype=torch.float64), is_psd=True)
+    with pytest.raises(TypeError, match="tol must be a real number"):
+        hesse.solve(op, torch.ones(3, dtype=torch.float64), tol=tol)
+
+
+@pytest.mark.parametrize("tol", [0.0, -1e-3, float("nan"), float("inf")])
+def test_solve_refuses_a_tolerance_out_of_range(tol):
+    op = hesse.DenseOperator(torch.eye(3, dtype=torch.float64), is_psd=True)
+    with pytest.raises(ValueError, match="tol must be a finite number > 0"):
+        hesse.solve(op, torch.ones(3, dtype=torch.float64), tol=tol)
+
+
+@pytest.mark.parametrize("matrix", [torch.eye(3, dtype=torch.float64) * 2, (torch.eye(3) * 2).numpy()])
+@pytest.mark.parametrize("method", ["cg", "minres", "direct"])
+def test_solve_takes_a_matrix(matrix, method):
+    b = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    res = hesse.solve(matrix, b, method=method)
+    assert res.converged and torch.allclose(res.x.double(), b / 2, atol=1e-6)
+
+
+def test_solve_names_b_and_x0_when_not_finite():
+    op = hesse.DenseOperator(torch.eye(3, dtype=torch.float64), is_psd=True)
+    bad = torch.tensor([1.0, float("nan"), 0.0], dtype=torch.float64)
+    for method in ("cg", "minres", "direct"):
+        with pytest.raises(ValueError, match=r"^b has 1 non-finite"):
+            hesse.solve(op, bad, method=method)
+        with pytest.raises(ValueError, match=r"^x0 has 1 non-finite"):
+            hesse.solve(op, torch.ones(3, dtype=torch.float64), method=method, x0=bad)
+    with pytest.raises(TypeError, match="op must be a CurvatureOperator or a symmetric matrix"):
+        hesse.solve([[1.0]], torch.ones(1))

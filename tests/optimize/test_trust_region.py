@@ -84,3 +84,56 @@ def test_biggs_saddle_detected_by_bfgs_and_escaped_by_trust_exact():
     r = hesse.minimize(p.f, p.x0, method="bfgs")
     assert r.status == 4 and not r.success
     assert r.min_eigenvalue < -1e-3
+
+
+def _steihaug_reference(B, g, radius):
+    """Nocedal & Wright (2006), Alg. 7.2 written densely: CG on B p = -g from z = 0, stopped at
+    ||r|| <= min(0.5, sqrt(||g||)) ||g||; a direction d with d^T B d <= 0 or a step leaving the
+    region ends on the boundary, at negative curvature at the root tau of ||z + tau d|| = radius
+    whose model value m(z + tau d) = g^T p + 1/2 p^T B p is lower."""
+    def m(p):
+        return float(g @ p + 0.5 * p @ (B @ p))
+
+    def roots(z, d):
+        a, b, c = float(d @ d), 2 * float(z @ d), float(z @ z) - radius**2
+        s = (b * b - 4 * a * c) ** 0.5
+        return (-b - s) / (2 * a), (-b + s) / (2 * a)
+
+    eps = min(0.5, float(g.norm()) ** 0.5) * float(g.norm())
+    z, r = torch.zeros_like(g), g.clone()
+    d = -r
+    for _ in range(50):
+        dBd = float(d @ (B @ d))
+        if dBd <= 0:
+            return min((z + t * d for t in roots(z, d)), key=m)
+        alpha = float(r @ r) / dBd
+        z_new = z + alpha * d
+        if float(z_new.norm()) >= radius:
+            return z + roots(z, d)[1] * d
+        r_new = r + alpha * (B @ d)
+        if float(r_new.norm()) <= eps:
+            return z_new
+        d = -r_new + (float(r_new @ r_new) / float(r @ r)) * d
+        z, r = z_new, r_new
+    raise AssertionError("the reference did not stop")
+
+
+@pytest.mark.parametrize("radius", [0.3, 1.0, 3.0])
+def test_steihaug_matches_algorithm_7_2_on_random_indefinite_subproblems(radius):
+    """300 random indefinite 4 x 4 subproblems per radius against the dense Alg. 7.2 above. At a
+    direction of negative curvature both roots of ||z + tau d|| = radius lie on the boundary; the
+    algorithm takes the one of lower model value (a tau < 0 when the direction points uphill).
+    Tolerance 1e-9: the two run the same recurrence in float64 on matrices with entries O(1)."""
+    gen = torch.Generator().manual_seed(0)
+    worse = []
+    for k in range(300):
+        M = torch.randn(4, 4, generator=gen, dtype=torch.float64)
+        B = M + M.T
+        if float(torch.linalg.eigvalsh(B)[0]) >= 0:
+            continue
+        g = torch.randn(4, generator=gen, dtype=torch.float64)
+        p, _, _ = steihaug_cg(lambda v, B=B: B @ v, g, radius)
+        ref = _steihaug_reference(B, g, radius)
+        if not torch.allclose(p, ref, atol=1e-9):
+            worse.append((k, float(g @ p + 0.5 * p @ (B @ p)) - float(g @ ref + 0.5 * ref @ (B @ ref))))
+    assert not worse, f"{len(worse)} subproblems end elsewhere (model value higher by): {worse[:5]}"

@@ -13,19 +13,24 @@ objects, each one criterion, consulted at two points of an iteration:
 * ``after_step(state)``: ``x``, ``r`` and ``q(x)`` are updated (residual tolerance, Martens'
   progress test, recording iterates).
 
-Rules shipped here: :class:`ResidualTolerance` (``‖r‖ ≤ max(rtol ‖b‖, atol)``),
-:class:`NegativeCurvature` (``pᵀAp ≤ 0``: return the iterate and the direction ``p``),
+Rules shipped here, the one set used by every CG in hesse (``op.solve``, Newton-CG, trust-ncg,
+Hessian-free, natural gradient): :class:`ResidualTolerance` (``‖r‖ ≤ max(rtol ‖b‖, atol)``;
+:meth:`ResidualTolerance.forcing` for inexact Newton), :class:`NegativeCurvature`
+(``pᵀAp ≤ eps ‖p‖²``: return the iterate and the direction ``p``),
 :class:`TrustRegion` (Steihaug 1983; Nocedal & Wright 2006, Alg. 7.2: stop on the boundary
 ``‖x‖ = Δ``), :class:`MartensProgress` (Martens 2010, §4.4) and :class:`RecordIterates` (keep
 iterates, e.g. at ``⌈1.3ʲ⌉`` for Martens' backtracking, §4.6). Any object with these two methods
-(returning ``None`` to continue or a :class:`Stop`) is a rule.
+(returning ``None`` to continue or a :class:`Stop`) is a rule; the kernel reads what else it
+needs from the attributes a rule declares (see :class:`StoppingRule`), and runs each solve on a
+fresh copy of the rules, so a rule object can be reused.
 
 Structure tag. CG needs ``A`` positive definite. For an operator *not* tagged ``is_psd=True`` the
-kernel checks every curvature ``pᵀAp``: without a :class:`NegativeCurvature` or
-:class:`TrustRegion` rule a non-positive one stops the solve with ``converged=False`` and says so.
-An operator tagged ``is_psd=True`` (GGN, Fisher, a damped PSD operator) skips that check and its
-rules (:class:`NegativeCurvature` is not consulted); a curvature ``pᵀAp ≤ 0`` there can only be a
-null direction or rounding and stops the solve as a breakdown (``status="breakdown"``).
+kernel checks every curvature ``pᵀAp``: without a rule declaring ``handles_curvature``
+(:class:`NegativeCurvature`, :class:`TrustRegion`) a non-positive one stops the solve with
+``converged=False`` and says so. For an operator tagged ``is_psd=True`` (GGN, Fisher, a damped PSD
+operator) rules declaring ``indefinite_only`` (:class:`NegativeCurvature`) are not consulted; a
+curvature ``pᵀAp ≤ 0`` there can only be a null direction or rounding and stops the solve as a
+breakdown (``status="breakdown"``).
 
 Cost: one product per iteration, one more for a nonzero ``x0``, one more for the final true
 residual ``b − A x`` (``true_residual=True``, the default; the recursive residual can drift from
@@ -35,7 +40,9 @@ tolerance too).
 
 from __future__ import annotations
 
+import copy
 import math
+import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,6 +52,7 @@ import torch
 
 from .._result import Result
 from .base import CurvatureOperator
+from .composition import DenseOperator
 
 __all__ = [
     "CGState",
@@ -68,8 +76,9 @@ class LinearSolveResult(Result):
     Fields: ``x``; ``nit`` iterations; ``num_matvecs`` products with the operator (the final
     residual check included); ``converged`` (the residual tolerance was met by the true residual);
     ``status`` (``"converged"``, ``"max_iter"``, ``"negative_curvature"``,
-    ``"trust_region_boundary"``, ``"progress"``, ``"breakdown"``, ``"nonfinite"``, or a solver's
-    own); ``message`` (why it stopped, what to do); ``residual_norm`` ``‖b − A x‖`` and
+    ``"trust_region_boundary"``, ``"progress"``, ``"breakdown"``, ``"nonfinite"``,
+    ``"residual_drift"``, ``"residual"`` (a direct or MINRES solve whose measured residual fails
+    the test), ``"failed"`` (the solver's own failure)); ``message`` (why it stopped, what to do); ``residual_norm`` ``‖b − A x‖`` and
     ``relative_residual`` ``‖b − A x‖ / ‖b‖``; ``method``; ``iterates`` (``[(i, x_i)]`` when a
     :class:`RecordIterates` rule was given); ``negative_curvature`` (a direction ``p`` with
     ``pᵀAp ≤ 0`` when one stopped the solve); ``on_boundary`` (a trust-region stop).
@@ -127,7 +136,20 @@ class Stop:
 
 
 class StoppingRule(Protocol):
-    """A CG stopping rule: ``before_step`` and ``after_step`` return ``None`` or a :class:`Stop`."""
+    """A CG stopping rule: ``before_step`` and ``after_step`` return ``None`` or a :class:`Stop`.
+
+    A rule describes a test; it does not record a solve. The kernel works on a fresh copy of each
+    rule per solve (``copy.deepcopy``), so one rule object can be passed to many solves. What the
+    kernel needs to know about a rule it reads from what the rule declares (all optional):
+
+    * ``handles_curvature`` (default ``False``): ``before_step`` returns a :class:`Stop` for every
+      ``pᵀAp ≤ 0``, so the kernel does not stop there itself;
+    * ``indefinite_only`` (default ``False``): not consulted for an operator tagged
+      ``is_psd=True`` (there ``pᵀAp ≤ 0`` is a null direction or rounding: a breakdown);
+    * ``target(b_norm) -> float``: a residual tolerance; a converged stop is confirmed on the true
+      residual ``b − A x`` against ``10 · target``;
+    * ``iterates``: a list of ``(i, x_i)`` the rule keeps, returned as the result's ``iterates``.
+    """
 
     def before_step(self, state: CGState) -> Stop | None: ...
 
@@ -135,9 +157,10 @@ class StoppingRule(Protocol):
 
 
 class _Rule:
-    """Base with no-op hooks; rules override one or both."""
+    """Base with no-op hooks and the default declarations; rules override what they need."""
 
-    needs_psd_check = False  # consulted on curvature even for is_psd operators
+    handles_curvature = False
+    indefinite_only = False
 
     def before_step(self, state: CGState) -> Stop | None:
         return None
@@ -148,13 +171,20 @@ class _Rule:
 
 class ResidualTolerance(_Rule):
     """Converged when ``‖r‖ ≤ max(rtol · ‖b‖, atol)`` (the recursive residual; the kernel
-    re-checks the true residual at the end)."""
+    re-checks the true residual at the end). :meth:`forcing` gives the inexact-Newton tolerance."""
 
     def __init__(self, rtol: float = 1e-8, atol: float = 0.0):
         if not (np.isfinite(rtol) and rtol >= 0 and np.isfinite(atol) and atol >= 0) or rtol == atol == 0:
             raise ValueError(f"the residual tolerance needs rtol >= 0 and atol >= 0, not both 0; got "
                              f"rtol={rtol!r}, atol={atol!r}.")
         self.rtol, self.atol = float(rtol), float(atol)
+
+    @classmethod
+    def forcing(cls, b_norm: float) -> ResidualTolerance:
+        """The forcing term of inexact Newton, ``‖r‖ ≤ min(0.5, √‖b‖) ‖b‖`` for the Newton system
+        ``H p = −g`` (``b = −g``): superlinear convergence (Nocedal & Wright 2006, Thm 7.2 and
+        Alg. 7.1/7.2). For ``b = 0`` the kernel returns ``x = 0`` before any test."""
+        return cls(rtol=min(0.5, math.sqrt(b_norm)) if b_norm > 0 else 0.5)
 
     def target(self, b_norm: float) -> float:
         return max(self.rtol * b_norm, self.atol)
@@ -166,13 +196,23 @@ class ResidualTolerance(_Rule):
 
 
 class NegativeCurvature(_Rule):
-    """Stop at a direction of non-positive curvature ``pᵀAp ≤ 0`` (Nocedal & Wright 2006,
-    Alg. 7.1, truncated Newton): returns the current iterate (``x0``, or ``0``, at the first
-    iteration) with ``negative_curvature = p``. Not consulted for ``is_psd=True`` operators."""
+    """Stop at a direction of non-positive curvature ``pᵀAp ≤ eps ‖p‖²`` (Nocedal & Wright 2006,
+    Alg. 7.1, truncated Newton) with ``negative_curvature = p``, returning the current iterate
+    (``x0``, or ``0``, at the first iteration; with ``steepest_descent=True`` the right-hand side
+    ``b`` there, Alg. 7.1's ``−∇f``). Not consulted for ``is_psd=True`` operators."""
+
+    handles_curvature = True
+    indefinite_only = True
+
+    def __init__(self, eps: float = 0.0, steepest_descent: bool = False):
+        if not (np.isfinite(eps) and eps >= 0):
+            raise ValueError(f"the curvature threshold eps must be a finite number >= 0, got {eps!r}.")
+        self.eps, self.steepest_descent = float(eps), bool(steepest_descent)
 
     def before_step(self, state: CGState) -> Stop | None:
-        if state.pAp <= 0:
-            return Stop(state.x, "negative_curvature",
+        if state.pAp <= 0 or (self.eps > 0 and state.pAp <= self.eps * float(state.p @ state.p)):
+            x = state.b.clone() if self.steepest_descent and state.it == 1 else state.x
+            return Stop(x, "negative_curvature",
                         f"negative curvature pᵀAp = {state.pAp:.3e} at iteration {state.it}",
                         negative_curvature=state.p.clone())
         return None
@@ -191,35 +231,21 @@ class TrustRegion(_Rule):
     in the preconditioner's norm; pass none to keep Steihaug's guarantee).
     """
 
-    needs_psd_check = True
+    handles_curvature = True
 
     def __init__(self, radius: float):
         if not (np.isfinite(radius) and radius > 0):
             raise ValueError(f"the trust-region radius must be a positive finite number, got {radius!r}.")
         self.radius = float(radius)
 
-    def _taus(self, x: torch.Tensor, p: torch.Tensor) -> tuple[float, float]:
-        """The two roots of ``‖x + τ p‖² = Δ²`` (``τ₋ ≤ 0 ≤ τ₊`` when ``‖x‖ ≤ Δ``)."""
-        pp, xp, xx = float(p @ p), float(x @ p), float(x @ x)
-        disc = max(xp * xp - pp * (xx - self.radius**2), 0.0)
-        root = math.sqrt(disc)
-        # numerically stable pair of roots
-        if xp >= 0:
-            t_minus = (-xp - root) / pp
-            t_plus = (xx - self.radius**2) / (pp * t_minus) if t_minus != 0 else (-xp + root) / pp
-        else:
-            t_plus = (-xp + root) / pp
-            t_minus = (xx - self.radius**2) / (pp * t_plus) if t_plus != 0 else (-xp - root) / pp
-        return t_minus, t_plus
-
     def before_step(self, state: CGState) -> Stop | None:
         x, p = state.x, state.p
         if state.pAp <= 0:
-            t_minus, t_plus = self._taus(x, p)
+            t_minus, t_plus = boundary_roots(x, p, self.radius)
             # q(x + τp) − q(x) = −τ pᵀr + ½ τ² pᵀAp
             pr = float(p @ state.r)
 
-            def dq(t):
+            def dq(t: float) -> float:
                 return -t * pr + 0.5 * t * t * state.pAp
 
             tau = t_minus if dq(t_minus) < dq(t_plus) else t_plus
@@ -228,13 +254,27 @@ class TrustRegion(_Rule):
                         f"boundary ‖x‖ = {self.radius:.3g}",
                         negative_curvature=p.clone(), on_boundary=True)
         assert state.alpha is not None
-        step = x + state.alpha * p
-        if float(step.norm()) >= self.radius:
-            _, t_plus = self._taus(x, p)
+        if float((x + state.alpha * p).norm()) >= self.radius:
+            _, t_plus = boundary_roots(x, p, self.radius)
             return Stop(x + t_plus * p, "trust_region_boundary",
                         f"the step reached the trust-region boundary ‖x‖ = {self.radius:.3g}",
                         on_boundary=True)
         return None
+
+
+def boundary_roots(x: torch.Tensor, p: torch.Tensor, radius: float) -> tuple[float, float]:
+    """The two roots ``τ₋ ≤ τ₊`` of ``‖x + τ p‖² = Δ²`` (``τ₋ ≤ 0 ≤ τ₊`` when ``‖x‖ ≤ Δ``),
+    computed without cancellation (the smaller-magnitude root from the product of the roots)."""
+    pp, xp, xx = float(p @ p), float(x @ p), float(x @ x)
+    c = xx - radius * radius
+    root = math.sqrt(max(xp * xp - pp * c, 0.0))
+    if xp >= 0:
+        t_minus = (-xp - root) / pp
+        t_plus = c / (pp * t_minus) if t_minus != 0 else (-xp + root) / pp
+    else:
+        t_plus = (-xp + root) / pp
+        t_minus = c / (pp * t_plus) if t_plus != 0 else (-xp - root) / pp
+    return t_minus, t_plus
 
 
 class MartensProgress(_Rule):
@@ -245,7 +285,7 @@ class MartensProgress(_Rule):
 
     def __init__(self, k_min: int = 10, fraction: float = 0.1, eps: float = 5e-4):
         self.k_min, self.fraction, self.eps = int(k_min), float(fraction), float(eps)
-        self.values: list[float] = []
+        self.values: list[float] = []  # q(x_1), q(x_2), ... of the solve this copy runs in
 
     def after_step(self, state: CGState) -> Stop | None:
         self.values.append(state.q)
@@ -261,11 +301,12 @@ class MartensProgress(_Rule):
 
 class RecordIterates(_Rule):
     """Keep ``(i, x_i)`` after iteration ``i`` when ``at(i)`` (default: every iteration); the
-    last iterate is always added. :meth:`martens` keeps ``i = ⌈1.3ʲ⌉`` (Martens 2010, §4.6)."""
+    last iterate is always added; they come back as the result's ``iterates``.
+    :meth:`martens` keeps ``i = ⌈1.3ʲ⌉`` (Martens 2010, §4.6)."""
 
     def __init__(self, at: Callable[[int], bool] | None = None):
         self.at = at
-        self.iterates: list[tuple[int, torch.Tensor]] = []
+        self.iterates: list[tuple[int, torch.Tensor]] = []  # of the solve this copy runs in
 
     @classmethod
     def martens(cls) -> RecordIterates:
@@ -325,20 +366,18 @@ def conjugate_gradient(
         raise ValueError(f"b must be a vector (1-D tensor), got "
                          f"{tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__}.")
     n = b.shape[0]
-    rule_list = [ResidualTolerance(tol)] if rules is None else list(rules)
+    # a fresh copy of every rule per solve: a rule object describes a test and can be reused
+    rule_list = [ResidualTolerance(tol)] if rules is None else [copy.deepcopy(r) for r in rules]
     for rule in rule_list:
         if not (hasattr(rule, "before_step") and hasattr(rule, "after_step")):
             raise TypeError(f"{type(rule).__name__} is not a stopping rule: it needs before_step(state) "
                             f"and after_step(state) methods.")
-    residual_rules = [r for r in rule_list if isinstance(r, ResidualTolerance)]
-    if max_iter is None:
-        max_iter = 10 * n
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
-        raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}.")
-    recorders = [r for r in rule_list if isinstance(r, RecordIterates)]
+    targets = [r.target for r in rule_list if callable(getattr(r, "target", None))]
+    max_iter = _check_max_iter(max_iter, 10 * n)
+    recorders = [r for r in rule_list if isinstance(getattr(r, "iterates", None), list)]
     curvature_rules = [r for r in rule_list
-                       if not (psd is True and isinstance(r, NegativeCurvature))]
-    handles_curvature = any(isinstance(r, (NegativeCurvature, TrustRegion)) for r in curvature_rules)
+                       if not (psd is True and getattr(r, "indefinite_only", False))]
+    handles_curvature = any(getattr(r, "handles_curvature", False) for r in curvature_rules)
 
     count = [0]
 
@@ -357,8 +396,8 @@ def conjugate_gradient(
             r = b - A(x)
         r_norm = float(torch.linalg.vector_norm(r))
         rel = r_norm / b_norm if b_norm > 0 else r_norm
-        if converged and true_residual and residual_rules:
-            bound = 10 * max(rr.target(b_norm) for rr in residual_rules)
+        if converged and true_residual and targets:
+            bound = 10 * max(target(b_norm) for target in targets)
             if r_norm > bound:
                 converged, status = False, "residual_drift"
                 message = "recursive residual met tol but the true residual did not"
@@ -400,7 +439,9 @@ def conjugate_gradient(
                               f"pᵀAp = {pAp:.3e} for an operator tagged positive semidefinite: A is "
                               "singular along p (or rounding); add damping (op + sigma)", False, r,
                               negative_curvature=p.clone(), curvature=pAp)
-            assert not handles_curvature
+            if handles_curvature:
+                raise TypeError("a stopping rule declares handles_curvature but returned no Stop "
+                                f"for pᵀAp = {pAp:.3e} <= 0; it must stop there.")
             return finish(x, it - 1, "negative_curvature",
                           f"negative curvature pᵀAp = {pAp:.3e}: the operator is not positive "
                           "definite; add damping (op + sigma) or use method='minres'", False, r,
@@ -428,40 +469,88 @@ def conjugate_gradient(
 # ----------------------------------------------------------------------------- front door
 
 
-def solve(op: CurvatureOperator, b: Any, method: str = "cg", tol: float = 1e-8,
+def solve(op: Any, b: Any, method: str = "cg", tol: float = 1e-8,
           max_iter: int | None = None, x0: Any = None) -> LinearSolveResult:
-    """Solve ``op @ x = b``; see :meth:`CurvatureOperator.solve`."""
+    """Solve ``op @ x = b``; see :meth:`CurvatureOperator.solve`.
+
+    ``op`` is a :class:`CurvatureOperator` or a symmetric matrix (a 2-D tensor or array, taken as
+    a :class:`DenseOperator`). ``converged`` means the measured relative residual
+    ``‖b − A x‖ / ‖b‖`` passed the tolerance test: for ``"cg"`` the kernel's (``≤ tol`` on the
+    recursive residual and ``≤ 10 tol`` on the true one), for ``"minres"`` and ``"direct"``
+    ``≤ max(10 tol, n ε)`` with ``ε`` the dtype's unit roundoff (the floor a backward-stable solve
+    attains on a well-conditioned matrix). A singular or, for its dtype, too ill-conditioned
+    matrix therefore gives ``converged=False`` with the residual in the message.
+    """
+    if isinstance(op, (torch.Tensor, np.ndarray)) and op.ndim == 2:
+        op = DenseOperator(op)
+    if not isinstance(op, CurvatureOperator):
+        raise TypeError(f"op must be a CurvatureOperator or a symmetric matrix (a 2-D tensor or "
+                        f"array, wrapped as hesse.DenseOperator); got {type(op).__name__}.")
     n = op.shape[0]
     b = op._as_block(b, "b")
     if b.shape != (n,):
         raise ValueError(f"b must have shape ({n},), got {tuple(b.shape)}.")
-    if not np.isfinite(tol) or tol <= 0:
-        raise ValueError(f"tol must be a positive number, got {tol!r}.")
+    if not bool(torch.isfinite(b).all()):
+        raise ValueError(f"b has {int((~torch.isfinite(b)).sum())} non-finite entries; "
+                         "the right-hand side must be finite.")
+    tol = _check_tol(tol)
+    max_iter = _check_max_iter(max_iter, 10 * n, minimum=1)
     x0 = None if x0 is None else op._as_block(x0, "x0")
     if x0 is not None and x0.shape != (n,):
         raise ValueError(f"x0 must have shape ({n},), got {tuple(x0.shape)}.")
+    if x0 is not None and not bool(torch.isfinite(x0).all()):
+        raise ValueError(f"x0 has {int((~torch.isfinite(x0)).sum())} non-finite entries; "
+                         "the starting point must be finite.")
     if method == "cg":
-        return conjugate_gradient(op, b, x0=x0, rules=[ResidualTolerance(tol)],
-                                  max_iter=max_iter if max_iter is not None else 10 * n)
+        return conjugate_gradient(op, b, x0=x0, rules=[ResidualTolerance(tol)], max_iter=max_iter)
     if method == "minres":
-        return _minres(op, b, tol, max_iter if max_iter is not None else 10 * n, x0)
+        return _minres(op, b, tol, max_iter, x0)
     if method == "direct":
-        return _direct(op, b)
+        return _direct(op, b, tol)
     raise ValueError(f"method must be 'cg', 'minres' or 'direct'; got {method!r}.")
 
 
-def _finish(op, b, x, it, start_count, method, converged, message) -> LinearSolveResult:
+def _check_tol(tol: Any) -> float:
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"tol must be a real number > 0 (e.g. 1e-8), got {type(tol).__name__} ({tol!r}).")
+    if not math.isfinite(float(tol)) or tol <= 0:
+        raise ValueError(f"tol must be a finite number > 0 (e.g. 1e-8), got {tol!r}.")
+    return float(tol)
+
+
+def _check_max_iter(max_iter: Any, default: int, minimum: int = 0) -> int:
+    if max_iter is None:
+        return default
+    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < minimum:
+        raise ValueError(f"max_iter must be an integer >= {minimum}, got {max_iter!r}.")
+    return int(max_iter)
+
+
+def _finish(op: CurvatureOperator, b: torch.Tensor, x: torch.Tensor, it: int, start_count: int,
+            method: str, tol: float, failure: str | None, message: str) -> LinearSolveResult:
+    """The result with ``converged`` decided by the measured residual: ``failure`` (the solver's
+    own complaint) or a relative residual above ``max(10 tol, n ε)`` is not convergence."""
     r = b - op.matvec(x)
     bnorm = float(torch.linalg.vector_norm(b))
     rnorm = float(torch.linalg.vector_norm(r))
     rel = rnorm / bnorm if bnorm > 0 else rnorm
+    bound = max(10 * tol, op.shape[0] * torch.finfo(op.dtype).eps)
+    status = "converged"
+    if failure is not None:
+        status, message = "failed", failure
+    elif not rel <= bound:  # also catches a NaN residual
+        status = "residual"
+        message = (f"the relative residual ‖b − A x‖/‖b‖ = {rel:.3e} is above {bound:.1e} "
+                   f"(max(10 tol, n eps) in {str(op.dtype).removeprefix('torch.')}): the operator "
+                   "is singular or too ill-conditioned for its dtype; add damping (op + sigma), "
+                   "use float64, or use method='minres' for a least-squares solution")
     return LinearSolveResult(x=x, nit=it, num_matvecs=op.num_matvecs - start_count,
-                             converged=converged, message=message, residual_norm=rnorm,
-                             relative_residual=rel, status="converged" if converged else "failed",
-                             method=method)
+                             converged=status == "converged", message=message, residual_norm=rnorm,
+                             relative_residual=rel, status=status, method=method)
 
 
-def _minres(op, b, tol, max_iter, x0) -> LinearSolveResult:
+def _minres(op: CurvatureOperator, b: torch.Tensor, tol: float, max_iter: int,
+            x0: torch.Tensor | None) -> LinearSolveResult:
     from scipy.sparse.linalg import minres
 
     start = op.num_matvecs
@@ -470,13 +559,13 @@ def _minres(op, b, tol, max_iter, x0) -> LinearSolveResult:
     x0_np = None if x0 is None else x0.detach().to("cpu", torch.float64).numpy()
     x_np, info = minres(A, b_np, x0=x0_np, rtol=tol, maxiter=max_iter)
     x = torch.from_numpy(x_np).to(device=op.device, dtype=op.dtype)
-    msg = "residual below tol" if info == 0 else f"scipy minres info={info}"
-    res = _finish(op, b, x, -1, start, "minres", info == 0, msg)
+    failure = None if info == 0 else f"scipy minres info={info} (iteration budget max_iter={max_iter} spent)"
+    res = _finish(op, b, x, -1, start, "minres", tol, failure, "residual below tol")
     res.nit = res.num_matvecs - 1
     return res
 
 
-def _direct(op, b) -> LinearSolveResult:
+def _direct(op: CurvatureOperator, b: torch.Tensor, tol: float) -> LinearSolveResult:
     start = op.num_matvecs
     A = op.to_dense()
     try:
@@ -484,5 +573,8 @@ def _direct(op, b) -> LinearSolveResult:
     except RuntimeError as err:
         raise ValueError(f"the operator is singular; the direct solve failed ({err}). "
                          "Add damping (op + sigma) or use method='minres'.") from None
-    return _finish(op, b, x, 1, start, "direct", True, "dense LU solve")
-
+    if not bool(torch.isfinite(x).all()):
+        return _finish(op, b, torch.zeros_like(b), 1, start, "direct", tol,
+                       "the dense LU solve gave a non-finite x: the operator is singular; add "
+                       "damping (op + sigma) or use method='minres'", "")
+    return _finish(op, b, x, 1, start, "direct", tol, None, "dense LU solve")

@@ -12,12 +12,11 @@ line search (c2 = 0.9) follows. Never forms ``H``: memory is a few vectors of si
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
-from hesse.operators.solve import CGState, Stop, conjugate_gradient
+from hesse.operators.solve import NegativeCurvature, ResidualTolerance, conjugate_gradient
 
 from ._core import Objective, Run
 from .line_search import strong_wolfe
@@ -30,53 +29,16 @@ CG_STEPS_PER_VARIABLE = 2
 CG_MAX_ITER_CAP_N = 200
 
 
-class ForcingTolerance:
-    """CG stopping rule: the residual ``||r|| <= tol`` (``< tol`` when ``strict``), with ``tol``
-    the forcing term ``min(0.5, sqrt(||g||)) ||g||`` of N&W Thm 7.2 (superlinear convergence)."""
-
-    def __init__(self, tol: float, strict: bool = False):
-        self.tol, self.strict = tol, strict
-
-    def before_step(self, state: CGState) -> Stop | None:
-        return None
-
-    def after_step(self, state: CGState) -> Stop | None:
-        r_norm = math.sqrt(float(torch.dot(state.r, state.r)))
-        if (r_norm < self.tol) if self.strict else (r_norm <= self.tol):
-            return Stop(state.x, "converged", "forcing tolerance met", converged=True)
-        return None
-
-
-def forcing_tolerance(g: torch.Tensor) -> float:
-    gnorm = float(g.norm())
-    return min(0.5, math.sqrt(gnorm)) * gnorm
-
-
-class TruncateAtNegativeCurvature:
-    """CG stopping rule of truncated Newton (N&W Alg. 7.1): a direction with
-    ``p^T H p <= eps ||p||^2`` ends the solve at the current iterate, or at the steepest-descent
-    direction ``-g`` (= ``b``) when it appears at the first step."""
-
-    def __init__(self, eps: float):
-        self.eps = eps
-
-    def before_step(self, state: CGState) -> Stop | None:
-        if state.pAp <= self.eps * float(torch.dot(state.p, state.p)):
-            x = state.b.clone() if state.it == 1 else state.x
-            return Stop(x, "negative_curvature", f"curvature p^T H p = {state.pAp:.3e} <= eps ||p||^2",
-                        negative_curvature=state.p.clone())
-        return None
-
-    def after_step(self, state: CGState) -> Stop | None:
-        return None
-
-
 def truncated_cg(hvp: Callable[[torch.Tensor], torch.Tensor], g: torch.Tensor,
                  max_iter: int) -> tuple[torch.Tensor, bool]:
     """Approximate Newton step ``H p = -g`` by the one CG kernel
-    (:func:`hesse.operators.solve.conjugate_gradient`) with the rules above; returns ``(p, hit
-    negative curvature)``. No final residual product: the outer line search judges the step."""
-    rules = [TruncateAtNegativeCurvature(torch.finfo(g.dtype).eps), ForcingTolerance(forcing_tolerance(g))]
+    (:func:`hesse.operators.solve.conjugate_gradient`) with its rules for truncated Newton
+    (N&W Alg. 7.1): the forcing tolerance (:meth:`ResidualTolerance.forcing`) and
+    :class:`NegativeCurvature` at ``p^T H p <= eps ||p||^2``, returning ``-g`` when that happens
+    at the first step. Returns ``(p, hit negative curvature)``. No final residual product: the
+    outer line search judges the step."""
+    rules = [NegativeCurvature(eps=torch.finfo(g.dtype).eps, steepest_descent=True),
+             ResidualTolerance.forcing(float(g.norm()))]
     res = conjugate_gradient(hvp, -g, rules=rules, max_iter=max_iter, true_residual=False)
     return res.x, res.status == "negative_curvature"
 

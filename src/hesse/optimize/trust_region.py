@@ -10,7 +10,7 @@ as 1 if the step lowers ``||g||`` and 0 otherwise.
 Subproblem solvers:
 
 * ``trust-ncg`` - Steihaug-Toint truncated CG on Hessian-vector products (N&W Alg. 7.2; the
-  CG kernel :func:`hesse.operators.solve.conjugate_gradient` with :class:`SteihaugBoundary`), with
+  CG kernel :func:`hesse.operators.solve.conjugate_gradient` with its :class:`TrustRegion` rule), with
   the forcing term ``min(0.5, sqrt(||g||)) ||g||``. Never forms ``B``; cost per iteration:
   one fused value+gradient and at most ``n`` HVPs (usually a handful).
 * ``trust-exact`` - the nearly exact solution of Moré & Sorensen (1983) (N&W Alg. 4.3): find
@@ -30,10 +30,9 @@ from collections.abc import Callable
 
 import torch
 
-from hesse.operators.solve import CGState, Stop, conjugate_gradient
+from hesse.operators.solve import ResidualTolerance, TrustRegion, conjugate_gradient
 
 from ._core import Objective, Run
-from .newton_cg import ForcingTolerance, forcing_tolerance
 from .result import CONVERGED, STEP_FAILURE, OptimizeResult
 
 # N&W Alg. 4.1: shrink the region when rho < 1/4, grow it when rho > 3/4 and the step reached
@@ -58,47 +57,16 @@ def _steihaug_max_iter(n: int) -> int:
     return 2 * n + 10
 
 
-class SteihaugBoundary:
-    """CG stopping rule of Steihaug-Toint (N&W Alg. 7.2): a direction of non-positive curvature,
-    or a step that would leave ``||z|| <= radius``, ends the solve on the boundary along the
-    current direction (the root ``tau >= 0`` of ``||z + tau d|| = radius``)."""
-
-    def __init__(self, radius: float):
-        self.radius = radius
-
-    def before_step(self, state: CGState) -> Stop | None:
-        if state.pAp <= 0:
-            return Stop(_to_boundary(state.x, state.p, self.radius), "negative_curvature",
-                        "non-positive curvature: stopped on the boundary", on_boundary=True)
-        assert state.alpha is not None  # the kernel sets it when pAp > 0
-        if float((state.x + state.alpha * state.p).norm()) >= self.radius:
-            return Stop(_to_boundary(state.x, state.p, self.radius), "trust_region_boundary",
-                        "the step reached the boundary", on_boundary=True)
-        return None
-
-    def after_step(self, state: CGState) -> Stop | None:
-        return None
-
-
 def steihaug_cg(hvp: Callable[[torch.Tensor], torch.Tensor], g: torch.Tensor, radius: float,
                 max_iter: int | None = None) -> tuple[torch.Tensor, bool, int]:
     """Steihaug-Toint CG (N&W Alg. 7.2) by the one CG kernel
-    (:func:`hesse.operators.solve.conjugate_gradient`), stopped on the boundary or at the
-    forcing tolerance ``||r|| < min(0.5, sqrt(||g||)) ||g||``. Returns
+    (:func:`hesse.operators.solve.conjugate_gradient`) with its rules :class:`TrustRegion` and
+    the forcing tolerance :meth:`ResidualTolerance.forcing`. Returns
     ``(p, on_boundary, num_products)``."""
-    rules = [SteihaugBoundary(radius), ForcingTolerance(forcing_tolerance(g), strict=True)]
+    rules = [TrustRegion(radius), ResidualTolerance.forcing(float(g.norm()))]
     res = conjugate_gradient(hvp, -g, rules=rules, max_iter=max_iter or _steihaug_max_iter(g.numel()),
                              true_residual=False)
     return res.x, res.on_boundary, res.num_matvecs
-
-
-def _to_boundary(z: torch.Tensor, d: torch.Tensor, radius: float) -> torch.Tensor:
-    """``z + tau d`` with ``tau >= 0`` and ``||z + tau d|| = radius``."""
-    a = float(torch.dot(d, d))
-    b = 2 * float(torch.dot(z, d))
-    c = float(torch.dot(z, z)) - radius * radius
-    tau = (-b + math.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a)
-    return z + tau * d
 
 
 def exact_subproblem(lam: torch.Tensor, Q: torch.Tensor, g: torch.Tensor, radius: float,
