@@ -33,10 +33,11 @@ from hesse._memory import guard_bytes
 from hesse._progress import Progress
 from hesse._validation import check_connected, check_finite_point
 
-from ._core import UNBOUNDED_F, UNBOUNDED_X
+from ._core import UNBOUNDED_F, UNBOUNDED_X, gradient_mismatch, gradient_mismatch_detail
 from .quasi_newton import CURVATURE_SKIP_TOL, bfgs_update
 from .result import (
     CONVERGED,
+    GRADIENT_MISMATCH,
     MAX_ITER,
     MAX_TIME,
     NONFINITE,
@@ -89,13 +90,8 @@ class _Rows:
             return
         Fc, Gc, Xc = self.F.cpu(), self.gnorm.cpu(), self.X.cpu()
         for b in rows:
-            h = self.history[b]
-            h.values.append(float(Fc[b]))
-            h.grad_norms.append(float(Gc[b]))
-            h.step_sizes.append(float(step[b]))
-            h.evaluations.append(int(self.nfev[b]))
-            if h.iterates_kept:
-                h.iterates.append(Xc[b].clone())
+            self.history[b].append(int(self.nit[b]), float(Fc[b]), float(Gc[b]), float(step[b]),
+                                   int(self.nfev[b]), Xc[b])
 
 
 @dataclass
@@ -121,8 +117,9 @@ def minimize_batched(f, X0: torch.Tensor, *, method: str, needs: str, matrices: 
     rows = _start(d, X0, gtol, history)
     _iterate(d, rows, method, needs, opts, gtol=gtol, ftol=ftol, xtol=xtol, max_iter=max_iter,
              max_time=max_time, t0=t0, progress=progress)
+    mismatch = _check_gradients(d, rows, gtol)
     min_eig = _check_curvature(d, rows, curvature_tol) if check_curvature else None
-    return _results(rows, method, min_eig, time.perf_counter() - t0)
+    return _results(rows, method, min_eig, time.perf_counter() - t0, mismatch)
 
 
 def _validate(X0: torch.Tensor, callback) -> None:
@@ -338,6 +335,24 @@ def _iterate(d: _Derivatives, rows: _Rows, method: str, needs: str, opts: dict, 
         rows.status[rows.status < 0] = MAX_ITER
 
 
+def _check_gradients(d: _Derivatives, rows: _Rows, gtol: float) -> dict[int, str]:
+    """The rows that passed the gradient test, checked against finite differences of f
+    (:func:`hesse.optimize._core.gradient_mismatch`, as the unbatched methods do); a failing row
+    gets status 9. Returns the failing rows' messages."""
+    conv = (rows.status == CONVERGED).to(rows.X.device)
+    if not bool(conv.any()):
+        return {}
+    idx = conv.nonzero().squeeze(1)
+    failed, D, gv, evaluations = gradient_mismatch(d.value, rows.X[idx], rows.G[idx], rows.F[idx], gtol)
+    rows.nfev[idx.cpu()] += evaluations
+    out = {}
+    for j, b in enumerate(idx.tolist()):
+        if bool(failed[j]):
+            rows.status[b] = GRADIENT_MISMATCH
+            out[b] = gradient_mismatch_detail(float(D[j]), float(gv[j]), float(rows.gnorm[b]))
+    return out
+
+
 def _check_curvature(d: _Derivatives, rows: _Rows, curvature_tol: float) -> torch.Tensor:
     """Smallest Hessian eigenvalue of the rows that passed the gradient test (one batched
     Hessian; NaN elsewhere); a negative one turns the row's status into a saddle."""
@@ -352,7 +367,8 @@ def _check_curvature(d: _Derivatives, rows: _Rows, curvature_tol: float) -> torc
     return min_eig
 
 
-def _results(rows: _Rows, method: str, min_eig: torch.Tensor | None, wall: float) -> list[OptimizeResult]:
+def _results(rows: _Rows, method: str, min_eig: torch.Tensor | None, wall: float,
+             mismatch: dict[int, str]) -> list[OptimizeResult]:
     results = []
     Fc, Gc = rows.F.cpu(), rows.gnorm.cpu()
     for b in range(rows.X.shape[0]):
@@ -361,6 +377,8 @@ def _results(rows: _Rows, method: str, min_eig: torch.Tensor | None, wall: float
         if s == CONVERGED:
             detail = f"||g||={float(Gc[b]):.2e} <= gtol" + (
                 f"; smallest Hessian eigenvalue {me:.4g}" if me is not None else "; curvature not checked")
+        elif s == GRADIENT_MISMATCH:
+            detail = mismatch[b]
         elif s == SADDLE:
             detail = f"||g|| <= gtol but the smallest Hessian eigenvalue is {me:.4g} < 0"
         elif s == UNBOUNDED:
