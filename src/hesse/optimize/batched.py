@@ -9,11 +9,12 @@ never change.
 
 Methods (those registered with ``batched=True``): ``gd`` (fixed ``lr``, or ``"auto"`` =
 ``1/lambda_max`` per row from the dense Hessian), ``newton`` (unit steps), ``newton-damped``
-(``modification="lm"``: ``H + tau I`` with ``tau = max(0, delta - lambda_min)``; ``"eigen"``:
-eigenvalues clamped at ``delta``), ``bfgs``. The Newton steps are :func:`hesse._linalg.spectral_step`
-and the BFGS update :func:`hesse.optimize.quasi_newton.bfgs_update`, the kernels of the unbatched
-methods. The line search is batched Armijo backtracking (N&W Alg. 3.1, halving); BFGS skips the
-update in a row where ``y^T s <= 0`` (Armijo does not guarantee the curvature condition). For
+(``modification="lm"``: Cholesky with added multiple of the identity, N&W Alg. 3.3; ``"eigen"``:
+eigenvalues clamped at ``delta``), ``bfgs``. The Newton directions are
+:func:`hesse._linalg.newton_direction` and the BFGS update
+:func:`hesse.optimize.quasi_newton.bfgs_update`, the kernels of the unbatched methods. The line
+search is :func:`hesse.optimize.line_search.backtrack` (N&W Alg. 3.1) on the block of rows, the
+one ``line_search="armijo"`` runs for one start; BFGS skips the update in a row where ``y^T s <= 0`` (Armijo does not guarantee the curvature condition). For
 ``n <= 500`` (the curvature check that decides success is a batched dense ``eigvalsh``). Returns
 one :class:`OptimizeResult` per row, with counts per row.
 """
@@ -28,12 +29,13 @@ from dataclasses import dataclass
 import torch
 from torch.func import grad_and_value, hessian, vmap
 
-from hesse._linalg import modify_eigenvalues, spectral_step
+from hesse._linalg import newton_direction
 from hesse._memory import guard_bytes
 from hesse._progress import Progress
 from hesse._validation import check_connected, check_finite_point
 
 from ._core import UNBOUNDED_F, UNBOUNDED_X, gradient_mismatch, gradient_mismatch_detail
+from .line_search import backtrack
 from .quasi_newton import CURVATURE_SKIP_TOL, bfgs_update
 from .result import (
     CONVERGED,
@@ -58,14 +60,6 @@ BATCHED_MAX_N = 500
 # vmapped Hessian too).
 CURVATURE_CHECK_MATRICES = 7
 
-# A pure Newton step drops to NaN (the row stops) when an eigenvalue is below this fraction of
-# max(1, max |lambda|): the Hessian is singular to working precision.
-SINGULAR_EIGENVALUE_FRACTION = 1e-14
-# Armijo's sufficient-decrease constant c1 (N&W Sec. 3.1, the usual 1e-4).
-ARMIJO_C1 = 1e-4
-# Backtracking halves the step at most 60 times (2^-60, the rounding level of float64) before a
-# row is declared a failed step.
-MAX_HALVINGS = 60
 
 
 @dataclass
@@ -203,40 +197,21 @@ def _auto_learning_rate(d: _Derivatives, rows: _Rows) -> torch.Tensor:
 def _newton_directions(d: _Derivatives, rows: _Rows, method: str, modification: str,
                        active: torch.Tensor) -> torch.Tensor:
     """Per row ``-M^{-1} g`` with ``M`` the Hessian (``newton``) or its modification
-    (``newton-damped``: LM shift or clamped eigenvalues at ``delta = sqrt(eps) max(1, |lambda|)``)."""
+    (``newton-damped``): :func:`hesse._linalg.newton_direction`, the direction of the unbatched
+    methods, on the block of rows."""
     H = d.hessian(rows.X)
     rows.nhev += active.long()
-    lam, Q = torch.linalg.eigh(H)
-    scale = lam.abs().amax(dim=1).clamp_min(1.0)
-    if method == "newton":
-        mu = modify_eigenvalues(lam, "keep", SINGULAR_EIGENVALUE_FRACTION * scale)
-    else:
-        delta = math.sqrt(torch.finfo(lam.dtype).eps) * scale
-        mu = modify_eigenvalues(lam, "clamp" if modification == "eigen" else "shift", delta)
-    return spectral_step(mu, Q, rows.G)
+    return newton_direction(H, rows.G, "none" if method == "newton" else modification)
 
 
 def _backtrack(d: _Derivatives, rows: _Rows, P: torch.Tensor, alpha: torch.Tensor,
                searching: torch.Tensor, sufficient_decrease: bool):
-    """Batched backtracking from ``alpha``, halving: a row accepts the first finite trial
-    (``sufficient_decrease=False``: gd and pure Newton keep their step) or the first with
-    ``f(x + alpha p) <= f + c1 alpha g^T p`` (Armijo). Returns ``(accepted, alpha, F_new)``."""
+    """:func:`hesse.optimize.line_search.backtrack` on the rows (the line search of the
+    unbatched methods). Returns ``(accepted, alpha, F_new)``."""
     slope = (rows.G * P).sum(1)
-    accepted = torch.zeros_like(searching)
-    F_new = rows.F.clone()
-    for _ in range(MAX_HALVINGS):
-        if not bool(searching.any()):
-            break
-        Ft = d.value(rows.X + alpha.unsqueeze(1) * P)
-        rows.nfev += searching.cpu().long()
-        ok = torch.isfinite(Ft)
-        if sufficient_decrease:
-            ok = ok & (Ft <= rows.F + ARMIJO_C1 * alpha * slope)
-        newly = searching & ok
-        F_new = torch.where(newly, Ft, F_new)
-        accepted |= newly
-        searching &= ~ok
-        alpha = torch.where(searching, 0.5 * alpha, alpha)
+    accepted, alpha, F_new, evaluations = backtrack(d.value, rows.X, P, rows.F, slope, alpha, searching,
+                                                    sufficient_decrease=sufficient_decrease)
+    rows.nfev += evaluations.cpu()
     return accepted, alpha, F_new
 
 
