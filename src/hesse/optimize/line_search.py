@@ -26,7 +26,6 @@ MAX_HALVINGS = 60
 """A step shrinks at most 60 times by (at least) half: 2^-60 of it is below the rounding level
 of float64. The one budget of every backtracking in :mod:`hesse.optimize` (a non-finite trial,
 Armijo backtracking, Newton's escape from a saddle, gradient descent's step after a NaN)."""
-MAX_SHRINKS = MAX_HALVINGS
 ARMIJO_C1 = 1e-4
 """Armijo's sufficient-decrease constant c1 (N&W Sec. 3.1, the usual 1e-4)."""
 
@@ -91,7 +90,7 @@ def strong_wolfe(value_grad, x: torch.Tensor, p: torch.Tensor, f0: float, g0: to
     shrinks = 0
     while not (math.isfinite(fa) and bool(torch.isfinite(ga).all())):
         shrinks += 1
-        if shrinks > MAX_SHRINKS:
+        if shrinks > MAX_HALVINGS:
             return LineSearchResult(0.0, f0, g0, x, False, evals, "non-finite values for every step tried")
         alpha *= 0.5
         alpha_max = alpha
@@ -124,7 +123,7 @@ def strong_wolfe(value_grad, x: torch.Tensor, p: torch.Tensor, f0: float, g0: to
         while not (math.isfinite(fa) and bool(torch.isfinite(ga).all())):
             evals_guard += 1
             alpha_max = alpha = a_prev + 0.5 * (alpha - a_prev)
-            if evals_guard > MAX_SHRINKS:
+            if evals_guard > MAX_HALVINGS:
                 return LineSearchResult(a_prev, f_prev, None, torch.add(x, p, alpha=a_prev), f_prev < f0,
                                         evals, "non-finite beyond the last step")
             fa, ga, xa = phi(alpha)
