@@ -8,7 +8,10 @@ definite modification of it (Nocedal & Wright 2006, Sec. 3.4). Two routes:
   value, or dropped for a pseudo-inverse step). Batched over any leading dimensions: ``lam``
   ``(..., n)``, ``Q`` ``(..., n, n)``, ``g`` ``(..., n)``.
 * **Cholesky**: :func:`shifted_cholesky_solve`, the Cholesky factorization with an added multiple
-  of the identity (N&W Alg. 3.3), for one point; and :func:`newton_solve`, the plain LU solve.
+  of the identity (N&W Alg. 3.3), for one point or a block of points.
+
+:func:`newton_direction` is the one entry point of the optimizers (one point or a ``(B, n)``
+block, one meaning per modification name, :data:`NEWTON_MODIFICATIONS`).
 
 Cost: one ``O(n^3)`` factorization per point; the spectral step itself is two matrix-vector
 products.
@@ -20,7 +23,8 @@ from typing import Literal
 
 import torch
 
-__all__ = ["modify_eigenvalues", "newton_solve", "shifted_cholesky_solve", "spectral_step"]
+__all__ = ["NEWTON_MODIFICATIONS", "modify_eigenvalues", "newton_direction", "shifted_cholesky_solve",
+           "spectral_step"]
 
 Modification = Literal["keep", "clamp", "shift", "absolute", "pseudo-inverse"]
 
@@ -29,6 +33,12 @@ CHOLESKY_SHIFT_FRACTION = 1e-3
 # ... and doubles it until the factorization succeeds; 100 doublings take beta past any finite
 # ||H|| (2^100 > 1e30), so the loop ends with a factorization or an H that is not finite.
 CHOLESKY_MAX_DOUBLINGS = 100
+# A pure Newton direction is refused (NaN) when an eigenvalue is below this fraction of
+# max(1, max |lambda|): the Hessian is singular to working precision.
+SINGULAR_EIGENVALUE_FRACTION = 1e-14
+
+NEWTON_MODIFICATIONS = ("none", "lm", "eigen", "absolute", "pseudo-inverse")
+"""The names :func:`newton_direction` takes, each with one meaning (its docstring)."""
 
 
 def modify_eigenvalues(lam: torch.Tensor, how: Modification, floor: torch.Tensor | float) -> torch.Tensor:
@@ -71,14 +81,29 @@ def spectral_step(mu: torch.Tensor, Q: torch.Tensor, g: torch.Tensor) -> torch.T
     return -(Q @ (Qtg / mu).unsqueeze(-1)).squeeze(-1)
 
 
-def newton_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
-    """The pure Newton step ``p = -H^{-1} g`` by LU; None when ``H`` is singular or the step is
-    not finite."""
-    try:
-        p = torch.linalg.solve(H, -g)
-    except RuntimeError:
-        return None
-    return p if bool(torch.isfinite(p).all()) else None
+def _shifted_cholesky_block(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """:func:`shifted_cholesky_solve` on a block: ``H`` (B, n, n), ``g`` (B, n); every row has its
+    own shift sequence, rows where no shift works are NaN."""
+    B, n = g.shape
+    eye = torch.eye(n, dtype=H.dtype, device=H.device)
+    beta = CHOLESKY_SHIFT_FRACTION * H.abs().amax(dim=(1, 2)).clamp_min(1.0)
+    dmin = torch.diagonal(H, dim1=1, dim2=2).amin(dim=1)
+    tau = torch.where(dmin > 0, torch.zeros_like(dmin), beta - dmin)
+    L = torch.zeros_like(H)
+    pending = torch.isfinite(H).all(dim=(1, 2))
+    done = torch.zeros_like(pending)
+    for _ in range(CHOLESKY_MAX_DOUBLINGS):
+        if not bool(pending.any()):
+            break
+        Lt, info = torch.linalg.cholesky_ex(H + tau[:, None, None] * eye)
+        ok = pending & (info == 0)
+        L = torch.where(ok[:, None, None], Lt, L)
+        done |= ok
+        pending &= ~ok
+        tau = torch.where(pending, torch.maximum(2.0 * tau, beta), tau)
+    L = torch.where(done[:, None, None], L, eye)
+    p = -torch.cholesky_solve(g.unsqueeze(-1), L).squeeze(-1)
+    return torch.where(done[:, None], p, torch.full_like(p, float("nan")))
 
 
 def shifted_cholesky_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
@@ -86,14 +111,52 @@ def shifted_cholesky_solve(H: torch.Tensor, g: torch.Tensor) -> torch.Tensor | N
     (Cholesky with added multiple of the identity) for which the Cholesky factorization succeeds:
     ``tau_0 = 0`` if ``min diag(H) > 0`` else ``beta - min diag(H)``, then doubling, with
     ``beta = 1e-3 max(1, max |H_ij|)``. None when no shift works (``H`` not finite)."""
-    n = H.shape[0]
-    eye = torch.eye(n, dtype=H.dtype, device=H.device)
-    beta = CHOLESKY_SHIFT_FRACTION * max(1.0, float(H.abs().max()))
-    dmin = float(torch.diagonal(H).min())
-    tau = 0.0 if dmin > 0 else -dmin + beta
-    for _ in range(CHOLESKY_MAX_DOUBLINGS):
-        L, info = torch.linalg.cholesky_ex(H + tau * eye)
-        if int(info) == 0:
-            return -torch.cholesky_solve(g.unsqueeze(1), L).squeeze(1)
-        tau = max(2.0 * tau, beta)
-    return None
+    p = _shifted_cholesky_block(H.unsqueeze(0), g.unsqueeze(0))[0]
+    return p if bool(torch.isfinite(p).all()) else None
+
+
+def newton_direction(H: torch.Tensor, g: torch.Tensor, modification: str,
+                     spectrum: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     damping: float = 0.0) -> torch.Tensor:
+    """The (modified) Newton direction ``p = -M^{-1} g`` for one point (``H`` (n, n), ``g`` (n,))
+    or a block (``H`` (B, n, n), ``g`` (B, n)); a row with no direction is NaN. With
+    ``scale = max(1, max |lambda|)`` per row:
+
+    * ``"none"``: ``M = H`` (pure Newton, N&W Sec. 3.3); NaN when an eigenvalue is below
+      ``1e-14 scale`` in modulus (singular to working precision);
+    * ``"lm"``: ``M = H + tau I`` by Cholesky with added multiple of the identity (N&W Alg. 3.3,
+      :func:`shifted_cholesky_solve`);
+    * ``"eigen"``: eigenvalues below ``delta = sqrt(eps) scale`` replaced by ``delta`` (N&W
+      Sec. 3.4, eq. 3.41);
+    * ``"absolute"``: ``M = |H|``, eigenvalues ``max(|lambda|, damping scale)`` (saddle-free
+      Newton, Dauphin et al. 2014);
+    * ``"pseudo-inverse"``: ``p = -H^+ g``, eigenvalues ``|lambda| <= n eps scale`` dropped (the
+      minimum-norm step, which keeps converging to degenerate critical points).
+
+    ``spectrum`` is ``eigh(H)`` when the caller has it already (spectral modifications reuse it).
+    Cost: one ``O(n^3)`` factorization per row.
+    """
+    single = g.dim() == 1
+    Hb, gb = (H.unsqueeze(0), g.unsqueeze(0)) if single else (H, g)
+    if modification == "lm":
+        p = _shifted_cholesky_block(Hb, gb)
+        return p[0] if single else p
+    if modification not in NEWTON_MODIFICATIONS:
+        raise ValueError(f"unknown Newton modification {modification!r}; expected one of "
+                         f"{', '.join(NEWTON_MODIFICATIONS)}.")
+    if spectrum is not None:
+        lam, Q = (spectrum[0].unsqueeze(0), spectrum[1].unsqueeze(0)) if single else spectrum
+    else:
+        lam, Q = torch.linalg.eigh(Hb)
+    scale = lam.abs().amax(dim=-1).clamp_min(1.0)
+    eps = torch.finfo(lam.dtype).eps
+    if modification == "none":
+        mu = modify_eigenvalues(lam, "keep", SINGULAR_EIGENVALUE_FRACTION * scale)
+    elif modification == "eigen":
+        mu = modify_eigenvalues(lam, "clamp", eps ** 0.5 * scale)
+    elif modification == "absolute":
+        mu = modify_eigenvalues(lam, "absolute", damping * scale)
+    else:
+        mu = modify_eigenvalues(lam, "pseudo-inverse", lam.shape[-1] * eps * lam.abs().amax(dim=-1))
+    p = spectral_step(mu, Q, gb)
+    return p[0] if single else p

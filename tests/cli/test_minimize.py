@@ -6,7 +6,8 @@ import pytest
 
 pytest.importorskip("hesse.cli.expressions")
 
-from hesse.cli.main import main  # noqa: E402
+from hesse.cli.main import BUG_EXIT_STATUS, main  # noqa: E402
+from hesse.cli.minimize import NOT_SUCCESSFUL_EXIT_STATUS  # noqa: E402
 
 ROSEN = "100*(y - x**2)**2 + (1 - x)**2"
 
@@ -24,7 +25,7 @@ def test_minimize_compare_and_plot(capsys, tmp_path):
     rc = main(["minimize", ROSEN, "--x0", "-1.2,1", "--compare", "gd,bfgs,newton-damped", "--lr", "0.001",
                "--max-iter", "200", "--plot", str(png), "--quiet"])
     text = capsys.readouterr().out
-    assert rc == 1  # gd does not converge in 200 iterations: not success, said so
+    assert rc == NOT_SUCCESSFUL_EXIT_STATUS == 3  # gd does not converge in 200 iterations: not success, said so
     assert "bfgs" in text and "gd" in text and "maximum number of iterations" in text
     assert png.exists() and (tmp_path / "traj_convergence.png").exists()
 
@@ -32,7 +33,7 @@ def test_minimize_compare_and_plot(capsys, tmp_path):
 def test_minimize_saddle_reported(capsys):
     rc = main(["minimize", "x**2 - y**2", "--x0", "0.5,0.0", "--method", "newton", "--json", "--quiet"])
     out = json.loads(capsys.readouterr().out)
-    assert rc == 1 and out["status"] == 4 and not out["success"]
+    assert rc == NOT_SUCCESSFUL_EXIT_STATUS and out["status"] == 4 and not out["success"]
 
 
 def test_minimize_bad_input(capsys):
@@ -72,3 +73,27 @@ def test_minimize_accepts_scipy_spellings(capsys, spelling, name):
 def test_minimize_scipy_method_hesse_lacks_names_the_alternative(capsys):
     assert main(["minimize", ROSEN, "--x0", "1,1", "--method", "Nelder-Mead", "--quiet"]) == 2
     assert "derivative-free methods are not in hesse" in capsys.readouterr().err
+
+
+def test_not_successful_exit_status_is_not_the_bug_status():
+    # exit 1 is documented as "a bug in hesse" (docs/guarantees.md); an honest non-success is 3
+    assert NOT_SUCCESSFUL_EXIT_STATUS not in (0, 2, BUG_EXIT_STATUS)
+
+
+def test_minimize_time_limit_stops_a_long_run(capsys):
+    # gd with lr 1e-12 and a billion iterations would run for hours; --time-limit bounds it
+    import time
+    t0 = time.perf_counter()
+    rc = main(["minimize", ROSEN, "--x0", "-1.2,1", "--method", "gd", "--lr", "1e-12",
+               "--max-iter", "1000000000", "--time-limit", "1.5", "--json", "--quiet"])
+    wall = time.perf_counter() - t0
+    out = json.loads(capsys.readouterr().out)
+    assert rc == NOT_SUCCESSFUL_EXIT_STATUS and out["status"] == 2 and not out["success"]
+    assert "maximum time reached" in out["message"]
+    assert wall < 30  # 1.5 s budget plus the final curvature check and start-up, on a loaded machine
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "inf"])
+def test_minimize_time_limit_refused(capsys, bad):
+    assert main(["minimize", ROSEN, "--x0", "1,1", "--time-limit", bad, "--quiet"]) == 2
+    assert "--time-limit must be a positive number" in capsys.readouterr().err

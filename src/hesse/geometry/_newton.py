@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch.func import grad, hessian, vmap
 
-from hesse._linalg import modify_eigenvalues, spectral_step
+from hesse._linalg import newton_direction
 from hesse._progress import Progress
 
 ALPHAS = tuple(2.0 ** -k for k in range(13))
@@ -51,7 +51,6 @@ def batched_newton(f: Callable[[torch.Tensor], torch.Tensor], X0: torch.Tensor, 
             return torch.stack([hessian(f)(z) for z in Z])
     X = X0.clone()
     n = X.shape[1]
-    eps = torch.finfo(X.dtype).eps
     alphas = torch.tensor(ALPHAS, dtype=X.dtype, device=X.device)
     G = g_fn(X)
     iterations = 0
@@ -63,10 +62,8 @@ def batched_newton(f: Callable[[torch.Tensor], torch.Tensor], X0: torch.Tensor, 
             bad = ~torch.isfinite(H).all(dim=(1, 2)) | ~torch.isfinite(G).all(dim=1)
             H = torch.where(bad[:, None, None], torch.eye(n, dtype=X.dtype, device=X.device), H)
             Gs = torch.where(bad[:, None], torch.zeros_like(G), G)
-            lam, Q = torch.linalg.eigh(H)
             # the pseudo-inverse step -H^+ g: eigenvalues below n eps max|lambda| are dropped
-            cut = n * eps * lam.abs().amax(dim=1)
-            S = spectral_step(modify_eigenvalues(lam, "pseudo-inverse", cut), Q, Gs)
+            S = newton_direction(H, Gs, "pseudo-inverse")
             norm = S.norm(dim=1, keepdim=True)
             S = torch.where(norm > max_step, S * (max_step / norm), S)
             # backtracking on ‖g‖²: all trial step lengths evaluated in one batch

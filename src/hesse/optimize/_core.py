@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -22,6 +23,7 @@ from hesse.spectrum import eigsh
 from .result import (
     CALLBACK,
     CONVERGED,
+    GRADIENT_MISMATCH,
     MAX_ITER,
     MAX_TIME,
     NONFINITE,
@@ -50,6 +52,83 @@ UNBOUNDED_X = 1e8
 """``||x|| > UNBOUNDED_X * (1 + ||x0||)`` while f decreases: the iterates run away. A line search
 on a function unbounded below extrapolates by about 1e9 per iteration, so this stops such a run
 after one or two iterations instead of ``max_iter`` line searches."""
+
+
+GRADIENT_CHECK_SEED = 0
+"""Seed of the random directions of :func:`gradient_mismatch` (the check is deterministic)."""
+GRADIENT_CHECK_MARGIN = 10.0
+"""A mismatch counts when it exceeds this multiple of the finite difference's error estimate."""
+
+
+def gradient_mismatch(values: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, G: torch.Tensor,
+                      F: torch.Tensor, gtol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Check the gradients ``G`` (B, n) of ``f`` at the points ``X`` against ``f`` itself along one
+    random unit direction ``v`` per row.
+
+    Central differences ``D(h) = (f(x + h v) - f(x - h v)) / 2h`` with ``h = eps^(1/3) max(1, ||x||)``
+    (the step that balances the truncation error, ``h^2`` times the third derivative over 6,
+    against the rounding ``eps |f| / h``; Nocedal & Wright 2006, Sec. 8.1). A row fails when
+    ``|D(h) - g.v|`` exceeds both ``gtol`` (the gradient test's own scale: ``|g.v| <= ||g|| <= gtol``)
+    and ``GRADIENT_CHECK_MARGIN`` times the error estimate ``|D(2h) - D(h)|`` (three times the
+    truncation error of ``D(h)``) plus the rounding ``4 eps max|f| / h``; ``D(2h)`` is evaluated
+    only when some row is not already cleared by the first test. Rows whose trial values are not
+    finite are not judged (``f`` may end at the edge of its domain). A gradient that autograd
+    computes from a partly disconnected ``f`` (``.item()``, ``.detach()``, ``torch.tensor(...)``)
+    misses the change of the disconnected part, which the differences see.
+
+    ``values`` maps an (m, n) block to the (m,) values. Returns ``(failed, directional derivative
+    by differences, g.v, evaluations per row)``.
+    """
+    B, n = X.shape
+    eps = torch.finfo(X.dtype).eps
+    gen = torch.Generator().manual_seed(GRADIENT_CHECK_SEED)
+    V = torch.randn(B, n, generator=gen, dtype=torch.float64).to(dtype=X.dtype, device=X.device)
+    V = V / V.norm(dim=1, keepdim=True)
+    h = (eps ** (1.0 / 3.0)) * X.norm(dim=1).clamp_min(1.0)
+    gv = (G * V).sum(1)
+
+    def difference(scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        hs = (scale * h).unsqueeze(1)
+        Fp, Fm = values(torch.cat([X + hs * V, X - hs * V])).detach().to(X.dtype).reshape(2, B)
+        return (Fp - Fm) / (2 * scale * h), torch.maximum(Fp.abs(), Fm.abs())
+
+    D1, fmax = difference(1.0)
+    suspect = torch.isfinite(D1) & ((D1 - gv).abs() > gtol)
+    if not bool(suspect.any()):
+        return suspect, D1, gv, 2
+    D2, fmax2 = difference(2.0)
+    fscale = torch.maximum(torch.maximum(fmax, fmax2), F.abs())
+    error = (D2 - D1).abs() + 4 * eps * fscale / h
+    failed = suspect & torch.isfinite(D2) & ((D1 - gv).abs() > GRADIENT_CHECK_MARGIN * error)
+    return failed, D1, gv, 4
+
+
+def gradient_mismatch_detail(derivative: float, predicted: float, gnorm: float) -> str:
+    """The message of a failed :func:`gradient_mismatch` check."""
+    return (
+        f"||g||={gnorm:.2e} <= gtol, but along a random direction f changes at rate {derivative:.4g} "
+        f"(finite differences) where the gradient gives {predicted:.4g}: part of f is not "
+        "connected to x (.item(), .detach(), float(...), torch.tensor(...) or NumPy inside f), so "
+        "autograd misses how that part changes. Write f with torch operations on x throughout"
+    )
+
+
+LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
+"""Formats the optimizers do not run in: LAPACK has no half-precision eigh, Cholesky or solve,
+and a gradient test at gtol = 1e-5 is below their resolution (eps 1e-3 and 8e-3)."""
+
+
+def working_point(x0: torch.Tensor, name: str = "x0") -> torch.Tensor:
+    """``x0`` itself, or, for float16 / bfloat16, a float32 copy with a ``UserWarning`` saying
+    that the run (and its result) is in float32."""
+    if x0.dtype not in LOW_PRECISION_DTYPES:
+        return x0
+    warnings.warn(
+        f"{name} is {x0.dtype}: hesse's optimizers compute in torch.float32 (no half-precision "
+        f"eigh/Cholesky/solve, and gtol lies below the format's resolution); f receives float32 "
+        f"tensors and the result is float32. Pass {name}.float() to silence this warning.",
+        UserWarning, stacklevel=3)
+    return x0.to(torch.float32)
 
 
 class Objective:
@@ -161,12 +240,7 @@ class Run:
         h = self.history
         if h is None:
             return
-        h.values.append(f)
-        h.grad_norms.append(gnorm)
-        h.step_sizes.append(step)
-        h.evaluations.append(self.obj.nfev)
-        if h.iterates_kept:
-            h.iterates.append(x.detach().to("cpu", copy=True))
+        h.append(self.nit, f, gnorm, step, self.obj.nfev, x)
 
     def start(self, x, f: float, gnorm: float) -> int | None:
         """Record ``x0``; returns a status when ``x0`` already passes the gradient test."""
@@ -188,7 +262,8 @@ class Run:
         self._record(x_new, f_new, gnorm, step_norm)
         self.bar.update(1, info=f"f={f_new:.4g} |g|={gnorm:.2e}")
         if self.callback is not None:
-            if self.callback(x_new.detach().reshape(self.obj.shape), f_new, gnorm) is True:
+            # a copy, as scipy passes: a callback that changes its argument must not move the run
+            if self.callback(x_new.detach().reshape(self.obj.shape).clone(), f_new, gnorm) is True:
                 return CALLBACK
         if gnorm <= self.gtol:
             return CONVERGED
@@ -216,9 +291,6 @@ class Run:
             H = self.obj.hessian(x)
             lam = torch.linalg.eigvalsh(H)
             return float(lam[0]), float(lam.abs().max()), "dense eigvalsh"
-        import warnings
-
-
         op = HessianOperator.from_function(self.obj.flat, x.detach())
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -229,6 +301,21 @@ class Run:
         how = "Lanczos" + ("" if bool(res.converged.all()) else " (not fully converged)")
         return lam, max(abs(lam), 1.0), how
 
+    def check_gradient(self, x: torch.Tensor, f: float, g: torch.Tensor, gnorm: float, status: int,
+                       detail: str) -> tuple[int, str]:
+        """``(GRADIENT_MISMATCH, why)`` when :func:`gradient_mismatch` finds that f changes at
+        ``x`` where its gradient says it does not; else ``(status, detail)`` unchanged."""
+        obj = self.obj
+
+        def values(Z: torch.Tensor) -> torch.Tensor:
+            return torch.tensor([obj.value(z) for z in Z], dtype=torch.float64)
+
+        X, G = x.detach().reshape(1, -1), g.detach().reshape(1, -1).to(x.dtype)
+        failed, D, gv, _ = gradient_mismatch(values, X, G, torch.tensor([float(f)], dtype=x.dtype), self.gtol)
+        if bool(failed[0]):
+            return GRADIENT_MISMATCH, gradient_mismatch_detail(float(D[0]), float(gv[0]), gnorm)
+        return status, detail
+
     def finish(self, x, f: float, g, status: int, detail: str = "") -> OptimizeResult:
         self.bar.close()
         gnorm = float(g.norm()) if isinstance(g, torch.Tensor) else float(g)
@@ -236,6 +323,8 @@ class Run:
         if min_eig is not None:
             how = "method's Hessian"
         success = False
+        if status == CONVERGED and isinstance(g, torch.Tensor) and finite(x):
+            status, detail = self.check_gradient(x, f, g, gnorm, status, detail)
         if status == CONVERGED:
             if min_eig is None and self.check_curvature and finite(x):
                 min_eig, scale, how = self.smallest_eigenvalue(x)

@@ -9,11 +9,12 @@ never change.
 
 Methods (those registered with ``batched=True``): ``gd`` (fixed ``lr``, or ``"auto"`` =
 ``1/lambda_max`` per row from the dense Hessian), ``newton`` (unit steps), ``newton-damped``
-(``modification="lm"``: ``H + tau I`` with ``tau = max(0, delta - lambda_min)``; ``"eigen"``:
-eigenvalues clamped at ``delta``), ``bfgs``. The Newton steps are :func:`hesse._linalg.spectral_step`
-and the BFGS update :func:`hesse.optimize.quasi_newton.bfgs_update`, the kernels of the unbatched
-methods. The line search is batched Armijo backtracking (N&W Alg. 3.1, halving); BFGS skips the
-update in a row where ``y^T s <= 0`` (Armijo does not guarantee the curvature condition). For
+(``modification="lm"``: Cholesky with added multiple of the identity, N&W Alg. 3.3; ``"eigen"``:
+eigenvalues clamped at ``delta``), ``bfgs``. The Newton directions are
+:func:`hesse._linalg.newton_direction` and the BFGS update
+:func:`hesse.optimize.quasi_newton.bfgs_update`, the kernels of the unbatched methods. The line
+search is :func:`hesse.optimize.line_search.backtrack` (N&W Alg. 3.1) on the block of rows, the
+one ``line_search="armijo"`` runs for one start; BFGS skips the update in a row where ``y^T s <= 0`` (Armijo does not guarantee the curvature condition). For
 ``n <= 500`` (the curvature check that decides success is a batched dense ``eigvalsh``). Returns
 one :class:`OptimizeResult` per row, with counts per row.
 """
@@ -28,15 +29,17 @@ from dataclasses import dataclass
 import torch
 from torch.func import grad_and_value, hessian, vmap
 
-from hesse._linalg import modify_eigenvalues, spectral_step
+from hesse._linalg import newton_direction
 from hesse._memory import guard_bytes
 from hesse._progress import Progress
 from hesse._validation import check_connected, check_finite_point
 
-from ._core import UNBOUNDED_F, UNBOUNDED_X
+from ._core import UNBOUNDED_F, UNBOUNDED_X, gradient_mismatch, gradient_mismatch_detail
+from .line_search import backtrack
 from .quasi_newton import CURVATURE_SKIP_TOL, bfgs_update
 from .result import (
     CONVERGED,
+    GRADIENT_MISMATCH,
     MAX_ITER,
     MAX_TIME,
     NONFINITE,
@@ -57,14 +60,6 @@ BATCHED_MAX_N = 500
 # vmapped Hessian too).
 CURVATURE_CHECK_MATRICES = 7
 
-# A pure Newton step drops to NaN (the row stops) when an eigenvalue is below this fraction of
-# max(1, max |lambda|): the Hessian is singular to working precision.
-SINGULAR_EIGENVALUE_FRACTION = 1e-14
-# Armijo's sufficient-decrease constant c1 (N&W Sec. 3.1, the usual 1e-4).
-ARMIJO_C1 = 1e-4
-# Backtracking halves the step at most 60 times (2^-60, the rounding level of float64) before a
-# row is declared a failed step.
-MAX_HALVINGS = 60
 
 
 @dataclass
@@ -89,13 +84,8 @@ class _Rows:
             return
         Fc, Gc, Xc = self.F.cpu(), self.gnorm.cpu(), self.X.cpu()
         for b in rows:
-            h = self.history[b]
-            h.values.append(float(Fc[b]))
-            h.grad_norms.append(float(Gc[b]))
-            h.step_sizes.append(float(step[b]))
-            h.evaluations.append(int(self.nfev[b]))
-            if h.iterates_kept:
-                h.iterates.append(Xc[b].clone())
+            self.history[b].append(int(self.nit[b]), float(Fc[b]), float(Gc[b]), float(step[b]),
+                                   int(self.nfev[b]), Xc[b])
 
 
 @dataclass
@@ -121,8 +111,9 @@ def minimize_batched(f, X0: torch.Tensor, *, method: str, needs: str, matrices: 
     rows = _start(d, X0, gtol, history)
     _iterate(d, rows, method, needs, opts, gtol=gtol, ftol=ftol, xtol=xtol, max_iter=max_iter,
              max_time=max_time, t0=t0, progress=progress)
+    mismatch = _check_gradients(d, rows, gtol)
     min_eig = _check_curvature(d, rows, curvature_tol) if check_curvature else None
-    return _results(rows, method, min_eig, time.perf_counter() - t0)
+    return _results(rows, method, min_eig, time.perf_counter() - t0, mismatch)
 
 
 def _validate(X0: torch.Tensor, callback) -> None:
@@ -206,40 +197,21 @@ def _auto_learning_rate(d: _Derivatives, rows: _Rows) -> torch.Tensor:
 def _newton_directions(d: _Derivatives, rows: _Rows, method: str, modification: str,
                        active: torch.Tensor) -> torch.Tensor:
     """Per row ``-M^{-1} g`` with ``M`` the Hessian (``newton``) or its modification
-    (``newton-damped``: LM shift or clamped eigenvalues at ``delta = sqrt(eps) max(1, |lambda|)``)."""
+    (``newton-damped``): :func:`hesse._linalg.newton_direction`, the direction of the unbatched
+    methods, on the block of rows."""
     H = d.hessian(rows.X)
     rows.nhev += active.long()
-    lam, Q = torch.linalg.eigh(H)
-    scale = lam.abs().amax(dim=1).clamp_min(1.0)
-    if method == "newton":
-        mu = modify_eigenvalues(lam, "keep", SINGULAR_EIGENVALUE_FRACTION * scale)
-    else:
-        delta = math.sqrt(torch.finfo(lam.dtype).eps) * scale
-        mu = modify_eigenvalues(lam, "clamp" if modification == "eigen" else "shift", delta)
-    return spectral_step(mu, Q, rows.G)
+    return newton_direction(H, rows.G, "none" if method == "newton" else modification)
 
 
 def _backtrack(d: _Derivatives, rows: _Rows, P: torch.Tensor, alpha: torch.Tensor,
                searching: torch.Tensor, sufficient_decrease: bool):
-    """Batched backtracking from ``alpha``, halving: a row accepts the first finite trial
-    (``sufficient_decrease=False``: gd and pure Newton keep their step) or the first with
-    ``f(x + alpha p) <= f + c1 alpha g^T p`` (Armijo). Returns ``(accepted, alpha, F_new)``."""
+    """:func:`hesse.optimize.line_search.backtrack` on the rows (the line search of the
+    unbatched methods). Returns ``(accepted, alpha, F_new)``."""
     slope = (rows.G * P).sum(1)
-    accepted = torch.zeros_like(searching)
-    F_new = rows.F.clone()
-    for _ in range(MAX_HALVINGS):
-        if not bool(searching.any()):
-            break
-        Ft = d.value(rows.X + alpha.unsqueeze(1) * P)
-        rows.nfev += searching.cpu().long()
-        ok = torch.isfinite(Ft)
-        if sufficient_decrease:
-            ok = ok & (Ft <= rows.F + ARMIJO_C1 * alpha * slope)
-        newly = searching & ok
-        F_new = torch.where(newly, Ft, F_new)
-        accepted |= newly
-        searching &= ~ok
-        alpha = torch.where(searching, 0.5 * alpha, alpha)
+    accepted, alpha, F_new, evaluations = backtrack(d.value, rows.X, P, rows.F, slope, alpha, searching,
+                                                    sufficient_decrease=sufficient_decrease)
+    rows.nfev += evaluations.cpu()
     return accepted, alpha, F_new
 
 
@@ -338,6 +310,24 @@ def _iterate(d: _Derivatives, rows: _Rows, method: str, needs: str, opts: dict, 
         rows.status[rows.status < 0] = MAX_ITER
 
 
+def _check_gradients(d: _Derivatives, rows: _Rows, gtol: float) -> dict[int, str]:
+    """The rows that passed the gradient test, checked against finite differences of f
+    (:func:`hesse.optimize._core.gradient_mismatch`, as the unbatched methods do); a failing row
+    gets status 9. Returns the failing rows' messages."""
+    conv = (rows.status == CONVERGED).to(rows.X.device)
+    if not bool(conv.any()):
+        return {}
+    idx = conv.nonzero().squeeze(1)
+    failed, D, gv, evaluations = gradient_mismatch(d.value, rows.X[idx], rows.G[idx], rows.F[idx], gtol)
+    rows.nfev[idx.cpu()] += evaluations
+    out = {}
+    for j, b in enumerate(idx.tolist()):
+        if bool(failed[j]):
+            rows.status[b] = GRADIENT_MISMATCH
+            out[b] = gradient_mismatch_detail(float(D[j]), float(gv[j]), float(rows.gnorm[b]))
+    return out
+
+
 def _check_curvature(d: _Derivatives, rows: _Rows, curvature_tol: float) -> torch.Tensor:
     """Smallest Hessian eigenvalue of the rows that passed the gradient test (one batched
     Hessian; NaN elsewhere); a negative one turns the row's status into a saddle."""
@@ -352,7 +342,8 @@ def _check_curvature(d: _Derivatives, rows: _Rows, curvature_tol: float) -> torc
     return min_eig
 
 
-def _results(rows: _Rows, method: str, min_eig: torch.Tensor | None, wall: float) -> list[OptimizeResult]:
+def _results(rows: _Rows, method: str, min_eig: torch.Tensor | None, wall: float,
+             mismatch: dict[int, str]) -> list[OptimizeResult]:
     results = []
     Fc, Gc = rows.F.cpu(), rows.gnorm.cpu()
     for b in range(rows.X.shape[0]):
@@ -361,6 +352,8 @@ def _results(rows: _Rows, method: str, min_eig: torch.Tensor | None, wall: float
         if s == CONVERGED:
             detail = f"||g||={float(Gc[b]):.2e} <= gtol" + (
                 f"; smallest Hessian eigenvalue {me:.4g}" if me is not None else "; curvature not checked")
+        elif s == GRADIENT_MISMATCH:
+            detail = mismatch[b]
         elif s == SADDLE:
             detail = f"||g|| <= gtol but the smallest Hessian eigenvalue is {me:.4g} < 0"
         elif s == UNBOUNDED:

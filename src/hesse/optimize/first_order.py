@@ -18,6 +18,7 @@ A non-finite value halves ``lr`` (kept halved) and retries.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -25,18 +26,15 @@ from hesse.operators import HessianOperator
 from hesse.spectrum import eigsh
 
 from ._core import Objective, Run
+from .line_search import MAX_HALVINGS
 from .result import NONFINITE, OptimizeResult
 
-# A non-finite trial halves the step size (kept halved) up to 60 times, 2^-60, the rounding level
-# of float64, before the run stops with status 5.
-NONFINITE_MAX_HALVINGS = 60
+# A non-finite trial halves the step size (kept halved) up to MAX_HALVINGS times before the run
+# stops with status 5.
 
 
 def auto_learning_rate(obj: Objective, x: torch.Tensor) -> float:
     """``1 / lambda_max(H(x))`` by Lanczos; ValueError when ``lambda_max <= 0``."""
-    import warnings
-
-
     op = HessianOperator.from_function(obj.flat, x.detach())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -63,7 +61,7 @@ def minimize_first_order(obj: Objective, x: torch.Tensor, run: Run, *, variant: 
     v = torch.zeros_like(x)
     use_beta = 0.0 if variant == "gd" else beta
     while True:
-        for _ in range(NONFINITE_MAX_HALVINGS + 1):
+        for _ in range(MAX_HALVINGS + 1):
             if variant == "nesterov":
                 y = x + use_beta * v
                 _, gy = obj.value_grad(y)

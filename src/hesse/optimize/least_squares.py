@@ -26,7 +26,7 @@ from hesse._validation import (
     suggest,
 )
 
-from ._core import Objective, Run
+from ._core import Objective, Run, working_point
 from .least_squares_methods import Residuals
 from .methods import LEAST_SQUARES_METHODS, MethodSpec, describe
 from .result import OptimizeResult
@@ -74,7 +74,7 @@ def least_squares(
     max_iter = check_positive_int(max_iter, "max_iter")
     if max_memory is not None:
         max_memory = check_positive_int(max_memory, "max_memory")
-    x0 = as_point(x0, "x0")
+    x0 = working_point(as_point(x0, "x0"))
     check_nonempty(x0, "x0")
     check_finite_point(x0, "x0")
     problem = _setup(residuals, x0, spec.name, max_memory)

@@ -3,24 +3,31 @@
 * :func:`strong_wolfe` - Nocedal & Wright (2006), Alg. 3.5 (bracketing) and Alg. 3.6 (zoom) with
   safeguarded cubic interpolation (N&W eq. 3.59); finds ``alpha`` with
   ``phi(alpha) <= phi(0) + c1 alpha phi'(0)`` and ``|phi'(alpha)| <= c2 |phi'(0)|``.
-* :func:`armijo` - backtracking (N&W Alg. 3.1) with quadratic interpolation, sufficient decrease only.
+* :func:`backtrack` - backtracking (N&W Alg. 3.1) with quadratic interpolation, sufficient
+  decrease only, on a ``(B, n)`` block of points at once (the batched methods' rows; ``B = 1``
+  for one run); :func:`armijo` is its one-point form.
 
 Each trial costs one fused value+gradient evaluation (``strong_wolfe``) or one value
-(``armijo``). A trial with a NaN/Inf value is met by shrinking ``alpha`` (by 0.5, at most 60 times):
-the search never returns a non-finite point.
+(``armijo``). A trial with a NaN/Inf value is met by shrinking ``alpha`` (by 0.5, at most
+:data:`MAX_HALVINGS` times): the search never returns a non-finite point.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from hesse._result import Result
 
-# A non-finite trial halves alpha, at most 60 times (2^-60, the rounding level of float64).
-MAX_SHRINKS = 60
+MAX_HALVINGS = 60
+"""A step shrinks at most 60 times by (at least) half: 2^-60 of it is below the rounding level
+of float64. The one budget of every backtracking in :mod:`hesse.optimize` (a non-finite trial,
+Armijo backtracking, Newton's escape from a saddle, gradient descent's step after a NaN)."""
+ARMIJO_C1 = 1e-4
+"""Armijo's sufficient-decrease constant c1 (N&W Sec. 3.1, the usual 1e-4)."""
 
 
 @dataclass(repr=False)
@@ -83,7 +90,7 @@ def strong_wolfe(value_grad, x: torch.Tensor, p: torch.Tensor, f0: float, g0: to
     shrinks = 0
     while not (math.isfinite(fa) and bool(torch.isfinite(ga).all())):
         shrinks += 1
-        if shrinks > MAX_SHRINKS:
+        if shrinks > MAX_HALVINGS:
             return LineSearchResult(0.0, f0, g0, x, False, evals, "non-finite values for every step tried")
         alpha *= 0.5
         alpha_max = alpha
@@ -116,7 +123,7 @@ def strong_wolfe(value_grad, x: torch.Tensor, p: torch.Tensor, f0: float, g0: to
         while not (math.isfinite(fa) and bool(torch.isfinite(ga).all())):
             evals_guard += 1
             alpha_max = alpha = a_prev + 0.5 * (alpha - a_prev)
-            if evals_guard > MAX_SHRINKS:
+            if evals_guard > MAX_HALVINGS:
                 return LineSearchResult(a_prev, f_prev, None, torch.add(x, p, alpha=a_prev), f_prev < f0,
                                         evals, "non-finite beyond the last step")
             fa, ga, xa = phi(alpha)
@@ -165,22 +172,65 @@ def _zoom(phi, p, lo, flo, dlo, hi, fhi, dhi, f0, d0, c1, c2, max_evals, evals, 
     return LineSearchResult(0.0, f0, g0, x, False, evals, "zoom found no point with sufficient decrease")
 
 
+def trial_points(X: torch.Tensor, P: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``X + alpha P`` row by row, in the points' dtype (``alpha`` may be float64)."""
+    return X + alpha.to(X.dtype).unsqueeze(1) * P
+
+
+def backtrack(values: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, P: torch.Tensor,
+              F: torch.Tensor, slope: torch.Tensor, alpha: torch.Tensor, searching: torch.Tensor, *,
+              sufficient_decrease: bool = True, c1: float = ARMIJO_C1,
+              max_evals: int = MAX_HALVINGS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backtracking on a block of rows: ``X``, ``P`` (B, n) points and directions, ``F``,
+    ``slope`` = ``g^T p``, ``alpha`` (B,) values, slopes and first steps; ``searching`` (B,) the
+    rows to search (the others ride along, unchanged).
+
+    A row accepts the first trial with ``f(x + alpha p) <= f + c1 alpha slope`` (N&W Alg. 3.1;
+    with ``sufficient_decrease=False`` the first finite trial: gradient descent and pure Newton
+    keep their step). After a finite trial that fails, ``alpha`` becomes the minimizer of the
+    quadratic through ``f, slope, f(alpha)``, clipped to ``[0.1, 0.5] alpha`` (N&W Sec. 3.5);
+    after a non-finite one, ``alpha / 2``. ``values`` maps an (m, n) block to its (m,) values and
+    is called once per round on the rows still searching. Returns ``(accepted, alpha, F_new,
+    evaluations)`` per row (``F_new`` is ``F`` where not accepted).
+    """
+    searching = searching.clone()
+    accepted = torch.zeros_like(searching)
+    F_new = F.clone()
+    evaluations = torch.zeros(F.shape, dtype=torch.long, device=F.device)
+    for _ in range(max_evals):
+        if not bool(searching.any()):
+            break
+        idx = searching.nonzero().squeeze(1)
+        Ft = torch.full_like(F, float("nan"))
+        Ft[idx] = values(trial_points(X[idx], P[idx], alpha[idx])).detach().to(F.dtype)
+        evaluations += searching.long()
+        finite = torch.isfinite(Ft)
+        ok = finite & (Ft <= F + c1 * alpha * slope) if sufficient_decrease else finite
+        newly = searching & ok
+        F_new = torch.where(newly, Ft, F_new)
+        accepted |= newly
+        searching &= ~ok
+        quadratic = -slope * alpha * alpha / (2.0 * (Ft - F - slope * alpha))
+        shrunk = torch.minimum(torch.maximum(quadratic.nan_to_num(0.0), 0.1 * alpha), 0.5 * alpha)
+        alpha = torch.where(searching, torch.where(finite, shrunk, 0.5 * alpha), alpha)
+    return accepted, alpha, F_new, evaluations
+
+
 def armijo(value, x: torch.Tensor, p: torch.Tensor, f0: float, slope: float, alpha0: float = 1.0,
-           c1: float = 1e-4, max_evals: int = 60) -> LineSearchResult:
-    """Backtracking until ``f(x + alpha p) <= f0 + c1 alpha slope`` (N&W Alg. 3.1), with the
-    minimizer of the quadratic through ``f0, slope, f(alpha)`` clipped to ``[0.1, 0.5] alpha``.
-    Non-finite trials halve ``alpha``. ``value(x) -> float``."""
+           c1: float = ARMIJO_C1, max_evals: int = MAX_HALVINGS) -> LineSearchResult:
+    """:func:`backtrack` for one point: until ``f(x + alpha p) <= f0 + c1 alpha slope``.
+    ``value(x) -> float``."""
     if not slope < 0:
         return LineSearchResult(0.0, f0, None, x, False, 0, f"not a descent direction (slope {slope:.3g})")
-    alpha = alpha0
-    for k in range(1, max_evals + 1):
-        xa = torch.add(x, p, alpha=alpha)
-        fa = value(xa)
-        if math.isfinite(fa) and fa <= f0 + c1 * alpha * slope:
-            return LineSearchResult(alpha, fa, None, xa, True, k)
-        if not math.isfinite(fa):
-            alpha *= 0.5
-        else:
-            a_new = -slope * alpha * alpha / (2.0 * (fa - f0 - slope * alpha))
-            alpha = min(max(a_new, 0.1 * alpha), 0.5 * alpha)
-    return LineSearchResult(0.0, f0, None, x, False, max_evals, "no sufficient decrease")
+
+    def values(Z: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([value(z) for z in Z], dtype=torch.float64)
+
+    dt = torch.float64
+    accepted, alpha, F_new, evals = backtrack(
+        values, x.unsqueeze(0), p.unsqueeze(0), torch.tensor([f0], dtype=dt), torch.tensor([slope], dtype=dt),
+        torch.tensor([alpha0], dtype=dt), torch.ones(1, dtype=torch.bool), c1=c1, max_evals=max_evals)
+    if not bool(accepted[0]):
+        return LineSearchResult(0.0, f0, None, x, False, int(evals[0]), "no sufficient decrease")
+    xa = trial_points(x.unsqueeze(0), p.unsqueeze(0), alpha)[0]
+    return LineSearchResult(float(alpha[0]), float(F_new[0]), None, xa, True, int(evals[0]))

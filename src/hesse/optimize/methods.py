@@ -53,6 +53,15 @@ def _momentum(value: Any, name: str) -> Any:
     return value
 
 
+def _acceptance_ratio(value: Any, name: str) -> float:
+    # the trust region accepts a step when rho > eta; scipy's trust-region methods require
+    # 0 <= eta < 0.25 (with eta >= 1/4 a step could be accepted while the radius shrinks on it)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= float(value) < 0.25:
+        raise ValueError(f"{name} must be a number in [0, 0.25) (the step acceptance ratio, as scipy's); "
+                         f"got {value!r}.")
+    return float(value)
+
+
 def _one_of(*allowed: Any) -> Check:
     def check(value: Any, name: str) -> Any:
         if value not in allowed:
@@ -129,7 +138,7 @@ BATCHED_GD_MATRICES = 7  # lr="auto" and the final check each form the vmapped H
 
 _FIRST_ORDER = {"lr": Option("auto", _learning_rate), "beta": Option(0.9, _momentum)}
 _TRUST_REGION = {"initial_radius": Option(1.0, _positive), "max_radius": Option(1e4, _positive),
-                 "eta": Option(0.15, _positive)}
+                 "eta": Option(0.15, _acceptance_ratio)}
 _QUASI_NEWTON = {"scale_h0": Option(False, _one_of(False, True)),
                  "initial_step": Option("interpolate", _one_of("interpolate", "unit"))}
 

@@ -23,7 +23,7 @@ from hesse._validation import (
     suggest,
 )
 
-from ._core import Objective, Run
+from ._core import Objective, Run, working_point
 from .batched import minimize_batched
 from .methods import METHODS, MethodSpec, describe
 from .result import OptimizeResult
@@ -254,7 +254,7 @@ def minimize(
     if not isinstance(args, tuple):
         args = (args,)
     fun = f if not args else _with_args(f, args)
-    x0 = as_point(x0, "x0")
+    x0 = working_point(as_point(x0, "x0"))
     check_nonempty(x0, "x0")
     check_finite_point(x0, "x0")
     if note is not None:

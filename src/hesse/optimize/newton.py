@@ -24,36 +24,29 @@ import math
 
 import torch
 
-from hesse._linalg import modify_eigenvalues, newton_solve, shifted_cholesky_solve, spectral_step
+from hesse._linalg import newton_direction
 
 from ._core import Objective, Run
-from .line_search import armijo, strong_wolfe
+from .line_search import MAX_HALVINGS, armijo, strong_wolfe
 from .result import CONVERGED, NONFINITE, STEP_FAILURE, OptimizeResult
 
 # The step along the most negative curvature direction out of a saddle starts at
-# max(1, ||x||) (the scale of x) and is halved until f decreases; 60 halvings reach 2^-60 of it,
-# below the rounding level of x in float64.
-ESCAPE_MAX_HALVINGS = 60
-# A non-finite trial of a unit Newton step is halved up to 60 times (2^-60, the rounding level
-# of float64) before the iteration stops with status 5.
-NONFINITE_MAX_HALVINGS = 60
+# max(1, ||x||) (the scale of x) and is halved until f decreases, a non-finite trial of a unit
+# Newton step is halved until finite: both at most MAX_HALVINGS times (then status 6 or 5).
+
+
+# the modification (hesse._linalg.newton_direction) of each variant; newton-damped's option
+# ``modification`` picks "lm" or "eigen"
+VARIANT_MODIFICATION = {"newton": "none", "saddle-free-newton": "absolute"}
 
 
 def _direction(H: torch.Tensor, g: torch.Tensor, spectrum: tuple[torch.Tensor, torch.Tensor] | None, *,
                variant: str, modification: str, damping: float) -> torch.Tensor | None:
     """The (modified) Newton direction of ``variant`` (module docstring); None when ``H`` is
     singular (pure Newton) or cannot be made positive definite."""
-    if variant == "saddle-free-newton":
-        lam, Q = spectrum if spectrum is not None else torch.linalg.eigh(H)
-        scale = max(1.0, float(lam.abs().max()))
-        return spectral_step(modify_eigenvalues(lam, "absolute", damping * scale), Q, g)
-    if variant == "newton":
-        return newton_solve(H, g)
-    if modification == "eigen":
-        lam, Q = torch.linalg.eigh(H)
-        delta = math.sqrt(torch.finfo(H.dtype).eps) * max(1.0, float(lam.abs().max()))
-        return spectral_step(modify_eigenvalues(lam, "clamp", delta), Q, g)
-    return shifted_cholesky_solve(H, g)
+    p = newton_direction(H, g, VARIANT_MODIFICATION.get(variant, modification), spectrum=spectrum,
+                         damping=damping)
+    return p if bool(torch.isfinite(p).all()) else None
 
 
 def minimize_newton(obj: Objective, x: torch.Tensor, run: Run, *, variant: str, modification: str = "lm",
@@ -78,7 +71,7 @@ def minimize_newton(obj: Objective, x: torch.Tensor, run: Run, *, variant: str, 
             v = Q[:, 0]
             v = v if float(torch.dot(g, v)) <= 0 else -v
             alpha, accepted = max(1.0, float(x.norm())), False
-            for _ in range(ESCAPE_MAX_HALVINGS):
+            for _ in range(MAX_HALVINGS):
                 x_try = x + alpha * v
                 f_try, g_try = obj.value_grad(x_try)
                 if math.isfinite(f_try) and f_try < f:
@@ -102,7 +95,7 @@ def minimize_newton(obj: Objective, x: torch.Tensor, run: Run, *, variant: str, 
 
         if variant == "newton":
             alpha = 1.0
-            for _ in range(NONFINITE_MAX_HALVINGS + 1):
+            for _ in range(MAX_HALVINGS + 1):
                 x_new = x + alpha * p
                 f_new, g_new = obj.value_grad(x_new)
                 if math.isfinite(f_new) and bool(torch.isfinite(g_new).all()):

@@ -15,6 +15,9 @@ Status codes (``OptimizeResult.status``):
  7    stopped by the callback
  8    ``f`` looks unbounded below: it kept decreasing while ``f`` fell below ``-1e20 max(1, |f(x0)|)``
       or ``||x||`` grew past ``1e8 (1 + ||x0||)``
+ 9    ``||g|| <= gtol`` but ``f`` changes along a random direction at ``x`` where the autograd
+      gradient says it does not: part of ``f`` is not connected to ``x`` (``.item()``,
+      ``.detach()``, ``torch.tensor(...)``, NumPy), so ``x`` is not a verified critical point
 ====  ==========================================================================================
 """
 
@@ -27,7 +30,12 @@ import torch
 
 from hesse._result import Result
 
-CONVERGED, MAX_ITER, MAX_TIME, STALLED, SADDLE, NONFINITE, STEP_FAILURE, CALLBACK, UNBOUNDED = range(9)
+CONVERGED, MAX_ITER, MAX_TIME, STALLED, SADDLE, NONFINITE, STEP_FAILURE, CALLBACK, UNBOUNDED, GRADIENT_MISMATCH = range(10)
+
+HISTORY_MAX_ENTRIES = 10_000
+"""An :class:`OptimizeHistory` keeps at most this many entries (about 0.5 MB of numbers, plus the
+iterates when kept): past it, every other entry is dropped and only every ``stride``-th iteration
+is recorded from then on, so a run of any length keeps a bounded, evenly spaced record."""
 
 STATUS_NAMES = {
     CONVERGED: "converged to a minimum",
@@ -39,6 +47,7 @@ STATUS_NAMES = {
     STEP_FAILURE: "no acceptable step found",
     CALLBACK: "stopped by the callback",
     UNBOUNDED: "unbounded: f appears to decrease without bound",
+    GRADIENT_MISMATCH: "the gradient does not match f",
 }
 
 
@@ -47,7 +56,10 @@ class OptimizeHistory(Result):
     """Per-iteration record (entry 0 is the starting point), a :class:`hesse._result.Result`.
 
     ``iterates`` holds copies of ``x`` (CPU, detached) when ``n <= 10_000`` and is empty otherwise
-    (``iterates_kept=False``) to keep memory bounded at large ``n``.
+    (``iterates_kept=False``) to keep memory bounded at large ``n``. ``iterations[i]`` is the
+    iteration of entry ``i``: consecutive for runs of up to :data:`HISTORY_MAX_ENTRIES`
+    iterations; a longer run keeps every ``stride``-th iteration (``stride`` doubles each time the
+    record fills up) and always its latest one, so memory stays bounded however long it runs.
     """
 
     values: list[float] = field(default_factory=list)
@@ -56,6 +68,31 @@ class OptimizeHistory(Result):
     evaluations: list[int] = field(default_factory=list)
     iterates: list[torch.Tensor] = field(default_factory=list)
     iterates_kept: bool = True
+    iterations: list[int] = field(default_factory=list)
+    stride: int = 1
+
+    def append(self, iteration: int, value: float, grad_norm: float, step_size: float,
+               evaluations: int, x: torch.Tensor | None = None) -> None:
+        """Record ``iteration``. The latest entry is always the latest iteration; an earlier
+        entry whose iteration is not a multiple of ``stride`` is replaced by the next one."""
+        fields = [self.values, self.grad_norms, self.step_sizes, self.evaluations, self.iterations]
+        if self.iterates_kept:
+            fields.append(self.iterates)
+        if self.iterations and self.iterations[-1] % self.stride:
+            for f in fields:
+                f.pop()
+        self.values.append(value)
+        self.grad_norms.append(grad_norm)
+        self.step_sizes.append(step_size)
+        self.evaluations.append(evaluations)
+        self.iterations.append(iteration)
+        if self.iterates_kept and x is not None:
+            self.iterates.append(x.detach().to("cpu", copy=True))
+        if len(self.iterations) > HISTORY_MAX_ENTRIES:
+            self.stride *= 2
+            keep = [i for i, k in enumerate(self.iterations) if k % self.stride == 0 or i == len(self.iterations) - 1]
+            for f in fields:
+                f[:] = [f[i] for i in keep]
 
     def __repr__(self) -> str:
         return (
@@ -152,6 +189,6 @@ class OptimizeResult(Result):
         """``"linear"``, ``"superlinear"``, ``"quadratic"`` or ``"unknown"``, estimated from the
         tail of the gradient-norm sequence (proportional to the error ``||x_k - x*||`` near a
         nondegenerate minimum); see :func:`estimate_convergence_order`."""
-        if self.history is None or len(self.history.grad_norms) < 4:
-            return "unknown"
+        if self.history is None or len(self.history.grad_norms) < 4 or self.history.stride > 1:
+            return "unknown"  # a thinned record has no consecutive tail to read the order from
         return estimate_convergence_order(self.history.grad_norms)
