@@ -226,8 +226,9 @@ class ModelLoss:
         # the point θ: our own copies, so later training steps leave this operator unchanged
         self.params = tuple(cast(p).clone() for _, p in chosen)
         chosen_names = set(self.names)
+        # the other parameters are copied too: they fix the function whose curvature this is
         self.constants = {
-            n: cast(p) for n, p in self.model.named_parameters() if n not in chosen_names
+            n: cast(p).clone() for n, p in self.model.named_parameters() if n not in chosen_names
         }
         self.buffers = {n: cast(b).clone() for n, b in self.model.named_buffers()}
         self.shapes = [p.shape for p in self.params]
