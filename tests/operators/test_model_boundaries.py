@@ -90,3 +90,171 @@ def test_training_after_construction_leaves_a_subset_operator_unchanged(make):
         opt.step()
     after = op @ v
     assert torch.equal(before, after)
+
+
+# ----------------------------------------------------------------------------- 17.4
+def _sum_ce(z, y):
+    return F.cross_entropy(z, y, reduction="sum")
+
+
+_UNDECLARED_SUMS = {
+    "lambda": lambda z, y: F.cross_entropy(z, y, reduction="sum"),
+    "partial": functools.partial(F.cross_entropy, reduction="sum"),
+    "def": _sum_ce,
+}
+_UNDECLARED_MEANS = {
+    "lambda": lambda z, y: F.cross_entropy(z, y),
+    "partial": functools.partial(F.cross_entropy, reduction="mean"),
+}
+
+
+@pytest.mark.parametrize("kind", ["sum", "mean"])
+@pytest.mark.parametrize("form", ["lambda", "partial", "def"])
+@pytest.mark.parametrize("op_name", ["hessian", "ggn", "fisher", "kfac"])
+def test_an_undeclared_reduction_is_measured_not_assumed(kind, form, op_name):
+    """Batches of 2 and 8: a sum-reducing loss taken as a mean was off by x6 in ``loss``."""
+    if form not in (_UNDECLARED_SUMS if kind == "sum" else _UNDECLARED_MEANS):
+        pytest.skip("no such form")
+    loss_fn = (_UNDECLARED_SUMS if kind == "sum" else _UNDECLARED_MEANS)[form]
+    declared = nn.CrossEntropyLoss(reduction=kind)
+    model = _mlp()
+    x, y = _data(10)
+    batches = [(x[:2], y[:2]), (x[2:], y[2:])]
+    make = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator,
+            "kfac": lambda m, lf, d: KFACOperator(m, lf, d, kind="empirical")}[op_name]
+    op, ref = make(model, loss_fn, batches), make(model, declared, batches)
+    # the mean loss over the 10 samples, whatever the reduction (operators' definition of L)
+    if op_name != "kfac":  # K-FAC keeps no loss value
+        assert op.loss == pytest.approx(float(F.cross_entropy(model(x), y)), rel=1e-12)
+    assert _close(op.to_dense(), ref.to_dense())
+    if op_name == "hessian":
+        assert _close(op.to_dense(), _dense_hessian(model, nn.CrossEntropyLoss(), [(x, y)]))
+
+
+def test_an_undecidable_reduction_is_refused():
+    model = _mlp()
+    x = torch.randn(6, 4, dtype=torch.float64)
+
+    def per_token_mean(z, y):  # neither the sum nor the mean of its halves: refused
+        return (z - y).pow(2).sum() / (1 + z.shape[0] ** 2)
+
+    with pytest.raises(ValueError, match="loss_fn.reduction"):
+        HessianOperator(model, per_token_mean, (x, torch.zeros(6, 3, dtype=torch.float64)))
+    per_token_mean.reduction = "sum"  # declared: accepted
+    HessianOperator(model, per_token_mean, (x, torch.zeros(6, 3, dtype=torch.float64)))
+
+
+# ----------------------------------------------------------------------------- 17.22
+def test_kldiv_batchmean_is_a_mean_per_batch():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3), nn.LogSoftmax(dim=1)).double()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(7, 4, generator=g, dtype=torch.float64)
+    y = torch.softmax(torch.randn(7, 3, generator=g, dtype=torch.float64), 1)
+    batches = [(x[:3], y[:3]), (x[3:], y[3:])]
+    loss_fn = nn.KLDivLoss(reduction="batchmean")
+    op = HessianOperator(model, loss_fn, batches)
+    assert _close(op.to_dense(), _dense_hessian(model, loss_fn, batches))
+    assert op.loss == pytest.approx(float(loss_fn(model(x), y)), rel=1e-12)
+    fisher = FisherOperator(model, loss_fn, batches).to_dense()
+    grads = []
+    for i in range(7):  # per-sample gradients: the loss of a one-sample batch
+        model.zero_grad()
+        loss_fn(model(x[i:i + 1]), y[i:i + 1]).backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    G = torch.stack(grads)
+    assert _close(fisher, G.T @ G / 7)
+
+
+# ----------------------------------------------------------------------------- 17.5
+class _Stream(torch.utils.data.IterableDataset):
+    """A stream: ``__iter__`` returns one stored iterator, so a second pass sees nothing."""
+
+    def __init__(self, x, y):
+        self.it = iter(list(zip(x, y)))
+
+    def __iter__(self):
+        return self.it
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: HessianOperator(_mlp(), nn.CrossEntropyLoss(), d, keep_graph=False),
+    lambda d: GGNOperator(_mlp(), nn.CrossEntropyLoss(), d, keep_graph=False),
+    lambda d: FisherOperator(_mlp(), nn.CrossEntropyLoss(), d),
+    lambda d: FisherOperator(_mlp(), nn.CrossEntropyLoss(), d, kind="mc"),
+], ids=["hessian", "ggn", "fisher", "fisher-mc"])
+def test_data_that_iterates_once_is_refused_not_read_as_zero(make):
+    x, y = _data(8)
+    op = make(torch.utils.data.DataLoader(_Stream(x, y), batch_size=2))
+    with pytest.raises(ValueError, match="list"):
+        op @ torch.ones(op.shape[0], dtype=torch.float64)
+    # the fix the message names gives the operator on the same data
+    fixed = make(list(torch.utils.data.DataLoader(_Stream(x, y), batch_size=2)))
+    assert float((fixed @ torch.ones(op.shape[0], dtype=torch.float64)).norm()) > 0
+
+
+def test_a_second_operator_on_an_exhausted_stream_names_the_fix():
+    x, y = _data(8)
+    loader = torch.utils.data.DataLoader(_Stream(x, y), batch_size=2)
+    KFACOperator(_mlp(), nn.CrossEntropyLoss(), loader)
+    for make in (HessianOperator, KFACOperator):
+        with pytest.raises(ValueError, match="iterated only once"):
+            make(_mlp(), nn.CrossEntropyLoss(), loader)
+
+
+# ----------------------------------------------------------------------------- 17.6
+class _TimeMajor(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn, self.head = nn.GRU(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):  # (T, N, 3) -> (T, N, 2)
+        return self.head(self.rnn(x)[0])
+
+
+@pytest.mark.parametrize("kind", ["empirical", "mc"])
+def test_fisher_refuses_outputs_without_the_samples_first(kind):
+    model = _TimeMajor().double()
+    x = torch.randn(5, 6, 3, dtype=torch.float64)
+    y = torch.randn(5, 6, 2, dtype=torch.float64)
+    op = FisherOperator(model, nn.MSELoss(), (x, y), kind=kind, batch_size=lambda b: b[0].shape[1])
+    with pytest.raises(ValueError, match="first dimension"):
+        op @ torch.ones(op.shape[0], dtype=torch.float64)
+    # samples first: the empirical Fisher is the mean outer product of per-sample gradients
+    ok = FisherOperator(model, nn.MSELoss(), (x, y.transpose(0, 1)),
+                        forward=lambda m, inp: m(inp).transpose(0, 1), kind="empirical")
+    grads = []
+    for i in range(6):
+        model.zero_grad()
+        nn.MSELoss()(model(x[:, i:i + 1]).transpose(0, 1), y[:, i:i + 1].transpose(0, 1)).backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    G = torch.stack(grads)
+    assert _close(ok.to_dense(), G.T @ G / 6)
+
+
+# ----------------------------------------------------------------------------- 17.18
+_DISCONNECTED = {
+    "tensor-of-float": dict(loss_fn=lambda z, y: torch.tensor(float(F.cross_entropy(z, y)))),
+    "detach": dict(loss_fn=lambda z, y: F.cross_entropy(z, y).detach()),
+    "integer": dict(loss_fn=lambda z, y: (z.argmax(1) != y).sum()),
+    "forward-detach": dict(loss_fn=nn.CrossEntropyLoss(), forward=lambda m, x: m(x).detach()),
+    "batch_loss": dict(batch_loss=lambda m, b: torch.tensor(float(F.cross_entropy(m(b[0]), b[1])))),
+}
+
+
+@pytest.mark.parametrize("case", list(_DISCONNECTED))
+@pytest.mark.parametrize("op_name", ["hessian", "ggn", "fisher", "kfac"])
+def test_a_disconnected_loss_is_refused_with_the_fix(case, op_name):
+    options = dict(_DISCONNECTED[case])
+    if op_name in ("ggn", "fisher") and "batch_loss" in options:
+        pytest.skip("GGN and Fisher refuse batch_loss on their own")
+    if op_name == "kfac":
+        if set(options) != {"loss_fn"}:
+            pytest.skip("KFACOperator takes loss_fn only")
+        options["kind"] = "empirical"
+    make = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator,
+            "kfac": KFACOperator}[op_name]
+    loss_fn = options.pop("loss_fn", None)
+    with pytest.raises(ValueError, match="does not depend on the parameters"):
+        make(_mlp(), loss_fn, _data(), **options)

@@ -98,7 +98,7 @@ class FisherOperator(ModelCurvatureOperator):
     def _per_sample_loss_grads(self, z: torch.Tensor, targets: Any, nb: int) -> torch.Tensor:
         """Rows ``r_i = ∂ℓ_i/∂z_i`` for the observed or sampled targets: shape (m, *z.shape)."""
         p = self._problem
-        scale = float(nb) if p.reduction == "mean" else 1.0
+        scale = float(nb) if p.reduction != "sum" else 1.0
 
         def batch_loss(zz, yy):
             return p.loss_fn(zz, yy)
@@ -141,6 +141,13 @@ class FisherOperator(ModelCurvatureOperator):
         nb = p.size_of(inputs, targets)
         with p.mode():
             z, vjp_fn = vjp(outputs, params)
+            if z.ndim == 0 or z.shape[0] != nb:
+                raise ValueError(
+                    f"FisherOperator takes the outputs' first dimension as the samples, but batch "
+                    f"{index} has {nb} samples and outputs of shape {tuple(z.shape)}. Put the "
+                    f"samples first (e.g. forward=lambda m, x: m(x).transpose(0, 1) for a sequence "
+                    f"model with batch_first=False, and the targets likewise), or use GGNOperator, "
+                    f"which needs no per-sample split.")
             R = self._per_sample_loss_grads(z, targets, nb)  # (m, *z.shape)
             JV = vmap(lambda t: jvp(outputs, (params,), (t,))[1])(tuple(Vs))  # (k, *z.shape)
             # s[m, c, i] = r_{m,i} · (J_i v_c), summed over each sample's output dims
@@ -148,8 +155,8 @@ class FisherOperator(ModelCurvatureOperator):
             prod = R.unsqueeze(1) * JV.unsqueeze(0)
             s = prod.sum(dim=dims) if dims else prod
             U = (s.reshape(*s.shape, *([1] * (z.ndim - 1))) * R.unsqueeze(1)).sum(0)
-            U = U / (nb * R.shape[0]) if p.reduction == "mean" else U / R.shape[0]
-            if self.kind == "mc" and p.reduction == "mean":
+            U = U / (nb * R.shape[0]) if p.reduction != "sum" else U / R.shape[0]
+            if self.kind == "mc" and p.reduction != "sum":
                 U = U * self._terms_per_sample(z)  # Fisher of a mean of K log-likelihoods
             return list(vmap(vjp_fn)(U)[0])
 

@@ -59,7 +59,8 @@ from torch import nn
 
 from .._progress import Progress
 from .base import CurvatureOperator
-from .evaluation import ModelLoss
+from .data import EMPTY_DATA_HINT
+from .evaluation import ModelLoss, disconnected_message
 from .fisher import mc_seed, sample_likelihood_targets
 from .kronecker import (
     DAMPING_MODES,
@@ -229,7 +230,8 @@ class KFACOperator(CurvatureOperator):
             for layer in layers:
                 layer.inputs, layer.outputs, layer.versions = [], [], []
         if total == 0:
-            raise ValueError("the data set is empty: no batch with samples was found.")
+            raise ValueError(f"the data set is empty: no batch with samples was found. {EMPTY_DATA_HINT}")
+        p.settle_reduction()
         p.num_samples = total
         unused = [layer.name for layer, r in zip(layers, rows) if r == 0]
         if unused:
@@ -256,7 +258,8 @@ class KFACOperator(CurvatureOperator):
                                  f"the forward pass (e.g. an activation with inplace=True); K-FAC "
                                  f"needs the gradient with respect to it. Use inplace=False.")
         zd = z.detach()
-        loss = p.loss_fn(zd, y)
+        p.observe_reduction(zd, y, nb)
+        loss = p.loss_fn(zd.clone().requires_grad_(True), y)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError(f"loss_fn must return a scalar per batch; got "
                              f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss)}"
@@ -264,19 +267,22 @@ class KFACOperator(CurvatureOperator):
         if not torch.isfinite(loss):
             raise ValueError(f"the loss is not finite ({float(loss)}) on batch {index}; check that "
                              f"batch's inputs and targets, and the model's outputs.")
-        batch_weight = float(nb) if p.reduction == "mean" else 1.0
+        if not loss.requires_grad:
+            raise ValueError(disconnected_message("loss_fn", index))
+        reduction = "sum" if p.reduction == "sum" else "mean"  # undecided only for one sample
+        batch_weight = 1.0 if reduction == "sum" else float(nb)
         if self.kind == "type2":
-            cotangents = _hessian_sqrt_columns(p.loss_fn, zd, y, p.reduction)
+            cotangents = _hessian_sqrt_columns(p.loss_fn, zd, y, reduction)
             weight = batch_weight
         else:
             if self.kind == "empirical":
                 targets = [y]
                 fix = 1.0
             else:
-                targets, fix = _sample_targets(p.loss_fn, zd, y, p.reduction,
+                targets, fix = _sample_targets(p.loss_fn, zd, y, reduction,
                                                mc_seed(self.seed, index), self.mc_samples)
             terms = _num_terms(p.loss_fn, zd, y)
-            c = 1.0 / terms if p.reduction == "mean" else 1.0
+            c = 1.0 / terms if reduction == "mean" else 1.0
             cotangents = []
             for t in targets:
                 zz = zd.clone().requires_grad_(True)
