@@ -294,3 +294,18 @@ def test_label_smoothing_keeps_the_type2_factor_the_ggn():
     kfac = KFACOperator(model, loss_fn, (x, y), kind="type2").to_dense()
     ggn = GGNOperator(model, loss_fn, (x, y)).to_dense()
     assert _close(kfac, ggn)
+
+
+# ----------------------------------------------------------------------------- 17.12
+@pytest.mark.parametrize("make", [HessianOperator, GGNOperator, FisherOperator, KFACOperator,
+                                  lambda m, lf, d: KFACOperator(m, lf, d, kind="empirical")],
+                         ids=["hessian", "ggn", "fisher", "kfac", "kfac-empirical"])
+def test_an_infinite_input_with_a_finite_loss_is_refused_by_every_operator(make):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    x[0, 1] = float("inf")  # tanh squashes the first layer's infinite outputs: the loss is finite
+    y = torch.randint(0, 2, (5,))
+    assert torch.isfinite(nn.CrossEntropyLoss()(model(x), y))
+    with pytest.raises(ValueError, match="not finite"):
+        make(model, nn.CrossEntropyLoss(), (x, y))

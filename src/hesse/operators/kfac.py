@@ -60,6 +60,7 @@ import torch
 from torch import nn
 
 from .._progress import Progress
+from .._validation import all_finite
 from .base import CurvatureOperator
 from .data import EMPTY_DATA_HINT
 from .evaluation import ModelLoss, disconnected_message
@@ -210,6 +211,8 @@ class KFACOperator(CurvatureOperator):
                                 if not parts:
                                     continue
                                 g = torch.cat([layer.rows_out(t) for t in parts])
+                                if not all_finite(g):
+                                    raise ValueError(_nonfinite_rows("output gradients", layer, index))
                                 G = weight * (g.T @ g)
                                 G_prev = G_sum[j]
                                 G_sum[j] = G if G_prev is None else G_prev + G
@@ -218,6 +221,8 @@ class KFACOperator(CurvatureOperator):
                         if not layer.inputs:
                             continue
                         a = torch.cat([layer.rows_in(t) for t in layer.inputs])
+                        if not all_finite(a):
+                            raise ValueError(_nonfinite_rows("inputs", layer, index))
                         A = a.T @ a
                         A_prev = A_sum[j]
                         A_sum[j] = A if A_prev is None else A_prev + A
@@ -416,6 +421,15 @@ class KFACInverseOperator(CurvatureOperator):
 
 
 # ---------------------------------------------------------------------- layers
+def _nonfinite_rows(what: str, layer: _Layer, index: int) -> str:
+    """A factor's rows are not finite where the loss is: the curvature is not defined there (the
+    model operators refuse the same batch through its gradient)."""
+    return (f"KFACOperator: the {what} of layer {layer.name!r} are not finite on batch {index}, "
+            f"although the loss there is finite: an infinite or NaN input reaches that layer (its "
+            f"output squashed later, e.g. by tanh or a clamp). Check that batch's inputs, or leave "
+            f"the layer out with params=[...].")
+
+
 def _find_layers(p: ModelLoss) -> list[_Layer]:
     owners: dict[int, list[tuple[str, nn.Module, str]]] = {}
     for mname, module in p.model.named_modules():
