@@ -116,3 +116,28 @@ def test_large_negative_power_derivatives_do_not_underflow(x0):
     x = torch.tensor([x0], dtype=torch.float64)
     assert float(grad(f.function)(x)[0]) == pytest.approx(-1000 * x0 ** -1001, rel=1e-12, abs=0)
     assert float(hessian(f.function)(x)[0, 0]) == pytest.approx(1000 * 1001 * x0 ** -1002, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("op", ["+", "-", "*"])
+@pytest.mark.parametrize("terms", [61, 200])
+def test_a_flat_chain_is_not_nesting(op, terms):
+    """A sum of 61 terms was refused as "nested deeper than 60 levels"."""
+    names = [f"x{i}" for i in range(terms)]
+    text = f" {op} ".join(f"{n}**2" for n in names)
+    expr = parse_expression(text, names)
+    x = torch.linspace(0.5, 1.5, terms, dtype=torch.float64)
+    sq = x**2
+    expected = {"+": sq.sum(), "-": sq[0] - sq[1:].sum(), "*": sq.prod()}[op]
+    assert torch.allclose(expr.function(x), expected, rtol=1e-12)
+    # the gradient runs through the chain without recursing down it
+    g = torch.func.grad(expr.function)(x)
+    ref = torch.autograd.functional.jacobian(lambda v: {"+": (v**2).sum(), "-": v[0]**2 - (v[1:]**2).sum(),
+                                                         "*": (v**2).prod()}[op], x)
+    assert torch.allclose(g, ref, rtol=1e-10)
+    assert len(expr.sympy.free_symbols) == terms
+
+
+def test_deep_nesting_is_still_refused():
+    text = "(x + " * 70 + "1" + ")" * 70  # x + (x + (x + ...)): each sum inside the next
+    with pytest.raises(ExpressionError, match="nested deeper"):
+        parse_expression(text)

@@ -8,7 +8,8 @@ constants ``pi`` and ``e``. Names of non-finite numbers (``nan``, ``inf``, ``oo`
 case) are refused, never taken as variables. Everything else — attribute access, indexing, other calls, keywords,
 dunder names, lambda, strings, comprehensions, comparisons — is refused with an
 :class:`ExpressionError` that says what was found and what is allowed, before anything is
-evaluated. Sizes are bounded too: the text (2,000 characters), the tree (1,000 nodes, depth 60),
+evaluated. Sizes are bounded too: the text (2,000 characters), the tree (1,000 nodes, depth 60; a chain
+of ``+ -`` or ``* /`` counts as one level, whatever its length),
 constant exponents (|p| <= 1,000) and every constant sub-expression (it must fit in a float64;
 ``9**9**9**9`` is refused). The torch function and the sympy expression are both built from the
 checked tree by our own walk (``sympy.sympify`` is never called on user text: it evaluates
@@ -126,6 +127,32 @@ class _HasVariable(Exception):
     pass
 
 
+_CHAINS = ((ast.Add, ast.Sub), (ast.Mult, ast.Div))
+
+
+def _chain(node: ast.BinOp) -> tuple[ast.AST, list[ast.BinOp]]:
+    """A left-leaning chain ``a + b - c + ...`` (or of ``*``, ``/``) as its first operand and its
+    operator nodes in evaluation order: a flat sum is a sequence, not nesting, and is walked,
+    folded and compiled without recursing down the chain."""
+    group = next((g for g in _CHAINS if isinstance(node.op, g)), None)
+    spine = [node]
+    if group is not None:
+        while isinstance(spine[-1].left, ast.BinOp) and isinstance(spine[-1].left.op, group):
+            spine.append(spine[-1].left)
+    spine.reverse()
+    return spine[0].left, spine
+
+
+def _apply(op: ast.operator, a, b):
+    if isinstance(op, ast.Add):
+        return a + b
+    if isinstance(op, ast.Sub):
+        return a - b
+    if isinstance(op, ast.Mult):
+        return a * b
+    return a / b
+
+
 def _constant_number(node: ast.Constant) -> float:
     """The value of a constant admitted by :func:`_check` (an int or a float)."""
     value = node.value
@@ -152,21 +179,20 @@ def _fold(node: ast.AST) -> float:
         v = _fold(node.operand)
         return -v if isinstance(node.op, ast.USub) else v
     if isinstance(node, ast.BinOp):
-        a, b = _fold(node.left), _fold(node.right)
-        if isinstance(node.op, ast.Add):
-            r = a + b
-        elif isinstance(node.op, ast.Sub):
-            r = a - b
-        elif isinstance(node.op, ast.Mult):
-            r = a * b
-        elif isinstance(node.op, ast.Div):
-            r = a / b
-        else:
+        if isinstance(node.op, ast.Pow):
+            a, b = _fold(node.left), _fold(node.right)
             if abs(b) > MAX_EXPONENT:
                 raise OverflowError(f"exponent {b:g} exceeds {MAX_EXPONENT:g}")
             r = math.pow(a, b)
-        if not math.isfinite(r):
-            raise OverflowError("result is not a finite float64")
+            if not math.isfinite(r):
+                raise OverflowError("result is not a finite float64")
+            return r
+        first, spine = _chain(node)
+        r = _fold(first)
+        for link in spine:
+            r = _apply(link.op, r, _fold(link.right))
+            if not math.isfinite(r):
+                raise OverflowError("result is not a finite float64")
         return r
     if isinstance(node, ast.Call):
         name, arg = _checked_call(node)
@@ -220,12 +246,18 @@ def _check(tree: ast.AST, text: str) -> set[str]:
                 raise _fail(text, "'^' is not a power here; write x**2 for x squared")
             if not isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)):
                 raise _fail(text, f"the operator {type(node.op).__name__} is not allowed")
-            walk(node.left, depth + 1)
-            walk(node.right, depth + 1)
             if isinstance(node.op, ast.Pow):
+                walk(node.left, depth + 1)
+                walk(node.right, depth + 1)
                 p = _constant_value(node.right, text)
                 if p is not None and abs(p) > MAX_EXPONENT:
                     raise _fail(text, f"the exponent {p:g} exceeds the limit {MAX_EXPONENT:g}")
+            else:  # a chain of + - (or * /) is one level, whatever its length
+                first, spine = _chain(node)
+                count += len(spine) - 1
+                walk(first, depth + 1)
+                for link in spine:
+                    walk(link.right, depth + 1)
             _constant_value(node, text)  # every constant sub-expression must fit in a float64
             return
         if isinstance(node, ast.Call):
@@ -332,17 +364,19 @@ def _compile(node: ast.AST, index: dict[str, int]) -> Callable:
             return lambda x: -inner(x)
         return inner
     if isinstance(node, ast.BinOp):
-        a, b = _compile(node.left, index), _compile(node.right, index)
-        op = node.op
-        if isinstance(op, ast.Add):
-            return lambda x: a(x) + b(x)
-        if isinstance(op, ast.Sub):
-            return lambda x: a(x) - b(x)
-        if isinstance(op, ast.Mult):
-            return lambda x: a(x) * b(x)
-        if isinstance(op, ast.Div):
-            return lambda x: a(x) / b(x)
-        return _compile_pow(a, b, node.right)
+        if isinstance(node.op, ast.Pow):
+            return _compile_pow(_compile(node.left, index), _compile(node.right, index), node.right)
+        first, spine = _chain(node)
+        head = _compile(first, index)
+        links = [(link.op, _compile(link.right, index)) for link in spine]
+
+        def chain(x):
+            out = head(x)
+            for op, term in links:
+                out = _apply(op, out, term(x))
+            return out
+
+        return chain
     name, arg_node = _checked_call(node)
     fn = _FUNCTIONS[name][0]
     arg = _compile(arg_node, index)
@@ -390,17 +424,13 @@ def _to_sympy(node: ast.AST, symbols: dict, sympy):
         inner = _to_sympy(node.operand, symbols, sympy)
         return -inner if isinstance(node.op, ast.USub) else inner
     if isinstance(node, ast.BinOp):
-        a, b = _to_sympy(node.left, symbols, sympy), _to_sympy(node.right, symbols, sympy)
-        op = node.op
-        if isinstance(op, ast.Add):
-            return a + b
-        if isinstance(op, ast.Sub):
-            return a - b
-        if isinstance(op, ast.Mult):
-            return a * b
-        if isinstance(op, ast.Div):
-            return a / b
-        return a ** b
+        if isinstance(node.op, ast.Pow):
+            return _to_sympy(node.left, symbols, sympy) ** _to_sympy(node.right, symbols, sympy)
+        first, spine = _chain(node)
+        out = _to_sympy(first, symbols, sympy)
+        for link in spine:
+            out = _apply(link.op, out, _to_sympy(link.right, symbols, sympy))
+        return out
     name, arg_node = _checked_call(node)
     return getattr(sympy, _FUNCTIONS[name][2])(_to_sympy(arg_node, symbols, sympy))
 

@@ -9,7 +9,12 @@ from typing import Any
 import torch
 
 from hesse.operators.data import DataSource, batch_size, first_batch_size
-from hesse.operators.evaluation import default_forward
+from hesse.operators.evaluation import (
+    declared_reduction,
+    default_forward,
+    disconnected_message,
+    measure_reduction,
+)
 
 
 def read_once(data: Any) -> Any:
@@ -68,13 +73,18 @@ class LossSpec:
     def batch_losses(self, model: torch.nn.Module, data: Any) -> Iterator[tuple[torch.Tensor, int, float]]:
         """``(loss, samples, weight)`` per batch of the live ``model`` (differentiable), where
         ``weight * loss`` summed over batches and divided by the samples is the mean loss."""
-        for _, x, y in DataSource(data, pairs=self.batch_loss is None):
+        reduction = None if self.loss_fn is None else declared_reduction(self.loss_fn)
+        for index, x, y in DataSource(data, pairs=self.batch_loss is None):
             if self.batch_loss is not None:
                 size = self.batch_size(x) if self.batch_size is not None else first_batch_size(x)
                 yield self.batch_loss(model, x), int(size), float(size)
                 continue
             assert self.loss_fn is not None  # one of the two, checked in __post_init__
             size = self.batch_size((x, y)) if self.batch_size is not None else batch_size(x, y)
-            reduction = getattr(self.loss_fn, "reduction", "mean")
-            loss = self.loss_fn((self.forward or default_forward)(model, x), y)
-            yield loss, int(size), float(size) if reduction == "mean" else 1.0
+            outputs = (self.forward or default_forward)(model, x)
+            if reduction is None:  # undeclared: measured, as the operators do
+                reduction = measure_reduction(self.loss_fn, outputs, y, int(size))
+            loss = self.loss_fn(outputs, y)
+            if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+                raise ValueError(disconnected_message("loss_fn", index))
+            yield loss, int(size), 1.0 if reduction == "sum" else float(size)

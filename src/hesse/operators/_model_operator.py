@@ -28,7 +28,8 @@ from .._validation import all_finite
 from ._graph_cache import DEFAULT_GRAPH_MEMORY, GraphCache, SavedBytes
 from ._parallel import DataParallelReduction
 from .base import CurvatureOperator
-from .evaluation import ModelLoss
+from .data import EMPTY_DATA_HINT
+from .evaluation import ModelLoss, disconnected_message
 
 __all__ = ["DEFAULT_GRAPH_MEMORY", "ModelCurvatureOperator"]
 
@@ -150,7 +151,9 @@ class ModelCurvatureOperator(CurvatureOperator):
                                           bool(scalars[2] > 0))
         if not any_batch or total == 0:
             raise ValueError("the data set is empty: no batch with samples was found"
-                             + (" on any rank." if self._parallel.active else "."))
+                             + (" on any rank" if self._parallel.active else "")
+                             + f". {EMPTY_DATA_HINT}")
+        p.settle_reduction()
         p.num_samples = total
         self._batch_sizes = sizes
         self.loss = loss_sum / total
@@ -185,6 +188,8 @@ class ModelCurvatureOperator(CurvatureOperator):
             if not torch.isfinite(loss):
                 raise ValueError(f"the loss is not finite ({float(loss.detach())}) on batch {i}; check "
                                  f"that batch's inputs and targets, and the model's outputs.")
+            if not loss.requires_grad:
+                raise ValueError(disconnected_message(p.loss_name, i))
             grads = torch.autograd.grad(loss, params, create_graph=keep, allow_unused=True)
         flat = p.flatten([
             torch.zeros_like(q) if g is None else g.detach() for q, g in zip(params, grads)
@@ -193,7 +198,7 @@ class ModelCurvatureOperator(CurvatureOperator):
             bad = next(n for n, g in zip(p.names, grads)
                        if g is not None and not bool(torch.isfinite(g).all()))
             raise ValueError(f"the gradient is not finite on batch {i}, parameter {bad!r}.")
-        w = nb if p.reduction == "mean" else 1.0
+        w = 1.0 if p.reduction == "sum" else nb
         grad_sum += w * flat
         sizes.append((i, nb))
         if counter is not None:
@@ -246,8 +251,10 @@ class ModelCurvatureOperator(CurvatureOperator):
                 if nb == 0:
                     continue
                 add(self._batch_product(i, x, y, Vs, k), nb, i, x, y)
-        if out is None:
-            return torch.zeros_like(V)
+        if out is None:  # the first pass saw batches: this pass saw none
+            raise ValueError(f"{type(self).__name__}: a product saw no batch of the data, which "
+                             f"had {self.num_samples} samples when the operator was built. "
+                             f"{EMPTY_DATA_HINT}")
         return out.T
 
     def _nonfinite_message(self, index: int, inputs: Any, targets: Any, block: torch.Tensor) -> str:

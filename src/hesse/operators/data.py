@@ -15,6 +15,11 @@ import torch
 
 Batch = tuple[Any, Any]
 
+EMPTY_DATA_HINT = ("Data that can be iterated only once (a stream, an IterableDataset whose "
+                   "__iter__ returns one stored iterator, an open file) is exhausted after the "
+                   "first pass: read it into a list (data=list(loader)), or make its __iter__ "
+                   "start a new pass each time.")
+
 
 def _is_tensorlike(x: Any) -> bool:
     return isinstance(x, torch.Tensor)
@@ -90,6 +95,7 @@ class DataSource:
                 f"of tensors; got {type(data).__name__}."
             )
         self.shuffles = _loader_shuffles(data)
+        self._first_count: int | None = None  # batches in the first complete pass
 
     @property
     def num_batches(self) -> int | None:
@@ -100,7 +106,9 @@ class DataSource:
             return None
 
     def __iter__(self) -> Iterator[tuple[int, Any, Any]]:
+        count = 0
         for i, batch in enumerate(self._batches):
+            count += 1
             if not self.pairs:
                 yield i, batch, None
                 continue
@@ -111,6 +119,12 @@ class DataSource:
                     + "; each batch must be a pair (inputs, targets)."
                 )
             yield i, batch[0], batch[1]
+        # every pass must see the same data: an operator is one matrix
+        if self._first_count is None:
+            self._first_count = count
+        elif count != self._first_count:
+            raise ValueError(f"the data gave {self._first_count} batches on the first pass and "
+                             f"{count} on a later one. {EMPTY_DATA_HINT}")
 
 
 def _is_tensor_pair(data: Any) -> bool:

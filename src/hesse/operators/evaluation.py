@@ -6,7 +6,11 @@
 
 the mean over all N samples of the data set, whatever the batching: a batch of ``n_b`` samples
 whose ``loss_fn`` uses ``reduction="mean"`` enters with weight ``n_b / N``; with
-``reduction="sum"`` it enters with weight ``1 / N``. The parameters θ are copied at construction
+``reduction="sum"`` it enters with weight ``1 / N`` (``KLDivLoss``'s ``"batchmean"``, the sum over
+the batch divided by its size, as a mean). A ``loss_fn`` that declares no ``reduction`` (a plain
+function, a ``functools.partial``) is measured on the first batch of two or more samples: its loss
+against the losses of the batch's two halves tells a sum from a mean (:func:`measure_reduction`);
+a loss that is neither is refused, and ``loss_fn.reduction = "sum"`` declares it. The parameters θ are copied at construction
 (the operator is the curvature *at that point*; later training steps do not change it).
 
 Two ways to say what the loss is:
@@ -67,6 +71,14 @@ class HesseModeWarning(UserWarning):
 
 class AttentionFallbackWarning(UserWarning):
     """A fused attention kernel lacked a derivative rule; the math kernel is used instead."""
+
+
+def disconnected_message(loss_name: str, batch: int) -> str:
+    """The error for a loss that has no autograd graph back to the parameters."""
+    return (f"{loss_name} on batch {batch} does not depend on the parameters (its result has no "
+            f"autograd graph): compute the loss (and forward) with torch operations on the "
+            f"model's outputs, without .item(), float(), .detach(), torch.tensor(...) or an "
+            f"integer result.")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -195,12 +207,8 @@ class ModelLoss:
         if bn_mode not in ("eval", "batch"):
             raise ValueError(f"bn_mode must be 'eval' (running statistics) or 'batch' (statistics "
                              f"of each batch); got {bn_mode!r}.")
-        reduction = "mean" if loss_fn is None else getattr(loss_fn, "reduction", "mean")
-        if reduction not in ("mean", "sum"):
-            raise ValueError(
-                f"loss_fn has reduction={reduction!r}; hesse needs a scalar loss per batch: "
-                f"use reduction='mean' (or 'sum')."
-            )
+        # None: loss_fn declares no reduction; measured on the first batch (see measure_reduction)
+        reduction = "mean" if loss_fn is None else declared_reduction(loss_fn)
         self.model = _unwrap(model)
         self.loss_fn = loss_fn
         self.user_batch_loss = batch_loss
@@ -226,8 +234,9 @@ class ModelLoss:
         # the point θ: our own copies, so later training steps leave this operator unchanged
         self.params = tuple(cast(p).clone() for _, p in chosen)
         chosen_names = set(self.names)
+        # the other parameters are copied too: they fix the function whose curvature this is
         self.constants = {
-            n: cast(p) for n, p in self.model.named_parameters() if n not in chosen_names
+            n: cast(p).clone() for n, p in self.model.named_parameters() if n not in chosen_names
         }
         self.buffers = {n: cast(b).clone() for n, b in self.model.named_buffers()}
         self.shapes = [p.shape for p in self.params]
@@ -360,7 +369,28 @@ class ModelLoss:
         if self._loss_module is not None:
             return functional_call(self._loss_module, self._state(params), (inputs,))
         assert self.loss_fn is not None  # one of loss_fn / batch_loss, checked in __init__
-        return self.loss_fn(self.forward(params, inputs), targets)
+        outputs = self.forward(params, inputs)
+        if self.reduction is None:
+            self.observe_reduction(outputs, targets, self.size_of(inputs, targets))
+        return self.loss_fn(outputs, targets)
+
+    def observe_reduction(self, outputs: torch.Tensor, targets: Any, size: int) -> None:
+        """Decide an undeclared reduction on this batch, when the batch can tell (see
+        :func:`measure_reduction`)."""
+        if self.reduction is None and self.loss_fn is not None:
+            self.reduction = measure_reduction(self.loss_fn, outputs, targets, size)
+            if self.reduction is None and size > 1:
+                self._undecided = True
+
+    def settle_reduction(self) -> None:
+        """After the first pass: an undeclared reduction no batch could decide is ``"mean"``
+        when every batch had one sample (the two weightings agree), else refused."""
+        if self.reduction is not None:
+            return
+        if getattr(self, "_undecided", False):
+            raise ValueError(_REDUCTION_HINT.format(
+                why="the loss is zero on every batch, where the sum and the mean agree"))
+        self.reduction = "mean"
 
     def size_of(self, inputs: Any, targets: Any) -> int:
         """Number of samples in a batch (its weight in the mean loss)."""
@@ -387,7 +417,63 @@ class ModelLoss:
     def weight(self, size: int) -> float:
         """Weight of a batch of ``size`` samples in the mean loss over the data set."""
         assert self.num_samples is not None
-        return (size if self.reduction == "mean" else 1.0) / self.num_samples
+        return (1.0 if self.reduction == "sum" else size) / self.num_samples
+
+
+# a loss's ``reduction`` as the weighting of its batches: KLDivLoss's "batchmean" (the sum over
+# the batch divided by its size) weighs a batch as a mean does
+_REDUCTIONS = {"mean": "mean", "sum": "sum", "batchmean": "mean"}
+_REDUCTION_HINT = ("cannot tell whether loss_fn sums or averages over the samples of a batch "
+                   "({why}); declare it: loss_fn.reduction = 'mean' (or 'sum'), or pass an "
+                   "nn loss module.")
+
+
+def declared_reduction(loss_fn: Any) -> str | None:
+    """``"mean"`` or ``"sum"`` from ``loss_fn.reduction``; ``None`` when the loss declares none
+    (a plain function, a ``functools.partial``): then :func:`measure_reduction` decides."""
+    if not hasattr(loss_fn, "reduction"):
+        return None
+    reduction = loss_fn.reduction
+    if reduction not in _REDUCTIONS:
+        raise ValueError(
+            f"loss_fn has reduction={reduction!r}; hesse needs a scalar loss per batch: "
+            f"use reduction='mean' (or 'sum', or 'batchmean' for KLDivLoss).")
+    return _REDUCTIONS[reduction]
+
+
+def measure_reduction(loss_fn: Callable, outputs: Any, targets: Any, size: int) -> str | None:
+    """Whether ``loss_fn`` sums or averages over the samples, measured on one batch of ``size``
+    samples: with ``L``, ``L_a``, ``L_b`` the losses of the batch and of its two halves (``h`` and
+    ``size - h`` samples), a sum has ``L = L_a + L_b`` and a mean ``L = (h L_a + (size-h) L_b) /
+    size``. ``None`` when the batch cannot tell (one sample, or both hold: a zero loss); a batch
+    that matches neither, or cannot be halved along its first dimension, is refused."""
+    if size < 2:
+        return None
+    if not (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)
+            and outputs.ndim >= 1 and targets.ndim >= 1
+            and outputs.shape[0] == size and targets.shape[0] == size):
+        raise ValueError(_REDUCTION_HINT.format(
+            why="its outputs and targets do not have the batch's samples on their first dimension, "
+                "so the batch cannot be halved to measure it"))
+    h = size // 2
+    z = outputs.detach()
+    with torch.no_grad():
+        values = [loss_fn(z, targets), loss_fn(z[:h], targets[:h]), loss_fn(z[h:], targets[h:])]
+    if not all(isinstance(v, torch.Tensor) and v.numel() == 1 for v in values):
+        return None  # not a scalar: refused with its own message by the caller
+    full, first, second = (float(v) for v in values)
+    # rounding of a few sums in the loss's dtype, relative to the losses' size
+    tol = 1e3 * torch.finfo(z.dtype if z.is_floating_point() else torch.float32).eps * (
+        abs(full) + abs(first) + abs(second))
+    is_sum = abs(full - (first + second)) <= tol
+    is_mean = abs(full - (h * first + (size - h) * second) / size) <= tol
+    if is_sum != is_mean:
+        return "sum" if is_sum else "mean"
+    if is_sum:
+        return None
+    raise ValueError(_REDUCTION_HINT.format(
+        why=f"on a batch of {size} the loss {full:.6g} is neither the sum ({first + second:.6g}) "
+            f"nor the mean of its halves' losses"))
 
 
 def _padding_mask(model: nn.Module, chosen: list[tuple[str, nn.Parameter]], numels: list[int],

@@ -24,7 +24,8 @@ defined by ``L = (1/N) Σ_i ℓ_i``.
 
 Likelihoods for ``kind="mc"``: ``nn.CrossEntropyLoss`` (categorical over the class dimension 1),
 ``nn.MSELoss`` (Gaussian) and ``nn.BCEWithLogitsLoss`` (Bernoulli), without class weights or label
-smoothing (these change the loss away from a negative log-likelihood). A product never forms
+smoothing (these change the loss away from a negative log-likelihood); each described once in
+:mod:`hesse.operators.likelihoods`, which K-FAC uses too. A product never forms
 per-sample gradients: it is ``Jᵀ(r ⊙ (rᵀ J V))``, one ``jvp`` and one ``vjp`` per batch.
 """
 
@@ -38,8 +39,9 @@ from torch import nn
 from torch.func import grad, jvp, vjp, vmap
 
 from ._model_operator import ModelCurvatureOperator, _needs_outputs
+from .likelihoods import LIKELIHOOD_LOSSES, Likelihood, require_likelihood
 
-LIKELIHOOD_LOSSES = (nn.CrossEntropyLoss, nn.MSELoss, nn.BCEWithLogitsLoss)
+__all__ = ["FisherOperator", "LIKELIHOOD_LOSSES", "mc_seed"]
 
 
 class FisherOperator(ModelCurvatureOperator):
@@ -74,14 +76,10 @@ class FisherOperator(ModelCurvatureOperator):
         _needs_outputs("FisherOperator", loss_fn, batch_loss)
         if kind not in ("empirical", "mc"):
             raise ValueError(f"kind must be 'empirical' or 'mc'; got {kind!r}.")
-        if kind == "mc" and not isinstance(loss_fn, LIKELIHOOD_LOSSES):
-            raise ValueError(
-                f"kind='mc' samples targets from the model's likelihood, which hesse knows for "
-                f"{', '.join(c.__name__ for c in LIKELIHOOD_LOSSES)}; got {type(loss_fn).__name__}. Use "
-                f"kind='empirical' or GGNOperator."
-            )
-        if kind == "mc" and loss_fn is not None:
-            _check_likelihood(loss_fn)
+        self._likelihood: Likelihood | None = None
+        if kind == "mc":
+            self._likelihood = require_likelihood(loss_fn, "sample", "FisherOperator(kind='mc')",
+                                                  "Use kind='empirical' or GGNOperator.")
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
             raise ValueError(f"mc_samples must be an integer >= 1, got {mc_samples!r}.")
         self.kind, self.mc_samples, self.seed = kind, mc_samples, int(seed)
@@ -98,7 +96,7 @@ class FisherOperator(ModelCurvatureOperator):
     def _per_sample_loss_grads(self, z: torch.Tensor, targets: Any, nb: int) -> torch.Tensor:
         """Rows ``r_i = ∂ℓ_i/∂z_i`` for the observed or sampled targets: shape (m, *z.shape)."""
         p = self._problem
-        scale = float(nb) if p.reduction == "mean" else 1.0
+        scale = float(nb) if p.reduction != "sum" else 1.0
 
         def batch_loss(zz, yy):
             return p.loss_fn(zz, yy)
@@ -114,21 +112,12 @@ class FisherOperator(ModelCurvatureOperator):
         ys = self._sample_targets(z)  # (mc_samples, *targets' shape)
         return scale * vmap(grad(batch_loss), in_dims=(None, 0))(z, ys)
 
-    def _terms_per_sample(self, z: torch.Tensor) -> int:
-        """``K``: independent likelihood terms in one sample's loss (see the module docs)."""
-        per_sample = z[0].numel() if z.ndim > 1 else 1
-        if isinstance(self._problem.loss_fn, nn.CrossEntropyLoss) and z.ndim > 1:
-            per_sample //= z.shape[1]  # one categorical term per position, over C classes
-        return per_sample
-
     def _sample_targets(self, z: torch.Tensor) -> torch.Tensor:
         """``mc_samples`` draws of the targets from ``p(y | z)``, stacked on a leading dim."""
         gen = torch.Generator(device=z.device)
         gen.manual_seed(mc_seed(self.seed, self._batch_index))
-        loss_fn = self._problem.loss_fn
-        if loss_fn is None:  # kind="mc" is refused at construction without a likelihood loss
-            raise ValueError("kind='mc' needs loss_fn (a likelihood loss), not batch_loss.")
-        return sample_likelihood_targets(loss_fn, z, self.mc_samples, gen)
+        assert self._likelihood is not None  # kind="mc" has one, checked at construction
+        return self._likelihood.sample(z, self.mc_samples, gen)
 
     def _batch_product(self, index, inputs, targets, Vs, k):
         p = self._problem
@@ -141,6 +130,13 @@ class FisherOperator(ModelCurvatureOperator):
         nb = p.size_of(inputs, targets)
         with p.mode():
             z, vjp_fn = vjp(outputs, params)
+            if z.ndim == 0 or z.shape[0] != nb:
+                raise ValueError(
+                    f"FisherOperator takes the outputs' first dimension as the samples, but batch "
+                    f"{index} has {nb} samples and outputs of shape {tuple(z.shape)}. Put the "
+                    f"samples first (e.g. forward=lambda m, x: m(x).transpose(0, 1) for a sequence "
+                    f"model with batch_first=False, and the targets likewise), or use GGNOperator, "
+                    f"which needs no per-sample split.")
             R = self._per_sample_loss_grads(z, targets, nb)  # (m, *z.shape)
             JV = vmap(lambda t: jvp(outputs, (params,), (t,))[1])(tuple(Vs))  # (k, *z.shape)
             # s[m, c, i] = r_{m,i} · (J_i v_c), summed over each sample's output dims
@@ -148,9 +144,10 @@ class FisherOperator(ModelCurvatureOperator):
             prod = R.unsqueeze(1) * JV.unsqueeze(0)
             s = prod.sum(dim=dims) if dims else prod
             U = (s.reshape(*s.shape, *([1] * (z.ndim - 1))) * R.unsqueeze(1)).sum(0)
-            U = U / (nb * R.shape[0]) if p.reduction == "mean" else U / R.shape[0]
-            if self.kind == "mc" and p.reduction == "mean":
-                U = U * self._terms_per_sample(z)  # Fisher of a mean of K log-likelihoods
+            U = U / (nb * R.shape[0]) if p.reduction != "sum" else U / R.shape[0]
+            if self.kind == "mc" and p.reduction != "sum":
+                assert self._likelihood is not None
+                U = U * self._likelihood.terms_per_sample(z)  # Fisher of a mean of K log-likelihoods
             return list(vmap(vjp_fn)(U)[0])
 
 
@@ -161,43 +158,3 @@ def mc_seed(seed: int, batch_index: int) -> int:
     never share a stream.
     """
     return seed * 1_000_003 + batch_index
-
-
-def sample_likelihood_targets(loss_fn: Callable, z: torch.Tensor, num: int,
-                              generator: torch.Generator) -> torch.Tensor:
-    """``num`` draws of the targets from the likelihood ``p(y | z)`` whose negative log is
-    ``loss_fn``, stacked on a leading dimension: categorical for cross-entropy (classes on dim 1),
-    ``N(z, 1/2)`` per element for the squared error, Bernoulli for BCE-with-logits.
-
-    One implementation for every Monte-Carlo curvature in hesse (:class:`FisherOperator`,
-    K-FAC's ``kind="mc"``), so the same seed gives the same draws everywhere.
-    """
-    zd = z.detach()
-    if isinstance(loss_fn, nn.CrossEntropyLoss):
-        logits = zd.movedim(1, -1) if zd.ndim > 2 else zd
-        probs = torch.softmax(logits, dim=-1).reshape(-1, logits.shape[-1])
-        y = torch.multinomial(probs, num, replacement=True, generator=generator)  # (rows, num)
-        return y.T.reshape(num, *logits.shape[:-1])
-    if isinstance(loss_fn, nn.MSELoss):
-        # (z - y)² is the negative log-likelihood of N(z, 1/2) per element, up to a constant
-        noise = torch.randn((num, *zd.shape), generator=generator, device=zd.device, dtype=zd.dtype)
-        return zd + 0.5**0.5 * noise
-    u = torch.rand((num, *zd.shape), generator=generator, device=zd.device, dtype=zd.dtype)
-    return (u < torch.sigmoid(zd)).to(zd.dtype)  # BCEWithLogitsLoss: Bernoulli
-
-
-def _check_likelihood(loss_fn: Callable) -> None:
-    """Refuse options under which the loss is no longer a negative log-likelihood."""
-    changed = []
-    if getattr(loss_fn, "weight", None) is not None:
-        changed.append("weight")
-    if getattr(loss_fn, "pos_weight", None) is not None:
-        changed.append("pos_weight")
-    if float(getattr(loss_fn, "label_smoothing", 0.0) or 0.0) != 0.0:
-        changed.append("label_smoothing")
-    if changed:
-        raise ValueError(
-            f"kind='mc' samples targets from the likelihood whose negative log is the loss; "
-            f"{type(loss_fn).__name__} with {', '.join(changed)} set is not such a loss. Use "
-            f"kind='empirical' or GGNOperator."
-        )

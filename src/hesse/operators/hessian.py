@@ -168,8 +168,9 @@ class FunctionHessianOperator(CurvatureOperator):
     A sibling of the model operator, with the same reading interface: ``loss`` (``f(x)``),
     ``gradient`` (flat ``∇f(x)``), ``point`` (flat ``x``), ``param_names`` (``["x"]``),
     ``num_samples`` (1), ``unflatten(v)`` (``{"x": v reshaped to x's shape}``) and
-    ``flatten(...)``. It is registered as a virtual subclass of :class:`HessianOperator`, so
-    ``isinstance(op, HessianOperator)`` holds.
+    ``flatten(...)``. It is not a :class:`HessianOperator` (which is the Hessian of a model's loss
+    over data, with graphs, ranks and a product strategy a function has not):
+    ``isinstance(op, HessianOperator)`` is false; test for :class:`CurvatureOperator`.
 
     The gradient's reverse-mode graph is built once; each block of products is one ``vmap``ped
     ``vjp`` through it (reverse-over-reverse, exact because ``H`` is symmetric; Pearlmutter 1994).
@@ -237,5 +238,3 @@ class FunctionHessianOperator(CurvatureOperator):
             return self._vjp(V[:, 0])[0].unsqueeze(1)
         return vmap(lambda v: self._vjp(v)[0])(V.T).T
 
-
-HessianOperator.register(FunctionHessianOperator)

@@ -25,6 +25,8 @@ the same loss :class:`GGNOperator` and :class:`FisherOperator` use,
   Barber 2017, "Practical Gauss-Newton optimisation for deep learning"; curvlinops' KFAC type-2).
   ``S``: cross-entropy ``diag(p) − p pᵀ = S Sᵀ`` with ``S = diag(√p) − p √pᵀ`` per position;
   squared error ``2c I``; BCE with logits ``c diag(p(1−p))`` (``c`` the reduction's factor).
+  (The square roots, the draws, the term counts and the refused options of each loss are those of
+  :mod:`hesse.operators.likelihoods`, shared with :class:`FisherOperator`.)
 * ``kind="empirical"``: ``g`` the gradient of each likelihood term's loss at the observed targets.
 * ``kind="mc"``: the same with targets drawn from the model's predictive distribution
   (``mc_samples`` draws, seeded like :class:`FisherOperator`); its expectation is the type-2 ``G``.
@@ -51,16 +53,18 @@ Exactness: for one datum (one row per layer), ``kind="type2"`` equals the GGN's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from .._progress import Progress
+from .._validation import all_finite
 from .base import CurvatureOperator
-from .evaluation import ModelLoss
-from .fisher import mc_seed, sample_likelihood_targets
+from .data import EMPTY_DATA_HINT
+from .evaluation import ModelLoss, disconnected_message
+from .fisher import mc_seed
 from .kronecker import (
     DAMPING_MODES,
     FactorEigh,
@@ -71,9 +75,11 @@ from .kronecker import (
     output_rows,
     supports_layer,
 )
+from .likelihoods import Likelihood, likelihood_of, require_likelihood
 
 _KINDS = ("type2", "empirical", "mc")
-_LIKELIHOOD_LOSSES = (nn.CrossEntropyLoss, nn.MSELoss, nn.BCEWithLogitsLoss)
+# what each kind reads of the loss (hesse.operators.likelihoods)
+_USES = {"type2": "hessian", "mc": "sample", "empirical": "gradient"}
 _PD_RTOL = 1e-12  # an eigenvalue below this fraction of the largest counts as zero (rounding)
 
 
@@ -127,14 +133,12 @@ class KFACOperator(CurvatureOperator):
     ):
         if kind not in _KINDS:
             raise ValueError(f"kind must be one of {', '.join(map(repr, _KINDS))}; got {kind!r}.")
-        if kind != "empirical" and not isinstance(loss_fn, _LIKELIHOOD_LOSSES):
-            raise ValueError(
-                f"kind={kind!r} needs the loss's Hessian or likelihood, which hesse knows for "
-                f"{', '.join(c.__name__ for c in _LIKELIHOOD_LOSSES)}; got "
-                f"{type(loss_fn).__name__}. Use kind='empirical'.")
+        self._likelihood: Likelihood | None = likelihood_of(loss_fn)
+        if kind != "empirical" or self._likelihood is not None:
+            self._likelihood = require_likelihood(loss_fn, _USES[kind], f"KFACOperator(kind={kind!r})",
+                                                  "Use kind='empirical'.")
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
             raise ValueError(f"mc_samples must be an integer >= 1, got {mc_samples!r}.")
-        _check_loss_options(loss_fn)
         self.kind, self.mc_samples, self.seed = kind, mc_samples, int(seed)
         self._problem = ModelLoss(model, loss_fn, data, params)
         p = self._problem
@@ -207,6 +211,8 @@ class KFACOperator(CurvatureOperator):
                                 if not parts:
                                     continue
                                 g = torch.cat([layer.rows_out(t) for t in parts])
+                                if not all_finite(g):
+                                    raise ValueError(_nonfinite_rows("output gradients", layer, index))
                                 G = weight * (g.T @ g)
                                 G_prev = G_sum[j]
                                 G_sum[j] = G if G_prev is None else G_prev + G
@@ -215,6 +221,8 @@ class KFACOperator(CurvatureOperator):
                         if not layer.inputs:
                             continue
                         a = torch.cat([layer.rows_in(t) for t in layer.inputs])
+                        if not all_finite(a):
+                            raise ValueError(_nonfinite_rows("inputs", layer, index))
                         A = a.T @ a
                         A_prev = A_sum[j]
                         A_sum[j] = A if A_prev is None else A_prev + A
@@ -229,7 +237,8 @@ class KFACOperator(CurvatureOperator):
             for layer in layers:
                 layer.inputs, layer.outputs, layer.versions = [], [], []
         if total == 0:
-            raise ValueError("the data set is empty: no batch with samples was found.")
+            raise ValueError(f"the data set is empty: no batch with samples was found. {EMPTY_DATA_HINT}")
+        p.settle_reduction()
         p.num_samples = total
         unused = [layer.name for layer, r in zip(layers, rows) if r == 0]
         if unused:
@@ -256,7 +265,8 @@ class KFACOperator(CurvatureOperator):
                                  f"the forward pass (e.g. an activation with inplace=True); K-FAC "
                                  f"needs the gradient with respect to it. Use inplace=False.")
         zd = z.detach()
-        loss = p.loss_fn(zd, y)
+        p.observe_reduction(zd, y, nb)
+        loss = p.loss_fn(zd.clone().requires_grad_(True), y)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError(f"loss_fn must return a scalar per batch; got "
                              f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss)}"
@@ -264,19 +274,27 @@ class KFACOperator(CurvatureOperator):
         if not torch.isfinite(loss):
             raise ValueError(f"the loss is not finite ({float(loss)}) on batch {index}; check that "
                              f"batch's inputs and targets, and the model's outputs.")
-        batch_weight = float(nb) if p.reduction == "mean" else 1.0
+        if not loss.requires_grad:
+            raise ValueError(disconnected_message("loss_fn", index))
+        reduction = "sum" if p.reduction == "sum" else "mean"  # undecided only for one sample
+        batch_weight = 1.0 if reduction == "sum" else float(nb)
+        lik = self._likelihood
         if self.kind == "type2":
-            cotangents = _hessian_sqrt_columns(p.loss_fn, zd, y, p.reduction)
+            assert lik is not None  # type2 needs one, checked at construction
+            cotangents = lik.hessian_sqrt_columns(zd, y, reduction)
             weight = batch_weight
         else:
             if self.kind == "empirical":
                 targets = [y]
                 fix = 1.0
             else:
-                targets, fix = _sample_targets(p.loss_fn, zd, y, p.reduction,
-                                               mc_seed(self.seed, index), self.mc_samples)
-            terms = _num_terms(p.loss_fn, zd, y)
-            c = 1.0 / terms if p.reduction == "mean" else 1.0
+                assert lik is not None  # mc needs one, checked at construction
+                gen = torch.Generator(device=zd.device)
+                gen.manual_seed(mc_seed(self.seed, index))
+                targets, fix = lik.kfac_draws(zd, y, reduction, self.mc_samples, gen)
+            # other losses (empirical only): one term per sample
+            terms = lik.num_terms(zd, y) if lik is not None else (zd.shape[0] if zd.ndim >= 1 else 1)
+            c = 1.0 / terms if reduction == "mean" else 1.0
             cotangents = []
             for t in targets:
                 zz = zd.clone().requires_grad_(True)
@@ -403,6 +421,15 @@ class KFACInverseOperator(CurvatureOperator):
 
 
 # ---------------------------------------------------------------------- layers
+def _nonfinite_rows(what: str, layer: _Layer, index: int) -> str:
+    """A factor's rows are not finite where the loss is: the curvature is not defined there (the
+    model operators refuse the same batch through its gradient)."""
+    return (f"KFACOperator: the {what} of layer {layer.name!r} are not finite on batch {index}, "
+            f"although the loss there is finite: an infinite or NaN input reaches that layer (its "
+            f"output squashed later, e.g. by tanh or a clamp). Check that batch's inputs, or leave "
+            f"the layer out with params=[...].")
+
+
 def _find_layers(p: ModelLoss) -> list[_Layer]:
     owners: dict[int, list[tuple[str, nn.Module, str]]] = {}
     for mname, module in p.model.named_modules():
@@ -435,89 +462,3 @@ def _find_layers(p: ModelLoss) -> list[_Layer]:
             f"or a predicate, or use GGNOperator/FisherOperator for the whole model.")
     return sorted(layers.values(), key=lambda layer: min(
         i for i in (layer.weight_index, layer.bias_index) if i is not None))
-
-
-# ---------------------------------------------------------------------- losses
-def _check_loss_options(loss_fn: Any) -> None:
-    if isinstance(loss_fn, nn.CrossEntropyLoss) and loss_fn.weight is not None:
-        raise ValueError("K-FAC does not support nn.CrossEntropyLoss with class weights (the "
-                         "mean's divisor and the likelihood change); use weight=None.")
-    if isinstance(loss_fn, nn.BCEWithLogitsLoss) and (loss_fn.weight is not None
-                                                      or loss_fn.pos_weight is not None):
-        raise ValueError("K-FAC does not support nn.BCEWithLogitsLoss with weight or pos_weight; "
-                         "use the unweighted loss.")
-
-
-def _ce_mask(loss_fn: nn.CrossEntropyLoss, z: torch.Tensor, y: Any) -> torch.Tensor | None:
-    """Positions that count (targets != ignore_index), shape of z without the class dim."""
-    if isinstance(y, torch.Tensor) and not y.is_floating_point():
-        return y != loss_fn.ignore_index
-    return None
-
-
-def _num_terms(loss_fn: Any, z: torch.Tensor, y: Any) -> int:
-    """Number of likelihood terms ``R_b`` in a batch (see the module docstring)."""
-    if isinstance(loss_fn, nn.CrossEntropyLoss):
-        mask = _ce_mask(loss_fn, z, y)
-        count = int(mask.sum()) if mask is not None else z.numel() // z.shape[1 if z.ndim > 1 else 0]
-        return max(count, 1)
-    if isinstance(loss_fn, (nn.MSELoss, nn.BCEWithLogitsLoss)):
-        return z.numel() // (z.shape[-1] if z.ndim >= 2 else 1)
-    return z.shape[0] if z.ndim >= 1 else 1
-
-
-def _hessian_sqrt_columns(loss_fn: Any, z: torch.Tensor, y: Any, reduction: str) -> Iterator[torch.Tensor]:
-    """Tensors ``S_m`` shaped like ``z`` with ``∇²_z loss_fn(z, y) = Σ_m vec(S_m) vec(S_m)ᵀ``,
-    block-diagonal over the likelihood terms; generated one at a time (``C`` of them, each the
-    size of ``z``)."""
-    if isinstance(loss_fn, nn.CrossEntropyLoss):
-        cdim = 1 if z.ndim > 1 else 0
-        prob = torch.softmax(z, dim=cdim)
-        mask = _ce_mask(loss_fn, z, y)
-        c = 1.0 / _num_terms(loss_fn, z, y) if reduction == "mean" else 1.0
-        root = torch.sqrt(c * prob)
-        if mask is not None:
-            root = root * mask.unsqueeze(cdim).to(z.dtype)
-        for m in range(z.shape[cdim]):
-            onehot = torch.zeros_like(z)
-            onehot.select(cdim, m).fill_(1.0)
-            yield root.narrow(cdim, m, 1) * (onehot - prob)
-        return
-    c = 1.0 / z.numel() if reduction == "mean" else 1.0
-    if isinstance(loss_fn, nn.MSELoss):
-        diag = torch.full_like(z, (2.0 * c) ** 0.5)
-    else:  # BCEWithLogitsLoss
-        prob = torch.sigmoid(z)
-        diag = torch.sqrt(c * prob * (1 - prob))
-    if z.ndim < 2:
-        yield diag
-        return
-    for m in range(z.shape[-1]):
-        col = torch.zeros_like(z)
-        col[..., m] = diag[..., m]
-        yield col
-
-
-def _sample_targets(loss_fn: Any, z: torch.Tensor, y: Any, reduction: str, seed: int,
-                    num: int) -> tuple[list[torch.Tensor], float]:
-    """``num`` target draws from the likelihood of each term (the draws of
-    :class:`FisherOperator` for the same seed), and the factor that makes the MC factor's
-    expectation the type-2 one."""
-    gen = torch.Generator(device=z.device)
-    gen.manual_seed(seed)
-    draws = sample_likelihood_targets(loss_fn, z, num, gen)
-    fix = 1.0
-    if isinstance(loss_fn, nn.CrossEntropyLoss):
-        mask = _ce_mask(loss_fn, z, y)
-        if mask is not None:
-            draws = torch.where(mask, draws, torch.full_like(draws, loss_fn.ignore_index))
-    elif isinstance(loss_fn, nn.MSELoss):
-        # a row's loss ‖z − y‖²/D (mean) or ‖z − y‖² (sum): Gaussian with variance D/2 or 1/2;
-        # the shared draws have variance 1/2, so their noise is rescaled
-        per_row = z.shape[-1] if z.ndim >= 2 else 1
-        var = per_row / 2.0 if reduction == "mean" else 0.5
-        zd = z.detach()
-        draws = zd + (var / 0.5) ** 0.5 * (draws - zd)
-    elif reduction == "mean" and z.ndim >= 2:  # BCEWithLogitsLoss
-        fix = float(z.shape[-1])
-    return list(draws.unbind(0)), fix

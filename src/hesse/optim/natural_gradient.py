@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..operators import FisherOperator
-from ..operators.fisher import LIKELIHOOD_LOSSES
+from ..operators.likelihoods import require_likelihood
 from ._common import check_hyper, check_int
 from .hessian_free import CGRecord, _BatchCurvatureOptimizer, cg_with_iterates
 
@@ -70,11 +70,8 @@ class NaturalGradient(_BatchCurvatureOptimizer):
         self._setup(model, loss_fn, params, dict(lr=lr, damping=damping, momentum=momentum,
                                                  cg_max_iter=cg_max_iter, cg_tol=cg_tol))
         if kind == "mc":  # fail now, not at the first step, for a loss without a known likelihood
-
-            if not isinstance(loss_fn, LIKELIHOOD_LOSSES):
-                raise ValueError(f"kind='mc' needs a loss with a known likelihood "
-                                 f"({', '.join(c.__name__ for c in LIKELIHOOD_LOSSES)}); got "
-                                 f"{type(loss_fn).__name__}. Use kind='empirical'.")
+            require_likelihood(loss_fn, "sample", "NaturalGradient(kind='mc')",
+                               "Use kind='empirical'.")
         self.last_solve: CGRecord | None = None
 
     def step(  # type: ignore[override]  # torch's stub says float; the loss is a tensor
