@@ -290,3 +290,101 @@ def test_param_groups_with_different_lrs_fold_into_the_operator():
     assert rec.lambda_max == pytest.approx(float(lam[-1]), rel=1e-10)
     assert rec.stability_limit == pytest.approx(20.0)
     assert rec.operator.startswith("S^1/2 H S^1/2")
+
+
+class _TwoBlocks(torch.nn.Module):
+    """Outputs (x[:, :3] @ a, x[:, 3:] @ b): under MSE the Hessian is block-diagonal in (a, b)."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(5)
+        self.a = torch.nn.Parameter(torch.randn(3, generator=gen, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.randn(2, generator=gen, dtype=torch.float64))
+
+    def forward(self, x):
+        return torch.stack([x[:, :3] @ self.a, x[:, 3:] @ self.b], dim=1)
+
+
+def _two_block_problem():
+    gen = torch.Generator().manual_seed(7)
+    X = torch.randn(40, 5, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 1.0, 1.0, 2.0, 2.0],
+                                                                            dtype=torch.float64)
+    Y = torch.randn(40, 2, generator=gen, dtype=torch.float64)
+    model = _TwoBlocks()
+    H = dense_hessian_of_model(model, torch.nn.MSELoss(), X, Y).reshape(5, 5)
+    assert torch.allclose(H[:3, 3:], torch.zeros(3, 2, dtype=torch.float64))  # no coupling
+    return model, (X, Y), H
+
+
+_SGD_GROUPS = [  # per-group SGD options, group 0 = a, group 1 = b
+    ({"momentum": 0.0}, {"momentum": 0.9}),
+    ({"momentum": 0.9}, {"momentum": 0.0}),
+    ({"momentum": 0.5, "dampening": 0.5}, {"momentum": 0.5}),
+    ({"momentum": 0.9, "nesterov": True}, {"momentum": 0.0}),
+    ({"momentum": 0.0}, {"momentum": 0.9, "nesterov": True}),
+    ({"momentum": 0.9, "lr": 0.02}, {"momentum": 0.0, "lr": 0.2}),
+]
+
+
+def _sgd_group_limit(lr, momentum=0.0, dampening=0.0, nesterov=False):
+    """Heavy-ball stability (Polyak 1964): alpha lambda < 2 + 2 beta; Nesterov's look-ahead (1 + 2 mu)."""
+    if nesterov:
+        return (2 + 2 * momentum) / ((1 + 2 * momentum) * lr)
+    return (2 + 2 * momentum) / ((1 - dampening if momentum else 1.0) * lr)
+
+
+@pytest.mark.parametrize("groups", _SGD_GROUPS)
+def test_sgd_per_group_momenta_give_the_largest_group_ratio(groups):
+    # ground truth: block-diagonal H, so the iteration is stable iff every group is; the ratio is
+    # max_i lambda_max(H_ii) / limit_i (dense eigvalsh; 1e-9 covers the float64 eigensolve)
+    model, data, H = _two_block_problem()
+    specs = [{"lr": 0.1, **g} for g in groups]
+    opt = torch.optim.SGD([{"params": [model.a], **specs[0]}, {"params": [model.b], **specs[1]}])
+    rec = SharpnessMonitor(model, torch.nn.MSELoss(), data, progress=False, tol=1e-10).measure(opt)
+    blocks = [torch.linalg.eigvalsh(H[:3, :3])[-1], torch.linalg.eigvalsh(H[3:, 3:])[-1]]
+    ratios = [float(lam) / _sgd_group_limit(**spec) for lam, spec in zip(blocks, specs)]
+    assert rec.sharpness_ratio == pytest.approx(max(ratios), rel=1e-9)
+    assert rec.stability_limit == pytest.approx(_sgd_group_limit(**specs[0]), rel=1e-12)
+
+
+@pytest.mark.parametrize("groups", _SGD_GROUPS)
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_sgd_per_group_ratio_predicts_what_the_optimizer_does(groups, factor):
+    # the definition: run torch's SGD itself with every lr scaled so that the monitor's ratio is
+    # `factor`; below 1 the loss falls to the minimum, above 1 it blows up
+    model, data, _ = _two_block_problem()
+    specs = [{"lr": 0.1, **g} for g in groups]
+    opt = torch.optim.SGD([{"params": [model.a], **specs[0]}, {"params": [model.b], **specs[1]}])
+    mon = SharpnessMonitor(model, torch.nn.MSELoss(), data, progress=False, tol=1e-10)
+    ratio = mon.measure(opt).sharpness_ratio
+    for g in opt.param_groups:
+        g["lr"] *= factor / ratio
+    losses = [_gd_step(model, torch.nn.MSELoss(), data, opt) for _ in range(400)]
+    if factor < 1:
+        assert losses[-1] < losses[0]
+    else:
+        assert losses[-1] > 1e3 * losses[0]
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.Adam, torch.optim.AdamW])
+@pytest.mark.parametrize("beta1s", [(0.9, 0.0), (0.0, 0.9), (0.5, 0.9)])
+def test_adam_per_group_betas_give_the_largest_group_ratio(optimizer, beta1s):
+    # per group P_i = (1 - beta1_i^t) diag(sqrt(v_hat) + eps) and limit (2 + 2 beta1_i)/((1 - beta1_i) lr);
+    # H block-diagonal, so the ratio is max_i lambda_max(P_i^-1/2 H_ii P_i^-1/2) / limit_i
+    model, data, _ = _two_block_problem()
+    groups = [{"params": [model.a], "betas": (beta1s[0], 0.999)}, {"params": [model.b], "betas": (beta1s[1], 0.99)}]
+    opt = optimizer(groups, lr=1e-3)
+    for _ in range(3):
+        _gd_step(model, torch.nn.MSELoss(), data, opt)
+    rec = SharpnessMonitor(model, torch.nn.MSELoss(), data, progress=False, tol=1e-10).measure(opt)
+    H = dense_hessian_of_model(model, torch.nn.MSELoss(), *data).reshape(5, 5)
+    ratios = []
+    for (lo, hi), group in zip([(0, 3), (3, 5)], opt.param_groups):
+        st = opt.state[group["params"][0]]
+        beta1, beta2 = group["betas"]
+        t = float(st["step"])
+        P = (1 - beta1**t) * ((st["exp_avg_sq"] / (1 - beta2**t)).sqrt() + group["eps"])
+        s = P.rsqrt()
+        lam = torch.linalg.eigvalsh(s[:, None] * H[lo:hi, lo:hi] * s[None, :])[-1]
+        ratios.append(float(lam) * (1 - beta1) * group["lr"] / (2 + 2 * beta1))
+    assert rec.sharpness_ratio == pytest.approx(max(ratios), rel=1e-9)

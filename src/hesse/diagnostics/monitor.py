@@ -2,7 +2,8 @@
 
 Math. Gradient descent ``θ ← θ - η ∇L(θ)`` on the quadratic model ``L(θ*+d) ≈ L* + ½ dᵀHd`` moves
 each eigen-coordinate by ``c ← (1 - η λ) c``: it is stable iff ``λ_max(H) < 2/η`` (the step-size
-limit of gradient descent on a quadratic; Nocedal & Wright 2006, sec. 3.3). With heavy-ball momentum β the limit is ``(2 + 2β)/η``.
+limit of gradient descent on a quadratic; Nocedal & Wright 2006, sec. 3.3). With heavy-ball momentum β the
+limit is ``(2 + 2β)/η``, with Nesterov's ``(2 + 2β)/((1 + 2β) η)``.
 Cohen et al. (2021, "Gradient descent on neural networks typically occurs at the edge of
 stability", ICLR) observed that full-batch GD drives ``λ_max`` up to ``2/η`` ("progressive
 sharpening") and then hovers there ("edge of stability", EoS) while the loss keeps falling
@@ -12,7 +13,10 @@ stability", arXiv:2207.14484, sec. 3) show the same for the *preconditioned shar
 ``(2 + 2β1) / ((1 - β1) η)`` (38/η for β1 = 0.9). ``P⁻¹H`` is not symmetric; we measure the
 similar symmetric operator ``P^{-1/2} H P^{-1/2}`` (same eigenvalues), built as an operator
 composition (:class:`DiagonalCongruence`), never densely. Parameter groups with different
-learning rates are handled the same way (``S = diag(η_i / η_0)`` folded into the congruence).
+learning rates, momenta or betas are handled the same way: group i's limit ``ℓ_i`` (see
+:func:`stability_limit`) enters as ``S = diag(ℓ_0 / ℓ_i)`` folded into the congruence, so that
+``λ_max(S^{1/2} H S^{1/2}) / ℓ_0`` is exact for groups whose Hessian blocks do not couple (then it
+is the largest of the groups' own ratios) and the first-order estimate otherwise.
 
 Every ``every`` steps the monitor builds a :class:`hesse.HessianOperator` at the current parameters
 on a fixed measurement set, takes ``λ_max`` with :func:`hesse.eigsh` (Krylov-Schur Lanczos)
@@ -65,7 +69,7 @@ __all__ = ["SharpnessMonitor", "SharpnessRecord", "Measurements", "StabilityBand
 _STATE_FILE = "monitor_state.pt"
 
 #: The operators a record names in ``operator``, by the optimizer kind of :func:`stability_limit`.
-_OPERATOR_NAMES = {"adam-preconditioned": "P^-1/2 H P^-1/2", "scaled": "S^1/2 H S^1/2 (per-group lr)",
+_OPERATOR_NAMES = {"adam-preconditioned": "P^-1/2 H P^-1/2", "scaled": "S^1/2 H S^1/2 (per-group limits)",
                    "hessian": "hessian"}
 
 
@@ -198,24 +202,54 @@ class SharpnessRecord(Result):
 def stability_limit(optimizer: torch.optim.Optimizer) -> tuple[float, float, str]:
     """``(limit, lr, kind)`` for ``optimizer``: the value λ_max (of H, or of P⁻¹H for Adam) must stay below.
 
-    SGD: ``(2 + 2β)/η`` (β = momentum, 0 for plain GD; Nesterov treated the same). Adam/AdamW:
-    ``(2 + 2β1)/((1 - β1) η)`` (Cohen et al. 2022). Other optimizers: ``2/η`` with
-    ``kind="gd-limit"`` (their dynamics are not modeled).
+    Each parameter group is a heavy-ball iteration ``θ ← θ - α g + β (θ - θ_prev)`` on the quadratic
+    model, stable iff ``α λ < 2 + 2β`` (Polyak 1964; Goh 2017, "Why momentum really works", sec. 1):
+
+    - SGD (``momentum`` μ, ``dampening`` τ): ``α = η(1 - τ)``, ``β = μ``, limit ``(2 + 2μ)/((1 - τ) η)``;
+      with ``nesterov=True`` the limit is ``(2 + 2μ)/((1 + 2μ) η)`` (the look-ahead step adds
+      ``ημ`` more of the gradient).
+    - Adam/AdamW: ``α = η(1 - β1)`` on the preconditioned gradient, ``β = β1``, limit
+      ``(2 + 2β1)/((1 - β1) η)`` for λ of ``P⁻¹H`` (Cohen et al. 2022).
+    - Other optimizers: ``2/η`` with ``kind="gd-limit"`` (their dynamics are not modeled).
+
+    The returned limit is the first group's; groups whose limits differ (learning rates, momenta,
+    betas) are folded into the monitored operator instead (:class:`SharpnessMonitor`), so that
+    ``λ_max / limit`` is the largest of the groups' ratios.
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; "
                         "pass the optimizer your training loop steps.")
-    group = optimizer.param_groups[0]
+    for i, group in enumerate(optimizer.param_groups):
+        lr = float(group["lr"])
+        if not math.isfinite(lr) or lr < 0 or (i == 0 and lr == 0):
+            raise ValueError(f"the optimizer's learning rate must be positive and finite, got {lr!r} "
+                             f"(param group {i}).")
+    limit, kind = _group_limit(optimizer, optimizer.param_groups[0])
+    if not math.isfinite(limit):
+        raise ValueError("the optimizer's first param group never moves its parameters (dampening=1): "
+                         "its stability limit is infinite; put a group that trains first.")
+    return limit, float(optimizer.param_groups[0]["lr"]), kind
+
+
+def _group_limit(optimizer: torch.optim.Optimizer, group: dict) -> tuple[float, str]:
+    """``(limit, kind)`` of one param group (:func:`stability_limit`); ``inf`` for a group that never moves."""
     lr = float(group["lr"])
-    if not lr > 0 or not math.isfinite(lr):
-        raise ValueError(f"the optimizer's learning rate must be positive and finite, got {lr!r}.")
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         beta1 = float(group["betas"][0])
-        return (2 + 2 * beta1) / ((1 - beta1) * lr), lr, "adam-preconditioned"
-    if isinstance(optimizer, torch.optim.SGD):
-        beta = float(group.get("momentum", 0.0) or 0.0)
-        return (2 + 2 * beta) / lr, lr, "sgd" if beta == 0 else "sgd-momentum"
-    return 2 / lr, lr, "gd-limit"
+        step = lr * (1 - beta1) / (2 + 2 * beta1)
+        kind = "adam-preconditioned"
+    elif isinstance(optimizer, torch.optim.SGD):
+        mu = float(group.get("momentum", 0.0) or 0.0)
+        if mu == 0:
+            step, kind = lr / 2, "sgd"
+        elif group.get("nesterov", False):
+            step, kind = lr * (1 + 2 * mu) / (2 + 2 * mu), "sgd-nesterov"
+        else:
+            tau = float(group.get("dampening", 0.0) or 0.0)
+            step, kind = lr * (1 - tau) / (2 + 2 * mu), "sgd-momentum"
+    else:
+        step, kind = lr / 2, "gd-limit"
+    return (1 / step if step > 0 else math.inf), kind
 
 
 def sharpness_status(ratio: float, bands: StabilityBands) -> str:
@@ -480,7 +514,7 @@ class SharpnessMonitor:
         """H itself, or D^{1/2} H D^{1/2} for Adam / per-group learning rates (module docs)."""
         if optimizer is None:
             return H
-        lr0 = float(optimizer.param_groups[0]["lr"])
+        limit0 = _group_limit(optimizer, optimizer.param_groups[0])[0]
         named = dict(self.model.named_parameters())
         owner: dict[int, dict] = {}
         for group in optimizer.param_groups:
@@ -494,7 +528,9 @@ class SharpnessMonitor:
                 pieces.append(torch.zeros(p.numel(), dtype=H.dtype, device=H.device))
                 uniform = False  # not trained by this optimizer: it does not move
                 continue
-            scale = float(group["lr"]) / lr0
+            # the group's limit in units of the first group's: its coordinates count limit0/limit_i
+            # times as much, so λ_max of the scaled operator is judged against one limit
+            scale = limit0 / _group_limit(optimizer, group)[0]
             if kind == "adam-preconditioned":
                 state = optimizer.state.get(p, {})
                 if "exp_avg_sq" not in state:  # never updated (no gradient yet): it does not move
