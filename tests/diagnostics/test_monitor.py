@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -388,3 +389,75 @@ def test_adam_per_group_betas_give_the_largest_group_ratio(optimizer, beta1s):
         lam = torch.linalg.eigvalsh(s[:, None] * H[lo:hi, lo:hi] * s[None, :])[-1]
         ratios.append(float(lam) * (1 - beta1) * group["lr"] / (2 + 2 * beta1))
     assert rec.sharpness_ratio == pytest.approx(max(ratios), rel=1e-9)
+
+
+def test_measure_at_chosen_steps_without_step_calls(linear_regression):
+    # measuring in one's own loop: measure(opt) twice without step() used to record nothing the
+    # second time, silently; now it warns and names step=, and step= records each point
+    p = linear_regression
+    opt = torch.optim.SGD(p["model"].parameters(), lr=0.01)
+    mon = SharpnessMonitor(p["model"], p["loss_fn"], p["data"], progress=False)
+    assert mon.measure(opt) is not None
+    _gd_step(p["model"], p["loss_fn"], p["data"], opt)
+    with pytest.warns(UserWarning, match="pass step="):
+        assert mon.measure(opt) is None
+    for s in (5, 9):
+        assert mon.measure(opt, step=s).step == s
+    with pytest.warns(UserWarning, match="step 7 is not after the last record's step 9"):
+        assert mon.measure(opt, step=7) is None
+    assert [r.step for r in mon.records] == [0, 5, 9]
+    for bad in (-1, 2.5, "3", True):
+        with pytest.raises(ValueError, match="step must be a non-negative int"):
+            mon.measure(opt, step=bad)
+
+
+def test_resumed_log_skips_logged_steps_silently(linear_regression, tmp_path):
+    p = linear_regression
+    opt = torch.optim.SGD(p["model"].parameters(), lr=0.01)
+    with SharpnessMonitor(p["model"], p["loss_fn"], p["data"], every=2, progress=False, log_dir=str(tmp_path)) as mon:
+        mon.measure(opt)
+        for _ in range(4):
+            mon.step(opt)
+    with SharpnessMonitor(p["model"], p["loss_fn"], p["data"], every=2, progress=False, log_dir=str(tmp_path),
+                          resume=True) as mon:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert mon.measure(opt, step=0) is None  # in the resumed log: no warning
+        assert [r.step for r in mon.records] == [0, 2, 4]
+
+
+@pytest.mark.parametrize("at", [[3, 7, 8], (1,), range(0, 20, 5)])
+def test_at_measures_exactly_the_listed_steps(linear_regression, at):
+    p = linear_regression
+    opt = torch.optim.SGD(p["model"].parameters(), lr=0.01)
+    mon = SharpnessMonitor(p["model"], p["loss_fn"], p["data"], at=at, progress=False)
+    for _ in range(20):
+        mon.step(opt)
+    assert [r.step for r in mon.records] == sorted(s for s in at if 1 <= s <= 20)
+
+
+def test_log_schedule_steps(linear_regression):
+    p = linear_regression
+    opt = torch.optim.SGD(p["model"].parameters(), lr=0.01)
+    mon = SharpnessMonitor(p["model"], p["loss_fn"], p["data"], schedule="log", progress=False)
+    for _ in range(130):
+        mon.step(opt)
+    # by definition: the distinct values of round(10**(j/10)) up to 130
+    expected = sorted({round(10 ** (j / 10)) for j in range(30)} & set(range(1, 131)))
+    assert [r.step for r in mon.records] == expected
+    assert expected[:12] == [1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"every": 5, "at": [1]}, "give one of every, at and schedule"),
+    ({"at": [1], "schedule": "log"}, "give one of every, at and schedule"),
+    ({"schedule": "linear"}, "schedule must be 'log'"),
+    ({"at": [1, -2]}, "non-negative integer steps"),
+    ({"at": [1.5]}, "non-negative integer steps"),
+    ({"at": []}, "empty"),
+    ({"at": 10}, "sequence of step numbers"),
+])
+def test_schedule_options_refused(linear_regression, kwargs, match):
+    p = linear_regression
+    with pytest.raises((ValueError, TypeError), match=match):
+        SharpnessMonitor(p["model"], p["loss_fn"], p["data"], progress=False, **kwargs)

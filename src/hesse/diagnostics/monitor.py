@@ -73,9 +73,34 @@ _OPERATOR_NAMES = {"adam-preconditioned": "P^-1/2 H P^-1/2", "scaled": "S^1/2 H 
                    "hessian": "hessian"}
 
 
+#: Checks per decade of ``schedule="log"``: steps ``round(10**(j/10))``, j = 0, 1, ... (1, 2, 3, 4, 5,
+#: 6, 8, 10, 13, 16, 20, 25, 32, 40, 50, 63, 79, 100, ...), so early fast changes are sampled densely.
+_LOG_STEPS_PER_DECADE = 10
+
+
 def _positive_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+
+def _on_log_schedule(step: int) -> bool:
+    """Whether ``step`` is one of the steps ``round(10**(j/10))`` of ``schedule="log"``."""
+    if step < 1:
+        return False
+    j = _LOG_STEPS_PER_DECADE * math.log10(step)
+    return any(round(10 ** (i / _LOG_STEPS_PER_DECADE)) == step for i in (math.floor(j), math.ceil(j)))
+
+
+def _checked_steps(at: Any) -> frozenset[int]:
+    """``at`` as a set of non-negative ints (a clear error for anything else)."""
+    if isinstance(at, (str, bytes)) or not hasattr(at, "__iter__"):
+        raise TypeError(f"at must be a sequence of step numbers (e.g. [0, 10, 30]), got {type(at).__name__}.")
+    steps = list(at)
+    bad = [v for v in steps if not isinstance(v, int) or isinstance(v, bool) or v < 0]
+    if bad or not steps:
+        raise ValueError(f"at must list non-negative integer steps, got {steps!r}"
+                         + (f" ({bad[0]!r} is not one)." if bad else " (empty)."))
+    return frozenset(steps)
 
 
 @dataclass
@@ -277,7 +302,14 @@ class SharpnessMonitor:
     ----------
     model, loss_fn, data : as for :class:`hesse.HessianOperator`; ``data`` is the fixed
         measurement set (one batch, a pair of tensors, or a DataLoader), the same every check.
-    every : measure every ``every`` calls of :meth:`step`.
+    every : measure every ``every`` calls of :meth:`step` (10 when neither ``at`` nor ``schedule``
+        is given).
+    at : instead of ``every``, the steps to measure at (``[0, 10, 30, 100]``): :meth:`step`
+        measures when its count is in ``at``. Step 0 is before the first optimizer step; take it with
+        ``monitor.measure(optimizer)`` before training.
+    schedule : instead of ``every``, ``"log"``: measure at the steps ``round(10**(j/10))``
+        (1, 2, 3, 4, 5, 6, 8, 10, 13, ..., 79, 100, 126, ...), ten per decade, dense where early
+        training changes fast.
     measurements : :class:`Measurements`, what each check measures (``k``, ``negative``, ``trace``,
         ``density``, ``tol``, ``trace_matvecs``, ``density_probes``, ``density_steps``, ``seed``,
         ``max_matvecs``).
@@ -303,7 +335,8 @@ class SharpnessMonitor:
     measures now (e.g. before training, at step 0).
     """
 
-    def __init__(self, model: torch.nn.Module, loss_fn: Any = None, data: Any = None, every: int = 10, *,
+    def __init__(self, model: torch.nn.Module, loss_fn: Any = None, data: Any = None, every: int | None = None, *,
+                 at: Any = None, schedule: str | None = None,
                  measurements: Measurements | None = None, bands: StabilityBands | None = None,
                  logging: LogOptions | None = None, params: Any = None, forward: Any = None,
                  batch_loss: Any = None, batch_size: Any = None, dtype: torch.dtype | None = None,
@@ -314,13 +347,23 @@ class SharpnessMonitor:
         if data is None:
             raise TypeError("data is required: the fixed measurement set (a batch, a pair of tensors or a "
                             "DataLoader), the same at every check.")
-        _positive_int("every", every)
+        given = [name for name, value in (("every", every), ("at", at), ("schedule", schedule)) if value is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of every, at and schedule (they say when to measure), got {' and '.join(given)}.")
+        if every is not None:
+            _positive_int("every", every)
+        if schedule is not None and schedule != "log":
+            raise ValueError(f"schedule must be 'log', got {schedule!r}; for evenly spaced checks pass every=N.")
+        self.at: frozenset[int] | None = None if at is None else _checked_steps(at)
+        self.schedule = schedule
+        every = 10 if not given else every
         configs = _with_options({"measurements": measurements, "bands": bands, "logging": logging}, options)
         self.measurements: Measurements = configs["measurements"]
         self.bands: StabilityBands = configs["bands"]
         self.logging: LogOptions = configs["logging"]
         self.model, self.loss_fn, self.data, self.params = model, loss_fn, read_once(data), params
-        self.every = every
+        self.every: int | None = every
+        self._restored_steps: frozenset[int] = frozenset()  # steps measured before a resume
         self.records: list[SharpnessRecord] = []
         self.densities: list[tuple[int, Any]] = []
         self.num_steps = 0  # calls of step() so far (= optimizer steps taken)
@@ -341,22 +384,38 @@ class SharpnessMonitor:
         return self.records[-1] if self.records else None
 
     def step(self, optimizer: torch.optim.Optimizer) -> SharpnessRecord | None:
-        """Count one optimizer step; measure when ``num_steps % every == 0``. Returns the record or None."""
+        """Count one optimizer step; measure when the count is due (``every``, ``at`` or ``schedule``).
+
+        Returns the record or None. A step already in a resumed log is not measured again.
+        """
         stability_limit(optimizer)  # validate early, every call
         self.num_steps += 1
-        if self.num_steps % self.every != 0:
+        if not self._due(self.num_steps):
             return None
+        if self.records and self.num_steps <= self.records[-1].step:
+            return None  # a resumed run replaying steps it has logged
         return self.measure(optimizer, step=self.num_steps)
 
     def measure(self, optimizer: torch.optim.Optimizer | None = None, step: int | None = None,
                 lr: float | None = None) -> SharpnessRecord | None:
         """Measure at the current parameters now. ``lr`` instead of ``optimizer`` gives the GD limit 2/lr.
 
-        Returns None (and measures nothing) when ``step`` is already in a resumed log.
+        ``step`` labels the record (default: the number of :meth:`step` calls so far); when measuring
+        at chosen points of your own loop, pass it (``measure(opt, step=s)``). Records must come in
+        increasing steps: a step at or before the last record's is not measured and returns None,
+        silently for a step a resumed log already holds and with a ``UserWarning`` otherwise.
         """
+        if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
+            raise ValueError(f"step must be a non-negative int, got {step!r}.")
+        explicit = step is not None
         step = self.num_steps if step is None else int(step)
         if self.records and step <= self.records[-1].step:
-            return None  # already measured (resumed run replaying steps)
+            if step not in self._restored_steps:
+                hint = ("" if explicit else " measure() without step= labels a record with the number of "
+                        "step() calls so far; pass step= when measuring at points of your own loop.")
+                warnings.warn(f"SharpnessMonitor.measure: nothing measured, step {step} is not after the last "
+                              f"record's step {self.records[-1].step}.{hint}", UserWarning, stacklevel=2)
+            return None
         limit, lr, kind = self._limit(optimizer, lr)
         H = self._hessian(step)
         loss, grad_norm = float(H.loss), float(H.gradient.norm())
@@ -430,11 +489,21 @@ class SharpnessMonitor:
 
     def __repr__(self) -> str:
         m = self.measurements
-        return (f"SharpnessMonitor(every={self.every}, k={m.k}, negative={m.negative}, "
+        when = (f"at={sorted(self.at)}" if self.at is not None else
+                f"schedule={self.schedule!r}" if self.schedule is not None else f"every={self.every}")
+        return (f"SharpnessMonitor({when}, k={m.k}, negative={m.negative}, "
                 f"trace={m.trace}, density={m.density}, records={len(self.records)}, "
                 f"log_dir={self.log_dir!r})")
 
     # ------------------------------------------------------------------ internals
+    def _due(self, step: int) -> bool:
+        """Whether :meth:`step` measures at ``step`` (the ``every`` / ``at`` / ``schedule`` option)."""
+        if self.at is not None:
+            return step in self.at
+        if self.schedule == "log":
+            return _on_log_schedule(step)
+        return self.every is not None and step % self.every == 0
+
     def _limit(self, optimizer: torch.optim.Optimizer | None, lr: float | None) -> tuple[float, float, str]:
         """``(limit, lr, kind)`` from the optimizer, or the GD limit ``2/lr`` without one."""
         if optimizer is None:
@@ -579,6 +648,7 @@ class SharpnessMonitor:
         elif self.records:
             self.num_steps = self.records[-1].step
         self.densities.extend(_read_densities(os.path.join(log_dir, "density.jsonl")))
+        self._restored_steps = frozenset(r.step for r in self.records)
 
 
 def _read_densities(path: str) -> list[tuple[int, SpectralDensity]]:
