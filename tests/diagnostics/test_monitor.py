@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -290,3 +291,173 @@ def test_param_groups_with_different_lrs_fold_into_the_operator():
     assert rec.lambda_max == pytest.approx(float(lam[-1]), rel=1e-10)
     assert rec.stability_limit == pytest.approx(20.0)
     assert rec.operator.startswith("S^1/2 H S^1/2")
+
+
+class _TwoBlocks(torch.nn.Module):
+    """Outputs (x[:, :3] @ a, x[:, 3:] @ b): under MSE the Hessian is block-diagonal in (a, b)."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(5)
+        self.a = torch.nn.Parameter(torch.randn(3, generator=gen, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.randn(2, generator=gen, dtype=torch.float64))
+
+    def forward(self, x):
+        return torch.stack([x[:, :3] @ self.a, x[:, 3:] @ self.b], dim=1)
+
+
+def _two_block_problem():
+    gen = torch.Generator().manual_seed(7)
+    X = torch.randn(40, 5, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 1.0, 1.0, 2.0, 2.0],
+                                                                            dtype=torch.float64)
+    Y = torch.randn(40, 2, generator=gen, dtype=torch.float64)
+    model = _TwoBlocks()
+    H = dense_hessian_of_model(model, torch.nn.MSELoss(), X, Y).reshape(5, 5)
+    assert torch.allclose(H[:3, 3:], torch.zeros(3, 2, dtype=torch.float64))  # no coupling
+    return model, (X, Y), H
+
+
+_SGD_GROUPS = [  # per-group SGD options, group 0 = a, group 1 = b
+    ({"momentum": 0.0}, {"momentum": 0.9}),
+    ({"momentum": 0.9}, {"momentum": 0.0}),
+    ({"momentum": 0.5, "dampening": 0.5}, {"momentum": 0.5}),
+    ({"momentum": 0.9, "nesterov": True}, {"momentum": 0.0}),
+    ({"momentum": 0.0}, {"momentum": 0.9, "nesterov": True}),
+    ({"momentum": 0.9, "lr": 0.02}, {"momentum": 0.0, "lr": 0.2}),
+]
+
+
+def _sgd_group_limit(lr, momentum=0.0, dampening=0.0, nesterov=False):
+    """Heavy-ball stability (Polyak 1964): alpha lambda < 2 + 2 beta; Nesterov's look-ahead (1 + 2 mu)."""
+    if nesterov:
+        return (2 + 2 * momentum) / ((1 + 2 * momentum) * lr)
+    return (2 + 2 * momentum) / ((1 - dampening if momentum else 1.0) * lr)
+
+
+@pytest.mark.parametrize("groups", _SGD_GROUPS)
+def test_sgd_per_group_momenta_give_the_largest_group_ratio(groups):
+    # ground truth: block-diagonal H, so the iteration is stable iff every group is; the ratio is
+    # max_i lambda_max(H_ii) / limit_i (dense eigvalsh; 1e-9 covers the float64 eigensolve)
+    model, data, H = _two_block_problem()
+    specs = [{"lr": 0.1, **g} for g in groups]
+    opt = torch.optim.SGD([{"params": [model.a], **specs[0]}, {"params": [model.b], **specs[1]}])
+    rec = SharpnessMonitor(model, torch.nn.MSELoss(), data, progress=False, tol=1e-10).measure(opt)
+    blocks = [torch.linalg.eigvalsh(H[:3, :3])[-1], torch.linalg.eigvalsh(H[3:, 3:])[-1]]
+    ratios = [float(lam) / _sgd_group_limit(**spec) for lam, spec in zip(blocks, specs)]
+    assert rec.sharpness_ratio == pytest.approx(max(ratios), rel=1e-9)
+    assert rec.stability_limit == pytest.approx(_sgd_group_limit(**specs[0]), rel=1e-12)
+
+
+@pytest.mark.parametrize("groups", _SGD_GROUPS)
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_sgd_per_group_ratio_predicts_what_the_optimizer_does(groups, factor):
+    # the definition: run torch's SGD itself with every lr scaled so that the monitor's ratio is
+    # `factor`; below 1 the loss falls to the minimum, above 1 it blows up
+    model, data, _ = _two_block_problem()
+    specs = [{"lr": 0.1, **g} for g in groups]
+    opt = torch.optim.SGD([{"params": [model.a], **specs[0]}, {"params": [model.b], **specs[1]}])
+    mon = SharpnessMonitor(model, torch.nn.MSELoss(), data, progress=False, tol=1e-10)
+    ratio = mon.measure(opt).sharpness_ratio
+    for g in opt.param_groups:
+        g["lr"] *= factor / ratio
+    losses = [_gd_step(model, torch.nn.MSELoss(), data, opt) for _ in range(400)]
+    if factor < 1:
+        assert losses[-1] < losses[0]
+    else:
+        assert losses[-1] > 1e3 * losses[0]
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.Adam, torch.optim.AdamW])
+@pytest.mark.parametrize("beta1s", [(0.9, 0.0), (0.0, 0.9), (0.5, 0.9)])
+def test_adam_per_group_betas_give_the_largest_group_ratio(optimizer, beta1s):
+    # per group P_i = (1 - beta1_i^t) diag(sqrt(v_hat) + eps) and limit (2 + 2 beta1_i)/((1 - beta1_i) lr);
+    # H block-diagonal, so the ratio is max_i lambda_max(P_i^-1/2 H_ii P_i^-1/2) / limit_i
+    model, data, _ = _two_block_problem()
+    groups = [{"params": [model.a], "betas": (beta1s[0], 0.999)}, {"params": [model.b], "betas": (beta1s[1], 0.99)}]
+    opt = optimizer(groups, lr=1e-3)
+    for _ in range(3):
+        _gd_step(model, torch.nn.MSELoss(), data, opt)
+    rec = SharpnessMonitor(model, torch.nn.MSELoss(), data, progress=False, tol=1e-10).measure(opt)
+    H = dense_hessian_of_model(model, torch.nn.MSELoss(), *data).reshape(5, 5)
+    ratios = []
+    for (lo, hi), group in zip([(0, 3), (3, 5)], opt.param_groups):
+        st = opt.state[group["params"][0]]
+        beta1, beta2 = group["betas"]
+        t = float(st["step"])
+        P = (1 - beta1**t) * ((st["exp_avg_sq"] / (1 - beta2**t)).sqrt() + group["eps"])
+        s = P.rsqrt()
+        lam = torch.linalg.eigvalsh(s[:, None] * H[lo:hi, lo:hi] * s[None, :])[-1]
+        ratios.append(float(lam) * (1 - beta1) * group["lr"] / (2 + 2 * beta1))
+    assert rec.sharpness_ratio == pytest.approx(max(ratios), rel=1e-9)
+
+
+def test_measure_at_chosen_steps_without_step_calls(linear_regression):
+    # measuring in one's own loop: measure(opt) twice without step() used to record nothing the
+    # second time, silently; now it warns and names step=, and step= records each point
+    p = linear_regression
+    opt = torch.optim.SGD(p["model"].parameters(), lr=0.01)
+    mon = SharpnessMonitor(p["model"], p["loss_fn"], p["data"], progress=False)
+    assert mon.measure(opt) is not None
+    _gd_step(p["model"], p["loss_fn"], p["data"], opt)
+    with pytest.warns(UserWarning, match="pass step="):
+        assert mon.measure(opt) is None
+    for s in (5, 9):
+        assert mon.measure(opt, step=s).step == s
+    with pytest.warns(UserWarning, match="step 7 is not after the last record's step 9"):
+        assert mon.measure(opt, step=7) is None
+    assert [r.step for r in mon.records] == [0, 5, 9]
+    for bad in (-1, 2.5, "3", True):
+        with pytest.raises(ValueError, match="step must be a non-negative int"):
+            mon.measure(opt, step=bad)
+
+
+def test_resumed_log_skips_logged_steps_silently(linear_regression, tmp_path):
+    p = linear_regression
+    opt = torch.optim.SGD(p["model"].parameters(), lr=0.01)
+    with SharpnessMonitor(p["model"], p["loss_fn"], p["data"], every=2, progress=False, log_dir=str(tmp_path)) as mon:
+        mon.measure(opt)
+        for _ in range(4):
+            mon.step(opt)
+    with SharpnessMonitor(p["model"], p["loss_fn"], p["data"], every=2, progress=False, log_dir=str(tmp_path),
+                          resume=True) as mon:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert mon.measure(opt, step=0) is None  # in the resumed log: no warning
+        assert [r.step for r in mon.records] == [0, 2, 4]
+
+
+@pytest.mark.parametrize("at", [[3, 7, 8], (1,), range(0, 20, 5)])
+def test_at_measures_exactly_the_listed_steps(linear_regression, at):
+    p = linear_regression
+    opt = torch.optim.SGD(p["model"].parameters(), lr=0.01)
+    mon = SharpnessMonitor(p["model"], p["loss_fn"], p["data"], at=at, progress=False)
+    for _ in range(20):
+        mon.step(opt)
+    assert [r.step for r in mon.records] == sorted(s for s in at if 1 <= s <= 20)
+
+
+def test_log_schedule_steps(linear_regression):
+    p = linear_regression
+    opt = torch.optim.SGD(p["model"].parameters(), lr=0.01)
+    mon = SharpnessMonitor(p["model"], p["loss_fn"], p["data"], schedule="log", progress=False)
+    for _ in range(130):
+        mon.step(opt)
+    # by definition: the distinct values of round(10**(j/10)) up to 130
+    expected = sorted({round(10 ** (j / 10)) for j in range(30)} & set(range(1, 131)))
+    assert [r.step for r in mon.records] == expected
+    assert expected[:12] == [1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 20, 25]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"every": 5, "at": [1]}, "give one of every, at and schedule"),
+    ({"at": [1], "schedule": "log"}, "give one of every, at and schedule"),
+    ({"schedule": "linear"}, "schedule must be 'log'"),
+    ({"at": [1, -2]}, "non-negative integer steps"),
+    ({"at": [1.5]}, "non-negative integer steps"),
+    ({"at": []}, "empty"),
+    ({"at": 10}, "sequence of step numbers"),
+])
+def test_schedule_options_refused(linear_regression, kwargs, match):
+    p = linear_regression
+    with pytest.raises((ValueError, TypeError), match=match):
+        SharpnessMonitor(p["model"], p["loss_fn"], p["data"], progress=False, **kwargs)

@@ -32,8 +32,11 @@ __all__ = ["SharpnessCallback"]
 class SharpnessCallback(pl.Callback):
     """Run a :class:`SharpnessMonitor` inside a Lightning ``Trainer`` (keyword arguments go to it)."""
 
-    def __init__(self, loss_fn: Any, data: Any, every: int = 50, **monitor_kwargs: Any):
+    def __init__(self, loss_fn: Any, data: Any, every: int | None = None, **monitor_kwargs: Any):
         super().__init__()
+        # every=50 unless the steps are chosen otherwise (at= or schedule= among the monitor's options)
+        if every is None and "at" not in monitor_kwargs and "schedule" not in monitor_kwargs:
+            every = 50
         self.loss_fn, self.data, self.every, self.monitor_kwargs = loss_fn, data, every, monitor_kwargs
         self.monitor: SharpnessMonitor | None = None
 

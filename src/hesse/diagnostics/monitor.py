@@ -2,7 +2,8 @@
 
 Math. Gradient descent ``θ ← θ - η ∇L(θ)`` on the quadratic model ``L(θ*+d) ≈ L* + ½ dᵀHd`` moves
 each eigen-coordinate by ``c ← (1 - η λ) c``: it is stable iff ``λ_max(H) < 2/η`` (the step-size
-limit of gradient descent on a quadratic; Nocedal & Wright 2006, sec. 3.3). With heavy-ball momentum β the limit is ``(2 + 2β)/η``.
+limit of gradient descent on a quadratic; Nocedal & Wright 2006, sec. 3.3). With heavy-ball momentum β the
+limit is ``(2 + 2β)/η``, with Nesterov's ``(2 + 2β)/((1 + 2β) η)``.
 Cohen et al. (2021, "Gradient descent on neural networks typically occurs at the edge of
 stability", ICLR) observed that full-batch GD drives ``λ_max`` up to ``2/η`` ("progressive
 sharpening") and then hovers there ("edge of stability", EoS) while the loss keeps falling
@@ -12,7 +13,10 @@ stability", arXiv:2207.14484, sec. 3) show the same for the *preconditioned shar
 ``(2 + 2β1) / ((1 - β1) η)`` (38/η for β1 = 0.9). ``P⁻¹H`` is not symmetric; we measure the
 similar symmetric operator ``P^{-1/2} H P^{-1/2}`` (same eigenvalues), built as an operator
 composition (:class:`DiagonalCongruence`), never densely. Parameter groups with different
-learning rates are handled the same way (``S = diag(η_i / η_0)`` folded into the congruence).
+learning rates, momenta or betas are handled the same way: group i's limit ``ℓ_i`` (see
+:func:`stability_limit`) enters as ``S = diag(ℓ_0 / ℓ_i)`` folded into the congruence, so that
+``λ_max(S^{1/2} H S^{1/2}) / ℓ_0`` is exact for groups whose Hessian blocks do not couple (then it
+is the largest of the groups' own ratios) and the first-order estimate otherwise.
 
 Every ``every`` steps the monitor builds a :class:`hesse.HessianOperator` at the current parameters
 on a fixed measurement set, takes ``λ_max`` with :func:`hesse.eigsh` (Krylov-Schur Lanczos)
@@ -65,13 +69,38 @@ __all__ = ["SharpnessMonitor", "SharpnessRecord", "Measurements", "StabilityBand
 _STATE_FILE = "monitor_state.pt"
 
 #: The operators a record names in ``operator``, by the optimizer kind of :func:`stability_limit`.
-_OPERATOR_NAMES = {"adam-preconditioned": "P^-1/2 H P^-1/2", "scaled": "S^1/2 H S^1/2 (per-group lr)",
+_OPERATOR_NAMES = {"adam-preconditioned": "P^-1/2 H P^-1/2", "scaled": "S^1/2 H S^1/2 (per-group limits)",
                    "hessian": "hessian"}
+
+
+#: Checks per decade of ``schedule="log"``: steps ``round(10**(j/10))``, j = 0, 1, ... (1, 2, 3, 4, 5,
+#: 6, 8, 10, 13, 16, 20, 25, 32, 40, 50, 63, 79, 100, ...), so early fast changes are sampled densely.
+_LOG_STEPS_PER_DECADE = 10
 
 
 def _positive_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+
+def _on_log_schedule(step: int) -> bool:
+    """Whether ``step`` is one of the steps ``round(10**(j/10))`` of ``schedule="log"``."""
+    if step < 1:
+        return False
+    j = _LOG_STEPS_PER_DECADE * math.log10(step)
+    return any(round(10 ** (i / _LOG_STEPS_PER_DECADE)) == step for i in (math.floor(j), math.ceil(j)))
+
+
+def _checked_steps(at: Any) -> frozenset[int]:
+    """``at`` as a set of non-negative ints (a clear error for anything else)."""
+    if isinstance(at, (str, bytes)) or not hasattr(at, "__iter__"):
+        raise TypeError(f"at must be a sequence of step numbers (e.g. [0, 10, 30]), got {type(at).__name__}.")
+    steps = list(at)
+    bad = [v for v in steps if not isinstance(v, int) or isinstance(v, bool) or v < 0]
+    if bad or not steps:
+        raise ValueError(f"at must list non-negative integer steps, got {steps!r}"
+                         + (f" ({bad[0]!r} is not one)." if bad else " (empty)."))
+    return frozenset(steps)
 
 
 @dataclass
@@ -198,24 +227,54 @@ class SharpnessRecord(Result):
 def stability_limit(optimizer: torch.optim.Optimizer) -> tuple[float, float, str]:
     """``(limit, lr, kind)`` for ``optimizer``: the value λ_max (of H, or of P⁻¹H for Adam) must stay below.
 
-    SGD: ``(2 + 2β)/η`` (β = momentum, 0 for plain GD; Nesterov treated the same). Adam/AdamW:
-    ``(2 + 2β1)/((1 - β1) η)`` (Cohen et al. 2022). Other optimizers: ``2/η`` with
-    ``kind="gd-limit"`` (their dynamics are not modeled).
+    Each parameter group is a heavy-ball iteration ``θ ← θ - α g + β (θ - θ_prev)`` on the quadratic
+    model, stable iff ``α λ < 2 + 2β`` (Polyak 1964; Goh 2017, "Why momentum really works", sec. 1):
+
+    - SGD (``momentum`` μ, ``dampening`` τ): ``α = η(1 - τ)``, ``β = μ``, limit ``(2 + 2μ)/((1 - τ) η)``;
+      with ``nesterov=True`` the limit is ``(2 + 2μ)/((1 + 2μ) η)`` (the look-ahead step adds
+      ``ημ`` more of the gradient).
+    - Adam/AdamW: ``α = η(1 - β1)`` on the preconditioned gradient, ``β = β1``, limit
+      ``(2 + 2β1)/((1 - β1) η)`` for λ of ``P⁻¹H`` (Cohen et al. 2022).
+    - Other optimizers: ``2/η`` with ``kind="gd-limit"`` (their dynamics are not modeled).
+
+    The returned limit is the first group's; groups whose limits differ (learning rates, momenta,
+    betas) are folded into the monitored operator instead (:class:`SharpnessMonitor`), so that
+    ``λ_max / limit`` is the largest of the groups' ratios.
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; "
                         "pass the optimizer your training loop steps.")
-    group = optimizer.param_groups[0]
+    for i, group in enumerate(optimizer.param_groups):
+        lr = float(group["lr"])
+        if not math.isfinite(lr) or lr < 0 or (i == 0 and lr == 0):
+            raise ValueError(f"the optimizer's learning rate must be positive and finite, got {lr!r} "
+                             f"(param group {i}).")
+    limit, kind = _group_limit(optimizer, optimizer.param_groups[0])
+    if not math.isfinite(limit):
+        raise ValueError("the optimizer's first param group never moves its parameters (dampening=1): "
+                         "its stability limit is infinite; put a group that trains first.")
+    return limit, float(optimizer.param_groups[0]["lr"]), kind
+
+
+def _group_limit(optimizer: torch.optim.Optimizer, group: dict) -> tuple[float, str]:
+    """``(limit, kind)`` of one param group (:func:`stability_limit`); ``inf`` for a group that never moves."""
     lr = float(group["lr"])
-    if not lr > 0 or not math.isfinite(lr):
-        raise ValueError(f"the optimizer's learning rate must be positive and finite, got {lr!r}.")
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         beta1 = float(group["betas"][0])
-        return (2 + 2 * beta1) / ((1 - beta1) * lr), lr, "adam-preconditioned"
-    if isinstance(optimizer, torch.optim.SGD):
-        beta = float(group.get("momentum", 0.0) or 0.0)
-        return (2 + 2 * beta) / lr, lr, "sgd" if beta == 0 else "sgd-momentum"
-    return 2 / lr, lr, "gd-limit"
+        step = lr * (1 - beta1) / (2 + 2 * beta1)
+        kind = "adam-preconditioned"
+    elif isinstance(optimizer, torch.optim.SGD):
+        mu = float(group.get("momentum", 0.0) or 0.0)
+        if mu == 0:
+            step, kind = lr / 2, "sgd"
+        elif group.get("nesterov", False):
+            step, kind = lr * (1 + 2 * mu) / (2 + 2 * mu), "sgd-nesterov"
+        else:
+            tau = float(group.get("dampening", 0.0) or 0.0)
+            step, kind = lr * (1 - tau) / (2 + 2 * mu), "sgd-momentum"
+    else:
+        step, kind = lr / 2, "gd-limit"
+    return (1 / step if step > 0 else math.inf), kind
 
 
 def sharpness_status(ratio: float, bands: StabilityBands) -> str:
@@ -243,7 +302,14 @@ class SharpnessMonitor:
     ----------
     model, loss_fn, data : as for :class:`hesse.HessianOperator`; ``data`` is the fixed
         measurement set (one batch, a pair of tensors, or a DataLoader), the same every check.
-    every : measure every ``every`` calls of :meth:`step`.
+    every : measure every ``every`` calls of :meth:`step` (10 when neither ``at`` nor ``schedule``
+        is given).
+    at : instead of ``every``, the steps to measure at (``[0, 10, 30, 100]``): :meth:`step`
+        measures when its count is in ``at``. Step 0 is before the first optimizer step; take it with
+        ``monitor.measure(optimizer)`` before training.
+    schedule : instead of ``every``, ``"log"``: measure at the steps ``round(10**(j/10))``
+        (1, 2, 3, 4, 5, 6, 8, 10, 13, ..., 79, 100, 126, ...), ten per decade, dense where early
+        training changes fast.
     measurements : :class:`Measurements`, what each check measures (``k``, ``negative``, ``trace``,
         ``density``, ``tol``, ``trace_matvecs``, ``density_probes``, ``density_steps``, ``seed``,
         ``max_matvecs``).
@@ -269,7 +335,8 @@ class SharpnessMonitor:
     measures now (e.g. before training, at step 0).
     """
 
-    def __init__(self, model: torch.nn.Module, loss_fn: Any = None, data: Any = None, every: int = 10, *,
+    def __init__(self, model: torch.nn.Module, loss_fn: Any = None, data: Any = None, every: int | None = None, *,
+                 at: Any = None, schedule: str | None = None,
                  measurements: Measurements | None = None, bands: StabilityBands | None = None,
                  logging: LogOptions | None = None, params: Any = None, forward: Any = None,
                  batch_loss: Any = None, batch_size: Any = None, dtype: torch.dtype | None = None,
@@ -280,13 +347,23 @@ class SharpnessMonitor:
         if data is None:
             raise TypeError("data is required: the fixed measurement set (a batch, a pair of tensors or a "
                             "DataLoader), the same at every check.")
-        _positive_int("every", every)
+        given = [name for name, value in (("every", every), ("at", at), ("schedule", schedule)) if value is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of every, at and schedule (they say when to measure), got {' and '.join(given)}.")
+        if every is not None:
+            _positive_int("every", every)
+        if schedule is not None and schedule != "log":
+            raise ValueError(f"schedule must be 'log', got {schedule!r}; for evenly spaced checks pass every=N.")
+        self.at: frozenset[int] | None = None if at is None else _checked_steps(at)
+        self.schedule = schedule
+        every = 10 if not given else every
         configs = _with_options({"measurements": measurements, "bands": bands, "logging": logging}, options)
         self.measurements: Measurements = configs["measurements"]
         self.bands: StabilityBands = configs["bands"]
         self.logging: LogOptions = configs["logging"]
         self.model, self.loss_fn, self.data, self.params = model, loss_fn, read_once(data), params
-        self.every = every
+        self.every: int | None = every
+        self._restored_steps: frozenset[int] = frozenset()  # steps measured before a resume
         self.records: list[SharpnessRecord] = []
         self.densities: list[tuple[int, Any]] = []
         self.num_steps = 0  # calls of step() so far (= optimizer steps taken)
@@ -307,22 +384,38 @@ class SharpnessMonitor:
         return self.records[-1] if self.records else None
 
     def step(self, optimizer: torch.optim.Optimizer) -> SharpnessRecord | None:
-        """Count one optimizer step; measure when ``num_steps % every == 0``. Returns the record or None."""
+        """Count one optimizer step; measure when the count is due (``every``, ``at`` or ``schedule``).
+
+        Returns the record or None. A step already in a resumed log is not measured again.
+        """
         stability_limit(optimizer)  # validate early, every call
         self.num_steps += 1
-        if self.num_steps % self.every != 0:
+        if not self._due(self.num_steps):
             return None
+        if self.records and self.num_steps <= self.records[-1].step:
+            return None  # a resumed run replaying steps it has logged
         return self.measure(optimizer, step=self.num_steps)
 
     def measure(self, optimizer: torch.optim.Optimizer | None = None, step: int | None = None,
                 lr: float | None = None) -> SharpnessRecord | None:
         """Measure at the current parameters now. ``lr`` instead of ``optimizer`` gives the GD limit 2/lr.
 
-        Returns None (and measures nothing) when ``step`` is already in a resumed log.
+        ``step`` labels the record (default: the number of :meth:`step` calls so far); when measuring
+        at chosen points of your own loop, pass it (``measure(opt, step=s)``). Records must come in
+        increasing steps: a step at or before the last record's is not measured and returns None,
+        silently for a step a resumed log already holds and with a ``UserWarning`` otherwise.
         """
+        if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
+            raise ValueError(f"step must be a non-negative int, got {step!r}.")
+        explicit = step is not None
         step = self.num_steps if step is None else int(step)
         if self.records and step <= self.records[-1].step:
-            return None  # already measured (resumed run replaying steps)
+            if step not in self._restored_steps:
+                hint = ("" if explicit else " measure() without step= labels a record with the number of "
+                        "step() calls so far; pass step= when measuring at points of your own loop.")
+                warnings.warn(f"SharpnessMonitor.measure: nothing measured, step {step} is not after the last "
+                              f"record's step {self.records[-1].step}.{hint}", UserWarning, stacklevel=2)
+            return None
         limit, lr, kind = self._limit(optimizer, lr)
         H = self._hessian(step)
         loss, grad_norm = float(H.loss), float(H.gradient.norm())
@@ -396,11 +489,21 @@ class SharpnessMonitor:
 
     def __repr__(self) -> str:
         m = self.measurements
-        return (f"SharpnessMonitor(every={self.every}, k={m.k}, negative={m.negative}, "
+        when = (f"at={sorted(self.at)}" if self.at is not None else
+                f"schedule={self.schedule!r}" if self.schedule is not None else f"every={self.every}")
+        return (f"SharpnessMonitor({when}, k={m.k}, negative={m.negative}, "
                 f"trace={m.trace}, density={m.density}, records={len(self.records)}, "
                 f"log_dir={self.log_dir!r})")
 
     # ------------------------------------------------------------------ internals
+    def _due(self, step: int) -> bool:
+        """Whether :meth:`step` measures at ``step`` (the ``every`` / ``at`` / ``schedule`` option)."""
+        if self.at is not None:
+            return step in self.at
+        if self.schedule == "log":
+            return _on_log_schedule(step)
+        return self.every is not None and step % self.every == 0
+
     def _limit(self, optimizer: torch.optim.Optimizer | None, lr: float | None) -> tuple[float, float, str]:
         """``(limit, lr, kind)`` from the optimizer, or the GD limit ``2/lr`` without one."""
         if optimizer is None:
@@ -480,7 +583,7 @@ class SharpnessMonitor:
         """H itself, or D^{1/2} H D^{1/2} for Adam / per-group learning rates (module docs)."""
         if optimizer is None:
             return H
-        lr0 = float(optimizer.param_groups[0]["lr"])
+        limit0 = _group_limit(optimizer, optimizer.param_groups[0])[0]
         named = dict(self.model.named_parameters())
         owner: dict[int, dict] = {}
         for group in optimizer.param_groups:
@@ -494,7 +597,9 @@ class SharpnessMonitor:
                 pieces.append(torch.zeros(p.numel(), dtype=H.dtype, device=H.device))
                 uniform = False  # not trained by this optimizer: it does not move
                 continue
-            scale = float(group["lr"]) / lr0
+            # the group's limit in units of the first group's: its coordinates count limit0/limit_i
+            # times as much, so λ_max of the scaled operator is judged against one limit
+            scale = limit0 / _group_limit(optimizer, group)[0]
             if kind == "adam-preconditioned":
                 state = optimizer.state.get(p, {})
                 if "exp_avg_sq" not in state:  # never updated (no gradient yet): it does not move
@@ -543,6 +648,7 @@ class SharpnessMonitor:
         elif self.records:
             self.num_steps = self.records[-1].step
         self.densities.extend(_read_densities(os.path.join(log_dir, "density.jsonl")))
+        self._restored_steps = frozenset(r.step for r in self.records)
 
 
 def _read_densities(path: str) -> list[tuple[int, SpectralDensity]]:
