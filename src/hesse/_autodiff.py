@@ -24,6 +24,7 @@ from ._memory import guard_bytes, guard_dense
 from ._result import Result
 from ._validation import (
     as_point,
+    call_torch_function,
     check_callable,
     check_connected,
     check_finite,
@@ -65,12 +66,12 @@ def _scalar_fn(
 
     def wrapped(x: torch.Tensor) -> torch.Tensor:
         if not require_connected:
-            return check_scalar_output(f(x))
+            return check_scalar_output(call_torch_function(f, x))
         try:
-            out = f(x)
+            out = call_torch_function(f, x)
         except RuntimeError as err:
-            # .numpy() (and anything else reading raw memory) fails on torch.func's wrapped
-            # tensors with this message: f leaves torch, so it cannot be differentiated
+            # x.detach().numpy() (and anything else reading raw memory) fails on torch.func's
+            # wrapped tensors with this message: f leaves the graph, so it cannot be differentiated
             if "data pointer" in str(err) or "doesn't have storage" in str(err):
                 raise disconnected_error() from None
             raise

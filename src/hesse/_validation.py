@@ -148,6 +148,41 @@ def disconnected_error(fname: str = "f", argument: str = "x") -> ValueError:
     )
 
 
+# what torch raises when a function hands its tensor argument (one that requires grad, or a
+# torch.func transform's) to NumPy without detaching it first; x.detach().numpy() instead fails
+# inside transforms on the missing data pointer, and outside them gives a disconnected output
+_LEFT_TORCH_MESSAGES = ("numpy() on tensor that requires grad",)
+
+
+def left_torch_error(err: BaseException, fname: str = "f", argument: str = "x") -> TypeError | None:
+    """The error to raise instead of ``err`` when ``err`` says ``fname`` passed its tensor
+    argument to NumPy (``np.asarray(x)``, a NumPy function such as ``scipy.optimize.rosen``);
+    None for any other error. torch's own advice (``.detach().numpy()``) would disconnect the
+    output from the autograd graph, so it is replaced by how to write the function instead."""
+    if not isinstance(err, RuntimeError) or not any(m in str(err).lower() for m in _LEFT_TORCH_MESSAGES):
+        return None
+    return TypeError(
+        f"{fname}({argument}) converts the tensor {argument} to NumPy (np.asarray, a NumPy or "
+        f"scipy function such as scipy.optimize.rosen): hesse differentiates {fname} by autograd, "
+        f"which only sees torch operations. Write {fname} with torch operations on {argument}, e.g. "
+        f"Rosenbrock as lambda x: (100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2).sum() "
+        f"(torch.sin, torch.exp, x @ A for np.sin, np.exp, A.dot(x)); for a function that must "
+        f"stay in NumPy use scipy.optimize."
+    )
+
+
+def call_torch_function(f: Callable, x: torch.Tensor, fname: str = "f", argument: str = "x") -> Any:
+    """``f(x)``, with an error that says how to write ``f`` when ``f`` leaves torch for NumPy
+    (see :func:`left_torch_error`)."""
+    try:
+        return f(x)
+    except RuntimeError as err:
+        better = left_torch_error(err, fname, argument)
+        if better is not None:
+            raise better from None
+        raise
+
+
 def check_connected(f: Callable, x: torch.Tensor, fname: str = "f") -> torch.Tensor:
     """Evaluate ``f(x)`` once with plain autograd and refuse an output not connected to ``x``.
 
@@ -158,7 +193,7 @@ def check_connected(f: Callable, x: torch.Tensor, fname: str = "f") -> torch.Ten
     """
     xr = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        out = f(xr)
+        out = call_torch_function(f, xr, fname)
     if not isinstance(out, torch.Tensor) or not out.is_floating_point():
         return out
     if not out.requires_grad:

@@ -16,7 +16,7 @@ import torch
 
 from hesse._autodiff import hessian
 from hesse._progress import Progress
-from hesse._validation import check_scalar_output, disconnected_error
+from hesse._validation import call_torch_function, check_scalar_output, disconnected_error
 from hesse.operators import HessianOperator
 from hesse.spectrum import eigsh
 
@@ -166,7 +166,7 @@ class Objective:
         return g
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
-        return check_scalar_output(self.f_user(x.reshape(self.shape)))
+        return check_scalar_output(call_torch_function(self.f_user, x.reshape(self.shape)))
 
     def flat(self, x: torch.Tensor) -> torch.Tensor:
         return self._call(x)
@@ -235,6 +235,7 @@ class Run:
         self.hessian: torch.Tensor | None = None  # the dense Hessian at x, when the method has it
         self.f0 = math.nan
         self.x0_norm = self.x_norm = 0.0
+        self.callback_detail = "the callback asked to stop"
 
     def _record(self, x, f, gnorm, step):
         h = self.history
@@ -261,10 +262,8 @@ class Run:
         self.nit += 1
         self._record(x_new, f_new, gnorm, step_norm)
         self.bar.update(1, info=f"f={f_new:.4g} |g|={gnorm:.2e}")
-        if self.callback is not None:
-            # a copy, as scipy passes: a callback that changes its argument must not move the run
-            if self.callback(x_new.detach().reshape(self.obj.shape).clone(), f_new, gnorm) is True:
-                return CALLBACK
+        if self.callback is not None and self._call_back(x_new, f_new, gnorm):
+            return CALLBACK
         if gnorm <= self.gtol:
             return CONVERGED
         self.x_norm = float(x_new.norm()) if x_norm is None else x_norm
@@ -281,6 +280,38 @@ class Run:
         if self.max_time is not None and time.perf_counter() - self.t0 >= self.max_time:
             return MAX_TIME
         return None
+
+    def _call_back(self, x, f: float, gnorm: float) -> bool:
+        """Call the callback on an accepted iterate; True when it asks to stop: by returning
+        True (hesse) or by raising ``StopIteration`` (scipy's way). A callback marked
+        ``wants_result`` (scipy's ``callback(intermediate_result)``) gets an
+        :class:`OptimizeResult` of the iterate (status -1: in progress) instead of
+        ``(x, f, grad_norm)``."""
+        # a copy, as scipy passes: a callback that changes its argument must not move the run
+        x = x.detach().reshape(self.obj.shape).clone()
+        try:
+            if getattr(self.callback, "wants_result", False):
+                answer = self.callback(self.intermediate_result(x, f, gnorm))
+            else:
+                answer = self.callback(x, f, gnorm)
+        except StopIteration:
+            self.callback_detail = f"the callback raised StopIteration at iteration {self.nit}"
+            return True
+        if answer is True:
+            self.callback_detail = f"the callback returned True at iteration {self.nit}"
+            return True
+        return False
+
+    def intermediate_result(self, x, f: float, gnorm: float) -> OptimizeResult:
+        """The iterate so far as a result record (scipy's ``intermediate_result``): ``x``,
+        ``fun``, ``grad_norm``, the counts; ``status`` -1 and ``success`` False (not finished)."""
+        obj = self.obj
+        return OptimizeResult(
+            x=x.clone(), fun=float(f), jac=None, grad_norm=gnorm, nit=self.nit, nfev=obj.nfev,
+            njev=obj.njev, nhev=obj.nhev, num_matvecs=obj.num_matvecs, success=False, status=-1,
+            message=f"in progress: iteration {self.nit}", method=self.method,
+            wall_time=time.perf_counter() - self.t0, history=self.history,
+        )
 
     def smallest_eigenvalue(self, x: torch.Tensor) -> tuple[float, float, str]:
         """``(lambda_min, scale, how)`` of the Hessian at ``x``: dense ``eigvalsh`` for ``n <= 500``
@@ -362,6 +393,8 @@ class Run:
             detail = f"||g||={gnorm:.2e} > gtol when max_time={self.max_time}s ran out"
         elif status == STALLED and not detail:
             detail = f"ftol/xtol test met with ||g||={gnorm:.2e} > gtol={self.gtol:g}; not a verified minimum"
+        elif status == CALLBACK and not detail:
+            detail = f"{self.callback_detail}; x is that iterate (||g||={gnorm:.2e})"
         elif status == NONFINITE and not detail:
             detail = "f returned NaN/Inf even after shrinking the step; x is the last finite iterate"
         message = STATUS_NAMES[status] + (f": {detail}" if detail else "")

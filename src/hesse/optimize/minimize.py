@@ -212,8 +212,12 @@ def minimize(
         ``|f_k - f_{k+1}| <= ftol * max(1, |f_{k+1}|)``; 0 turns it off.
     xtol : stop (status 3) when ``||x_{k+1} - x_k|| <= xtol * (1 + ||x_{k+1}||)``; 0 turns it off.
     max_iter, max_time : iteration and wall-clock (seconds) budgets.
-    callback : ``callback(x, f, grad_norm)`` after every iteration (or scipy's ``callback(xk)``,
-        recognised by its single parameter); returning True stops (status 7).
+    callback : ``callback(x, f, grad_norm)`` after every iteration, or scipy's forms (told apart
+        by the signature): ``callback(intermediate_result)`` (a single parameter of that name)
+        gets an ``OptimizeResult`` of the iterate (``x``, ``fun``, ``grad_norm``, the counts;
+        ``status`` -1), any other single parameter gets ``x`` only. Returning True or raising
+        ``StopIteration`` (scipy's way) stops the run with a result: status 7 (scipy's 99),
+        ``success`` False, ``x`` the iterate the callback saw.
     history : keep values, gradient norms, step sizes (and iterates when ``n <= 10^4``).
     progress : show a progress line on stderr.
     check_curvature : for methods without the Hessian at hand, check the smallest Hessian
@@ -310,13 +314,17 @@ def _settings_and_options(spec: MethodSpec, keywords: dict[str, Any], options: d
 
 
 def _adapt_callback(callback: Callable) -> Callable:
-    """Accept scipy's ``callback(xk)`` as well as hesse's ``callback(x, f, grad_norm)``: a
-    callback that takes exactly one positional argument gets the iterate only."""
+    """Accept scipy's two callback forms as well as hesse's ``callback(x, f, grad_norm)``,
+    told apart by the signature before the run: a single parameter named
+    ``intermediate_result`` gets an :class:`OptimizeResult` of the iterate (scipy >= 1.11),
+    any other single positional parameter gets the iterate only (scipy's ``callback(xk)``)."""
     try:
         params = list(inspect.signature(callback).parameters.values())
     except (TypeError, ValueError):
         return callback
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if [p.name for p in params] == ["intermediate_result"]:
+        return _ResultCallback(callback)
     if any(p.kind == p.VAR_POSITIONAL for p in params) or len(positional) != 1:
         return callback
 
@@ -324,6 +332,19 @@ def _adapt_callback(callback: Callable) -> Callable:
         return callback(x)
 
     return scipy_style
+
+
+class _ResultCallback:
+    """scipy's ``callback(intermediate_result)``: :class:`hesse.optimize._core.Run` passes it
+    an :class:`OptimizeResult` of the current iterate (it reads ``wants_result``)."""
+
+    wants_result = True
+
+    def __init__(self, callback: Callable):
+        self.callback = callback
+
+    def __call__(self, intermediate_result: OptimizeResult) -> Any:
+        return self.callback(intermediate_result=intermediate_result)
 
 
 def _with_args(f: Callable, args: tuple) -> Callable[[torch.Tensor], torch.Tensor]:
