@@ -35,6 +35,7 @@ from .geometry import (
 from .operators import (
     CurvatureOperator,
     DenseOperator,
+    EKFACOperator,
     FisherOperator,
     GGNOperator,
     HessianOperator,
@@ -77,6 +78,7 @@ __all__ = [
     "GGNOperator",
     "FisherOperator",
     "KFACOperator",
+    "EKFACOperator",
     "solve",
     "LinearSolveResult",
     # spectra

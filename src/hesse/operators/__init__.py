@@ -2,6 +2,7 @@
 
 from .base import CurvatureOperator
 from .composition import DenseOperator, ScaledOperator, ShiftedOperator, SumOperator
+from .ekfac import EKFACInverseOperator, EKFACOperator
 from .fisher import FisherOperator
 from .ggn import GGNOperator
 from .hessian import FunctionHessianOperator, HessianOperator
@@ -24,6 +25,8 @@ __all__ = [
     "CGState",
     "CurvatureOperator",
     "DenseOperator",
+    "EKFACInverseOperator",
+    "EKFACOperator",
     "FisherOperator",
     "FunctionHessianOperator",
     "GGNOperator",
