@@ -13,7 +13,7 @@ the process-group helpers in ``hesse.distributed`` (``torchrun_session``, ``init
 ``hesse.plot``.
 """
 
-from . import diagnostics, distributed, geometry, operators, optimize, spectrum  # noqa: F401
+from . import diagnostics, distributed, geometry, laplace, operators, optimize, spectrum  # noqa: F401
 from ._autodiff import HessianCheck, check_hessian, gradient, hessian, hvp, jacobian
 from .diagnostics import (
     LandscapeResult,
@@ -43,6 +43,7 @@ from .operators import (
     LinearSolveResult,
     solve,
 )
+from .laplace import Laplace, MarginalLikelihoodFit
 from .optimize import OptimizeHistory, OptimizeResult, least_squares, minimize
 from .spectrum import (
     DiagonalEstimate,
@@ -110,6 +111,9 @@ __all__ = [
     "least_squares",
     "OptimizeResult",
     "OptimizeHistory",
+    # Laplace approximations
+    "Laplace",
+    "MarginalLikelihoodFit",
     # training diagnostics
     "SharpnessMonitor",
     "SharpnessRecord",

@@ -7,6 +7,7 @@ from .fisher import FisherOperator
 from .ggn import GGNOperator
 from .hessian import FunctionHessianOperator, HessianOperator
 from .kfac import KFACOperator
+from .per_sample import ggn_diagonal
 from .solve import (
     CGState,
     LinearSolveResult,
@@ -44,5 +45,6 @@ __all__ = [
     "SumOperator",
     "TrustRegion",
     "conjugate_gradient",
+    "ggn_diagonal",
     "solve",
 ]

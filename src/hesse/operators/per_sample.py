@@ -20,17 +20,19 @@ BatchNorm must be in eval mode, as hesse evaluates by default).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch import nn
 from torch.func import grad, vmap
 from torch.utils._pytree import tree_map
 
 from .evaluation import ModelLoss
-from .kfac import _hessian_sqrt_columns
+from .fisher import LIKELIHOOD_LOSSES
+from .kfac import _check_loss_options, _hessian_sqrt_columns
 
-__all__ = ["curvature_roots", "per_sample_gradients"]
+__all__ = ["curvature_roots", "ggn_diagonal", "per_sample_gradients"]
 
 ROOT_KINDS = ("type2", "empirical")
 
@@ -85,3 +87,33 @@ def curvature_roots(problem: ModelLoss, kind: str) -> Iterator[tuple[float, torc
                 zz = z.clone().requires_grad_(True)
                 u = torch.autograd.grad(problem.loss_fn(zz, y), zz)[0]
                 yield batch_weight ** 2, per_sample_gradients(problem, params, x, u)
+
+
+def ggn_diagonal(model: nn.Module, loss_fn: Callable, data: Any, params: Any = None, *,
+                 kind: str = "type2") -> torch.Tensor:
+    """The exact diagonal of the GGN (``kind="type2"``) or empirical Fisher (``"empirical"``) of
+    ``loss_fn(model(x), y)`` over ``data``, in the order of ``model.parameters()``.
+
+    ``diag G = (1/N) Σ_b ω_b Σ_i Σ_m (J_iᵀ s_{m,i})²`` (squares elementwise; see the module
+    docstring): the loss Hessian's square-root columns backpropagated per sample, BackPACK's
+    ``DiagGGNExact`` (Dangel, Kunstner & Hennig 2020, §2). Cost: ``C`` per-sample backward passes
+    per batch (``C`` outputs per sample), one for ``"empirical"``; no ``n x n`` matrix. Losses for
+    ``"type2"``: ``nn.CrossEntropyLoss``, ``nn.MSELoss``, ``nn.BCEWithLogitsLoss``.
+    """
+    if kind not in ROOT_KINDS:
+        raise ValueError(f"kind must be one of {ROOT_KINDS}, got {kind!r}.")
+    if kind == "type2" and not isinstance(loss_fn, LIKELIHOOD_LOSSES):
+        raise ValueError(f"the GGN's diagonal needs the loss's Hessian, which hesse knows for "
+                         f"{', '.join(c.__name__ for c in LIKELIHOOD_LOSSES)}; got "
+                         f"{type(loss_fn).__name__}. Use kind='empirical' or "
+                         f"hesse.diagonal(GGNOperator(...)) (stochastic).")
+    _check_loss_options(loss_fn)
+    problem = ModelLoss(model, loss_fn, data, params)
+    total = torch.zeros(problem.n, dtype=problem.dtype, device=problem.device)
+    with torch.enable_grad():
+        for weight, rows in curvature_roots(problem, kind):
+            total += weight * rows.square().sum(0)
+    num = sum(nb for _, _, _, nb in problem.batches())
+    if num == 0:
+        raise ValueError("the data set is empty: no batch with samples was found.")
+    return total / num
