@@ -217,6 +217,7 @@ def test_cli_reference_renders_every_subcommand():
 
 
 @pytest.mark.parametrize("package", ["operators", "spectrum", "geometry", "optimize", "optim", "laplace",
+                                     "influence",
                                      "diagnostics", "distributed", "plot", "testing"])
 def test_api_page_lists_every_public_name(package):
     """Each subpackage has a reference page; a public name that shares its name with a submodule

@@ -13,7 +13,16 @@ the process-group helpers in ``hesse.distributed`` (``torchrun_session``, ``init
 ``hesse.plot``.
 """
 
-from . import diagnostics, distributed, geometry, laplace, operators, optimize, spectrum  # noqa: F401
+from . import (  # noqa: F401
+    diagnostics,
+    distributed,
+    geometry,
+    influence,
+    laplace,
+    operators,
+    optimize,
+    spectrum,
+)
 from ._autodiff import HessianCheck, check_hessian, gradient, hessian, hvp, jacobian
 from .diagnostics import (
     LandscapeResult,
@@ -43,6 +52,7 @@ from .operators import (
     LinearSolveResult,
     solve,
 )
+from .influence import Influence
 from .laplace import Laplace, MarginalLikelihoodFit
 from .optimize import OptimizeHistory, OptimizeResult, least_squares, minimize
 from .spectrum import (
@@ -114,6 +124,8 @@ __all__ = [
     # Laplace approximations
     "Laplace",
     "MarginalLikelihoodFit",
+    # influence functions
+    "Influence",
     # training diagnostics
     "SharpnessMonitor",
     "SharpnessRecord",
