@@ -41,6 +41,8 @@ from .geometry import (
     definiteness,
     taylor,
 )
+from .influence import Influence
+from .laplace import Laplace, MarginalLikelihoodFit
 from .operators import (
     CurvatureOperator,
     DenseOperator,
@@ -52,8 +54,6 @@ from .operators import (
     LinearSolveResult,
     solve,
 )
-from .influence import Influence
-from .laplace import Laplace, MarginalLikelihoodFit
 from .optimize import OptimizeHistory, OptimizeResult, least_squares, minimize
 from .spectrum import (
     DiagonalEstimate,
