@@ -216,7 +216,8 @@ def test_cli_reference_renders_every_subcommand():
     assert "--model FILE.py:FACTORY" in text and "--x0" in text
 
 
-@pytest.mark.parametrize("package", ["operators", "spectrum", "geometry", "optimize", "optim",
+@pytest.mark.parametrize("package", ["operators", "spectrum", "geometry", "optimize", "optim", "laplace",
+                                     "influence",
                                      "diagnostics", "distributed", "plot", "testing"])
 def test_api_page_lists_every_public_name(package):
     """Each subpackage has a reference page; a public name that shares its name with a submodule

@@ -18,7 +18,7 @@ LAYER = {
     "_autodiff": 0, "_validation": 0, "_memory": 0, "_progress": 0, "_result": 0, "_linalg": 0,
     "_blocks": 0,
     "distributed": 1, "operators": 2,
-    "spectrum": 3, "geometry": 3, "optimize": 3, "optim": 3,
+    "spectrum": 3, "geometry": 3, "optimize": 3, "optim": 3, "laplace": 3, "influence": 3,
     "diagnostics": 4, "demo_models": 4, "testing": 4,
     "plot": 5, "cli": 6,
 }

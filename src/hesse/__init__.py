@@ -13,7 +13,16 @@ the process-group helpers in ``hesse.distributed`` (``torchrun_session``, ``init
 ``hesse.plot``.
 """
 
-from . import diagnostics, distributed, geometry, operators, optimize, spectrum  # noqa: F401
+from . import (  # noqa: F401
+    diagnostics,
+    distributed,
+    geometry,
+    influence,
+    laplace,
+    operators,
+    optimize,
+    spectrum,
+)
 from ._autodiff import HessianCheck, check_hessian, gradient, hessian, hvp, jacobian
 from .diagnostics import (
     LandscapeResult,
@@ -33,9 +42,12 @@ from .geometry import (
     definiteness,
     taylor,
 )
+from .influence import Influence
+from .laplace import Laplace, MarginalLikelihoodFit
 from .operators import (
     CurvatureOperator,
     DenseOperator,
+    EKFACOperator,
     FisherOperator,
     GGNOperator,
     HessianOperator,
@@ -80,6 +92,7 @@ __all__ = [
     "GGNOperator",
     "FisherOperator",
     "KFACOperator",
+    "EKFACOperator",
     "solve",
     "LinearSolveResult",
     # spectra
@@ -113,6 +126,11 @@ __all__ = [
     "least_squares",
     "OptimizeResult",
     "OptimizeHistory",
+    # Laplace approximations
+    "Laplace",
+    "MarginalLikelihoodFit",
+    # influence functions
+    "Influence",
     # training diagnostics
     "SharpnessMonitor",
     "SharpnessRecord",

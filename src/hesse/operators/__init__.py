@@ -2,10 +2,12 @@
 
 from .base import CurvatureOperator
 from .composition import DenseOperator, ScaledOperator, ShiftedOperator, SumOperator
+from .ekfac import EKFACInverseOperator, EKFACOperator
 from .fisher import FisherOperator
 from .ggn import GGNOperator
 from .hessian import FunctionHessianOperator, HessianOperator
 from .kfac import KFACOperator
+from .per_sample import ggn_diagonal
 from .solve import (
     CGState,
     LinearSolveResult,
@@ -24,6 +26,8 @@ __all__ = [
     "CGState",
     "CurvatureOperator",
     "DenseOperator",
+    "EKFACInverseOperator",
+    "EKFACOperator",
     "FisherOperator",
     "FunctionHessianOperator",
     "GGNOperator",
@@ -41,5 +45,6 @@ __all__ = [
     "SumOperator",
     "TrustRegion",
     "conjugate_gradient",
+    "ggn_diagonal",
     "solve",
 ]

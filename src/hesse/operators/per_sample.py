@@ -1,0 +1,119 @@
+"""Per-sample gradients and per-sample square roots of the GGN and empirical Fisher.
+
+With outputs ``z_i = model(x_i; θ)`` and the loss ``L(θ) = Σ_b w_b L_b(z_b)`` of the other
+operators (``w_b = n_b/N`` for ``reduction="mean"``, ``1/N`` for ``"sum"``), both matrices are sums
+of outer products of per-sample vectors ``J_iᵀ u_i`` (``J_i = ∂z_i/∂θ``):
+
+* GGN: ``G = Σ_b w_b Σ_i Σ_m (J_iᵀ s_{m,i})(J_iᵀ s_{m,i})ᵀ``, with ``∇²_z L_b = Σ_m S_m S_mᵀ``
+  block-diagonal over samples and ``s_{m,i}`` sample ``i``'s part of the column ``S_m``
+  (the loss Hessian's square root that K-FAC's type-2 factor backpropagates; Dangel, Kunstner &
+  Hennig 2020, "BackPACK", §2, ``DiagGGNExact``). ``C`` columns per sample, ``C`` its outputs.
+* empirical Fisher: ``F = (1/N) Σ_i g_i g_iᵀ`` with the per-sample gradients
+  ``g_i = c_b J_iᵀ ∂L_b/∂z_i`` (``c_b = n_b`` for ``"mean"``, 1 for ``"sum"``), the definition of
+  :class:`FisherOperator` ``kind="empirical"``.
+
+:func:`curvature_roots` yields, per batch and column, the ``(n_b, n)`` matrix ``R`` of these
+vectors and the weight ``ω`` with ``matrix = (1/N) Σ ω RᵀR``; :func:`per_sample_gradients` is the
+one ``vmap``-ed vector-Jacobian product behind them (one sample at a time through the model, so
+BatchNorm must be in eval mode, as hesse evaluates by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import grad, vmap
+from torch.utils._pytree import tree_map
+
+from .evaluation import ModelLoss
+from .fisher import LIKELIHOOD_LOSSES
+from .kfac import _check_loss_options, _hessian_sqrt_columns
+
+__all__ = ["curvature_roots", "ggn_diagonal", "per_sample_gradients"]
+
+ROOT_KINDS = ("type2", "empirical")
+
+
+def per_sample_gradients(problem: ModelLoss, params: tuple[torch.Tensor, ...], inputs: Any,
+                         cotangent: torch.Tensor) -> torch.Tensor:
+    """``(n_b, n)`` rows ``J_iᵀ u_i`` for each sample ``i`` of a batch: the gradient of
+    ``⟨model(x_i; θ), u_i⟩`` with ``u = cotangent`` shaped like the batch's outputs."""
+
+    def one(x_i, u_i):
+        def inner(theta):
+            z = problem.forward(theta, tree_map(lambda t: t.unsqueeze(0), x_i))
+            return (z * u_i.unsqueeze(0)).sum()
+
+        return grad(inner)(params)
+
+    try:
+        parts = vmap(one)(inputs, cotangent)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"per-sample gradients need a model that maps each sample on its own "
+                         f"(vmap over the batch dimension of the inputs); this one does not "
+                         f"({type(err).__name__}: {str(err).splitlines()[0]}). BatchNorm must be "
+                         f"in eval mode (bn_mode='eval').") from err
+    nb = cotangent.shape[0]
+    return torch.cat([g.reshape(nb, -1) for g in parts], dim=1)
+
+
+def curvature_roots(problem: ModelLoss, kind: str) -> Iterator[tuple[float, torch.Tensor]]:
+    """Yield ``(ω, R)`` with ``matrix = (1/N) Σ ω RᵀR`` over the data (see the module docstring):
+    ``kind="type2"`` the GGN (``C`` matrices per batch), ``"empirical"`` the empirical Fisher (one
+    per batch). ``problem.loss_fn`` must be a likelihood loss for ``"type2"`` (the caller
+    checks)."""
+    if kind not in ROOT_KINDS:
+        raise ValueError(f"kind must be one of {ROOT_KINDS}, got {kind!r}.")
+    for index, x, y, nb in problem.batches():
+        if nb == 0:
+            continue
+        if not isinstance(x, torch.Tensor) and not isinstance(x, (tuple, list, dict)):
+            raise TypeError(f"per-sample gradients need tensor inputs; batch {index} has "
+                            f"{type(x).__name__}.")
+        params = tuple(q.detach() for q in problem.params)
+        batch_weight = float(nb) if problem.reduction == "mean" else 1.0
+        with problem.mode():
+            z = problem.forward(params, x).detach()
+            if z.ndim == 0 or z.shape[0] != nb:
+                raise ValueError(f"per-sample curvature needs outputs with the batch's {nb} samples "
+                                 f"on dimension 0; got outputs of shape {tuple(z.shape)}.")
+            if kind == "type2":
+                for column in _hessian_sqrt_columns(problem.loss_fn, z, y, problem.reduction):
+                    yield batch_weight, per_sample_gradients(problem, params, x, column)
+            else:
+                zz = z.clone().requires_grad_(True)
+                u = torch.autograd.grad(problem.loss_fn(zz, y), zz)[0]
+                yield batch_weight ** 2, per_sample_gradients(problem, params, x, u)
+
+
+def ggn_diagonal(model: nn.Module, loss_fn: Callable, data: Any, params: Any = None, *,
+                 kind: str = "type2") -> torch.Tensor:
+    """The exact diagonal of the GGN (``kind="type2"``) or empirical Fisher (``"empirical"``) of
+    ``loss_fn(model(x), y)`` over ``data``, in the order of ``model.parameters()``.
+
+    ``diag G = (1/N) Σ_b ω_b Σ_i Σ_m (J_iᵀ s_{m,i})²`` (squares elementwise; see the module
+    docstring): the loss Hessian's square-root columns backpropagated per sample, BackPACK's
+    ``DiagGGNExact`` (Dangel, Kunstner & Hennig 2020, §2). Cost: ``C`` per-sample backward passes
+    per batch (``C`` outputs per sample), one for ``"empirical"``; no ``n x n`` matrix. Losses for
+    ``"type2"``: ``nn.CrossEntropyLoss``, ``nn.MSELoss``, ``nn.BCEWithLogitsLoss``.
+    """
+    if kind not in ROOT_KINDS:
+        raise ValueError(f"kind must be one of {ROOT_KINDS}, got {kind!r}.")
+    if kind == "type2" and not isinstance(loss_fn, LIKELIHOOD_LOSSES):
+        raise ValueError(f"the GGN's diagonal needs the loss's Hessian, which hesse knows for "
+                         f"{', '.join(c.__name__ for c in LIKELIHOOD_LOSSES)}; got "
+                         f"{type(loss_fn).__name__}. Use kind='empirical' or "
+                         f"hesse.diagonal(GGNOperator(...)) (stochastic).")
+    _check_loss_options(loss_fn)
+    problem = ModelLoss(model, loss_fn, data, params)
+    total = torch.zeros(problem.n, dtype=problem.dtype, device=problem.device)
+    with torch.enable_grad():
+        for weight, rows in curvature_roots(problem, kind):
+            total += weight * rows.square().sum(0)
+    num = sum(nb for _, _, _, nb in problem.batches())
+    if num == 0:
+        raise ValueError("the data set is empty: no batch with samples was found.")
+    return total / num
