@@ -29,8 +29,7 @@ from torch.func import grad, vmap
 from torch.utils._pytree import tree_map
 
 from .evaluation import ModelLoss
-from .fisher import LIKELIHOOD_LOSSES
-from .kfac import _check_loss_options, _hessian_sqrt_columns
+from .likelihoods import require_likelihood
 
 __all__ = ["curvature_roots", "ggn_diagonal", "per_sample_gradients"]
 
@@ -81,7 +80,9 @@ def curvature_roots(problem: ModelLoss, kind: str) -> Iterator[tuple[float, torc
                 raise ValueError(f"per-sample curvature needs outputs with the batch's {nb} samples "
                                  f"on dimension 0; got outputs of shape {tuple(z.shape)}.")
             if kind == "type2":
-                for column in _hessian_sqrt_columns(problem.loss_fn, z, y, problem.reduction):
+                likelihood = require_likelihood(problem.loss_fn, "hessian", "per-sample curvature",
+                                                "Use kind='empirical'.")
+                for column in likelihood.hessian_sqrt_columns(z, y, problem.reduction):
                     yield batch_weight, per_sample_gradients(problem, params, x, column)
             else:
                 zz = z.clone().requires_grad_(True)
@@ -102,12 +103,9 @@ def ggn_diagonal(model: nn.Module, loss_fn: Callable, data: Any, params: Any = N
     """
     if kind not in ROOT_KINDS:
         raise ValueError(f"kind must be one of {ROOT_KINDS}, got {kind!r}.")
-    if kind == "type2" and not isinstance(loss_fn, LIKELIHOOD_LOSSES):
-        raise ValueError(f"the GGN's diagonal needs the loss's Hessian, which hesse knows for "
-                         f"{', '.join(c.__name__ for c in LIKELIHOOD_LOSSES)}; got "
-                         f"{type(loss_fn).__name__}. Use kind='empirical' or "
-                         f"hesse.diagonal(GGNOperator(...)) (stochastic).")
-    _check_loss_options(loss_fn)
+    if kind == "type2":
+        require_likelihood(loss_fn, "hessian", "the GGN's diagonal",
+                           "Use kind='empirical' or hesse.diagonal(GGNOperator(...)) (stochastic).")
     problem = ModelLoss(model, loss_fn, data, params)
     total = torch.zeros(problem.n, dtype=problem.dtype, device=problem.device)
     with torch.enable_grad():
