@@ -26,12 +26,22 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import grad, vmap
-from torch.utils._pytree import tree_map
 
 from .evaluation import ModelLoss
 from .likelihoods import require_likelihood
 
 __all__ = ["curvature_roots", "ggn_diagonal", "per_sample_gradients"]
+
+
+def _unsqueeze(x: Any) -> Any:
+    """``x`` (a tensor, or tensors in tuples, lists and dicts) with a batch axis of one added."""
+    if isinstance(x, torch.Tensor):
+        return x.unsqueeze(0)
+    if isinstance(x, dict):
+        return {k: _unsqueeze(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_unsqueeze(v) for v in x)
+    return x
 
 ROOT_KINDS = ("type2", "empirical")
 
@@ -43,7 +53,7 @@ def per_sample_gradients(problem: ModelLoss, params: tuple[torch.Tensor, ...], i
 
     def one(x_i, u_i):
         def inner(theta):
-            z = problem.forward(theta, tree_map(lambda t: t.unsqueeze(0), x_i))
+            z = problem.forward(theta, _unsqueeze(x_i))
             return (z * u_i.unsqueeze(0)).sum()
 
         return grad(inner)(params)
