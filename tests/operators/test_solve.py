@@ -295,3 +295,19 @@ def test_solve_names_b_and_x0_when_not_finite():
             hesse.solve(op, torch.ones(3, dtype=torch.float64), method=method, x0=bad)
     with pytest.raises(TypeError, match="op must be a CurvatureOperator or a symmetric matrix"):
         hesse.solve([[1.0]], torch.ones(1))
+
+
+@pytest.mark.parametrize("bad", ["1e-3", None, [1e-3]])
+def test_kernel_and_rules_refuse_a_tolerance_that_is_not_a_number(bad):
+    """The same checks as the front door, at the kernel and in each rule (no NumPy ufunc error)."""
+    A = torch.diag(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    with pytest.raises(TypeError, match="tol must be a real number"):
+        conjugate_gradient(lambda v: A @ v, torch.ones(2, dtype=torch.float64), tol=bad)
+    with pytest.raises(TypeError, match="rtol must be a real number"):
+        ResidualTolerance(bad)
+    with pytest.raises(TypeError, match="radius must be a real number"):
+        TrustRegion(bad)
+    with pytest.raises(TypeError, match="eps must be a real number"):
+        NegativeCurvature(bad)
+    with pytest.raises(ValueError, match=r"^b has 1 non-finite"):
+        conjugate_gradient(hesse.DenseOperator(A), torch.tensor([1.0, float("inf")], dtype=torch.float64))

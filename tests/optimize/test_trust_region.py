@@ -137,3 +137,39 @@ def test_steihaug_matches_algorithm_7_2_on_random_indefinite_subproblems(radius)
         if not torch.allclose(p, ref, atol=1e-9):
             worse.append((k, float(g @ p + 0.5 * p @ (B @ p)) - float(g @ ref + 0.5 * ref @ (B @ ref))))
     assert not worse, f"{len(worse)} subproblems end elsewhere (model value higher by): {worse[:5]}"
+
+
+def test_one_loop_takes_any_subproblem_object():
+    """The loop sees only ``model.solve(radius) -> (step, predicted, hits_boundary)``: a model
+    of one's own (the exact subproblem on a fixed dense quadratic, B = diag(1, 10), g = B x - b)
+    is minimized to the closed-form x* = B^{-1} b with predicted reductions checked against
+    m(0) - m(p) computed densely."""
+    from hesse.optimize._core import Objective, Run
+    from hesse.optimize.trust_region import ExactModel, RadiusRule, trust_region
+
+    B = torch.diag(torch.tensor([1.0, 10.0], dtype=torch.float64))
+    b = torch.tensor([1.0, 1.0], dtype=torch.float64)
+
+    def f(x):
+        return 0.5 * x @ (B @ x) - b @ x
+
+    seen = []
+
+    class Checked(ExactModel):
+        def solve(self, radius):
+            p, predicted, hits = super().solve(radius)
+            seen.append((predicted, float(-(self.g @ p + 0.5 * p @ (B @ p))), hits, float(p.norm()), radius))
+            return p, predicted, hits
+
+    obj = Objective(f, (2,))
+    run = Run(obj, "trust-exact", gtol=1e-10, ftol=0.0, xtol=0.0, max_iter=100, max_time=None,
+              callback=None, history=False, progress=False, check_curvature=True, n=2)
+    res = trust_region(Checked(obj), torch.tensor([5.0, -5.0], dtype=torch.float64), run, RadiusRule(),
+                       initial_radius=0.5)
+    assert res.success
+    torch.testing.assert_close(res.x, torch.linalg.solve(B, b), rtol=0, atol=1e-10)
+    for predicted, dense, hits, pnorm, radius in seen:
+        assert predicted == pytest.approx(dense, rel=1e-12, abs=1e-14)
+        assert pnorm <= radius * (1 + 1e-8)
+        assert hits == (pnorm >= radius * (1 - 1e-8))
+    assert any(s[2] for s in seen) and not seen[-1][2]  # boundary steps first, Newton's last

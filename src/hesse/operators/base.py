@@ -226,6 +226,8 @@ class CurvatureOperator(ABC):
         ``method="cg"`` (conjugate gradients, Hestenes & Stiefel 1952; needs ``A`` positive
         definite and stops with ``converged=False`` on negative curvature), ``"minres"``
         (symmetric indefinite, via SciPy) or ``"direct"`` (dense Cholesky/LU, guarded).
+        ``converged`` means the measured residual ``‖b − A x‖ / ‖b‖`` passed the tolerance test
+        (see :func:`hesse.solve`); a singular or too ill-conditioned system is not converged.
         """
 
         # CG with a residual tolerance; hesse.operators.conjugate_gradient takes other stopping

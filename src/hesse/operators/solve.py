@@ -156,6 +156,15 @@ class StoppingRule(Protocol):
     def after_step(self, state: CGState) -> Stop | None: ...
 
 
+def _real(value: Any, name: str) -> float:
+    """``value`` as a float; ``TypeError`` naming it for a string, None, a bool or a tensor of
+    more than one element."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating)):
+        if not (isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point()):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r}).")
+    return float(value)
+
+
 class _Rule:
     """Base with no-op hooks and the default declarations; rules override what they need."""
 
@@ -174,6 +183,7 @@ class ResidualTolerance(_Rule):
     re-checks the true residual at the end). :meth:`forcing` gives the inexact-Newton tolerance."""
 
     def __init__(self, rtol: float = 1e-8, atol: float = 0.0):
+        rtol, atol = _real(rtol, "rtol"), _real(atol, "atol")
         if not (np.isfinite(rtol) and rtol >= 0 and np.isfinite(atol) and atol >= 0) or rtol == atol == 0:
             raise ValueError(f"the residual tolerance needs rtol >= 0 and atol >= 0, not both 0; got "
                              f"rtol={rtol!r}, atol={atol!r}.")
@@ -205,6 +215,7 @@ class NegativeCurvature(_Rule):
     indefinite_only = True
 
     def __init__(self, eps: float = 0.0, steepest_descent: bool = False):
+        eps = _real(eps, "eps")
         if not (np.isfinite(eps) and eps >= 0):
             raise ValueError(f"the curvature threshold eps must be a finite number >= 0, got {eps!r}.")
         self.eps, self.steepest_descent = float(eps), bool(steepest_descent)
@@ -234,6 +245,7 @@ class TrustRegion(_Rule):
     handles_curvature = True
 
     def __init__(self, radius: float):
+        radius = _real(radius, "the trust-region radius")
         if not (np.isfinite(radius) and radius > 0):
             raise ValueError(f"the trust-region radius must be a positive finite number, got {radius!r}.")
         self.radius = float(radius)
@@ -365,9 +377,12 @@ def conjugate_gradient(
     if not isinstance(b, torch.Tensor) or b.ndim != 1:
         raise ValueError(f"b must be a vector (1-D tensor), got "
                          f"{tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__}.")
+    if not bool(torch.isfinite(b).all()):
+        raise ValueError(f"b has {int((~torch.isfinite(b)).sum())} non-finite entries; "
+                         "the right-hand side must be finite.")
     n = b.shape[0]
     # a fresh copy of every rule per solve: a rule object describes a test and can be reused
-    rule_list = [ResidualTolerance(tol)] if rules is None else [copy.deepcopy(r) for r in rules]
+    rule_list: list[Any] = [ResidualTolerance(_check_tol(tol))] if rules is None else [copy.deepcopy(r) for r in rules]
     for rule in rule_list:
         if not (hasattr(rule, "before_step") and hasattr(rule, "after_step")):
             raise TypeError(f"{type(rule).__name__} is not a stopping rule: it needs before_step(state) "
@@ -401,7 +416,7 @@ def conjugate_gradient(
             if r_norm > bound:
                 converged, status = False, "residual_drift"
                 message = "recursive residual met tol but the true residual did not"
-        iterates = None
+        iterates: list[tuple[int, torch.Tensor]] | None = None
         if recorders:
             iterates = recorders[0].iterates
             if not iterates or iterates[-1][0] != it:

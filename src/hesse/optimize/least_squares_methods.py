@@ -28,11 +28,12 @@ from torch.func import jacrev
 from ._core import Objective, Run
 from .line_search import armijo
 from .result import CONVERGED, NONFINITE, STEP_FAILURE, OptimizeResult
+from .trust_region import GROW_ABOVE, SHRINK_BELOW
 
 # Moré's (1978) acceptance test: a step is taken when the actual reduction is at least 1e-4 of
-# the predicted one; the radius shrinks below rho = 1/4 and grows above rho = 3/4.
+# the predicted one; the radius shrinks below rho = 1/4 and grows above rho = 3/4 (the
+# thresholds of N&W Alg. 4.1, shared with the trust-region loop).
 ACCEPT_RATIO = 1e-4
-SHRINK_BELOW, GROW_ABOVE = 0.25, 0.75
 # The region has collapsed when ||D x|| would not change in float64 by a step of this relative size.
 COLLAPSED_RADIUS = 1e-15
 # The secular equation is solved to 0.1 % of the radius (an approximate root is all the trust

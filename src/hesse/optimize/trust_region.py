@@ -1,32 +1,37 @@
-"""One trust-region loop (Nocedal & Wright 2006, Alg. 4.1) with pluggable subproblem solvers.
+"""One trust-region loop (Nocedal & Wright 2006, Alg. 4.1) with the subproblem as an object.
 
-The model ``m(p) = f + g^T p + 1/2 p^T B p`` is minimized over ``||p|| <= Delta``; the ratio
+The model ``m(p) = f + g^T p + 1/2 p^T B p`` is minimized over ``||p|| <= Delta`` by a
+:class:`TrustRegionModel`, whose ``solve(radius)`` returns ``(step, predicted_reduction,
+hits_boundary)`` (as scipy's ``_trustregion.py`` plugs its subproblems into one loop). The ratio
 ``rho = (f(x) - f(x + p)) / (m(0) - m(p))`` accepts the step (``rho > eta``) and resizes the
-region (``rho < 1/4``: shrink to ``||p||/4``; ``rho > 3/4`` on the boundary: double).
-A non-finite trial value counts as ``rho = -inf`` (the region shrinks). When the predicted and
-actual reductions are both below the rounding level of ``f`` (``100 eps |f|``), ``rho`` is taken
-as 1 if the step lowers ``||g||`` and 0 otherwise.
+region by the :class:`RadiusRule` (``rho < 1/4``: shrink to ``||p||/4``; ``rho > 3/4`` on the
+boundary: double, up to ``max_radius``). A non-finite trial value counts as ``rho = -inf`` (the
+region shrinks). When the predicted and actual reductions are both below the rounding level of
+``f`` (``100 eps |f|``), ``rho`` is taken as 1 if the step lowers ``||g||`` and 0 otherwise.
 
-Subproblem solvers:
+Subproblems:
 
-* ``trust-ncg`` - Steihaug-Toint truncated CG on Hessian-vector products (N&W Alg. 7.2; the
-  CG kernel :func:`hesse.operators.solve.conjugate_gradient` with its :class:`TrustRegion` rule), with
-  the forcing term ``min(0.5, sqrt(||g||)) ||g||``. Never forms ``B``; cost per iteration:
-  one fused value+gradient and at most ``n`` HVPs (usually a handful).
-* ``trust-exact`` - the nearly exact solution of Moré & Sorensen (1983) (N&W Alg. 4.3): find
-  ``lambda >= max(0, -lambda_1)`` with ``||(B + lambda I)^{-1} g|| = Delta`` by safeguarded
-  Newton on the secular equation ``1/Delta - 1/||p(lambda)||``, handling the hard case with an
-  eigenvector of ``lambda_1``. Here the factorization is an eigendecomposition of the dense
-  Hessian (``O(n^3)`` once per accepted step), which makes each secular-equation step ``O(n)``.
-* ``sr1`` - the symmetric rank-one quasi-Newton matrix (N&W Alg. 6.2, eq. 6.24, skipping the
-  update when ``|s^T(y - Bs)| < 1e-8 ||s|| ||y - Bs||``) with the exact subproblem solver;
-  ``B`` is updated after every trial, accepted or not. Dense ``n x n``.
+* :class:`SteihaugModel` (``trust-ncg``) - Steihaug-Toint truncated CG on Hessian-vector
+  products (N&W Alg. 7.2; the CG kernel :func:`hesse.operators.solve.conjugate_gradient` with its
+  :class:`~hesse.operators.TrustRegion` rule and the forcing tolerance
+  ``min(0.5, sqrt(||g||)) ||g||``). Never forms ``B``; cost per iteration: one fused
+  value+gradient and at most ``2 n + 10`` HVPs (usually a handful).
+* :class:`ExactModel` (``trust-exact``) - the nearly exact solution of Moré & Sorensen (1983)
+  (N&W Alg. 4.3, :func:`exact_subproblem`): ``lambda >= max(0, -lambda_1)`` with
+  ``||(B + lambda I)^{-1} g|| = Delta`` by safeguarded Newton on the secular equation
+  ``1/Delta - 1/||p(lambda)||``, the hard case by an eigenvector of ``lambda_1``. The
+  factorization is an eigendecomposition of the dense Hessian (``O(n^3)`` once per accepted
+  step), which makes each secular-equation step ``O(n)``.
+* :class:`SR1Model` (``sr1``) - the symmetric rank-one quasi-Newton matrix (N&W Alg. 6.2, eq.
+  6.24, skipping the update when ``|s^T(y - Bs)| < 1e-8 ||s|| ||y - Bs||``) with the exact
+  subproblem; ``B`` is updated after every trial, accepted or not. Dense ``n x n``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -35,13 +40,16 @@ from hesse.operators.solve import ResidualTolerance, TrustRegion, conjugate_grad
 from ._core import Objective, Run
 from .result import CONVERGED, STEP_FAILURE, OptimizeResult
 
-# N&W Alg. 4.1: shrink the region when rho < 1/4, grow it when rho > 3/4 and the step reached
-# the boundary (within 1 %, the accuracy of the exact subproblem's secular equation and more).
-SHRINK_BELOW, GROW_ABOVE, ON_BOUNDARY = 0.25, 0.75, 0.99
+# N&W Alg. 4.1: the region shrinks when rho < 1/4 and grows when rho > 3/4.
+SHRINK_BELOW, GROW_ABOVE = 0.25, 0.75
+# N&W Alg. 4.1 grows the region only for a step on the boundary: within 1 % of the radius (the
+# accuracy of an approximate boundary step, and more).
+ON_BOUNDARY = 0.99
 # Actual and predicted reductions below 100 ulps of |f| are rounding noise.
 ROUNDING_LEVEL_ULPS = 100
 # The region has collapsed (the attainable accuracy is reached) when the radius is below the
-# rounding level of x, or after 60 rejected steps in a row (60 quarterings: 4^-60 ~ 1e-36).
+# rounding level of x in the region's norm, or after 60 rejected steps in a row (60 quarterings:
+# 4^-60 ~ 1e-36).
 COLLAPSED_RADIUS = 1e-14
 MAX_REJECTED = 60
 # SR1 skips the update when |s^T (y - B s)| < 1e-8 ||s|| ||y - B s|| (N&W eq. 6.26, r = 1e-8).
@@ -49,6 +57,8 @@ SR1_SKIP_TOL = 1e-8
 # Moré-Sorensen: at most 60 safeguarded Newton steps on the secular equation (it converges
 # quadratically; 60 bisections alone would shrink the bracket by 2^-60).
 SECULAR_MAX_ITER = 60
+# The secular equation ||p(lambda)|| = Delta is solved to 1e-10 of the radius.
+SECULAR_RTOL = 1e-10
 
 
 # Steihaug's CG ends within n steps in exact arithmetic; 2 n + 10 absorbs the loss of
@@ -70,7 +80,8 @@ def steihaug_cg(hvp: Callable[[torch.Tensor], torch.Tensor], g: torch.Tensor, ra
 
 
 def exact_subproblem(lam: torch.Tensor, Q: torch.Tensor, g: torch.Tensor, radius: float,
-                     max_iter: int = SECULAR_MAX_ITER) -> tuple[torch.Tensor, bool]:
+                     max_iter: int = SECULAR_MAX_ITER,
+                     rtol: float = SECULAR_RTOL) -> tuple[torch.Tensor, bool]:
     """Moré-Sorensen solution given ``B = Q diag(lam) Q^T``. Returns ``(p, on_boundary)``."""
     gh = Q.T @ g
     lam1 = float(lam[0])
@@ -101,7 +112,7 @@ def exact_subproblem(lam: torch.Tensor, Q: torch.Tensor, g: torch.Tensor, radius
     for _ in range(max_iter):
         w = gh / (lam + s)
         pn = float(torch.linalg.vector_norm(w))
-        if abs(pn - radius) <= 1e-10 * radius:
+        if abs(pn - radius) <= rtol * radius:
             break
         if pn > radius:
             lo = s
@@ -116,44 +127,167 @@ def exact_subproblem(lam: torch.Tensor, Q: torch.Tensor, g: torch.Tensor, radius
     return p, True
 
 
-def minimize_trust_region(obj: Objective, x: torch.Tensor, run: Run, *, subproblem: str,
-                          initial_radius: float = 1.0, max_radius: float = 1e4,
-                          eta: float = 0.15) -> OptimizeResult:
-    radius = initial_radius
-    if subproblem == "steihaug":
-        f, g, hvp = obj.hvp_at(x)
-    else:
-        f, g = obj.value_grad(x)
+
+
+# ----------------------------------------------------------------------------- subproblems
+
+
+class TrustRegionModel:
+    """The quadratic model at the current point and its subproblem solver.
+
+    The loop calls ``start(x, run)`` once (returns ``(f, g)`` at ``x``), then per iteration
+    ``solve(radius) -> (step, predicted_reduction, hits_boundary)``, ``trial(x_try) -> (f, g)``,
+    ``observe(p, g_try)`` after every finite trial, and ``accept(run)`` when the step is taken.
+    ``norm(v)`` is the region's norm (Euclidean unless the model scales it);
+    ``initial_radius`` the radius the loop starts from when the caller gives none."""
+
+    initial_radius = 1.0
+
+    def start(self, x: torch.Tensor, run: Run) -> tuple[float, torch.Tensor]:
+        raise NotImplementedError
+
+    def solve(self, radius: float) -> tuple[torch.Tensor, float, bool]:
+        raise NotImplementedError
+
+    def trial(self, x: torch.Tensor) -> tuple[float, torch.Tensor]:
+        raise NotImplementedError
+
+    def observe(self, p: torch.Tensor, g_try: torch.Tensor) -> None:
+        return None
+
+    def accept(self, run: Run) -> None:
+        raise NotImplementedError
+
+    def norm(self, v: torch.Tensor) -> float:
+        return float(v.norm())
+
+
+def _predicted(g: torch.Tensor, p: torch.Tensor, Bp: torch.Tensor) -> float:
+    """``m(0) - m(p) = -(g^T p + 1/2 p^T B p)``."""
+    return -(float(torch.dot(g, p)) + 0.5 * float(torch.dot(p, Bp)))
+
+
+class SteihaugModel(TrustRegionModel):
+    """Hessian-vector products at ``x``; the subproblem by :func:`steihaug_cg`."""
+
+    def __init__(self, obj: Objective):
+        self.obj = obj
+
+    def start(self, x: torch.Tensor, run: Run) -> tuple[float, torch.Tensor]:
+        f, self.g, self.hvp = self.obj.hvp_at(x)
+        return f, self.g
+
+    def solve(self, radius: float) -> tuple[torch.Tensor, float, bool]:
+        p, on_boundary, _ = steihaug_cg(self.hvp, self.g, radius)
+        return p, _predicted(self.g, p, self.hvp(p)), on_boundary
+
+    def trial(self, x: torch.Tensor) -> tuple[float, torch.Tensor]:
+        f, self._g_try, self._hvp_try = self.obj.hvp_at(x)
+        return f, self._g_try
+
+    def accept(self, run: Run) -> None:
+        self.g, self.hvp = self._g_try, self._hvp_try
+
+
+class _EigenModel(TrustRegionModel):
+    """A dense model matrix held as ``B = Q diag(lam) Q^T``; the subproblem by
+    :func:`exact_subproblem`."""
+
+    lam: torch.Tensor
+    Q: torch.Tensor
+    g: torch.Tensor
+
+    def __init__(self, obj: Objective):
+        self.obj = obj
+
+    def solve(self, radius: float) -> tuple[torch.Tensor, float, bool]:
+        p, on_boundary = exact_subproblem(self.lam, self.Q, self.g, radius)
+        return p, _predicted(self.g, p, self.Q @ (self.lam * (self.Q.T @ p))), on_boundary
+
+    def trial(self, x: torch.Tensor) -> tuple[float, torch.Tensor]:
+        self._x_try = x
+        f, self._g_try = self.obj.value_grad(x)
+        return f, self._g_try
+
+
+class ExactModel(_EigenModel):
+    """The dense Hessian at ``x`` (Moré-Sorensen, N&W Alg. 4.3)."""
+
+    def _factor(self, x: torch.Tensor, run: Run) -> None:
+        run.hessian = self.obj.hessian(x)
+        self.lam, self.Q = torch.linalg.eigh(run.hessian)
+        run.min_eigenvalue = float(self.lam[0])
+
+    def start(self, x: torch.Tensor, run: Run) -> tuple[float, torch.Tensor]:
+        f, self.g = self.obj.value_grad(x)
+        self._factor(x, run)
+        return f, self.g
+
+    def accept(self, run: Run) -> None:
+        self.g = self._g_try
+        self._factor(self._x_try, run)
+
+
+class SR1Model(_EigenModel):
+    """The SR1 matrix (N&W Alg. 6.2), ``B_0 = I``, updated after every finite trial."""
+
+    def start(self, x: torch.Tensor, run: Run) -> tuple[float, torch.Tensor]:
+        f, self.g = self.obj.value_grad(x)
+        self.B = torch.eye(x.numel(), dtype=x.dtype, device=x.device)
+        self.lam, self.Q = torch.linalg.eigh(self.B)
+        return f, self.g
+
+    def observe(self, p: torch.Tensor, g_try: torch.Tensor) -> None:
+        r = (g_try - self.g) - self.B @ p
+        sr = float(torch.dot(p, r))
+        if abs(sr) >= SR1_SKIP_TOL * float(p.norm()) * float(r.norm()) and sr != 0:
+            self.B = self.B + torch.outer(r, r) / sr
+        self.lam, self.Q = torch.linalg.eigh(self.B)
+
+    def accept(self, run: Run) -> None:
+        self.g = self._g_try
+
+
+# ----------------------------------------------------------------------------- radius rules
+
+
+@dataclass(frozen=True)
+class RadiusRule:
+    """How the loop accepts a step and resizes the region (Nocedal & Wright 2006, Alg. 4.1):
+    accept when ``rho > eta``; ``rho < 1/4``: shrink to ``||p||/4`` (a quarter of
+    ``min(Delta, ||p||)`` after a non-finite trial); ``rho > 3/4`` with the step on the boundary:
+    double, up to ``max_radius``."""
+
+    eta: float = 0.15
+    max_radius: float = 1e4
+
+    def update(self, radius: float, rho: float, pnorm: float, finite: bool) -> float:
+        if rho < SHRINK_BELOW:
+            return 0.25 * pnorm if finite else 0.25 * min(radius, pnorm)
+        if rho > GROW_ABOVE and pnorm >= ON_BOUNDARY * radius:
+            return min(2.0 * radius, self.max_radius)
+        return radius
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def trust_region(model: TrustRegionModel, x: torch.Tensor, run: Run, rule: RadiusRule,
+                 initial_radius: float | None = None) -> OptimizeResult:
+    """The one trust-region loop (N&W Alg. 4.1) over a :class:`TrustRegionModel`;
+    ``initial_radius`` defaults to the model's own (``model.initial_radius``). The region grows
+    on the boundary by the step's length (``||p|| >= 0.99 Delta``), which covers a
+    subproblem's approximate boundary steps; ``hits_boundary`` is the subproblem's report."""
+    f, g = model.start(x, run)
     status = run.start(x, f, float(g.norm()))
-    n = x.numel()
-    B: torch.Tensor | None = None
-    lam: torch.Tensor | None = None
-    Q: torch.Tensor | None = None
-    if subproblem == "exact":
-        run.hessian = obj.hessian(x)
-        lam, Q = torch.linalg.eigh(run.hessian)
-        run.min_eigenvalue = float(lam[0])
-    elif subproblem == "sr1":
-        B = torch.eye(n, dtype=x.dtype, device=x.device)
     if status is not None:
         return run.finish(x, f, g, status)
+    radius = initial_radius if initial_radius is not None else model.initial_radius
     rejected = 0
     while True:
-        if subproblem == "steihaug":
-            p, _, _ = steihaug_cg(hvp, g, radius)
-            Bp = hvp(p)
-        else:
-            if B is not None:  # sr1: the model matrix changes after every trial
-                lam, Q = torch.linalg.eigh(B)
-            assert lam is not None and Q is not None  # set above for "exact" and "sr1"
-            p, _ = exact_subproblem(lam, Q, g, radius)
-            Bp = Q @ (lam * (Q.T @ p))
-        predicted = -(float(torch.dot(g, p)) + 0.5 * float(torch.dot(p, Bp)))
+        p, predicted, _ = model.solve(radius)
         x_try = x + p
-        if subproblem == "steihaug":
-            f_try, g_try, hvp_try = obj.hvp_at(x_try)
-        else:
-            f_try, g_try = obj.value_grad(x_try)
+        f_try, g_try = model.trial(x_try)
         finite = math.isfinite(f_try) and bool(torch.isfinite(g_try).all())
         actual = f - f_try if finite else -math.inf
         rho = actual / predicted if predicted > 0 else (-math.inf if actual < 0 else 0.0)
@@ -164,35 +298,34 @@ def minimize_trust_region(obj: Objective, x: torch.Tensor, run: Run, *, subprobl
             # step by the gradient instead (accept it when ||g|| decreases), so that a minimum
             # with a large f* (Brown-Dennis, f* = 85822) can still be refined to gtol
             rho = 1.0 if float(g_try.norm()) < float(g.norm()) else 0.0
-        pnorm = float(p.norm())
-        if B is not None and finite:
-            s, y = p, g_try - g
-            r = y - B @ s
-            sr = float(torch.dot(s, r))
-            if abs(sr) >= SR1_SKIP_TOL * float(s.norm()) * float(r.norm()) and sr != 0:
-                B = B + torch.outer(r, r) / sr
-        if rho < SHRINK_BELOW:
-            radius = 0.25 * pnorm if finite else 0.25 * min(radius, pnorm)
-        elif rho > GROW_ABOVE and pnorm >= ON_BOUNDARY * radius:
-            radius = min(2.0 * radius, max_radius)
-        if rho > eta and finite and (actual > 0 or in_noise):
+        if finite:
+            model.observe(p, g_try)
+        radius = rule.update(radius, rho, model.norm(p), finite)
+        if rho > rule.eta and finite and (actual > 0 or in_noise):
             rejected = 0
             x_old_f = f
             x, f, g = x_try, f_try, g_try
-            if subproblem == "steihaug":
-                hvp = hvp_try
-            elif subproblem == "exact":
-                run.hessian = obj.hessian(x)
-                lam, Q = torch.linalg.eigh(run.hessian)
-                run.min_eigenvalue = float(lam[0])
-            status = run.step(x, f, float(g.norm()), pnorm, x_old_f)
+            model.accept(run)
+            status = run.step(x, f, float(g.norm()), float(p.norm()), x_old_f)
             if status is not None:
                 return run.finish(x, f, g, status)
         else:
             rejected += 1
-            if radius < COLLAPSED_RADIUS * max(1.0, float(x.norm())) or rejected > MAX_REJECTED:
+            if radius < COLLAPSED_RADIUS * max(1.0, model.norm(x)) or rejected > MAX_REJECTED:
                 if float(g.norm()) <= run.gtol:
                     return run.finish(x, f, g, CONVERGED)
                 return run.finish(x, f, g, STEP_FAILURE,
                                   f"trust region collapsed (radius {radius:.2e}) with ||g||={float(g.norm()):.2e}; "
                                   "the attainable accuracy is reached - loosen gtol")
+
+
+_MODELS: dict[str, Callable[[Objective], TrustRegionModel]] = {
+    "steihaug": SteihaugModel, "exact": ExactModel, "sr1": SR1Model}
+
+
+def minimize_trust_region(obj: Objective, x: torch.Tensor, run: Run, *, subproblem: str,
+                          initial_radius: float = 1.0, max_radius: float = 1e4,
+                          eta: float = 0.15) -> OptimizeResult:
+    """``trust-ncg``, ``trust-exact`` and ``sr1``: the loop with N&W's radius rule."""
+    return trust_region(_MODELS[subproblem](obj), x, run, RadiusRule(eta, max_radius), initial_radius)
+
