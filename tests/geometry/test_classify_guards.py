@@ -51,3 +51,11 @@ def test_allocation_failure_in_the_probe_is_not_swallowed(monkeypatch, message):
     monkeypatch.setattr(classify_module, "batched_newton", fail)
     with pytest.raises(RuntimeError, match="allocate"):
         hesse.classify(lambda x: (x ** 4).sum(), torch.zeros(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_point_is_classified_in_float32(dtype):
+    # eigh has no half-precision kernel: the point is taken to float32, with a warning
+    with pytest.warns(UserWarning, match="computes in torch.float32"):
+        r = hesse.classify(lambda x: x[0] ** 2 - x[1] ** 2, torch.zeros(2, dtype=dtype))
+    assert r.kind == "saddle" and r.x.dtype == torch.float32

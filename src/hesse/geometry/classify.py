@@ -54,7 +54,7 @@ from torch.func import grad, vmap
 
 from hesse._autodiff import gradient, hessian
 from hesse._result import Result
-from hesse._validation import as_point, check_callable, check_scalar_output
+from hesse._validation import as_point, check_callable, check_scalar_output, working_point
 from hesse.geometry._newton import (
     batched_newton,
     newton_diagnostics,
@@ -256,7 +256,7 @@ def classify(f: Any, x: Any = None, tol: float | None = None, *, gradient_tol: f
                             "hesse.classify(f, [0.0, 0.0]), or pass a Hessian matrix alone: hesse.classify(H).")
         return _classify_matrix(f, tol, dense_limit)
     check_callable(f, "f")
-    point = as_point(x, "x")
+    point = working_point(as_point(x, "x"), "x")
     shape = point.shape
     xf = point.reshape(-1)
 

@@ -113,24 +113,6 @@ def gradient_mismatch_detail(derivative: float, predicted: float, gnorm: float) 
     )
 
 
-LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
-"""Formats the optimizers do not run in: LAPACK has no half-precision eigh, Cholesky or solve,
-and a gradient test at gtol = 1e-5 is below their resolution (eps 1e-3 and 8e-3)."""
-
-
-def working_point(x0: torch.Tensor, name: str = "x0") -> torch.Tensor:
-    """``x0`` itself, or, for float16 / bfloat16, a float32 copy with a ``UserWarning`` saying
-    that the run (and its result) is in float32."""
-    if x0.dtype not in LOW_PRECISION_DTYPES:
-        return x0
-    warnings.warn(
-        f"{name} is {x0.dtype}: hesse's optimizers compute in torch.float32 (no half-precision "
-        f"eigh/Cholesky/solve, and gtol lies below the format's resolution); f receives float32 "
-        f"tensors and the result is float32. Pass {name}.float() to silence this warning.",
-        UserWarning, stacklevel=3)
-    return x0.to(torch.float32)
-
-
 class Objective:
     """``f`` on flat vectors with evaluation counters.
 
