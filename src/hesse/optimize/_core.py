@@ -89,7 +89,7 @@ def gradient_mismatch(values: Callable[[torch.Tensor], torch.Tensor], X: torch.T
 
     def difference(scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         hs = (scale * h).unsqueeze(1)
-        Fp, Fm = values(torch.cat([X + hs * V, X - hs * V])).detach().to(X.dtype).reshape(2, B)
+        Fp, Fm = values(torch.cat([X + hs * V, X - hs * V])).detach().to(dtype=X.dtype, device=X.device).reshape(2, B)
         return (Fp - Fm) / (2 * scale * h), torch.maximum(Fp.abs(), Fm.abs())
 
     D1, fmax = difference(1.0)
@@ -293,7 +293,8 @@ class Run:
             return torch.tensor([obj.value(z) for z in Z], dtype=torch.float64)
 
         X, G = x.detach().reshape(1, -1), g.detach().reshape(1, -1).to(x.dtype)
-        failed, D, gv, _ = gradient_mismatch(values, X, G, torch.tensor([float(f)], dtype=x.dtype), self.gtol)
+        F = torch.tensor([float(f)], dtype=x.dtype, device=x.device)
+        failed, D, gv, _ = gradient_mismatch(values, X, G, F, self.gtol)
         if bool(failed[0]):
             return GRADIENT_MISMATCH, gradient_mismatch_detail(float(D[0]), float(gv[0]), gnorm)
         return status, detail
