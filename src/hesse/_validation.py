@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,24 @@ import torch
 from torch import nn
 
 DEFAULT_DTYPE = torch.float64
+
+
+LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
+"""Formats the optimizers do not run in: LAPACK has no half-precision eigh, Cholesky or solve,
+and a gradient test at gtol = 1e-5 is below their resolution (eps 1e-3 and 8e-3)."""
+
+
+def working_point(x0: torch.Tensor, name: str = "x0") -> torch.Tensor:
+    """``x0`` itself, or, for float16 / bfloat16, a float32 copy with a ``UserWarning`` saying
+    that the computation (and its result) is in float32."""
+    if x0.dtype not in LOW_PRECISION_DTYPES:
+        return x0
+    warnings.warn(
+        f"{name} is {x0.dtype}: hesse computes in torch.float32 (no half-precision "
+        f"eigh/Cholesky/solve, and gtol lies below the format's resolution); f receives float32 "
+        f"tensors and the result is float32. Pass {name}.float() to silence this warning.",
+        UserWarning, stacklevel=3)
+    return x0.to(torch.float32)
 
 
 def as_point(x: Any, name: str = "x", dtype: torch.dtype | None = None) -> torch.Tensor:

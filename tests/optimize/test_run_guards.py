@@ -69,7 +69,7 @@ def test_gradient_check_counts_its_evaluations():
 @pytest.mark.parametrize("method", ["newton", "newton-damped", "saddle-free-newton", "trust-exact", "lbfgs"])
 def test_half_precision_start_runs_in_float32_and_says_so(method, dtype):
     f = lambda x: ((x - 1) ** 2).sum() + (x ** 4).sum()  # noqa: E731  minimum where 2(x-1)+4x^3 = 0
-    with pytest.warns(UserWarning, match="compute in torch.float32"):
+    with pytest.warns(UserWarning, match="computes in torch.float32"):
         r = hesse.minimize(f, torch.zeros(3, dtype=dtype), method=method, gtol=1e-4)
     assert r.success and r.x.dtype == torch.float32
     ref = hesse.minimize(f, torch.zeros(3, dtype=torch.float64), method="newton")
@@ -78,11 +78,11 @@ def test_half_precision_start_runs_in_float32_and_says_so(method, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_batched_and_least_squares(dtype):
-    with pytest.warns(UserWarning, match="compute in torch.float32"):
+    with pytest.warns(UserWarning, match="computes in torch.float32"):
         rs = hesse.minimize(lambda x: ((x - 1) ** 2).sum(), torch.zeros(2, 3, dtype=dtype),
                             method="newton-damped", batched=True)
     assert all(r.success and r.x.dtype == torch.float32 for r in rs)
-    with pytest.warns(UserWarning, match="compute in torch.float32"):
+    with pytest.warns(UserWarning, match="computes in torch.float32"):
         r = hesse.least_squares(lambda x: x - 1, torch.zeros(3, dtype=dtype))
     assert r.success and r.x.dtype == torch.float32
 

@@ -42,6 +42,7 @@ products); index and nullity are then unknown and reported as None.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +54,7 @@ from torch.func import grad, vmap
 
 from hesse._autodiff import gradient, hessian
 from hesse._result import Result
-from hesse._validation import as_point, check_callable, check_scalar_output
+from hesse._validation import as_point, check_callable, check_scalar_output, working_point
 from hesse.geometry._newton import (
     batched_newton,
     newton_diagnostics,
@@ -85,6 +86,19 @@ PROBE_STEP = 0.05
 SAME_LEVEL_ULPS = 64
 """Two critical points lie on one connected set only if f has the same value there; "the same" is
 up to SAME_LEVEL_ULPS·eps·max(1, |f|), the rounding of a few dozen operations evaluating f."""
+
+PROBE_TIME_LIMIT = 10.0
+"""Seconds the non-isolated test's Newton runs may take together: from 2·nullity starts with n x n
+Hessians each it grows like nullity·n³ per iteration, (x**4).sum() in 60 variables took a minute.
+Past the limit the test stops, and the verdict says it was cut short."""
+
+PROBE_CHUNK_BYTES = 256 * 1024**2
+"""The starts of the non-isolated test run in chunks whose batched Hessians (PROBE_MATRICES
+buffers of chunk x n x n) take at most this many bytes (at least one start per chunk)."""
+
+PROBE_MATRICES = 9
+"""(B, n, n) buffers alive at the peak of a batched Newton iteration (the vmapped Hessian about
+7, its eigenvectors and the scaled products; as hesse.optimize's batched Newton)."""
 
 ARPACK_TOL = 1e-8
 """Relative accuracy asked of ARPACK for the extreme eigenvalues of a large operator: below the
@@ -242,7 +256,7 @@ def classify(f: Any, x: Any = None, tol: float | None = None, *, gradient_tol: f
                             "hesse.classify(f, [0.0, 0.0]), or pass a Hessian matrix alone: hesse.classify(H).")
         return _classify_matrix(f, tol, dense_limit)
     check_callable(f, "f")
-    point = as_point(x, "x")
+    point = working_point(as_point(x, "x"), "x")
     shape = point.shape
     xf = point.reshape(-1)
 
@@ -307,8 +321,9 @@ def _classify_point(flat: Callable[[torch.Tensor], torch.Tensor], shape: torch.S
         return _point(at, shape, tols, "inconclusive", None,
                       f"the Hessian is semidefinite with nullity {nullity}: the second-derivative "
                       "test is inconclusive (higher_order=False)")
-    valley = _non_isolated_direction(flat, at.x.detach(), at.eigenvalues, at.eigenvectors, tols.eigenvalue,
-                                     tols.gradient, given.value)
+    valley, probe_note = _non_isolated_direction(flat, at.x.detach(), at.eigenvalues, at.eigenvectors,
+                                                 tols.eigenvalue, tols.gradient, given.value)
+    note += probe_note
     if valley is not None:
         return _point(at, shape, tols, "non-isolated", None, _non_isolated_reason(at, tols, *valley) + note)
     if refine and gnorm > 0:
@@ -382,27 +397,52 @@ def _non_isolated_reason(at: _LocalModel, tols: _Tolerances, d: torch.Tensor, di
 
 def _non_isolated_direction(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, lam: torch.Tensor,
                             Q: torch.Tensor, eig_tol: float, g_tol: float,
-                            value: float) -> tuple[torch.Tensor, float] | None:
+                            value: float) -> tuple[tuple[torch.Tensor, float] | None, str]:
     """Direction d (unit) and distance of another critical point found by Newton from x ± h·v, v in
     the null space of H, if there is one with the same value of f; None for an isolated point.
+    Also a note for the verdict when the test was cut short (``""`` otherwise).
 
     Newton iterates from an isolated degenerate point's neighbourhood return to it (for x**k the
     pseudo-inverse step contracts the distance by (k - 2)/(k - 1) per iteration), so landing at
     >= h/2 from x on a critical point at the same level means x lies on a set of critical points.
-    Cost: one batched Newton run (at most POLISH_MAX_ITER iterations) from 2·nullity starts.
+    Cost: batched Newton runs (at most POLISH_MAX_ITER iterations) from 2·nullity starts, in
+    chunks of at most PROBE_CHUNK_BYTES of Hessians, within PROBE_TIME_LIMIT seconds.
     """
     null = lam.abs() <= eig_tol
     if not bool(null.any()):
-        return None
+        return None, ""
     h = PROBE_STEP * max(1.0, float(x.norm()))
     V = Q[:, null].T
     starts = torch.cat([x + h * V, x - h * V])
-    try:
-        X, _, _ = batched_newton(f, starts, max_iter=POLISH_MAX_ITER, max_step=h)
-        vals, steps, _ = newton_diagnostics(f, X)
-        G = vmap(grad(f))(X)
-    except RuntimeError:  # data-dependent control flow: no vmap, no valley test
-        return None
+    n = x.numel()
+    chunk = max(1, PROBE_CHUNK_BYTES // (PROBE_MATRICES * n * n * x.element_size()))
+    deadline = time.monotonic() + PROBE_TIME_LIMIT
+    found, done = None, 0
+    for lo in range(0, starts.shape[0], chunk):
+        if time.monotonic() > deadline:
+            break
+        try:
+            X, _, _ = batched_newton(f, starts[lo:lo + chunk], max_iter=POLISH_MAX_ITER, max_step=h,
+                                     deadline=deadline)
+            vals, steps, _ = newton_diagnostics(f, X)
+            G = vmap(grad(f))(X)
+        except RuntimeError as err:
+            if "vmap" not in str(err) and "functorch" not in str(err):
+                raise  # an allocation failure or a defect: never taken for "no valley"
+            return None, ""  # data-dependent control flow: no vmap, no valley test
+        done = lo + X.shape[0]
+        found = _landed_on_valley(x, X, vals, steps, G, h, g_tol, value)
+        if found is not None:
+            return found, ""
+    if done < starts.shape[0] or time.monotonic() > deadline:
+        return None, (f" [the test for a non-isolated set stopped at its {PROBE_TIME_LIMIT:g} s limit "
+                      f"({done} of {starts.shape[0]} Newton probes started, not all run to the end): "
+                      "a set of critical points through x is not ruled out]")
+    return None, ""
+
+
+def _landed_on_valley(x: torch.Tensor, X: torch.Tensor, vals: torch.Tensor, steps: torch.Tensor,
+                      G: torch.Tensor, h: float, g_tol: float, value: float) -> tuple[torch.Tensor, float] | None:
     dist = (X - x).norm(dim=1)
     eps = torch.finfo(x.dtype).eps
     # the value of f is constant on a connected set of critical points: equal up to rounding

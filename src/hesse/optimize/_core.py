@@ -89,7 +89,7 @@ def gradient_mismatch(values: Callable[[torch.Tensor], torch.Tensor], X: torch.T
 
     def difference(scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         hs = (scale * h).unsqueeze(1)
-        Fp, Fm = values(torch.cat([X + hs * V, X - hs * V])).detach().to(X.dtype).reshape(2, B)
+        Fp, Fm = values(torch.cat([X + hs * V, X - hs * V])).detach().to(dtype=X.dtype, device=X.device).reshape(2, B)
         return (Fp - Fm) / (2 * scale * h), torch.maximum(Fp.abs(), Fm.abs())
 
     D1, fmax = difference(1.0)
@@ -111,24 +111,6 @@ def gradient_mismatch_detail(derivative: float, predicted: float, gnorm: float) 
         "connected to x (.item(), .detach(), float(...), torch.tensor(...) or NumPy inside f), so "
         "autograd misses how that part changes. Write f with torch operations on x throughout"
     )
-
-
-LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16)
-"""Formats the optimizers do not run in: LAPACK has no half-precision eigh, Cholesky or solve,
-and a gradient test at gtol = 1e-5 is below their resolution (eps 1e-3 and 8e-3)."""
-
-
-def working_point(x0: torch.Tensor, name: str = "x0") -> torch.Tensor:
-    """``x0`` itself, or, for float16 / bfloat16, a float32 copy with a ``UserWarning`` saying
-    that the run (and its result) is in float32."""
-    if x0.dtype not in LOW_PRECISION_DTYPES:
-        return x0
-    warnings.warn(
-        f"{name} is {x0.dtype}: hesse's optimizers compute in torch.float32 (no half-precision "
-        f"eigh/Cholesky/solve, and gtol lies below the format's resolution); f receives float32 "
-        f"tensors and the result is float32. Pass {name}.float() to silence this warning.",
-        UserWarning, stacklevel=3)
-    return x0.to(torch.float32)
 
 
 class Objective:
@@ -342,7 +324,8 @@ class Run:
             return torch.tensor([obj.value(z) for z in Z], dtype=torch.float64)
 
         X, G = x.detach().reshape(1, -1), g.detach().reshape(1, -1).to(x.dtype)
-        failed, D, gv, _ = gradient_mismatch(values, X, G, torch.tensor([float(f)], dtype=x.dtype), self.gtol)
+        F = torch.tensor([float(f)], dtype=x.dtype, device=x.device)
+        failed, D, gv, _ = gradient_mismatch(values, X, G, F, self.gtol)
         if bool(failed[0]):
             return GRADIENT_MISMATCH, gradient_mismatch_detail(float(D[0]), float(gv[0]), gnorm)
         return status, detail

@@ -24,9 +24,10 @@ from hesse._validation import (
     check_positive_float,
     check_positive_int,
     suggest,
+    working_point,
 )
 
-from ._core import Objective, Run, working_point
+from ._core import Objective, Run
 from .least_squares_methods import Residuals
 from .methods import LEAST_SQUARES_METHODS, MethodSpec, describe
 from .result import OptimizeResult

@@ -174,7 +174,7 @@ def _zoom(phi, p, lo, flo, dlo, hi, fhi, dhi, f0, d0, c1, c2, max_evals, evals, 
 
 def trial_points(X: torch.Tensor, P: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """``X + alpha P`` row by row, in the points' dtype (``alpha`` may be float64)."""
-    return X + alpha.to(X.dtype).unsqueeze(1) * P
+    return X + alpha.to(dtype=X.dtype, device=X.device).unsqueeze(1) * P
 
 
 def backtrack(values: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, P: torch.Tensor,
@@ -202,7 +202,7 @@ def backtrack(values: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor, P
             break
         idx = searching.nonzero().squeeze(1)
         Ft = torch.full_like(F, float("nan"))
-        Ft[idx] = values(trial_points(X[idx], P[idx], alpha[idx])).detach().to(F.dtype)
+        Ft[idx] = values(trial_points(X[idx], P[idx], alpha[idx])).detach().to(dtype=F.dtype, device=F.device)
         evaluations += searching.long()
         finite = torch.isfinite(Ft)
         ok = finite & (Ft <= F + c1 * alpha * slope) if sufficient_decrease else finite

@@ -21,9 +21,10 @@ from hesse._validation import (
     check_positive_float,
     check_positive_int,
     suggest,
+    working_point,
 )
 
-from ._core import Objective, Run, working_point
+from ._core import Objective, Run
 from .batched import minimize_batched
 from .methods import METHODS, MethodSpec, describe
 from .result import OptimizeResult

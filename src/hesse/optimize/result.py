@@ -75,7 +75,7 @@ class OptimizeHistory(Result):
                evaluations: int, x: torch.Tensor | None = None) -> None:
         """Record ``iteration``. The latest entry is always the latest iteration; an earlier
         entry whose iteration is not a multiple of ``stride`` is replaced by the next one."""
-        fields = [self.values, self.grad_norms, self.step_sizes, self.evaluations, self.iterations]
+        fields: list[list] = [self.values, self.grad_norms, self.step_sizes, self.evaluations, self.iterations]
         if self.iterates_kept:
             fields.append(self.iterates)
         if self.iterations and self.iterations[-1] % self.stride:
