@@ -18,6 +18,9 @@ natural-gradient step for the block is then ``(A ⊗ G)⁻¹ vec(∇W) = vec(G�
   patches (``unfold``, padded as the layer pads) at every spatial location ``t``; ``A`` is their
   mean over samples and locations and ``G`` the mean over samples of ``Σ_t g_t g_tᵀ`` (spatially
   uncorrelated derivatives, spatial homogeneity).
+* With ``loss_fn=`` given, ``ℓ`` is the loss of one likelihood term (a token of a sequence,
+  :mod:`hesse.operators.likelihoods`) and ``G`` the mean over the terms, as in
+  :class:`hesse.KFACOperator` (:func:`hesse.operators.kronecker.output_gradient_scale`).
 * These per-batch factors and the damped inverse below are those of :class:`hesse.KFACOperator`
   (one implementation, in ``hesse.operators``); this module adds what an optimizer needs: hooks
   that record the layers' inputs and output gradients, running averages, the update cadence, KL
@@ -49,6 +52,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..operators.evaluation import declared_reduction
+
 # The per-batch factors and the damped inverse are shared with hesse.KFACOperator; the factor
 # functions stay importable from here (explicit re-exports).
 from ..operators.kronecker import (
@@ -62,6 +67,7 @@ from ..operators.kronecker import conv2d_factors as conv2d_factors
 from ..operators.kronecker import layer_factors as layer_factors
 from ..operators.kronecker import linear_factors as linear_factors
 from ..operators.kronecker import output_gradient_scale as output_gradient_scale
+from ..operators.likelihoods import Likelihood, likelihood_of
 from ._common import (
     DeprecatedOptions,
     HookSet,
@@ -87,7 +93,12 @@ class KFAC(DeprecatedOptions):
     param groups (a layer uses the hyperparameters of its weight's group). ``reduction`` says how
     the closure's loss combines the per-sample losses: ``"mean"`` or ``"sum"``, as the
     ``reduction`` of an ``nn`` loss (pass ``reduction=loss_fn.reduction``); with the wrong one, ``G``
-    is off by the squared batch size.
+    is off by the squared batch size. ``loss_fn``: the ``nn`` loss module the closure calls;
+    KFAC then reads the reduction from it and counts the likelihood terms of each batch (each
+    position of a sequence a term for cross-entropy on ``(N, C, T)`` and squared error on
+    ``(N, T, D)``), so that its factors are those of :class:`hesse.KFACOperator`
+    (``kind="empirical"``) on the same batch. Without it every sample is one term, which for
+    sequence outputs with ``reduction="mean"`` gives a ``G`` ``T`` times smaller.
     ``step(closure)`` takes the closure of ``torch.optim.LBFGS`` (or, without a closure, uses the
     gradients and statistics of the last ``loss.backward()``). Statistics are recorded by hooks
     during forward/backward passes with gradients enabled and the model in training mode, by
@@ -105,8 +116,19 @@ class KFAC(DeprecatedOptions):
     def __init__(self, model: nn.Module, lr: float = 0.1, damping: float = 1e-3,
                  inverse_every: int = 10, stat_decay: float = 0.95, momentum: float = 0.9,
                  weight_decay: float = 0.0, kl_clip: float | None = 1e-3, params: Any = None,
-                 factor_every: int = 1, reduction: str = "mean", **deprecated: Any):
+                 factor_every: int = 1, reduction: str = "mean", loss_fn: Any = None,
+                 **deprecated: Any):
         check_model(model, "KFAC")
+        self._loss_likelihood: Likelihood | None = None
+        if loss_fn is not None:
+            if not isinstance(loss_fn, nn.Module):
+                raise TypeError(
+                    f"loss_fn must be the nn loss module the closure calls (e.g. "
+                    f"nn.CrossEntropyLoss()), whose calls KFAC observes to count the likelihood "
+                    f"terms; got {type(loss_fn).__name__}. Pass reduction= alone for another loss.")
+            declared = declared_reduction(loss_fn)
+            reduction = declared if declared is not None else reduction
+            self._loss_likelihood = likelihood_of(loss_fn)
         inverse_every = self._take_deprecated(deprecated, {"inverse_every": inverse_every},
                                               {"inverse_every": 10})["inverse_every"]
         if reduction not in REDUCTIONS:
@@ -152,6 +174,10 @@ class KFAC(DeprecatedOptions):
         self._hooks = HookSet(self)
         for module, _, _ in self._layers:
             self._hooks.add(module.register_forward_hook(weak_hook(self._forward_hook)))
+        self._loss_fn = loss_fn
+        self._terms: int | None = None  # likelihood terms of the last loss_fn call
+        if loss_fn is not None:
+            self._hooks.add(loss_fn.register_forward_hook(weak_hook(self._loss_hook)))
 
     # ------------------------------------------------------------------ statistics
     def _forward_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
@@ -172,6 +198,16 @@ class KFAC(DeprecatedOptions):
         output.register_hook(save_grad)
 
     # ------------------------------------------------------------------ step
+    def _loss_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        """Count the likelihood terms of the batch the closure's loss is computed on: one per
+        sample and position for cross-entropy / squared error on sequences, as in
+        :class:`hesse.KFACOperator`; one per sample for other losses."""
+        if not torch.is_grad_enabled() or len(args) < 2 or not isinstance(args[0], torch.Tensor):
+            return
+        z, y = args[0].detach(), args[1]
+        lik = self._loss_likelihood
+        self._terms = lik.num_terms(z, y) if lik is not None else (z.shape[0] if z.ndim else 1)
+
     @torch.no_grad()
     def step(  # type: ignore[override]  # torch's stub says float; the loss is a tensor
             self, closure: Callable | None = None) -> torch.Tensor | None:
@@ -180,6 +216,11 @@ class KFAC(DeprecatedOptions):
         try:
             loss = run_closure(closure, "KFAC", [p for g in self.param_groups for p in g["params"]],
                                self._names)
+            if self._loss_fn is not None and self._cache and self._terms is None:
+                raise ValueError(
+                    "KFAC.step: the closure did not call loss_fn (the module passed as "
+                    "KFAC(loss_fn=...)), so the likelihood terms of the batch are unknown; compute "
+                    "the loss with that same module instance.")
             recorded = [torch.isfinite(t).all() for e in self._cache.values() for t in e.values()]
             if recorded and not bool(torch.stack(recorded).all()):
                 raise ValueError("KFAC.step: the recorded layer inputs or output gradients have "
@@ -187,7 +228,9 @@ class KFAC(DeprecatedOptions):
                                  "lower lr or raise damping.")
         except ValueError:
             self._cache.clear()  # this batch's statistics must not enter the running factors
+            self._terms = None
             raise
+        terms, self._terms = self._terms, None
         for module, weight, _ in self._layers:
             if (weight.grad is not None and "A" not in self.state[weight]
                     and "g" not in self._cache.get(id(module), {})):
@@ -210,7 +253,7 @@ class KFAC(DeprecatedOptions):
             cache = self._cache.pop(id(module), None)
             if cache is not None and "g" in cache:
                 A, G = layer_factors(module, cache["a"], cache["g"], bias is not None,
-                                     self.reduction)
+                                     self.reduction, terms)
                 if "A" not in state:
                     state["A"], state["G"] = A.clone(), G.clone()
                 else:
