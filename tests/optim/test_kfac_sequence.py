@@ -77,3 +77,22 @@ def test_loss_fn_must_be_the_module_the_closure_calls():
 
     with pytest.raises(ValueError, match="did not call loss_fn"):
         opt.step(closure)
+
+
+def test_sequence_inputs_without_loss_fn_warn_once():
+    model, loss_fn, x, y = _case("ce", 5, "mean")
+    opt = hesse.optim.KFAC(model, lr=1e-3)
+
+    def closure():
+        opt.zero_grad()
+        out = loss_fn(model(x), y)
+        out.backward()
+        return out
+
+    with pytest.warns(UserWarning, match="loss_fn"):
+        opt.step(closure)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step(closure)

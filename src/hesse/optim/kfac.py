@@ -46,6 +46,7 @@ K-FAC implementations do; the MC-sampled targets of the paper would need a secon
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -175,6 +176,7 @@ class KFAC(DeprecatedOptions):
         for module, _, _ in self._layers:
             self._hooks.add(module.register_forward_hook(weak_hook(self._forward_hook)))
         self._loss_fn = loss_fn
+        self._warned_sequence = False
         self._terms: int | None = None  # likelihood terms of the last loss_fn call
         if loss_fn is not None:
             self._hooks.add(loss_fn.register_forward_hook(weak_hook(self._loss_hook)))
@@ -252,6 +254,15 @@ class KFAC(DeprecatedOptions):
             step = int(state["step"])
             cache = self._cache.pop(id(module), None)
             if cache is not None and "g" in cache:
+                if (self._loss_fn is None and self.reduction == "mean" and not self._warned_sequence
+                        and isinstance(module, nn.Linear) and cache["a"].ndim > 2):
+                    warnings.warn(
+                        "KFAC: a Linear layer sees sequence inputs (N, T, d) and the loss is a mean, "
+                        "but KFAC was not given loss_fn, so each sample counts as one likelihood term "
+                        "(G is T times smaller than KFACOperator's when the loss averages over the T "
+                        "positions). Pass KFAC(model, loss_fn=the loss module the closure calls).",
+                        UserWarning, stacklevel=2)
+                    self._warned_sequence = True
                 A, G = layer_factors(module, cache["a"], cache["g"], bias is not None,
                                      self.reduction, terms)
                 if "A" not in state:
