@@ -145,3 +145,14 @@ def test_bad_input():
         hesse.classify("x**2", [1.0])
     with pytest.raises(ValueError, match="not finite"):
         hesse.classify(lambda p: torch.log(p[0] - 1), [0.0])
+
+
+@pytest.mark.parametrize("f", [
+    lambda x: (x[0] - 1) ** 2 + x[1].item() ** 4,
+    lambda x: (x[0] - 1) ** 2 + float(x[1]) ** 4,
+    lambda x: (x[0] - 1) ** 2 + (x[1] ** 4 if float(x[1]) >= 0 else -x[1] ** 4),
+], ids=["item", "float", "branch"])
+def test_a_function_vmap_cannot_batch_gets_a_clear_error_at_a_degenerate_point(f):
+    """The higher-order test vmaps f; a raw torch.func error surfaced before."""
+    with pytest.raises(ValueError, match="torch.func.vmap"):
+        hesse.classify(f, torch.tensor([1.0, 0.0], dtype=torch.float64))

@@ -336,8 +336,18 @@ def _classify_point(flat: Callable[[torch.Tensor], torch.Tensor], shape: torch.S
             kind, _, nullity = _second_order_kind(at.eigenvalues, tols.eigenvalue)
             if kind is not None:  # after polishing the point is non-degenerate after all
                 return _point(at, shape, tols, kind, 2, "second-derivative test at the polished point" + note)
-    res = higher_order_analysis(flat, at.x.detach(), at.eigenvalues, at.eigenvectors, tols.eigenvalue,
-                                max_order=max_order)
+    try:
+        res = higher_order_analysis(flat, at.x.detach(), at.eigenvalues, at.eigenvectors,
+                                    tols.eigenvalue, max_order=max_order)
+    except RuntimeError as err:
+        if not str(err).startswith("vmap:"):
+            raise
+        # the higher-order test batches f's derivatives over directions with torch.func.vmap
+        raise ValueError(
+            "f cannot be batched with torch.func.vmap, which the higher-order test at this "
+            "degenerate point needs: it calls .item() (or float(), .tolist()) or branches in Python "
+            "on a tensor's value. Write f with torch operations (torch.where for branches), or pass "
+            "higher_order=False for the second-order verdict only.") from None
     return _point(at, shape, tols, res.kind, res.order,
                   f"Hessian singular (nullity {nullity}); {res.reason}" + note)
 

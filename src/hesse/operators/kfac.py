@@ -72,6 +72,7 @@ from .kronecker import (
     damped_kronecker_inverse,
     factor_eigh,
     input_rows,
+    output_gradient_scale,
     output_rows,
     supports_layer,
 )
@@ -294,12 +295,12 @@ class KFACOperator(CurvatureOperator):
                 targets, fix = lik.kfac_draws(zd, y, reduction, self.mc_samples, gen)
             # other losses (empirical only): one term per sample
             terms = lik.num_terms(zd, y) if lik is not None else (zd.shape[0] if zd.ndim >= 1 else 1)
-            c = 1.0 / terms if reduction == "mean" else 1.0
             cotangents = []
             for t in targets:
                 zz = zd.clone().requires_grad_(True)
                 cotangents.append(torch.autograd.grad(p.loss_fn(zz, t), zz)[0])
-            weight = batch_weight / c * fix / len(targets)
+            # the rows' weight of hesse.optim.KFAC's factors too (one factor convention)
+            weight = output_gradient_scale(reduction, nb, terms) ** 2 * fix / len(targets)
         return cotangents, weight
 
     # ------------------------------------------------------------------ products

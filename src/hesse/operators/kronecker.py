@@ -126,12 +126,22 @@ def output_rows(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- factors of one batch
-def output_gradient_scale(reduction: str, batch_size: int) -> float:
-    """The factor taking ``∂L/∂s`` of the batch loss to ``∂ℓᵢ/∂s`` of the per-sample loss:
-    ``m`` for ``L = (1/m) Σ ℓᵢ`` (``reduction="mean"``), 1 for ``L = Σ ℓᵢ`` (``"sum"``)."""
+def output_gradient_scale(reduction: str, batch_size: int, terms: int | None = None) -> float:
+    """The factor ``s`` by which the rows of ``g = ∂L/∂s`` of the batch loss enter
+    ``G = (1/m) Σ_r (s g_r)(s g_r)ᵀ`` (``m = batch_size`` samples).
+
+    ``reduction="sum"`` (``L = Σ ℓ``): ``s = 1``. ``reduction="mean"`` over ``R = terms``
+    likelihood terms (``L = (1/R) Σ_t ℓ_t``; one per sample and sequence position for
+    cross-entropy on ``(N, C, T)``, see :mod:`hesse.operators.likelihoods`): ``s = √(m R)``, so
+    that ``G = R Σ_r g_r g_rᵀ = (1/R) Σ_r (R g_r)(R g_r)ᵀ``, the mean over the terms of the
+    outer products of each term's own gradient — the factor whose Kronecker product with ``A``
+    approximates the GGN / Fisher of the mean loss (:class:`hesse.KFACOperator`). Without
+    ``terms``, one term per sample (``R = m``, ``s = m``)."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}.")
-    return float(batch_size) if reduction == "mean" else 1.0
+    if reduction == "sum":
+        return 1.0
+    return float(batch_size) if terms is None else float(batch_size * terms) ** 0.5
 
 
 def _factors_from_rows(a: torch.Tensor, g: torch.Tensor,
@@ -164,11 +174,12 @@ def conv2d_factors(module: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, has_bias
 
 
 def layer_factors(module: nn.Module, a: torch.Tensor, g: torch.Tensor, has_bias: bool,
-                  reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
+                  reduction: str, terms: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A, G)`` of one batch for an ``nn.Linear`` or ``nn.Conv2d`` layer, from its inputs ``a``
-    and the output gradients ``g = ∂L/∂s`` of a loss with the given ``reduction``."""
+    and the output gradients ``g = ∂L/∂s`` of a loss with the given ``reduction`` over ``terms``
+    likelihood terms (default one per sample; :func:`output_gradient_scale`)."""
     m = num_samples(module, a)
-    scale = output_gradient_scale(reduction, m)
+    scale = output_gradient_scale(reduction, m, terms)
     return _factors_from_rows(input_rows(module, a, bias=has_bias),
                               output_rows(module, g) * scale, m)
 

@@ -42,7 +42,7 @@ class Likelihood:
 
     loss_type: ClassVar[type]
 
-    def __init__(self, loss_fn: nn.Module):
+    def __init__(self, loss_fn: Any):
         self.loss_fn = loss_fn
 
     # ---------------------------------------------------------------- what is refused
@@ -135,7 +135,7 @@ class Categorical(Likelihood):
     def mask(self, z: torch.Tensor, y: Any) -> torch.Tensor | None:
         """Positions that count (targets != ignore_index), the shape of z without the classes."""
         if isinstance(y, torch.Tensor) and not y.is_floating_point():
-            return y != self.loss_fn.ignore_index
+            return torch.ne(y, int(self.loss_fn.ignore_index))
         return None
 
     def num_terms(self, z: torch.Tensor, y: Any) -> int:

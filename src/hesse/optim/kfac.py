@@ -18,6 +18,9 @@ natural-gradient step for the block is then ``(A ⊗ G)⁻¹ vec(∇W) = vec(G�
   patches (``unfold``, padded as the layer pads) at every spatial location ``t``; ``A`` is their
   mean over samples and locations and ``G`` the mean over samples of ``Σ_t g_t g_tᵀ`` (spatially
   uncorrelated derivatives, spatial homogeneity).
+* With ``loss_fn=`` given, ``ℓ`` is the loss of one likelihood term (a token of a sequence,
+  :mod:`hesse.operators.likelihoods`) and ``G`` the mean over the terms, as in
+  :class:`hesse.KFACOperator` (:func:`hesse.operators.kronecker.output_gradient_scale`).
 * These per-batch factors and the damped inverse below are those of :class:`hesse.KFACOperator`
   (one implementation, in ``hesse.operators``); this module adds what an optimizer needs: hooks
   that record the layers' inputs and output gradients, running averages, the update cadence, KL
@@ -43,11 +46,14 @@ K-FAC implementations do; the MC-sampled targets of the paper would need a secon
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..operators.evaluation import declared_reduction
 
 # The per-batch factors and the damped inverse are shared with hesse.KFACOperator; the factor
 # functions stay importable from here (explicit re-exports).
@@ -62,6 +68,7 @@ from ..operators.kronecker import conv2d_factors as conv2d_factors
 from ..operators.kronecker import layer_factors as layer_factors
 from ..operators.kronecker import linear_factors as linear_factors
 from ..operators.kronecker import output_gradient_scale as output_gradient_scale
+from ..operators.likelihoods import Likelihood, likelihood_of
 from ._common import (
     HookSet,
     check_hyper,
@@ -86,7 +93,12 @@ class KFAC(torch.optim.Optimizer):
     param groups (a layer uses the hyperparameters of its weight's group). ``reduction`` says how
     the closure's loss combines the per-sample losses: ``"mean"`` or ``"sum"``, as the
     ``reduction`` of an ``nn`` loss (pass ``reduction=loss_fn.reduction``); with the wrong one, ``G``
-    is off by the squared batch size.
+    is off by the squared batch size. ``loss_fn``: the ``nn`` loss module the closure calls;
+    KFAC then reads the reduction from it and counts the likelihood terms of each batch (each
+    position of a sequence a term for cross-entropy on ``(N, C, T)`` and squared error on
+    ``(N, T, D)``), so that its factors are those of :class:`hesse.KFACOperator`
+    (``kind="empirical"``) on the same batch. Without it every sample is one term, which for
+    sequence outputs with ``reduction="mean"`` gives a ``G`` ``T`` times smaller.
     ``step(closure)`` takes the closure of ``torch.optim.LBFGS`` (or, without a closure, uses the
     gradients and statistics of the last ``loss.backward()``). Statistics are recorded by hooks
     during forward/backward passes with gradients enabled and the model in training mode, by
@@ -99,8 +111,18 @@ class KFAC(torch.optim.Optimizer):
     def __init__(self, model: nn.Module, lr: float = 0.1, damping: float = 1e-3,
                  inverse_every: int = 10, stat_decay: float = 0.95, momentum: float = 0.9,
                  weight_decay: float = 0.0, kl_clip: float | None = 1e-3, params: Any = None,
-                 factor_every: int = 1, reduction: str = "mean"):
+                 factor_every: int = 1, reduction: str = "mean", loss_fn: Any = None):
         check_model(model, "KFAC")
+        self._loss_likelihood: Likelihood | None = None
+        if loss_fn is not None:
+            if not isinstance(loss_fn, nn.Module):
+                raise TypeError(
+                    f"loss_fn must be the nn loss module the closure calls (e.g. "
+                    f"nn.CrossEntropyLoss()), whose calls KFAC observes to count the likelihood "
+                    f"terms; got {type(loss_fn).__name__}. Pass reduction= alone for another loss.")
+            declared = declared_reduction(loss_fn)
+            reduction = declared if declared is not None else reduction
+            self._loss_likelihood = likelihood_of(loss_fn)
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be 'mean' or 'sum' (how the closure's loss combines "
                              f"the per-sample losses, as loss_fn.reduction); got {reduction!r}.")
@@ -144,6 +166,11 @@ class KFAC(torch.optim.Optimizer):
         self._hooks = HookSet(self)
         for module, _, _ in self._layers:
             self._hooks.add(module.register_forward_hook(weak_hook(self._forward_hook)))
+        self._loss_fn = loss_fn
+        self._warned_sequence = False
+        self._terms: int | None = None  # likelihood terms of the last loss_fn call
+        if loss_fn is not None:
+            self._hooks.add(loss_fn.register_forward_hook(weak_hook(self._loss_hook)))
 
     # ------------------------------------------------------------------ statistics
     def _forward_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
@@ -164,6 +191,16 @@ class KFAC(torch.optim.Optimizer):
         output.register_hook(save_grad)
 
     # ------------------------------------------------------------------ step
+    def _loss_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        """Count the likelihood terms of the batch the closure's loss is computed on: one per
+        sample and position for cross-entropy / squared error on sequences, as in
+        :class:`hesse.KFACOperator`; one per sample for other losses."""
+        if not torch.is_grad_enabled() or len(args) < 2 or not isinstance(args[0], torch.Tensor):
+            return
+        z, y = args[0].detach(), args[1]
+        lik = self._loss_likelihood
+        self._terms = lik.num_terms(z, y) if lik is not None else (z.shape[0] if z.ndim else 1)
+
     @torch.no_grad()
     def step(  # type: ignore[override]  # torch's stub says float; the loss is a tensor
             self, closure: Callable | None = None) -> torch.Tensor | None:
@@ -172,6 +209,11 @@ class KFAC(torch.optim.Optimizer):
         try:
             loss = run_closure(closure, "KFAC", [p for g in self.param_groups for p in g["params"]],
                                self._names)
+            if self._loss_fn is not None and self._cache and self._terms is None:
+                raise ValueError(
+                    "KFAC.step: the closure did not call loss_fn (the module passed as "
+                    "KFAC(loss_fn=...)), so the likelihood terms of the batch are unknown; compute "
+                    "the loss with that same module instance.")
             recorded = [torch.isfinite(t).all() for e in self._cache.values() for t in e.values()]
             if recorded and not bool(torch.stack(recorded).all()):
                 raise ValueError("KFAC.step: the recorded layer inputs or output gradients have "
@@ -179,7 +221,9 @@ class KFAC(torch.optim.Optimizer):
                                  "lower lr or raise damping.")
         except ValueError:
             self._cache.clear()  # this batch's statistics must not enter the running factors
+            self._terms = None
             raise
+        terms, self._terms = self._terms, None
         for module, weight, _ in self._layers:
             if (weight.grad is not None and "A" not in self.state[weight]
                     and "g" not in self._cache.get(id(module), {})):
@@ -201,8 +245,17 @@ class KFAC(torch.optim.Optimizer):
             step = int(state["step"])
             cache = self._cache.pop(id(module), None)
             if cache is not None and "g" in cache:
+                if (self._loss_fn is None and self.reduction == "mean" and not self._warned_sequence
+                        and isinstance(module, nn.Linear) and cache["a"].ndim > 2):
+                    warnings.warn(
+                        "KFAC: a Linear layer sees sequence inputs (N, T, d) and the loss is a mean, "
+                        "but KFAC was not given loss_fn, so each sample counts as one likelihood term "
+                        "(G is T times smaller than KFACOperator's when the loss averages over the T "
+                        "positions). Pass KFAC(model, loss_fn=the loss module the closure calls).",
+                        UserWarning, stacklevel=2)
+                    self._warned_sequence = True
                 A, G = layer_factors(module, cache["a"], cache["g"], bias is not None,
-                                     self.reduction)
+                                     self.reduction, terms)
                 if "A" not in state:
                     state["A"], state["G"] = A.clone(), G.clone()
                 else:
