@@ -157,6 +157,8 @@ def test_device_flag(load_factory, mf, capsys):
     assert out["eigenvalues"]["values"] == pytest.approx(ref.values.tolist(), rel=1e-10)
     _one_line_error(capsys, ["--model", f"{mf}:small", "--device", "cuda:99"], "--device cuda:99")
     _one_line_error(capsys, ["--model", f"{mf}:small", "--device", "toaster"], "--device 'toaster'")
+    # meta tensors hold no values: was "internal error: this is a bug"
+    _one_line_error(capsys, ["--model", f"{mf}:small", "--device", "meta"], "--device meta", "no values")
 
 
 def test_prepare_problem_leaves_the_model_as_it_was():
