@@ -175,3 +175,10 @@ def test_prepare_problem_leaves_the_model_as_it_was():
     with pytest.raises(ValueError, match="batch 1: the loss is nan"):
         prepare_problem({"model": model, "loss_fn": torch.nn.CrossEntropyLoss(),
                          "data": [(X, y), (X * float("nan"), y)]})
+
+
+def test_density_over_the_memory_guard_is_refused(mf, capsys):
+    # --probes 100000000 was killed at 24 GB; 2000000 gave "internal error" under a ulimit
+    for probes in ("100000000", "2000000"):
+        _one_line_error(capsys, ["--model", f"{mf}:small", "--k", "1", "--density", "--probes", probes],
+                        "max_memory guard", "fewer probes")
