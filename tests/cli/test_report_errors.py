@@ -129,6 +129,7 @@ def test_batches_curvature_device_flags(load_factory, mf, tmp_path, capsys):
     (["--k", "600"], f"exceeds the number of parameters n={N}"),
     (["--out", "{tmp}/missing/deeper/r"], "does not exist"),
     (["--device", "cuda:99"], "--device cuda:99"),
+    (["--device", "meta"], "--device meta: meta tensors hold no values"),
     (["--batches", "7"], "only 1 batch"),
 ])
 def test_report_option_errors(mf, tmp_path, capsys, argv, text):

@@ -157,6 +157,8 @@ def test_device_flag(load_factory, mf, capsys):
     assert out["eigenvalues"]["values"] == pytest.approx(ref.values.tolist(), rel=1e-10)
     _one_line_error(capsys, ["--model", f"{mf}:small", "--device", "cuda:99"], "--device cuda:99")
     _one_line_error(capsys, ["--model", f"{mf}:small", "--device", "toaster"], "--device 'toaster'")
+    # meta tensors hold no values: was "internal error: this is a bug"
+    _one_line_error(capsys, ["--model", f"{mf}:small", "--device", "meta"], "--device meta", "no values")
 
 
 def test_prepare_problem_leaves_the_model_as_it_was():
@@ -173,3 +175,10 @@ def test_prepare_problem_leaves_the_model_as_it_was():
     with pytest.raises(ValueError, match="batch 1: the loss is nan"):
         prepare_problem({"model": model, "loss_fn": torch.nn.CrossEntropyLoss(),
                          "data": [(X, y), (X * float("nan"), y)]})
+
+
+def test_density_over_the_memory_guard_is_refused(mf, capsys):
+    # --probes 100000000 was killed at 24 GB; 2000000 gave "internal error" under a ulimit
+    for probes in ("100000000", "2000000"):
+        _one_line_error(capsys, ["--model", f"{mf}:small", "--k", "1", "--density", "--probes", probes],
+                        "max_memory guard", "fewer probes")

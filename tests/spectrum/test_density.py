@@ -4,6 +4,8 @@ import pytest
 import torch
 
 import hesse
+from hesse.spectrum.density import slq_bytes, slq_nodes
+from hesse.spectrum.diagonal import diagonal
 from hesse.testing.spectra import prescribed_spectrum, wasserstein1
 
 
@@ -49,3 +51,31 @@ def test_density_matches_exact_on_small_operator():
 def test_density_bad_input(lowrank_op, kwargs, text):
     with pytest.raises(ValueError, match=text):
         hesse.spectral_density(lowrank_op, **kwargs)
+
+
+def test_slq_refuses_what_would_not_fit_before_allocating(indefinite_op):
+    """--probes 100000000 was killed at 24 GB; now refused, naming the sizes, before any product."""
+    op = hesse.DenseOperator(indefinite_op.to_dense())
+    for kwargs in ({"num_probes": 100_000_000}, {"num_probes": 2_000_000}, {"num_probes": 4, "num_grid": 10**9}):
+        with pytest.raises(ValueError, match="max_memory guard") as info:
+            hesse.spectral_density(op, **kwargs)
+        assert "SLQ with" in str(info.value)
+        assert op.num_matvecs == 0
+    with pytest.raises(ValueError, match="max_memory guard"):
+        slq_nodes(op, 4, 60, max_memory=4 * 61 * 2000 * 8)
+    # the estimate covers the bases: just above it runs
+    need = slq_bytes(2000, 4, 60, torch.float64, 1000)
+    assert need >= 4 * 61 * 2000 * 8
+    assert hesse.spectral_density(op, num_probes=4, num_steps=60, max_memory=need).num_probes == 4
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++", "xtrace"])
+def test_trace_and_diagonal_refuse_probe_blocks_over_the_guard(indefinite_op, method):
+    op = hesse.DenseOperator(indefinite_op.to_dense())
+    with pytest.raises(ValueError, match="max_memory guard"):
+        hesse.trace(op, method, num_matvecs=1000, max_memory=10**6)
+    if method != "xtrace":
+        dm = "diag++" if method == "hutch++" else method
+        with pytest.raises(ValueError, match="max_memory guard"):
+            diagonal(op, dm, num_matvecs=1000, max_memory=10**6)
+    assert op.num_matvecs == 0

@@ -165,6 +165,10 @@ def check_device(spec: str | None):
     elif device.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise CLIError(f"--device {spec}: the MPS backend is not available here; use --device cpu.")
+    elif device.type == "meta":
+        # meta tensors carry shapes but no values: every product and loss would be undefined
+        raise CLIError(f"--device {spec}: meta tensors hold no values, so no curvature can be computed "
+                       "on them; use --device cpu (or cuda, mps).")
     elif device.type != "cpu":
         try:
             torch.empty(0, device=device)

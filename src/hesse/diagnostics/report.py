@@ -447,6 +447,21 @@ def _landscape_slices(out: dict, model, objective: LossSpec, data, *, top_eigenv
     out.update(_landscape1=land1, _landscape2=land2)
 
 
+def _below(summary: dict) -> str:
+    """Where the negative count starts: zero for a dense spectrum, ``-3 sigma`` of SLQ's resolution."""
+    sigma = summary.get("resolution") or 0.0
+    if sigma > 0:
+        return f"below {-summary['negative_threshold']:.2g}, 3 sigma of SLQ's resolution sigma = {sigma:.2g}"
+    return "below zero"
+
+
+def _effective_rank_text(summary: dict) -> str:
+    erank = summary["effective_rank"]
+    if erank != erank:  # nan: SLQ does not resolve it
+        return "effective rank and condition number not resolved by SLQ"
+    return f"effective rank {erank:.1f}"
+
+
 def _final_sentence(final: dict) -> str:
     s = final["summary"]
     n_out = final["num_outliers"]
@@ -458,8 +473,8 @@ def _final_sentence(final: dict) -> str:
              f"(> {OUTLIER_FACTOR:g}x the bulk edge {final['bulk_edge']:.3g}; largest {top}) over "
              f"{describe_bulk(final['bulk_edge'], final['top_eigenvalues'][0])}"]
     if neg_mass is not None and frac_neg is not None:
-        parts.append(f"{neg_mass:.1%} negative mass ({frac_neg:.1%} of the eigenvalues below zero, "
-                     f"lambda_min = {s['lambda_min']:.3g})")
+        parts.append(f"{neg_mass:.1%} negative mass ({frac_neg:.1%} of the eigenvalues "
+                     f"{_below(s)}, lambda_min = {s['lambda_min']:.3g})")
     return "; ".join(parts)
 
 
@@ -509,7 +524,7 @@ def summary_markdown(payload: dict, title: str) -> str:
               f"({'converged' if final['top_converged'] else 'NOT converged'}, {final['top_num_matvecs']} products)",
               f"- bulk edge (99th percentile of |lambda| under SLQ): {final['bulk_edge']:.4g}; outliers: {final['num_outliers']}",
               f"- lambda_min {s['lambda_min']:.4g}, trace {s['trace']:.4g}, negative mass {s['negative_mass']:.2%}, "
-              f"fraction negative {s['fraction_negative']:.2%}, effective rank {s['effective_rank']:.1f} "
+              f"fraction negative {s['fraction_negative']:.2%} ({_below(s)}), {_effective_rank_text(s)} "
               f"(definiteness: {s['definiteness']})",
               "- figures: `top_eigenvalues.png`, `density.png`, `landscape_1d.png`, `landscape_2d.png`", ""]
     ex = payload.get("example")

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from hesse._blocks import probe_block
+from hesse._memory import guard_bytes
 from hesse._validation import check_choice
 from hesse.operators import CurvatureOperator
 
@@ -53,3 +54,11 @@ def check_budget(op: Any, method: str, methods: tuple[str, ...], num_matvecs: An
         if not isinstance(num_matvecs, int) or isinstance(num_matvecs, bool) or num_matvecs < least:
             raise ValueError(f"num_matvecs must be an int >= {least} for method={method!r}, got {num_matvecs!r}.")
     return op, method, method == "exact" or num_matvecs >= op.shape[0]
+
+
+def guard_probe_blocks(n: int, columns: int, dtype: torch.dtype, max_memory: int | None, what: str) -> None:
+    """Refuse (``ValueError``, before allocating) an estimator holding ``columns`` vectors of ``n``
+    entries in ``dtype`` at once over ``max_memory`` (default 4 GiB or ``HESSE_MAX_MEMORY``)."""
+    need = columns * n * torch.empty((), dtype=dtype).element_size()
+    guard_bytes(need, max_memory, f"{what} ({columns} vectors of n={n} in {dtype} at once)",
+                alternative="a smaller num_matvecs")

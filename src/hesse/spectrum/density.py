@@ -25,12 +25,13 @@ from typing import Any
 
 import torch
 
+from hesse._memory import guard_bytes
 from hesse._progress import Progress
 from hesse._result import Result
 from hesse.operators import CurvatureOperator
 
 from ._common import check_operator, generator, rademacher
-from .lanczos import _lanczos_steps, _start
+from .lanczos import _lanczos_steps, _start, _work_dtype
 
 __all__ = ["SpectralDensity", "DensityEstimate", "spectral_density", "slq_nodes"]
 
@@ -205,8 +206,32 @@ def _smooth(nodes: torch.Tensor, weights: torch.Tensor, grid: torch.Tensor, sigm
     return density, stderr
 
 
+def slq_bytes(n: int, num_probes: int, num_steps: int, dtype: torch.dtype, num_grid: int = 0) -> int:
+    """Bytes SLQ allocates for ``num_probes`` probes of ``num_steps`` steps on an ``n``-row operator.
+
+    The stored bases ``(p, j + 1, n)`` in the basis dtype, the probes and two blocks of products
+    ``(n, p)`` beside them, the projected matrices with their eigenvectors (``3 p j^2`` float64) and,
+    with ``num_grid`` points, the smoothing array ``(p, j, num_grid)`` and its per-probe density
+    (float64).
+    """
+    j = min(num_steps, n)
+    item = torch.empty((), dtype=_work_dtype(dtype)).element_size()
+    return (num_probes * (j + 1 + 3) * n * item + 3 * num_probes * (j + 1) ** 2 * 8
+            + 2 * num_probes * j * num_grid * 8)
+
+
+def _guard_slq(n: int, num_probes: int, num_steps: int, dtype: torch.dtype, num_grid: int,
+               max_memory: int | None) -> None:
+    need = slq_bytes(n, num_probes, num_steps, dtype, num_grid)
+    guard_bytes(need, max_memory,
+                f"SLQ with {num_probes} probes x {min(num_steps, n)} steps on n={n} "
+                f"({num_probes} stored Krylov bases of {min(num_steps, n) + 1} vectors)",
+                alternative="fewer probes (the standard error falls as 1/sqrt(probes); 4-100 are "
+                "typical) or fewer steps")
+
+
 def slq_nodes(op: CurvatureOperator, num_probes: int, num_steps: int, seed: int = 0,
-              progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+              progress: bool = False, max_memory: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Gauss-quadrature nodes and weights of ``num_probes`` Rademacher probes, ``(p, j)`` each.
 
     Runs ``num_steps`` Lanczos steps from each normalised probe (independent recurrences with full
@@ -214,8 +239,12 @@ def slq_nodes(op: CurvatureOperator, num_probes: int, num_steps: int, seed: int 
     ``v`` is ``theta_l`` = eigenvalues of its ``T_j``, ``tau_l = (e_1^T s_l)^2`` (Golub & Meurant 2010,
     ch. 6). A probe whose Krylov space is invariant stops early: its ``T`` gets a zero trailing block,
     whose nodes carry zero weight (and the products stop once every probe has stopped).
+
+    Memory: :func:`slq_bytes`, refused with a ``ValueError`` before anything is allocated when over
+    ``max_memory`` (default 4 GiB or ``HESSE_MAX_MEMORY``).
     """
     n = op.shape[0]
+    _guard_slq(n, num_probes, num_steps, op.dtype, 0, max_memory)
     p, m = num_probes, min(num_steps, n)
     V = rademacher(n, p, generator(seed), op.dtype, op.device)
     kr = _start(op, V, m)
@@ -231,7 +260,7 @@ def slq_nodes(op: CurvatureOperator, num_probes: int, num_steps: int, seed: int 
 
 def spectral_density(op: CurvatureOperator, num_probes: int = 4, num_steps: int = 80, grid: Any = None,
                      sigma: float | None = None, seed: int = 0, progress: bool = False,
-                     num_grid: int = 1000) -> SpectralDensity:
+                     num_grid: int = 1000, max_memory: int | None = None) -> SpectralDensity:
     """Spectral density of ``op`` by stochastic Lanczos quadrature (see module docs).
 
     Parameters
@@ -242,6 +271,9 @@ def spectral_density(op: CurvatureOperator, num_probes: int = 4, num_steps: int 
         nodes plus 6 sigma).
     sigma : Gaussian smoothing width (default ``1e-2 * (max node - min node)``, the choice of
         Ghorbani et al. 2019's code scaled to the spectrum's width).
+    max_memory : bytes SLQ may allocate (default 4 GiB or ``HESSE_MAX_MEMORY``); the estimate
+        (:func:`slq_bytes`: the ``num_probes`` Krylov bases and the smoothing array) is checked before
+        any product, and a larger one is refused with a ``ValueError`` naming the sizes.
     """
     op = check_operator(op)
     for name, val in (("num_probes", num_probes), ("num_steps", num_steps), ("num_grid", num_grid)):
@@ -249,8 +281,10 @@ def spectral_density(op: CurvatureOperator, num_probes: int = 4, num_steps: int 
             raise ValueError(f"{name} must be a positive int, got {val!r}.")
     if sigma is not None:
         sigma = _check_sigma(sigma)
+    num_points = num_grid if grid is None else int(torch.as_tensor(grid).numel())
+    _guard_slq(op.shape[0], num_probes, num_steps, op.dtype, num_points, max_memory)
     start = op.num_matvecs
-    nodes, weights = slq_nodes(op, num_probes, num_steps, seed, progress)
+    nodes, weights = slq_nodes(op, num_probes, num_steps, seed, progress, max_memory)
     live = weights > 0
     lo, hi = float(nodes[live].min()), float(nodes[live].max())
     width = hi - lo if hi > lo else max(abs(hi), 1.0)

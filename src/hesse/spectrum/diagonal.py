@@ -33,7 +33,7 @@ from hesse._progress import Progress
 from hesse._result import Result
 from hesse.operators import CurvatureOperator
 
-from ._common import check_budget, generator
+from ._common import check_budget, generator, guard_probe_blocks
 
 __all__ = ["DiagonalEstimate", "diagonal", "exact_diagonal"]
 
@@ -71,10 +71,12 @@ def exact_diagonal(op: CurvatureOperator, progress: bool = False, label: str = "
 
 
 def diagonal(op: CurvatureOperator, method: str = "hutchinson", num_matvecs: int = 100, seed: int = 0,
-             progress: bool = False) -> DiagonalEstimate:
+             progress: bool = False, max_memory: int | None = None) -> DiagonalEstimate:
     """Estimate ``diag(op)`` with ``num_matvecs`` products (see module docs).
 
     ``num_matvecs >= n`` returns the exact diagonal (``n`` products, ``method="exact"``).
+    ``max_memory`` bounds the probe blocks held at once (about ``3 num_matvecs`` vectors; default
+    4 GiB or ``HESSE_MAX_MEMORY``): a larger estimate is refused with a ``ValueError`` first.
     """
     op, method, exact = check_budget(op, method, _METHODS, num_matvecs, _MIN_MATVECS)
     n = op.shape[0]
@@ -82,6 +84,9 @@ def diagonal(op: CurvatureOperator, method: str = "hutchinson", num_matvecs: int
     if exact:
         out = exact_diagonal(op, progress)
         return DiagonalEstimate(out, torch.zeros_like(out), op.num_matvecs - start, "exact")
+    # the probes, their products and their elementwise products (Diag++: its sketch and basis fewer)
+    guard_probe_blocks(n, 3 * num_matvecs, op.dtype, max_memory,
+                       f"diagonal ({method}, num_matvecs={num_matvecs})")
     gen = generator(seed)
     with Progress(num_matvecs, f"diagonal ({method})", progress) as bar:
         low = torch.zeros(n, dtype=op.dtype, device=op.device)

@@ -46,6 +46,13 @@ from ._common import check_operator, gaussian, generator
 
 __all__ = ["EigshResult", "eigsh", "lanczos_tridiagonal", "DENSE_THRESHOLD"]
 
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the Krylov basis for products in ``dtype``: float32 for the 16-bit formats, whose
+    rounding (``eps`` 1e-3 for float16, 8e-3 for bfloat16) would otherwise enter every Gram-Schmidt
+    coefficient and the Ritz vectors, and the operator's own dtype otherwise."""
+    return torch.float32 if torch.empty((), dtype=dtype).element_size() < 4 else dtype
+
+
 #: Operators with at most this many rows are diagonalised densely (``torch.linalg.eigh``).
 DENSE_THRESHOLD = 500
 
@@ -63,6 +70,24 @@ _MIN_BASIS = 20
 #: instead of running on.
 _MIN_BUDGET = 300
 _MATVECS_PER_BASIS = 30
+
+#: Ritz pairs beyond the ``k`` wanted ones that must converge too before the wanted ones are returned.
+#: A small residual proves an eigenvalue near the Ritz value, not that it is the extreme one: with
+#: two close extreme eigenvalues and a start nearly orthogonal to the extreme eigenvector, the
+#: second one converges first and would be returned as the extreme (measured: 1 of 40 starts on a
+#: spectrum whose two smallest eigenvalues are 0.2 % of ||A|| apart, at tol=1e-4). Converging one more
+#: pair (a "block" of k + 1) runs the recurrence until the next value inward is resolved too, by which
+#: time a missed extreme eigenvalue has entered the Krylov space.
+_GUARD_PAIRS = 1
+
+_UNGUARDED = ("; the Ritz pair beyond the wanted ones did not converge within the budget, so an "
+              "eigenvalue further out than those returned may have been missed (raise max_matvecs)")
+
+#: A pair of a 16-bit operator is judged converged at ``max(tol, _FORMAT_EPS * eps)`` relative to
+#: ``||A||``: its residual, measured with one product in that format, carries the product's rounding
+#: (measured 0.25-0.5 eps on dense and MLP Hessians in float16 and bfloat16), so a smaller tolerance
+#: cannot be verified.
+_FORMAT_EPS = 1.0
 
 #: Explicit residuals (``check_residuals``) are compared with ``tol * ||A||`` enlarged by 1 %, so a
 #: pair the recurrence declared converged is not flipped by the rounding of the extra product.
@@ -205,11 +230,19 @@ def eigsh(
     max_matvecs : product budget (default ``max(300, 30 * num_basis)``). When it runs out the
         result has ``converged=False`` for the unfinished pairs and a warning is issued.
     v0 : start vector (warm start, e.g. the previous top eigenvector); random Gaussian otherwise.
+        From a random start the Ritz pair just beyond the ``k`` wanted ones must converge too
+        (a block of ``k + 1``): a small residual proves an eigenvalue near the returned value, not
+        that it is the extreme one, and converging the next pair inward keeps a close extreme
+        eigenvalue from being missed. ``message`` says when that guard pair did not converge
+        (``extra["guarded"]``); a warm start is taken as the caller's knowledge and not guarded.
     seed : seed of the random start vector.
     progress : show progress on stderr.
     num_basis : Krylov basis size ``m`` before a thick restart (default ``max(2k + 10, 20)``).
     low_memory : keep only the tridiagonal (two-pass Lanczos, ``4 + k`` vectors; see module docs).
-    check_residuals : recompute ``||A v - lambda v||`` explicitly (``k`` more products).
+    check_residuals : recompute ``||A v - lambda v||`` explicitly (``k`` more products). Always
+        done for float16 and bfloat16 operators, whose basis is kept in float32 and whose
+        convergence is judged at ``max(tol, eps)`` of their format (the rounding of one product;
+        ``tol`` in the result and ``message`` say so).
     dense_threshold : operators with ``n <= dense_threshold`` or ``k >= n / 2`` are diagonalised
         densely with ``torch.linalg.eigh`` (``method="dense"``, ``n`` products).
     return_vectors : keep the eigenvectors in the result (``vectors=None`` otherwise).
@@ -233,19 +266,32 @@ def eigsh(
     v0 = _check_v0(v0, n, op)
     start_count = op.num_matvecs
 
+    # a 16-bit operator: the recurrence's residual estimates hold for the float32 basis, not for the
+    # products in the operator's format, so the residuals are measured, against what the format allows
+    low_precision = _work_dtype(op.dtype) != op.dtype
+    asked_tol = tol
+    if low_precision:
+        tol = max(tol, _FORMAT_EPS * torch.finfo(op.dtype).eps)
+        check_residuals = True
     if n <= dense_threshold or 2 * k >= n:
-        return _dense(op, k, which, tol, return_vectors, progress, start_count)
+        res = _dense(op, k, which, tol, return_vectors, progress, start_count)
+        res.message += _format_note(op.dtype, asked_tol, tol)
+        return res
     m, shrunk = _basis_size(op, k, num_basis, low_memory, max_memory)
     budget = max_matvecs if max_matvecs is not None else max(_MIN_BUDGET, _MATVECS_PER_BASIS * m)
     gen = generator(seed)
     q0 = v0 if v0 is not None else gaussian(n, 1, gen, op.dtype, op.device)[:, 0]
+    # a warm start is the caller's statement of where the wanted pairs are: no guard pair then
+    guard = _GUARD_PAIRS if v0 is None else 0
     if low_memory:
-        res = _two_pass(op, k, which, tol, budget, q0, progress, return_vectors)
+        res = _two_pass(op, k, which, tol, budget, q0, progress, return_vectors, guard)
     else:
-        res = _krylov_schur(op, k, which, tol, budget, q0, gen, m, progress, return_vectors)
-    res.message += shrunk
+        res = _krylov_schur(op, k, which, tol, budget, q0, gen, m, progress, return_vectors, guard)
+    res.message += shrunk + _format_note(op.dtype, asked_tol, tol)
     if check_residuals:
         _check_residuals(op, res, tol)
+        if not res.all_converged:
+            res.message = res.message.replace("converged", "not converged (measured residuals)", 1)
     res.num_matvecs = op.num_matvecs - start_count
     if not res.all_converged:
         warnings.warn(
@@ -256,6 +302,15 @@ def eigsh(
             stacklevel=2,
         )
     return res
+
+
+def _format_note(dtype: torch.dtype, asked: float, tol: float) -> str:
+    """The ``message`` note when ``tol`` was raised to what products in ``dtype`` can verify."""
+    if tol == asked:
+        return ""
+    return (f"; tol raised from {asked:g} to {tol:.2g}: {str(dtype).replace('torch.', '')} products round "
+            f"at eps = {torch.finfo(dtype).eps:.2g}, so smaller residuals cannot be measured (compute the "
+            f"curvature in float32 for more accuracy); residuals measured with one product per pair")
 
 
 def _check_eigsh_args(n: int, k: Any, tol: Any, max_matvecs: Any) -> None:
@@ -301,12 +356,14 @@ def _check_residuals(op: CurvatureOperator, res: EigshResult, tol: float) -> Non
     """Replace the recurrence's residual estimates of ``res`` by ``||A v - lambda v||`` (``k`` products)."""
     if res.vectors is None:
         return
-    AV = op.matmat(res.vectors)
-    r = (AV - res.vectors * res.values.to(op.dtype)).norm(dim=0).to(torch.float64).cpu()
+    AV = op.matmat(res.vectors).to(torch.float64)
+    # the difference in float64, so only the product carries the operator's rounding
+    r = (AV - res.vectors.to(torch.float64) * res.values.to(AV.device)).norm(dim=0).cpu()
     scale = res.extra.get("norm_estimate") or float(res.values.abs().max()) or 1.0
     res.residuals = r
     res.converged = r <= tol * scale * _RESIDUAL_SLACK
     res.residuals_checked = True
+    res.tol = tol
 
 
 def _dense(op: CurvatureOperator, k: int, which: str, tol: float, return_vectors: bool, progress: bool,
@@ -320,10 +377,14 @@ def _dense(op: CurvatureOperator, k: int, which: str, tol: float, return_vectors
     vals, vecs = evals[order], evecs[:, order]
     out = _output_order(vals, which)
     vals, vecs = vals[out], vecs[:, out]
-    resid = (A @ vecs - vecs * vals).norm(dim=0).cpu()
+    # the residual of the vectors as returned, rounded to the operator's dtype
+    returned = vecs.to(op.dtype)
+    V = returned.to(torch.float64)
+    resid = (A @ V - V * vals).norm(dim=0).cpu()
+    scale = float(evals.abs().max()) or 1.0
     return EigshResult(
-        values=vals.cpu(), vectors=vecs.to(op.dtype) if return_vectors else None, residuals=resid,
-        converged=torch.ones(k, dtype=torch.bool), num_matvecs=op.num_matvecs - start_count,
+        values=vals.cpu(), vectors=returned if return_vectors else None, residuals=resid,
+        converged=resid <= tol * scale * _RESIDUAL_SLACK, num_matvecs=op.num_matvecs - start_count,
         method="dense", which=which, tol=tol, residuals_checked=True,
         extra={"norm_estimate": float(evals.abs().max())},
         message=f"n={n} is small (<= dense_threshold or k >= n/2): dense torch.linalg.eigh on the "
@@ -384,7 +445,8 @@ def _start(op: CurvatureOperator, V: torch.Tensor, max_steps: int | None = None,
     if store_basis:
         if max_steps is None:
             raise ValueError("a stored Krylov basis needs max_steps to size it")
-        Q = torch.zeros((p, max_steps + 1, V.shape[0]), dtype=op.dtype, device=op.device)
+        Q = torch.zeros((p, max_steps + 1, V.shape[0]), dtype=_work_dtype(op.dtype), device=op.device)
+        V = V.to(Q.dtype)
         Q[:, 0] = (V / V.norm(dim=0, keepdim=True)).T
         H = torch.zeros((p, max_steps + 1, max_steps), dtype=torch.float64)
     else:
@@ -436,12 +498,14 @@ def _lanczos_steps(op: CurvatureOperator, kr: _Krylov, num_steps: int) -> Iterat
     as a zero column); with a stored basis also ``4 (i + 1) n p`` flops of Gram-Schmidt at step ``i``
     and the ``(num_steps + 1) p`` basis vectors of memory.
     """
-    eps = torch.finfo(op.dtype).eps
+    # the basis's rounding, not the products': a 16-bit product's error (about eps_op ||A||) is not an
+    # invariant subspace, and 100 eps of bfloat16 is most of ||A||
+    eps = torch.finfo(kr.Q.dtype).eps
     for _ in range(num_steps):
         if not bool(kr.active.any()):
             return
         j = kr.num_steps
-        W = op.matmat(kr.q.T).T.contiguous()
+        W = op.matmat(kr.q.T).T.to(kr.Q.dtype).contiguous()
         if kr.H is not None:
             W, h = _cgs2(kr.Q[:, : j + 1], W)
             h = h.to(torch.float64).cpu()
@@ -530,38 +594,43 @@ def _thick_restart(kr: _Krylov, theta: torch.Tensor, S: torch.Tensor, order: tor
 
 
 def _krylov_schur(op: CurvatureOperator, k: int, which: str, tol: float, budget: int, q0: torch.Tensor,
-                  gen: torch.Generator, m: int, progress: bool, return_vectors: bool) -> EigshResult:
+                  gen: torch.Generator, m: int, progress: bool, return_vectors: bool, guard: int
+                  ) -> EigshResult:
     """Thick-restart Lanczos on a stored basis of at most ``m + 1`` vectors (see the module docs)."""
     n = op.shape[0]
     kr = _start(op, q0[:, None], m, generator=gen)
     used = 0
     restarts = 0
+    # the wanted pairs and the guard pairs beyond them must converge together (see _GUARD_PAIRS)
+    kg = min(k + guard, m - 1)
     with Progress(budget, f"eigsh (Krylov-Schur, n={n}, k={k})", progress) as bar:
         while True:
             for _ in _lanczos_steps(op, kr, min(m - kr.num_steps, budget - used)):
                 used += 1
                 bar.update(1, info=f"restart {restarts}")
-                if k <= kr.num_steps < m:
+                if kg <= kr.num_steps < m:
                     # a j x j float64 eigh, no products: stop as soon as the wanted pairs converge
                     theta, S, resid, order = _ritz(kr, kr.num_steps, which)
-                    if bool((resid[order[:k]] <= tol * float(kr.scale)).all()):
+                    if bool((resid[order[:kg]] <= tol * float(kr.scale)).all()):
                         break
             j = kr.num_steps
             theta, S, resid, order = _ritz(kr, j, which)
             want = order[:k]
             conv = resid[want] <= tol * float(kr.scale)
-            if bool(conv.all()) or used >= budget:
+            guarded = bool((resid[order[:kg]] <= tol * float(kr.scale)).all())
+            if guarded or used >= budget:
                 break
-            _thick_restart(kr, theta, S, order, k, m)
+            _thick_restart(kr, theta, S, order, kg, m)
             restarts += 1
     vals = theta[want]
-    vecs = kr.Q[0, :j].T @ S[:, want].to(dtype=op.dtype, device=op.device)
+    vecs = (kr.Q[0, :j].T @ S[:, want].to(dtype=kr.Q.dtype, device=op.device)).to(op.dtype)
     out = _output_order(vals, which)
     vals, vecs, res_w, conv = vals[out], vecs[:, out], resid[want][out], conv[out]
     return EigshResult(
         values=vals, vectors=vecs if return_vectors else None, residuals=res_w, converged=conv,
         num_matvecs=used, nit=restarts, method="krylov-schur", which=which, tol=tol,
-        message=_stop_message(conv), extra={"num_basis": m, "norm_estimate": float(kr.scale)},
+        message=_stop_message(conv) + ("" if guarded or not bool(conv.all()) else _UNGUARDED),
+        extra={"num_basis": m, "norm_estimate": float(kr.scale), "guarded": guarded},
     )
 
 
@@ -582,7 +651,7 @@ def _spurious(T: torch.Tensor, theta: torch.Tensor, tol: float) -> torch.Tensor:
 
 
 def _two_pass(op: CurvatureOperator, k: int, which: str, tol: float, budget: int, q0: torch.Tensor,
-              progress: bool, return_vectors: bool) -> EigshResult:
+              progress: bool, return_vectors: bool, guard: int) -> EigshResult:
     """Low-memory Lanczos: the recurrence without a basis, then a second pass for the eigenvectors.
 
     Half the budget goes to each pass. Convergence is checked from ``2 k`` steps on, every
@@ -591,26 +660,31 @@ def _two_pass(op: CurvatureOperator, k: int, which: str, tol: float, budget: int
     """
     n = op.shape[0]
     half = budget // 2
+    kg = min(k + guard, n)
+    # without reorthogonalization, copies of a value found by 16-bit products differ by their rounding
+    copy_rtol = max(math.sqrt(tol) * _COPY_RTOL,
+                    torch.finfo(op.dtype).eps if _work_dtype(op.dtype) != op.dtype else 0.0)
     kr = _start(op, q0[:, None], store_basis=False)
     with Progress(half, f"eigsh (two-pass Lanczos, n={n}, k={k})", progress) as bar:
         for _ in _lanczos_steps(op, kr, min(half, n)):
             bar.update(1)
             j = kr.num_steps
-            if j >= 2 * k and j % _TWO_PASS_CHECK_EVERY == 0:
-                sel = _select_two_pass(kr, k, which, tol)
+            if j >= 2 * kg and j % _TWO_PASS_CHECK_EVERY == 0:
+                sel = _select_two_pass(kr, kg, which, tol, copy_rtol=copy_rtol)
                 if sel is not None and bool(sel[2].all()):
                     break
     j = kr.num_steps
-    selected = _select_two_pass(kr, k, which, tol, force=True)
-    assert selected is not None  # force=True always selects k pairs
-    vals, S, converged, resid = selected
+    selected = _select_two_pass(kr, min(kg, j), which, tol, force=True, copy_rtol=copy_rtol)
+    assert selected is not None  # force=True always selects the pairs
+    guarded = bool(selected[2].all()) and len(selected[0]) == kg
+    vals, S, converged, resid = (x[..., :k] for x in selected)
     vecs = _second_pass(op, q0, kr, S, j) if return_vectors else None
     out = _output_order(vals, which)
     return EigshResult(
         values=vals[out], vectors=None if vecs is None else vecs[:, out], residuals=resid[out],
         converged=converged[out], num_matvecs=0, method="lanczos-two-pass", which=which, tol=tol,
-        message=_stop_message(converged),
-        extra={"num_steps": j, "norm_estimate": float(vals.abs().max())},
+        message=_stop_message(converged) + ("" if guarded or not bool(converged.all()) else _UNGUARDED),
+        extra={"num_steps": j, "norm_estimate": float(vals.abs().max()), "guarded": guarded},
     )
 
 
@@ -625,12 +699,16 @@ def _second_pass(op: CurvatureOperator, q0: torch.Tensor, kr: _Krylov, S: torch.
     return (acc / acc.norm(dim=0)).to(op.dtype)
 
 
-def _select_two_pass(kr: _Krylov, k: int, which: str, tol: float, force: bool = False
+def _select_two_pass(kr: _Krylov, k: int, which: str, tol: float, force: bool = False,
+                     copy_rtol: float | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """The ``k`` most wanted Ritz pairs of ``T_j`` that are not ghosts (Cullum-Willoughby), merging
-    copies of converged values; ``None`` if fewer than ``k`` remain, unless ``force``.
+    copies of converged values (Ritz values within ``copy_rtol * ||A||``, default
+    ``sqrt(tol) * _COPY_RTOL``); ``None`` if fewer than ``k`` remain, unless ``force``.
 
     Returns ``(values, S, converged, residuals)`` with ``S`` the pairs' eigenvectors of ``T_j``."""
+    if copy_rtol is None:
+        copy_rtol = math.sqrt(tol) * _COPY_RTOL
     T = kr.tridiagonal()[0]
     j = T.shape[0]
     theta, S = torch.linalg.eigh(T)
@@ -643,7 +721,7 @@ def _select_two_pass(kr: _Krylov, k: int, which: str, tol: float, force: bool = 
     for i in order:
         if bool(bad[i]) and resid[i] > tol * scale:
             continue
-        dup = [c for c in chosen if abs(float(theta[c] - theta[i])) <= math.sqrt(tol) * _COPY_RTOL * scale]
+        dup = [c for c in chosen if abs(float(theta[c] - theta[i])) <= copy_rtol * scale]
         if dup:
             c = dup[0]
             if resid[i] < resid[c]:
@@ -680,5 +758,5 @@ def lanczos_tridiagonal(op: CurvatureOperator, num_steps: int, v0: Any = None, s
     for _ in _lanczos_steps(op, kr, num_steps):
         pass
     j = kr.num_steps
-    r = kr.beta[-1].to(device=op.device, dtype=op.dtype) * kr.Q[0, j]
-    return kr.Q[0, :j].T, kr.tridiagonal()[0], r
+    r = (kr.beta[-1].to(device=op.device, dtype=kr.Q.dtype) * kr.Q[0, j]).to(op.dtype)
+    return kr.Q[0, :j].T.to(op.dtype), kr.tridiagonal()[0], r

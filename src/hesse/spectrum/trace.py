@@ -38,7 +38,7 @@ from hesse._progress import Progress
 from hesse._result import Result
 from hesse.operators import CurvatureOperator
 
-from ._common import check_budget, generator
+from ._common import check_budget, generator, guard_probe_blocks
 from .diagonal import exact_diagonal
 
 __all__ = ["TraceEstimate", "trace"]
@@ -76,13 +76,21 @@ def _std_error(samples: torch.Tensor) -> float:
     return float(samples.std(unbiased=True) / math.sqrt(samples.numel()))
 
 
+#: Vectors of ``n`` entries each method holds at once, per product of its budget ``m``: Hutchinson
+#: the probes and their products (``2 m``); Hutch++ the sketch, its basis, their products and the
+#: deflated probes (about ``4 m / 3``); XTrace ``Omega``, ``Y``, ``Q``, ``Z``, ``U``, ``A U`` (``3 m``).
+_VECTORS_PER_MATVEC = {"hutchinson": 2.0, "hutch++": 4 / 3, "xtrace": 3.0}
+
+
 def trace(op: CurvatureOperator, method: str = "xtrace", num_matvecs: int = 198, seed: int = 0,
-          progress: bool = False) -> TraceEstimate:
+          progress: bool = False, max_memory: int | None = None) -> TraceEstimate:
     """Estimate ``tr(op)`` with ``num_matvecs`` products (see module docs for the methods).
 
     Returns a :class:`TraceEstimate` with ``.value`` and ``.stderr``. Probes are Rademacher
     (``seed`` makes them reproducible); products go through ``op.matmat`` in blocks.
     ``num_matvecs >= n`` returns the exact trace (``n`` products, ``method="exact"``, ``stderr=0``).
+    ``max_memory`` bounds the probe blocks held at once (default 4 GiB or ``HESSE_MAX_MEMORY``): a
+    larger estimate is refused with a ``ValueError`` before any product.
     """
     op, method, exact = check_budget(op, method, _METHODS, num_matvecs, _MIN_MATVECS)
     n = op.shape[0]
@@ -90,6 +98,8 @@ def trace(op: CurvatureOperator, method: str = "xtrace", num_matvecs: int = 198,
     if exact:
         total = float(exact_diagonal(op, progress, "trace (exact)").double().sum())
         return TraceEstimate(total, 0.0, op.num_matvecs - start, "exact")
+    guard_probe_blocks(n, math.ceil(_VECTORS_PER_MATVEC[method] * num_matvecs), op.dtype, max_memory,
+                       f"trace ({method}, num_matvecs={num_matvecs})")
     gen = generator(seed)
     with Progress(num_matvecs, f"trace ({method})", progress) as bar:
         if method == "hutchinson":
