@@ -97,3 +97,80 @@ def test_report_bad_inputs(factory, tmp_path, capsys):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     assert main(["report", "--model", factory, "--checkpoint", str(tmp_path / "bad.pt"), "--quiet"]) == 2
     assert "weights-only" in capsys.readouterr().err
+
+
+class _NotATensor:
+    """Pickled by torch.save as a class: weights_only loading refuses it (no code runs)."""
+
+
+def _damage(kind, log):
+    ckpt = log / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    jsonl = log / "sharpness.jsonl"
+    lines = jsonl.read_text().splitlines()
+    if kind == "empty checkpoint":
+        ckpt.write_bytes(b"")
+    elif kind == "truncated checkpoint":
+        ckpt.write_bytes(ckpt.read_bytes()[:200])
+    elif kind == "hostile pickle":
+        torch.save({"step": 10, "payload": _NotATensor()}, ckpt)
+    elif kind == "missing keys":
+        torch.save({"step": state["step"], "lr": state["lr"]}, ckpt)
+    elif kind == "wrong shapes":
+        state["model"] = {k: torch.zeros(2, 2, dtype=torch.float64) for k in state["model"]}
+        torch.save(state, ckpt)
+    elif kind == "negative step":
+        torch.save({**state, "step": -5}, ckpt)
+    elif kind == "step beyond the run":
+        torch.save({**state, "step": 1000}, ckpt)
+    elif kind == "truncated losses":
+        torch.save({**state, "training_losses": state["training_losses"][:3]}, ckpt)
+    elif kind == "non-integer step in the log":
+        rec = json.loads(lines[1])
+        rec["step"] = "five"
+        jsonl.write_text("\n".join([lines[0], json.dumps(rec), *lines[2:]]) + "\n")
+    elif kind == "a list line":
+        jsonl.write_text("\n".join([lines[0], "[1, 2, 3]", *lines[1:]]) + "\n")
+    elif kind == "NaN lambda_max":
+        rec = json.loads(lines[1])
+        rec["lambda_max"] = float("nan")
+        jsonl.write_text("\n".join([lines[0], json.dumps(rec), *lines[2:]]) + "\n")
+    elif kind == "bad density line":
+        (log / "density.jsonl").write_text('{"step": 5, "grid": [0, 1], "density": [1]}\n{"step": 10}\n')
+    elif kind == "log is a file":
+        import shutil
+
+        shutil.rmtree(log)
+        log.write_text("not a folder")
+    else:
+        raise AssertionError(kind)
+
+
+_DAMAGE = {  # kind -> words the one-line error must contain
+    "empty checkpoint": "is empty",
+    "truncated checkpoint": "truncated or not a torch.save file",
+    "hostile pickle": "refused unread",
+    "missing keys": "not a training checkpoint",
+    "wrong shapes": "does not fit this model",
+    "negative step": "has step -5, not a non-negative integer",
+    "step beyond the run": "at step 1000, beyond the 20 training steps",
+    "truncated losses": "one loss per step",
+    "non-integer step in the log": "line 2 has step 'five'",
+    "a list line": "line 2 is a JSON list",
+    "NaN lambda_max": "has lambda_max = nan",
+    "bad density line": "is not a density snapshot",
+    "log is a file": "is a file, not a folder",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_DAMAGE))
+def test_resume_refuses_a_damaged_log_in_one_line(factory, tmp_path, capsys, kind):
+    out = tmp_path / "part"
+    _report(capsys, "--model", factory, "--train", "10", "--every", "5", "--lr", "0.5", "--out", str(out), "--k", "2")
+    _damage(kind, out / "log")
+    rc = main(["report", "--model", factory, "--train", "20", "--every", "5", "--lr", "0.5", "--out", str(out),
+               "--k", "2", "--resume", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert _DAMAGE[kind] in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

@@ -97,3 +97,34 @@ def test_python_control_flow_falls_back_to_a_loop():
     pts = hesse.critical_points(f, [(-1, 1), (-1, 1)], num_starts=8, progress=False)
     assert len(pts) == 1 and pts[0].kind == "minimum"
     assert any("vmap failed" in n for n in pts.notes)
+
+
+def test_sympy_stopped_at_its_time_guard_leaves_nothing_running():
+    # a coupled 6-variable quartic: sympy.solve of its gradient runs for minutes; the guard must stop it,
+    # not abandon a thread that keeps computing (and allocating) after the call returned
+    import multiprocessing
+    import threading
+    import time
+
+    terms = " + ".join(f"x{i}**4 - x{i}**2 + x{i}*x{(i + 1) % 6}*x{(i + 2) % 6}" for i in range(6))
+    e = parse_expression(terms)
+    threads_before = set(threading.enumerate())
+    t0 = time.monotonic()
+    pts = hesse.critical_points(e, [(-1, 1)] * 6, num_starts=16, max_iter=20, progress=False,
+                                symbolic_timeout=1.0)
+    elapsed = time.monotonic() - t0
+    assert "timed out after 1 s" in pts.symbolic_status and "stopped" in pts.symbolic_status
+    assert multiprocessing.active_children() == []
+    assert [t for t in threading.enumerate() if t not in threads_before and t.is_alive()] == []
+    assert elapsed < 60  # Newton on 16 starts in 6-D plus a 1 s guard; generous for a loaded machine
+
+
+def test_sympy_in_a_process_returns_its_solutions_and_errors():
+    from hesse.geometry.critical_points import _solve_in_process
+
+    sympy = pytest.importorskip("sympy")
+    x, y = sympy.symbols("x y", real=True)
+    kind, sols = _solve_in_process(x**2 - 2 * x + y**2, (x, y), 30.0)
+    assert kind == "ok" and sols == [{x: 1, y: 0}]  # ∇f = (2x - 2, 2y): the closed form
+    kind, msg = _solve_in_process(x**2, (x, "not a symbol"), 30.0)  # sympy's own error comes back as text
+    assert kind == "err" and msg

@@ -15,7 +15,10 @@ import csv
 import json
 import math
 import os
+import pickle
 from typing import Any
+
+import torch
 
 __all__ = ["SharpnessLog", "read_log", "truncate_log", "CSV_COLUMNS"]
 
@@ -167,6 +170,32 @@ class SharpnessLog:
             self.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+def load_saved_state(path: str, what: str) -> Any:
+    """``torch.load(path, weights_only=True)`` with a one-line ``ValueError`` for each way it fails.
+
+    An empty or truncated file (an interruption, a full disk) and a file holding objects other than
+    tensors and plain containers (refused by ``weights_only``: no pickled code runs) are named as such.
+    """
+    if os.path.isdir(path):
+        raise ValueError(f"cannot resume: {what} {path!r} is a folder, not a file written by hesse.")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"cannot resume: {what} {path!r} is empty (an interrupted write?); delete it or the "
+                         "log folder to start afresh.")
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Weights only" in str(err):
+            raise ValueError(f"cannot resume: {what} {path!r} holds objects other than tensors, numbers and "
+                             "containers; it was refused unread (no pickled code runs). It was not written by "
+                             "hesse: delete it or the log folder to start afresh.") from None
+        raise ValueError(f"cannot resume: {what} {path!r} is truncated or not a torch.save file "
+                         f"({str(err).splitlines()[0][:120]}); delete it or the log folder to start afresh.") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ValueError(f"cannot resume: {what} {path!r} is truncated or not a torch.save file "
+                         f"({type(err).__name__}: {str(err).splitlines()[0][:120]}); delete it or the log folder "
+                         "to start afresh.") from None
 
 
 def read_log(path: str | os.PathLike) -> list[dict]:

@@ -61,7 +61,7 @@ from hesse.spectrum import SpectralDensity, eigsh, spectral_density
 from hesse.spectrum import trace as estimate_trace
 
 from ._data import LossSpec, read_once
-from .logging import SharpnessLog, read_log, truncate_log
+from .logging import SharpnessLog, load_saved_state, truncate_log
 
 __all__ = ["SharpnessMonitor", "SharpnessRecord", "Measurements", "StabilityBands", "LogOptions",
            "DiagonalCongruence", "stability_limit", "sharpness_status"]
@@ -629,16 +629,17 @@ class SharpnessMonitor:
 
     def _restore(self, log_dir: str) -> None:
         """Records, step counter and warm-start vectors of the log in ``log_dir`` (nothing there: a fresh start)."""
+        if os.path.exists(log_dir) and not os.path.isdir(log_dir):
+            raise ValueError(f"cannot resume: the log folder {log_dir!r} is a file, not a folder written by "
+                             "SharpnessMonitor; move it away or choose another log_dir.")
         path = os.path.join(log_dir, "sharpness.jsonl")
         if not os.path.exists(path):
             return
-        fields = [f.name for f in dataclasses.fields(SharpnessRecord)]
-        for rec in read_log(path):
-            values: dict[str, Any] = {k: rec.get(k) for k in fields if k in rec}
-            self.records.append(SharpnessRecord(**values))
+        self.records.extend(_read_records(path))
         state_path = os.path.join(log_dir, _STATE_FILE)
         if os.path.exists(state_path):
-            state = torch.load(state_path, weights_only=True)
+            state = load_saved_state(state_path, "the monitor's state")
+            _check_monitor_state(state, state_path)
             if self.records and state["last_step"] == self.records[-1].step:
                 self.num_steps = int(state["num_steps"])
                 self._operator_kind = state["operator_kind"]
@@ -651,25 +652,129 @@ class SharpnessMonitor:
         self._restored_steps = frozenset(r.step for r in self.records)
 
 
+def _check_monitor_state(state: Any, path: str) -> None:
+    """:meth:`SharpnessMonitor.state_dict` as saved: the keys, integer steps, vectors or None."""
+    keys = ("num_steps", "last_step", "operator_kind", "v_top", "v_bottom")
+    if not isinstance(state, dict) or any(k not in state for k in keys):
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"cannot resume: {path!r} is not a monitor state (expected the keys {', '.join(keys)}, "
+                         f"got {got}); delete it to resume from the log alone.")
+    if not _is_int(state["num_steps"]) or state["num_steps"] < 0 or not (
+            state["last_step"] is None or (_is_int(state["last_step"]) and state["last_step"] >= 0)):
+        raise ValueError(f"cannot resume: {path!r} has num_steps {state['num_steps']!r} / last_step "
+                         f"{state['last_step']!r}, not non-negative integers; delete it to resume from the log alone.")
+    for key in ("v_top", "v_bottom"):
+        v = state[key]
+        if v is not None and not (isinstance(v, torch.Tensor) and v.ndim == 1 and v.is_floating_point()
+                                  and bool(torch.isfinite(v).all())):
+            raise ValueError(f"cannot resume: {path!r} holds {key} that is not a finite 1-D float tensor; "
+                             "delete it to resume from the log alone.")
+
+
+#: Fields of a logged record that must be finite numbers for a resumed run to judge its sharpness.
+_FINITE_FIELDS = ("loss", "grad_norm", "lr", "stability_limit", "lambda_max", "sharpness_ratio")
+_STATUSES = ("stable", "edge_of_stability", "unstable")
+
+
+def _damaged(path: str, lineno: int, what: str) -> ValueError:
+    return ValueError(f"cannot resume: {path!r} line {lineno} {what}; the log is damaged. Delete the log folder "
+                      "to start afresh, or restore the file from a copy.")
+
+
+def _json_lines(path: str):
+    """``(lineno, value)`` of each JSON line; a torn *last* line (an interrupted write) is skipped."""
+    with open(path) as fh:
+        lines = fh.read().split("\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            yield i + 1, json.loads(line)
+        except json.JSONDecodeError:
+            if i == last:
+                return
+            raise _damaged(path, i + 1, "is not JSON") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _read_records(path: str) -> list[SharpnessRecord]:
+    """The records of a ``sharpness.jsonl``, each checked: a damaged log is refused, line by line."""
+    fields = {f.name for f in dataclasses.fields(SharpnessRecord)}
+    required = {f.name for f in dataclasses.fields(SharpnessRecord)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    out: list[SharpnessRecord] = []
+    for lineno, rec in _json_lines(path):
+        if not isinstance(rec, dict):
+            raise _damaged(path, lineno, f"is a JSON {type(rec).__name__}, not a record (an object)")
+        missing = sorted(required - set(rec))
+        if missing:
+            raise _damaged(path, lineno, f"lacks {', '.join(missing)}")
+        step = rec["step"]
+        if not _is_int(step) or step < 0:
+            raise _damaged(path, lineno, f"has step {step!r}, not a non-negative integer")
+        if out and step <= out[-1].step:
+            raise _damaged(path, lineno, f"has step {step} after step {out[-1].step} (steps must increase)")
+        for name in _FINITE_FIELDS:
+            if not _is_finite_number(rec[name]):
+                raise _damaged(path, lineno, f"has {name} = {rec[name]!r}, not a finite number")
+        for name in ("lambda_min", "trace"):
+            if rec.get(name) is not None and not _is_finite_number(rec[name]):
+                raise _damaged(path, lineno, f"has {name} = {rec[name]!r}, not a finite number")
+        if rec["status"] not in _STATUSES:
+            raise _damaged(path, lineno, f"has status {rec['status']!r}, not one of {', '.join(_STATUSES)}")
+        if not isinstance(rec["flags"], list) or not _is_int(rec["num_matvecs"]):
+            raise _damaged(path, lineno, "has flags that are not a list or num_matvecs that is not an integer")
+        out.append(SharpnessRecord(**{k: v for k, v in rec.items() if k in fields}))
+    return out
+
+
 def _read_densities(path: str) -> list[tuple[int, SpectralDensity]]:
     """The ``(step, density)`` snapshots of a ``density.jsonl`` (a torn last line is skipped)."""
     out: list[tuple[int, SpectralDensity]] = []
     if not os.path.exists(path):
         return out
-    with open(path) as fh:
-        for line in fh:
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            nodes = torch.tensor(e["nodes"], dtype=torch.float64)
-            dens = SpectralDensity(torch.tensor(e["grid"], dtype=torch.float64),
-                                   torch.tensor(e["density"], dtype=torch.float64),
-                                   torch.full((len(e["grid"]),), float("nan"), dtype=torch.float64),
-                                   nodes, torch.tensor(e["weights"], dtype=torch.float64),
-                                   float(e["sigma"]), 0, nodes.shape[0], nodes.shape[1])
-            out.append((int(e["step"]), dens))
+    for lineno, e in _json_lines(path):
+        try:
+            _check_density_entry(e)
+        except (TypeError, ValueError, KeyError) as err:
+            raise _damaged(path, lineno, f"is not a density snapshot ({err})") from None
+        nodes = torch.tensor(e["nodes"], dtype=torch.float64)
+        dens = SpectralDensity(torch.tensor(e["grid"], dtype=torch.float64),
+                               torch.tensor(e["density"], dtype=torch.float64),
+                               torch.full((len(e["grid"]),), float("nan"), dtype=torch.float64),
+                               nodes, torch.tensor(e["weights"], dtype=torch.float64),
+                               float(e["sigma"]), 0, nodes.shape[0], nodes.shape[1])
+        out.append((int(e["step"]), dens))
     return out
+
+
+def _check_density_entry(e: Any) -> None:
+    """A ``density.jsonl`` entry: integer step, equal-length finite grid and density, nodes and
+    weights of one shape (probes x Lanczos steps), finite positive sigma."""
+    if not isinstance(e, dict):
+        raise TypeError(f"a JSON {type(e).__name__}, not an object")
+    missing = sorted({"step", "grid", "density", "nodes", "weights", "sigma"} - set(e))
+    if missing:
+        raise ValueError(f"lacks {', '.join(missing)}")
+    if not _is_int(e["step"]) or e["step"] < 0:
+        raise ValueError(f"step {e['step']!r} is not a non-negative integer")
+    grid, dens = torch.tensor(e["grid"], dtype=torch.float64), torch.tensor(e["density"], dtype=torch.float64)
+    nodes, weights = torch.tensor(e["nodes"], dtype=torch.float64), torch.tensor(e["weights"], dtype=torch.float64)
+    if grid.ndim != 1 or grid.shape != dens.shape or grid.numel() < 2:
+        raise ValueError(f"grid {tuple(grid.shape)} and density {tuple(dens.shape)} are not two equal 1-D lists")
+    if nodes.ndim != 2 or nodes.shape != weights.shape:
+        raise ValueError(f"nodes {tuple(nodes.shape)} and weights {tuple(weights.shape)} are not two equal 2-D lists")
+    if not (bool(torch.isfinite(grid).all()) and bool(torch.isfinite(dens).all()) and _is_finite_number(e["sigma"])
+            and e["sigma"] > 0):
+        raise ValueError("grid, density or sigma is not finite")
 
 
 def _with_options(configs: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,7 @@ from hesse.spectrum.summary import describe_bulk
 
 from ._data import LossSpec, read_once
 from .landscape import landscape
+from .logging import load_saved_state
 from .monitor import LogOptions, Measurements, SharpnessMonitor, StabilityBands
 
 __all__ = ["analyze_training", "train_monitored", "quadratic_example", "bulk_edge", "describe_sharpness",
@@ -239,17 +240,66 @@ def _save_checkpoint(path: str, step: int, lr: float, model, losses: list[float]
     os.replace(tmp, path)
 
 
-def _load_checkpoint(log_dir: str | None, resume: bool, progress: bool) -> dict | None:
-    """The checkpoint to resume from (``None``: start afresh)."""
+def _load_checkpoint(log_dir: str | None, resume: bool, progress: bool, train_steps: int) -> dict | None:
+    """The checkpoint to resume from (``None``: start afresh), checked (:func:`_check_checkpoint`)."""
     if not resume:
         return None
     if log_dir is None:
         raise ValueError("resume=True needs log_dir (the folder of the run to continue).")
+    if os.path.exists(log_dir) and not os.path.isdir(log_dir):
+        raise ValueError(f"cannot resume: the log folder {log_dir!r} is a file, not a folder of an earlier run; "
+                         "move it away or write the report elsewhere.")
     path = os.path.join(log_dir, CHECKPOINT_FILE)
     if not os.path.exists(path):
         message(f"[train] no checkpoint in {log_dir!r} yet: starting afresh", progress)
         return None
-    return torch.load(path, weights_only=True)
+    state = load_saved_state(path, "the training checkpoint")
+    _check_checkpoint(state, path, train_steps)
+    return state
+
+
+def _check_checkpoint(state: Any, path: str, train_steps: int) -> None:
+    """What :func:`_save_checkpoint` writes: keys, a step within the run, one loss per step, a finite lr.
+
+    The model's weights are checked against the model where they are loaded.
+    """
+    fix = "delete the log folder to start afresh"
+    keys = ("step", "lr", "model", "training_losses", "monitor")
+    if not isinstance(state, dict) or any(k not in state for k in keys):
+        got = ", ".join(sorted(map(str, state))) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"cannot resume: {path!r} is not a training checkpoint of hesse (expected the keys "
+                         f"{', '.join(keys)}; got {got}); {fix}.")
+    step = state["step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"cannot resume: {path!r} has step {step!r}, not a non-negative integer; {fix}.")
+    if step > train_steps:
+        raise ValueError(f"cannot resume: {path!r} is at step {step}, beyond the {train_steps} training steps "
+                         f"asked for; give at least {step} steps (--train {step}), or {fix}.")
+    lr = state["lr"]
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or not lr > 0:
+        raise ValueError(f"cannot resume: {path!r} has learning rate {lr!r}, not a positive number; {fix}.")
+    losses = state["training_losses"]
+    if not isinstance(losses, torch.Tensor) or losses.ndim != 1 or losses.numel() != step:
+        got = f"shape {tuple(losses.shape)}" if isinstance(losses, torch.Tensor) else type(losses).__name__
+        raise ValueError(f"cannot resume: {path!r} is at step {step} but holds training losses of {got} "
+                         f"(one loss per step expected); {fix}.")
+    if not bool(torch.isfinite(losses).all()):
+        raise ValueError(f"cannot resume: {path!r} holds non-finite training losses; {fix}.")
+    if not isinstance(state["model"], dict) or not isinstance(state["monitor"], dict):
+        raise ValueError(f"cannot resume: {path!r} holds no model state_dict or monitor state; {fix}.")
+    if state["monitor"].get("num_steps") != step:
+        raise ValueError(f"cannot resume: {path!r} is at step {step} but its monitor state is at step "
+                         f"{state['monitor'].get('num_steps')!r}; {fix}.")
+
+
+def _load_model_state(model, state: dict, path: str) -> None:
+    """``model.load_state_dict`` with the mismatch named in one line (missing keys, wrong shapes)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise ValueError(f"cannot resume: the model in {path!r} does not fit this model ({detail}); "
+                         "resume with the model the run was started with, or delete the log folder.") from None
 
 
 def _initial_lr(model, objective: LossSpec, data, seed: int, progress: bool) -> float:
@@ -288,11 +338,11 @@ def train_monitored(model, loss_fn=None, data=None, *, train_steps: int, lr: flo
     objective = LossSpec(loss_fn, forward, batch_loss, batch_size, dtype)
     data = read_once(data)
     ckpt = None if log_dir is None else os.path.join(log_dir, CHECKPOINT_FILE)
-    state = _load_checkpoint(log_dir, resume, progress)
+    state = _load_checkpoint(log_dir, resume, progress, train_steps)
     monitor = _make_monitor(model, objective, data, every=every, log_dir=log_dir, resume=state is not None,
                             eos_band=eos_band, seed=seed)
     if state is not None:
-        model.load_state_dict(state["model"])
+        _load_model_state(model, state["model"], str(ckpt))
         monitor.load_state_dict(state["monitor"])  # cuts the log back to the checkpoint's step
         training_losses = [float(v) for v in state["training_losses"]]
         lr = float(state["lr"])

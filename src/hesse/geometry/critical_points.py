@@ -13,8 +13,8 @@ search within ``time_limit``. Finding *all* points is not guaranteed: a basin of
 missed; more ``num_starts`` lowers that risk.
 
 Symbolic route (when f is a :class:`hesse.cli.expressions.Expression`, or any object with
-``.sympy`` and ``.variables``): ``sympy.solve`` of ∇f = 0 in a background thread with a time
-guard; real isolated solutions in the box are added and each point's ``found_by`` says
+``.sympy`` and ``.variables``): ``sympy.solve`` of ∇f = 0 in a child process that is killed at
+its time guard (within ``time_limit``); real isolated solutions in the box are added and each point's ``found_by`` says
 ``"newton"``, ``"symbolic"`` or ``"newton+symbolic"``. Cost of the numerical route per
 iteration: one batched gradient+Hessian and 13 batched gradients over the starts.
 """
@@ -22,7 +22,7 @@ iteration: one batched gradient+Hessian and 13 batched gradients over the starts
 from __future__ import annotations
 
 import math
-import threading
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -111,7 +111,7 @@ def _first_chunk(n: int) -> int:
 
 MAX_SYMBOLIC_EXPONENT = 40
 """sympy.solve expands powers: beyond this exponent the polynomial systems are impractical, and
-the thread running them cannot be stopped (it keeps the interpreter busy after its time guard)."""
+the sympy process is stopped at its time guard, but the time would be spent for nothing."""
 
 
 def newton_chunk_size(n: int, dtype: torch.dtype, max_memory: int | None = None) -> int:
@@ -186,7 +186,7 @@ def _values(func: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor) -> to
 
 
 def _symbolic_solutions(expr: Any, B: torch.Tensor, timeout: float) -> tuple[list[np.ndarray], str]:
-    """Real isolated solutions of ∇f = 0 inside the box by ``sympy.solve`` in a guarded thread,
+    """Real isolated solutions of ∇f = 0 inside the box by ``sympy.solve`` in a guarded process,
     and a status line."""
     import sympy  # an optional dependency, and slow to import: only the symbolic route needs it
 
@@ -199,24 +199,53 @@ def _symbolic_solutions(expr: Any, B: torch.Tensor, timeout: float) -> tuple[lis
     if biggest > MAX_SYMBOLIC_EXPONENT:
         return [], (f"skipped: an exponent of {float(biggest):g} (> {MAX_SYMBOLIC_EXPONENT}) makes symbolic "
                     "solving impractical; the Newton route ran alone")
-    box: dict[str, Any] = {}
+    outcome = _solve_in_process(expr.sympy, symbols, timeout)
+    if outcome is None:
+        return [], f"timed out after {timeout:g} s (the sympy.solve process was stopped)"
+    kind, value = outcome
+    if kind == "err":
+        return [], f"failed ({value[:200]})"
+    return _real_points_in_box(value, symbols, B)
 
-    def work() -> None:
+
+def _solve_gradient(e: Any, symbols: Sequence[Any], conn: Any) -> None:
+    """``sympy.solve(∇e = 0)`` in a child process; sends ``("ok", solutions)`` or ``("err", message)``."""
+    import sympy
+
+    try:
+        eqs = [sympy.diff(e, s) for s in symbols]
+        conn.send(("ok", sympy.solve(eqs, list(symbols), dict=True)))
+    except Exception as err:  # noqa: BLE001 -- sympy raises many types (NotImplementedError, PolynomialError...)
+        conn.send(("err", f"{type(err).__name__}: {err}"))
+    finally:
+        conn.close()
+
+
+def _solve_in_process(e: Any, symbols: Sequence[Any], timeout: float) -> tuple[str, Any] | None:
+    """Run :func:`_solve_gradient` in a separate process and stop it at ``timeout`` (None then).
+
+    A thread cannot be stopped: an abandoned ``sympy.solve`` would keep running and allocating (GBs)
+    after the time limit. A process is killed at the limit and its memory returned. ``fork`` where
+    available (no re-import of torch in the child), else ``spawn``.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_solve_gradient, args=(e, tuple(symbols), sender), daemon=True)
+    proc.start()
+    sender.close()  # the child holds its own end; EOF on ours if it dies without sending
+    try:
+        if not receiver.poll(timeout):
+            return None
         try:
-            e = expr.sympy
-            eqs = [sympy.diff(e, s) for s in symbols]
-            box["sol"] = sympy.solve(eqs, list(symbols), dict=True)
-        except Exception as err:  # sympy raises many types (NotImplementedError, PolynomialError...)
-            box["err"] = f"{type(err).__name__}: {err}"
-
-    th = threading.Thread(target=work, daemon=True)
-    th.start()
-    th.join(timeout)
-    if th.is_alive():
-        return [], f"timed out after {timeout:g} s (sympy.solve still running in the background was abandoned)"
-    if "err" in box:
-        return [], f"failed ({box['err'][:200]})"
-    return _real_points_in_box(box["sol"], symbols, B)
+            return receiver.recv()
+        except EOFError:
+            return "err", f"the sympy process ended without an answer (exit code {proc.exitcode})"
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        receiver.close()
 
 
 def _real_points_in_box(solutions: list[dict[Any, Any]], symbols: Sequence[Any],
