@@ -205,7 +205,7 @@ def test_cli_reference_renders_every_subcommand():
     """The hook that writes the CLI page takes every verb from the parser, with its options."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs_hooks" / "hooks.py")
     hooks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hooks)
     text = hooks.on_page_markdown("<!-- cli-reference -->", None, None, None)
