@@ -142,7 +142,7 @@ class Laplace:
                 if nb == 0:
                     continue
                 z = p.forward(p.params, x)
-                total += float(p.loss_fn(z, y)) * (nb if p.reduction == "mean" else 1.0)
+                total += float(self.loss_fn(z, y)) * (nb if p.reduction == "mean" else 1.0)
                 num += nb
                 k = _terms_per_sample(self.loss_fn, z)
                 if terms is not None and k != terms:
