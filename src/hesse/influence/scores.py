@@ -103,6 +103,7 @@ class Influence:
         self.query_loss, self.cg_tol = query_loss, cg_tol
         self.lissa_depth, self.lissa_scale = int(lissa_depth), lissa_scale
         self._problem = ModelLoss(model, loss_fn, train_data, params)
+        self._loss_fn = loss_fn
         args = (model, loss_fn, train_data, params)
         if curvature == "hessian":
             self.operator: Any = HessianOperator(*args)
@@ -167,7 +168,7 @@ class Influence:
                 z = p.forward(params, x).detach().requires_grad_(True)
                 if measure is None:
                     scale = float(nb) if p.reduction == "mean" else 1.0
-                    total = scale * p.loss_fn(z, y)
+                    total = scale * self._loss_fn(z, y)
                 else:
                     values = measure(z, y)
                     if not isinstance(values, torch.Tensor) or values.shape != (nb,):

@@ -15,8 +15,8 @@ the chosen structure, ``T`` the temperature. hesse's operators use the mean loss
 
 Every structure is a symmetric matrix with a known eigendecomposition ``H = U diag(h) Uᵀ``:
 ``"full"`` (the dense GGN, ``eigh``), ``"diag"`` (its exact diagonal, ``U = I``), ``"kfac"``
-(K-FAC's Kronecker eigenbasis and eigenvalues) and ``"ekfac"`` (the same basis, refitted
-eigenvalues). So ``log det P = Σ log(h/T + λ)``, ``Σ^α V = U diag((h/T + λ)^α) Uᵀ V`` and the
+(K-FAC's Kronecker eigenbasis and eigenvalues), ``"ekfac"`` (the same basis, refitted
+eigenvalues) and ``"lowrank"`` (the top-k eigenpairs by Lanczos, the other eigenvalues 0). So ``log det P = Σ log(h/T + λ)``, ``Σ^α V = U diag((h/T + λ)^α) Uᵀ V`` and the
 marginal likelihood is cheap for any ``λ`` once ``H`` is known.
 
 Log marginal likelihood (the Laplace evidence; MacKay 1992, Eq. 2.11; Immer et al. 2021)::
@@ -46,10 +46,11 @@ from torch.func import jacrev
 
 from ..operators import EKFACOperator, GGNOperator, KFACOperator, ggn_diagonal
 from ..operators.evaluation import ModelLoss
+from ..spectrum import eigsh
 
 __all__ = ["CURVATURES", "Laplace", "MarginalLikelihoodFit"]
 
-CURVATURES = ("kfac", "ekfac", "diag", "full")
+CURVATURES = ("kfac", "ekfac", "diag", "full", "lowrank")
 PREDICTIVE_METHODS = ("glm", "probit", "mc")
 _LOSSES = (nn.CrossEntropyLoss, nn.MSELoss)
 _LOG_LAMBDA_BOUNDS = (-8.0, 8.0)  # natural-log bounds on λ (and σ) for the marglik search
@@ -87,9 +88,10 @@ class Laplace:
         ``"sum"``, without class weights or label smoothing.
     data : iterable of (inputs, targets) batches, or one such pair
         The training data the curvature and the likelihood are summed over.
-    curvature : {"kfac", "ekfac", "diag", "full"}
-        Structure of the GGN: K-FAC, EK-FAC (both ``kind="type2"``), its exact diagonal, or the
-        dense matrix (``n x n``; small models and ``subset="last_layer"``).
+    curvature : {"kfac", "ekfac", "diag", "full", "lowrank"}
+        Structure of the GGN: K-FAC, EK-FAC (both ``kind="type2"``), its exact diagonal, the
+        dense matrix (``n x n``; small models and ``subset="last_layer"``), or its top ``rank``
+        eigenpairs by Lanczos (:func:`hesse.eigsh`; the rest of the spectrum taken as 0).
     subset : "all" | "last_layer" | parameter names or predicate
         The parameters that get a posterior; the others stay at their values. ``"last_layer"``
         is the last ``nn.Linear`` in ``model.modules()``.
@@ -97,6 +99,8 @@ class Laplace:
     temperature : float > 0
     sigma_noise : float > 0
         Observation noise of regression; ignored for classification.
+    rank : int
+        Eigenpairs kept by ``curvature="lowrank"``.
 
     Use :meth:`fit` once, then :meth:`log_marginal_likelihood`, :meth:`optimize_prior_precision`,
     :meth:`sample`, :meth:`predictive`.
@@ -104,7 +108,7 @@ class Laplace:
 
     def __init__(self, model: nn.Module, loss_fn: Any, data: Any, curvature: str = "kfac",
                  subset: Any = "all", prior_precision: float = 1.0, temperature: float = 1.0,
-                 sigma_noise: float = 1.0):
+                 sigma_noise: float = 1.0, *, rank: int = 20):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         if not isinstance(loss_fn, _LOSSES):
@@ -118,7 +122,10 @@ class Laplace:
         if curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {', '.join(map(repr, CURVATURES))}; got "
                              f"{curvature!r}.")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank must be an integer >= 1, got {rank!r}.")
         self.model, self.loss_fn, self.data, self.curvature = model, loss_fn, data, curvature
+        self.rank = rank
         self.likelihood = "classification" if isinstance(loss_fn, nn.CrossEntropyLoss) \
             else "regression"
         self.prior_precision = _positive(prior_precision, "prior_precision")
@@ -142,7 +149,7 @@ class Laplace:
                 if nb == 0:
                     continue
                 z = p.forward(p.params, x)
-                total += float(p.loss_fn(z, y)) * (nb if p.reduction == "mean" else 1.0)
+                total += float(self.loss_fn(z, y)) * (nb if p.reduction == "mean" else 1.0)
                 num += nb
                 k = _terms_per_sample(self.loss_fn, z)
                 if terms is not None and k != terms:
@@ -162,6 +169,8 @@ class Laplace:
             G = GGNOperator(*args, progress=progress).to_dense()
             h, U = torch.linalg.eigh(G)
             return _Spectrum(h.clamp(min=0), lambda V, f: U @ (f(h.clamp(min=0))[:, None] * (U.T @ V)))
+        if self.curvature == "lowrank":
+            return self._lowrank(GGNOperator(*args, progress=progress))
         if self.curvature == "diag":
             d = ggn_diagonal(*args)
             return _Spectrum(d, lambda V, f: f(d)[:, None] * V)
@@ -169,6 +178,26 @@ class Laplace:
         e = EKFACOperator.from_kfac(kfac, refit=self.curvature == "ekfac", progress=progress)
         values = torch.cat([s.reshape(-1) for s in e.eigenvalues.values()])
         return _Spectrum(values, e.spectral_matmat)
+
+    def _lowrank(self, G: GGNOperator) -> _Spectrum:
+        """The top ``rank`` eigenpairs of the GGN by Lanczos; the rest of the spectrum is 0, so
+        ``P`` is ``λ I`` off the top eigenspace."""
+        if self.rank > self.n:
+            raise ValueError(f"rank={self.rank} exceeds the number of parameters ({self.n}).")
+        tol = 1e-10 if G.dtype == torch.float64 else 1e-5
+        result = eigsh(G, k=self.rank, which="largest", tol=tol)
+        if not bool(result.converged.all()) or result.vectors is None:
+            raise ValueError(f"Lanczos did not converge on the top {self.rank} eigenpairs of the "
+                             f"GGN ({result.message}); lower rank or use curvature='kfac'.")
+        h, U = result.values.clamp(min=0), result.vectors
+        values = torch.cat([h, h.new_zeros(self.n - self.rank)])
+
+        def apply(V, f):
+            UtV = U.T @ V
+            rest = f(h.new_zeros(1))
+            return U @ (f(h)[:, None] * UtV) + rest * (V - U @ UtV)
+
+        return _Spectrum(values, apply)
 
     def _fitted(self) -> _Spectrum:
         if self._spectrum is None:

@@ -76,6 +76,9 @@ def curvature_roots(problem: ModelLoss, kind: str) -> Iterator[tuple[float, torc
     checks)."""
     if kind not in ROOT_KINDS:
         raise ValueError(f"kind must be one of {ROOT_KINDS}, got {kind!r}.")
+    loss_fn = problem.loss_fn
+    if loss_fn is None:
+        raise ValueError("per-sample curvature needs loss_fn(outputs, targets), not batch_loss.")
     for index, x, y, nb in problem.batches():
         if nb == 0:
             continue
@@ -90,13 +93,13 @@ def curvature_roots(problem: ModelLoss, kind: str) -> Iterator[tuple[float, torc
                 raise ValueError(f"per-sample curvature needs outputs with the batch's {nb} samples "
                                  f"on dimension 0; got outputs of shape {tuple(z.shape)}.")
             if kind == "type2":
-                likelihood = require_likelihood(problem.loss_fn, "hessian", "per-sample curvature",
+                likelihood = require_likelihood(loss_fn, "hessian", "per-sample curvature",
                                                 "Use kind='empirical'.")
                 for column in likelihood.hessian_sqrt_columns(z, y, problem.reduction):
                     yield batch_weight, per_sample_gradients(problem, params, x, column)
             else:
                 zz = z.clone().requires_grad_(True)
-                u = torch.autograd.grad(problem.loss_fn(zz, y), zz)[0]
+                u = torch.autograd.grad(loss_fn(zz, y), zz)[0]
                 yield batch_weight ** 2, per_sample_gradients(problem, params, x, u)
 
 
