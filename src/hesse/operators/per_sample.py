@@ -86,16 +86,20 @@ def curvature_roots(problem: ModelLoss, kind: str) -> Iterator[tuple[float, torc
             raise TypeError(f"per-sample gradients need tensor inputs; batch {index} has "
                             f"{type(x).__name__}.")
         params = tuple(q.detach() for q in problem.params)
-        batch_weight = float(nb) if problem.reduction == "mean" else 1.0
         with problem.mode():
             z = problem.forward(params, x).detach()
             if z.ndim == 0 or z.shape[0] != nb:
                 raise ValueError(f"per-sample curvature needs outputs with the batch's {nb} samples "
                                  f"on dimension 0; got outputs of shape {tuple(z.shape)}.")
+            if problem.reduction is None:  # a loss that declares none: measured on this batch
+                problem.observe_reduction(z, y, nb)
+                problem.settle_reduction()
+            reduction = str(problem.reduction)
+            batch_weight = float(nb) if reduction == "mean" else 1.0
             if kind == "type2":
                 likelihood = require_likelihood(loss_fn, "hessian", "per-sample curvature",
                                                 "Use kind='empirical'.")
-                for column in likelihood.hessian_sqrt_columns(z, y, problem.reduction):
+                for column in likelihood.hessian_sqrt_columns(z, y, reduction):
                     yield batch_weight, per_sample_gradients(problem, params, x, column)
             else:
                 zz = z.clone().requires_grad_(True)
