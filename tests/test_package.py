@@ -76,7 +76,9 @@ PLUMBING = ("all_reduce_sum", "sync_errors", "announce_once", "launched_by_torch
 
 
 def test_public_api_is_curated():
-    assert len(hesse.__all__) <= 50, f"{len(hesse.__all__)} top-level names; keep the front door small"
+    # the jobs a user comes for (derivatives, operators, spectra, critical points, optimization,
+    # Laplace, influence, training diagnostics) and their results; the rest lives in subpackages
+    assert len(hesse.__all__) <= 55, f"{len(hesse.__all__)} top-level names; keep the front door small"
     assert len(set(hesse.__all__)) == len(hesse.__all__)
     for name in hesse.__all__:
         obj = getattr(hesse, name)  # AttributeError names what is listed but missing

@@ -43,7 +43,7 @@ from .geometry import (
     taylor,
 )
 from .influence import Influence
-from .laplace import Laplace, MarginalLikelihoodFit
+from .laplace import Laplace
 from .operators import (
     CurvatureOperator,
     DenseOperator,
@@ -128,7 +128,6 @@ __all__ = [
     "OptimizeHistory",
     # Laplace approximations
     "Laplace",
-    "MarginalLikelihoodFit",
     # influence functions
     "Influence",
     # training diagnostics

@@ -375,14 +375,32 @@ _SHARED = ["model", "loss_fn", "data", "params", "batch_loss", "batch_size", "fo
            "distributed"]
 
 
+_OWN = {hesse.HessianOperator: ["matmat_strategy"], hesse.GGNOperator: [],
+        hesse.FisherOperator: ["kind", "mc_samples", "seed"]}
+
+
 @pytest.mark.parametrize("cls", [hesse.HessianOperator, hesse.GGNOperator, hesse.FisherOperator])
-def test_model_operators_share_one_keyword_order(cls):
+def test_model_operators_share_one_keyword_set(cls):
+    """The shared keywords are declared once (ModelOperatorOptions, typed for checkers and
+    editors); each operator's signature adds only its own; a misspelt keyword is a TypeError
+    naming it, as Python's own."""
     import inspect
+    import typing
+
+    from hesse.operators._model_operator import ModelOperatorOptions
 
     names = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
-    shared = [n for n in names if n in _SHARED]
-    assert shared == [n for n in _SHARED if n in names]
-    assert set(_SHARED) - set(shared) <= {"keep_graph", "graph_memory"}  # Fisher keeps no graphs
+    assert names == ["model", "loss_fn", "data", "params", *_OWN[cls], "options"]
+    assert list(typing.get_type_hints(ModelOperatorOptions)) == _SHARED[4:]
+    model = nn.Linear(3, 2).double()
+    data = (torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(TypeError, match="'eval_mod'"):
+        cls(model, nn.CrossEntropyLoss(), data, eval_mod=False)
+    if cls is hesse.FisherOperator:  # its products keep no graphs
+        with pytest.raises(TypeError, match="'keep_graph'"):
+            cls(model, nn.CrossEntropyLoss(), data, keep_graph=True)
+    else:
+        assert cls(model, nn.CrossEntropyLoss(), data, keep_graph=False).graph_bytes == 0
 
 
 def test_progress_writes_a_line_per_pass(capsys):

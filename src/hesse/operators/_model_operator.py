@@ -17,10 +17,11 @@ from __future__ import annotations
 import contextlib
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
+from typing_extensions import Unpack
 
 from .._memory import format_bytes
 from .._progress import Progress
@@ -31,7 +32,31 @@ from .base import CurvatureOperator
 from .data import EMPTY_DATA_HINT
 from .evaluation import ModelLoss, disconnected_message
 
-__all__ = ["DEFAULT_GRAPH_MEMORY", "ModelCurvatureOperator"]
+__all__ = ["DEFAULT_GRAPH_MEMORY", "ModelCurvatureOperator", "ModelOperatorOptions"]
+
+
+class ModelOperatorOptions(TypedDict, total=False):
+    """The keyword options every model operator takes (documented on :class:`HessianOperator`);
+    a subclass's own keywords come before them in its signature."""
+
+    batch_loss: Callable | None
+    batch_size: Callable[[Any], int] | None
+    forward: Callable | None
+    dtype: torch.dtype | None
+    bn_mode: str
+    eval_mode: bool
+    check_deterministic: bool
+    progress: bool
+    keep_graph: bool
+    graph_memory: int | None
+    distributed: Any
+
+
+_OPTION_DEFAULTS: dict[str, Any] = {
+    "batch_loss": None, "batch_size": None, "forward": None, "dtype": None, "bn_mode": "eval",
+    "eval_mode": True, "check_deterministic": False, "progress": False, "keep_graph": None,
+    "graph_memory": None, "distributed": None,
+}
 
 
 class ModelCurvatureOperator(CurvatureOperator):
@@ -47,26 +72,24 @@ class ModelCurvatureOperator(CurvatureOperator):
     # products are backward passes through it
     _keeps_first_pass_graph = False
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: Callable | None = None,
-        data: Any = None,
-        params: Any = None,
-        *,
-        batch_loss: Callable | None = None,
-        batch_size: Callable[[Any], int] | None = None,
-        forward: Callable | None = None,
-        dtype: torch.dtype | None = None,
-        bn_mode: str = "eval",
-        eval_mode: bool = True,
-        check_deterministic: bool = False,
-        is_psd: bool | None = None,
-        keep_graph: bool = False,
-        graph_memory: int | None = None,
-        distributed: Any = None,
-        progress: bool = False,
-    ):
+    #: the operator is PSD by construction (the GGN, the Fisher); None: not known
+    _is_psd: bool | None = None
+    #: ``keep_graph``'s default; an operator whose products keep no graph refuses the option
+    _default_keep_graph: bool | None = False
+
+    def __init__(self, model: nn.Module, loss_fn: Callable | None = None, data: Any = None,
+                 params: Any = None, **options: Unpack[ModelOperatorOptions]):
+        name = type(self).__name__
+        unknown = sorted(set(options) - set(_OPTION_DEFAULTS))
+        if self._default_keep_graph is None:
+            unknown += sorted({"keep_graph", "graph_memory"} & set(options))
+        if unknown:
+            raise TypeError(f"{name}() got an unexpected keyword argument {unknown[0]!r}.")
+        o = {**_OPTION_DEFAULTS, **options}
+        batch_loss, batch_size, forward, dtype = o["batch_loss"], o["batch_size"], o["forward"], o["dtype"]
+        bn_mode, eval_mode, progress, distributed = o["bn_mode"], o["eval_mode"], o["progress"], o["distributed"]
+        keep_graph = bool(self._default_keep_graph) if o["keep_graph"] is None else o["keep_graph"]
+        graph_memory = o["graph_memory"]
         # data-parallel over this group (None: local); see hesse.distributed
         self._parallel = DataParallelReduction(distributed)
         self.process_group = self._parallel.group
@@ -74,7 +97,7 @@ class ModelCurvatureOperator(CurvatureOperator):
                                   eval_mode=eval_mode, forward=forward, batch_loss=batch_loss,
                                   batch_size=batch_size, dtype=dtype)
         p = self._problem
-        super().__init__(p.n, p.dtype, p.device, is_psd)
+        super().__init__(p.n, p.dtype, p.device, self._is_psd)
         self._cache = GraphCache(graph_memory, enabled=keep_graph)
         self._progress = bool(progress)
         self._with_fallback(self._first_pass)
@@ -83,7 +106,7 @@ class ModelCurvatureOperator(CurvatureOperator):
                 f"{type(self).__name__} is data-parallel over {self.world_size} processes "
                 f"({self.num_samples} samples in all): products are all-reduced (said once per "
                 f"process group). Pass distributed=False for a local operator on this rank's data.")
-        if check_deterministic:
+        if o["check_deterministic"]:
             self._check_deterministic()
 
     # ------------------------------------------------------------------ public helpers

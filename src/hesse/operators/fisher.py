@@ -37,8 +37,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import grad, jvp, vjp, vmap
+from typing_extensions import Unpack
 
-from ._model_operator import ModelCurvatureOperator, _needs_outputs
+from ._model_operator import ModelCurvatureOperator, ModelOperatorOptions, _needs_outputs
 from .likelihoods import LIKELIHOOD_LOSSES, Likelihood, require_likelihood
 
 __all__ = ["FisherOperator", "LIKELIHOOD_LOSSES", "mc_seed"]
@@ -53,26 +54,13 @@ class FisherOperator(ModelCurvatureOperator):
     are frozen (zero rows and columns).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: Callable | None = None,
-        data: Any = None,
-        params: Any = None,
-        *,
-        batch_loss: Callable | None = None,
-        batch_size: Callable[[Any], int] | None = None,
-        forward: Callable | None = None,
-        dtype: torch.dtype | None = None,
-        bn_mode: str = "eval",
-        eval_mode: bool = True,
-        check_deterministic: bool = False,
-        progress: bool = False,
-        distributed: Any = None,
-        kind: str = "empirical",
-        mc_samples: int = 1,
-        seed: int = 0,
-    ):
+    _is_psd = True
+    _default_keep_graph = None  # products recompute each batch: no graph options
+
+    def __init__(self, model: nn.Module, loss_fn: Callable | None = None, data: Any = None,
+                 params: Any = None, *, kind: str = "empirical", mc_samples: int = 1, seed: int = 0,
+                 **options: Unpack[ModelOperatorOptions]):
+        batch_loss = options.get("batch_loss")
         _needs_outputs("FisherOperator", loss_fn, batch_loss)
         if kind not in ("empirical", "mc"):
             raise ValueError(f"kind must be 'empirical' or 'mc'; got {kind!r}.")
@@ -83,10 +71,7 @@ class FisherOperator(ModelCurvatureOperator):
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
             raise ValueError(f"mc_samples must be an integer >= 1, got {mc_samples!r}.")
         self.kind, self.mc_samples, self.seed = kind, mc_samples, int(seed)
-        super().__init__(model, loss_fn, data, params, batch_size=batch_size, forward=forward,
-                         dtype=dtype, bn_mode=bn_mode, eval_mode=eval_mode,
-                         check_deterministic=check_deterministic, progress=progress, is_psd=True, keep_graph=False,
-                         distributed=distributed)
+        super().__init__(model, loss_fn, data, params, **options)
         if kind == "mc" and self._problem.data.shuffles:
             import warnings
 

@@ -28,9 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import grad, jvp, vjp, vmap
+from typing_extensions import Unpack
 
 from ._graph_cache import SavedBytes
-from ._model_operator import ModelCurvatureOperator, _needs_outputs
+from ._model_operator import ModelCurvatureOperator, ModelOperatorOptions, _needs_outputs
 
 
 class GGNOperator(ModelCurvatureOperator):
@@ -39,30 +40,13 @@ class GGNOperator(ModelCurvatureOperator):
     ``loss_fn`` on the model's outputs, not ``batch_loss``. Embedding padding rows are frozen
     (zero rows and columns), as there."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: Callable | None = None,
-        data: Any = None,
-        params: Any = None,
-        *,
-        batch_loss: Callable | None = None,
-        batch_size: Callable[[Any], int] | None = None,
-        forward: Callable | None = None,
-        dtype: torch.dtype | None = None,
-        bn_mode: str = "eval",
-        eval_mode: bool = True,
-        check_deterministic: bool = False,
-        progress: bool = False,
-        keep_graph: bool = True,
-        graph_memory: int | None = None,
-        distributed: Any = None,
-    ):
-        _needs_outputs("GGNOperator", loss_fn, batch_loss)
-        super().__init__(model, loss_fn, data, params, batch_size=batch_size, forward=forward,
-                         dtype=dtype, bn_mode=bn_mode, eval_mode=eval_mode,
-                         check_deterministic=check_deterministic, progress=progress, is_psd=True, keep_graph=keep_graph,
-                         graph_memory=graph_memory, distributed=distributed)
+    _is_psd = True
+    _default_keep_graph = True
+
+    def __init__(self, model: nn.Module, loss_fn: Callable | None = None, data: Any = None,
+                 params: Any = None, **options: Unpack[ModelOperatorOptions]):
+        _needs_outputs("GGNOperator", loss_fn, options.get("batch_loss"))
+        super().__init__(model, loss_fn, data, params, **options)
 
     def _skips_data(self, k: int) -> bool:
         # single products through kept graphs need no data once every batch has one

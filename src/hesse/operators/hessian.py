@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import grad, vjp, vmap
+from typing_extensions import Unpack
 
 from .._autodiff import _scalar_fn
 from .._validation import as_point, check_callable
-from ._model_operator import ModelCurvatureOperator
+from ._model_operator import ModelCurvatureOperator, ModelOperatorOptions
 from .base import CurvatureOperator
 
 # columns per block of to_dense() when products loop over columns (the CPU default)
@@ -77,33 +78,15 @@ class HessianOperator(ModelCurvatureOperator):
 
     _keeps_first_pass_graph = True
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: Callable | None = None,
-        data: Any = None,
-        params: Any = None,
-        *,
-        batch_loss: Callable | None = None,
-        batch_size: Callable[[Any], int] | None = None,
-        forward: Callable | None = None,
-        dtype: torch.dtype | None = None,
-        bn_mode: str = "eval",
-        eval_mode: bool = True,
-        check_deterministic: bool = False,
-        progress: bool = False,
-        keep_graph: bool = True,
-        graph_memory: int | None = None,
-        distributed: Any = None,
-        matmat_strategy: str = "auto",
-    ):
+    _default_keep_graph = True
+
+    def __init__(self, model: nn.Module, loss_fn: Callable | None = None, data: Any = None,
+                 params: Any = None, *, matmat_strategy: str = "auto",
+                 **options: Unpack[ModelOperatorOptions]):
         if matmat_strategy not in ("auto", "vmap", "loop"):
             raise ValueError(f"matmat_strategy must be 'auto', 'vmap' or 'loop'; got {matmat_strategy!r}.")
         self.matmat_strategy = matmat_strategy
-        super().__init__(model, loss_fn, data, params, batch_loss=batch_loss, batch_size=batch_size,
-                         forward=forward, dtype=dtype, bn_mode=bn_mode, eval_mode=eval_mode,
-                         check_deterministic=check_deterministic, progress=progress, is_psd=None,
-                         keep_graph=keep_graph, graph_memory=graph_memory, distributed=distributed)
+        super().__init__(model, loss_fn, data, params, **options)
 
     def _batch_product(self, index, inputs, targets, Vs, k):
         p = self._problem
