@@ -22,7 +22,8 @@ from hesse.cli._model_loader import (
     prepare_problem,
 )
 from hesse.demo_models import digits_mlp_problem
-from hesse.spectrum import eigsh, spectral_density, trace
+from hesse.spectrum import eigsh, outliers, spectral_density, trace
+from hesse.spectrum.analysis import OUTLIER_FACTOR
 from hesse.spectrum.per_layer import layer_groups, per_layer
 
 
@@ -110,6 +111,10 @@ def run(args) -> int:
                           "stderr": dens.stderr.tolist(), "nodes": dens.nodes.tolist(),
                           "weights": dens.weights.tolist(), "sigma": dens.sigma,
                           "num_matvecs": dens.num_matvecs}
+    found = None
+    if args.which == "largest" and res.values.numel() >= 2:
+        found = outliers(res, dens)
+        out["outliers"] = found.as_dict()
     if args.per_layer:
         table = per_layer(lambda names: build_operator(args.curvature, prob, params=names, dtype=dtype),
                           layer_groups(prob["model"]), seed=args.seed, progress=verbose)
@@ -135,6 +140,15 @@ def run(args) -> int:
     if dens is not None:
         print(f"density: {dens.num_probes} probes x {dens.num_steps} steps, nodes in "
               f"[{float(dens.nodes.min()):.4g}, {float(dens.nodes.max()):.4g}], sigma {dens.sigma:.3g}")
+    if found is not None:
+        if found.method == "bulk edge":
+            more = " (every eigenvalue asked for: raise --k for more)" if found.at_least else ""
+            print(f"outliers: {found.num_outliers} above {OUTLIER_FACTOR:g}x the bulk edge "
+                  f"{found.bulk_edge:.3g}{more}")
+        else:
+            ratio = found.gap_ratios[found.largest_gap - 1]
+            print(f"largest gap: after lambda_{found.largest_gap} (ratio {ratio:.3g}); --density "
+                  f"gives the bulk edge")
     if args.per_layer:
         print(table.table)
     return 0
