@@ -336,6 +336,10 @@ class Laplace:
             f = self._outputs(self.mean, x).detach()
             J = jacrev(lambda t: self._outputs(t, x))(self.mean).detach()  # (m, C, n)
         m = f.shape[0]
+        if self.likelihood == "classification" and f.ndim != 2:
+            raise ValueError(f"the classification predictive needs logits of shape (samples, "
+                             f"classes); the model gives {tuple(f.shape)}. Predict per position "
+                             f"by reshaping the outputs in a forward wrapper.")
         J = J.reshape(m, -1, self.n)
         C = J.shape[1]
         SJ = self.posterior_covariance(J.reshape(-1, self.n).T).T.reshape(m, C, self.n)
@@ -365,6 +369,9 @@ class Laplace:
             with torch.no_grad(), self._problem.mode():
                 outs = torch.stack([self._outputs(t, x) for t in thetas])
             if self.likelihood == "classification":
+                if outs.ndim != 3:
+                    raise ValueError(f"the classification predictive needs logits of shape "
+                                     f"(samples, classes); the model gives {tuple(outs.shape[1:])}.")
                 return torch.softmax(outs, dim=-1).mean(0)
             return outs.mean(0), outs.var(0, unbiased=False) + self.sigma_noise ** 2
         f, cov = self.function_posterior(x)
