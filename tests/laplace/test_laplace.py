@@ -324,6 +324,9 @@ def test_gridsearch_and_mc_predictive():
     assert fit.prior_precision in (0.1, 1.0, 10.0)
     probs = la.predictive(X, method="mc", num_samples=20, generator=torch.Generator().manual_seed(0))
     assert probs.shape == (16, 2) and torch.allclose(probs.sum(1), torch.ones(16))
+    # float32 inputs to a float64 model are cast like the training batches (to 1e-6: their rounding)
+    assert torch.allclose(la.predictive(X.float(), method="probit"),
+                          la.predictive(X, method="probit"), atol=1e-6, rtol=0)
 
 
 def test_errors():

@@ -335,6 +335,8 @@ class Laplace:
     # ------------------------------------------------------------------ predictive
     def _outputs(self, theta: torch.Tensor, x: Any) -> torch.Tensor:
         p = self._problem
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            x = x.to(device=p.device, dtype=p.dtype)  # as the training batches are cast
         return p.forward(tuple(p.unflatten(theta)), x)
 
     def function_posterior(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
