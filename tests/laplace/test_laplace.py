@@ -146,6 +146,31 @@ def test_logistic_regression_predictive_vs_dense(batches):
     assert abs(la.log_marginal_likelihood() - expected) < TOL * abs(expected)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_binary_logistic_regression_vs_dense(reduction):
+    """Bernoulli likelihood (``BCEWithLogitsLoss``) on two outputs: the evidence and the probit
+    predictive ``σ(f / √(1 + π/8 var))`` against the dense Hessian of the negative log joint."""
+    lam = 0.7
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(30, 3, generator=gen)
+    y = (torch.rand(30, 2, generator=gen) < 0.5).double()
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    la = Laplace(model, nn.BCEWithLogitsLoss(reduction=reduction), [(X[:20], y[:20]), (X[20:], y[20:])],
+                 curvature="full", prior_precision=lam).fit()
+    assert la.likelihood == "binary"
+    nll_sum = nn.BCEWithLogitsLoss(reduction="sum")
+    H, theta, f = _dense_precision(model, nll_sum, X, y, lam)
+    xs = torch.randn(4, 3, generator=torch.Generator().manual_seed(3))
+    J = torch.autograd.functional.jacobian(lambda t: f(t, xs), theta)
+    var = torch.einsum("mcn,nk,mck->mc", J, torch.linalg.inv(H), J)
+    expected = torch.sigmoid(f(theta, xs) / torch.sqrt(1 + math.pi / 8 * var))
+    assert torch.allclose(la.predictive(xs, method="probit"), expected, atol=TOL, rtol=0)
+    evidence = (-float(nll_sum(f(theta, X), y)) - 0.5 * (float(torch.logdet(H)) - len(theta)
+                * math.log(lam)) - 0.5 * lam * float(theta @ theta))
+    assert abs(la.log_marginal_likelihood() - evidence) < TOL * abs(evidence)
+
+
 def _mlp_problem(loss_name):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
@@ -299,6 +324,9 @@ def test_gridsearch_and_mc_predictive():
     assert fit.prior_precision in (0.1, 1.0, 10.0)
     probs = la.predictive(X, method="mc", num_samples=20, generator=torch.Generator().manual_seed(0))
     assert probs.shape == (16, 2) and torch.allclose(probs.sum(1), torch.ones(16))
+    # float32 inputs to a float64 model are cast like the training batches (to 1e-6: their rounding)
+    assert torch.allclose(la.predictive(X.float(), method="probit"),
+                          la.predictive(X, method="probit"), atol=1e-6, rtol=0)
 
 
 def test_errors():
@@ -323,3 +351,9 @@ def test_errors():
         Laplace(model, nn.CrossEntropyLoss(label_smoothing=0.1), data)
     with pytest.raises(ValueError, match="regression"):
         la.optimize_prior_precision(learn_sigma_noise=True)
+    with pytest.raises(ValueError, match="pos_weight"):
+        Laplace(model, nn.BCEWithLogitsLoss(pos_weight=torch.ones(2)), data)
+    seq = nn.Sequential(nn.Linear(3, 2), nn.Unflatten(1, (2, 1)))  # logits (m, C, 1)
+    la_seq = Laplace(seq, loss, [(X, y[:, None])], curvature="diag").fit()
+    with pytest.raises(ValueError, match="samples, classes"):
+        la_seq.predictive(X, method="probit")

@@ -38,6 +38,8 @@ def _model(name, out):
     if name == "mlp_nobias":
         return nn.Sequential(nn.Linear(4, 3, bias=False), nn.Sigmoid(), nn.Linear(3, 4),
                              nn.Tanh(), nn.Linear(4, out, bias=False)), (4,)
+    if name == "seq":  # sequence outputs (N, T, out): one K-FAC row per position
+        return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, out)), (3, 4)
     return nn.Sequential(nn.Conv2d(2, 3, 2), nn.ReLU(), nn.Flatten(), nn.Linear(12, out)), (2, 3, 3)
 
 
@@ -46,14 +48,17 @@ def _problem(model_name, loss_name, reduction):
     model, shape = _model(model_name, out)
     gen = torch.Generator().manual_seed(2)
     X = torch.randn(14, *shape, generator=gen)
+    lead = (14, 3) if model_name == "seq" else (14,)
+    if loss_name == "ce" and model_name == "seq":
+        raise ValueError("the sequence case uses the squared error and BCE")
     if loss_name == "ce":
         y = torch.randint(0, out, (14,), generator=gen)
         loss = nn.CrossEntropyLoss(reduction=reduction)
     elif loss_name == "mse":
-        y = torch.randn(14, out, generator=gen)
+        y = torch.randn(*lead, out, generator=gen)
         loss = nn.MSELoss(reduction=reduction)
     else:
-        y = (torch.rand(14, out, generator=gen) < 0.5).double()
+        y = (torch.rand(*lead, out, generator=gen) < 0.5).double()
         loss = nn.BCEWithLogitsLoss(reduction=reduction)
     data = [(X[:9], y[:9]), (X[9:], y[9:])]  # unequal batches: the weights matter
     return model, loss, data
@@ -75,6 +80,8 @@ def _basis(E):
 GRID = [(m, lo, r, k) for m in ("linear", "mlp", "mlp_nobias", "cnn") for lo in ("ce", "mse", "bce")
         for r in ("mean", "sum") for k in ("empirical", "type2")
         if m in ("mlp", "cnn") or (r == "mean")]
+GRID += [("seq", lo, r, k) for lo in ("mse", "bce") for r in ("mean", "sum")
+         for k in ("empirical", "type2")]
 
 
 @pytest.mark.parametrize("model_name,loss_name,reduction,kind", GRID)

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._progress import Progress
 from ..operators import (
     EKFACOperator,
     GGNOperator,
@@ -71,6 +72,11 @@ class Influence:
         The measurement ``m_q`` (a logit, a margin); default the training loss of each query.
     cg_tol : float
         Relative residual of conjugate gradients.
+    dtype : torch.dtype, optional
+        Dtype of the per-sample gradients and the scores (e.g. ``torch.float32`` for a float64
+        model, halving their memory); solves run in the model's dtype.
+    progress : bool
+        Progress bars over the training batches.
     lissa_depth, lissa_scale : int, float
         Neumann steps, and a scale above the largest eigenvalue of ``H + λI`` (required for
         ``"lissa"``: the series diverges otherwise; e.g. ``1.1 * hesse.eigsh(H, k=1)``).
@@ -79,7 +85,8 @@ class Influence:
     def __init__(self, model: nn.Module, loss_fn: Callable, train_data: Any,
                  curvature: str = "ekfac", solver: str = "direct", damping: float = 0.0, *,
                  params: Any = None, query_loss: Callable | None = None, cg_tol: float = 1e-10,
-                 lissa_depth: int = 1000, lissa_scale: float | None = None):
+                 lissa_depth: int = 1000, lissa_scale: float | None = None,
+                 dtype: torch.dtype | None = None, progress: bool = False):
         if curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {', '.join(map(repr, CURVATURES))}; got "
                              f"{curvature!r}.")
@@ -99,7 +106,11 @@ class Influence:
             raise ValueError("solver='lissa' needs lissa_scale > the largest eigenvalue of "
                              "H + damping I (e.g. 1.1 * hesse.eigsh(H, k=1).values); the Neumann "
                              "series diverges otherwise.")
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise TypeError(f"dtype must be a real floating torch.dtype (e.g. torch.float32), got "
+                            f"{dtype!r}.")
         self.curvature, self.solver, self.damping = curvature, solver, float(damping)
+        self.progress = bool(progress)
         self.query_loss, self.cg_tol = query_loss, cg_tol
         self.lissa_depth, self.lissa_scale = int(lissa_depth), lissa_scale
         self._problem = ModelLoss(model, loss_fn, train_data, params)
@@ -114,6 +125,7 @@ class Influence:
         else:
             self.operator = EKFACOperator(*args, kind="type2")
         self.n = self._problem.n
+        self.dtype = self._problem.dtype if dtype is None else dtype
         self._inverse: Any = None
         if curvature in ("kfac", "ekfac"):
             self._inverse = self.operator.inverse(self.damping)
@@ -176,7 +188,7 @@ class Influence:
                                          f"({nb},); got {getattr(values, 'shape', type(values))}.")
                     total = values.sum()
                 u = torch.autograd.grad(total, z)[0]
-                yield per_sample_gradients(p, params, x, u)
+                yield per_sample_gradients(p, params, x, u).to(self.dtype)
 
     def _train_batches(self):
         for _, x, y, nb in self._problem.batches():
@@ -187,21 +199,28 @@ class Influence:
     def query_vectors(self, query_data: Any) -> torch.Tensor:
         """``(H + λI)⁻¹ ∇m_q`` for each query, as columns of an ``(n, queries)`` tensor."""
         grads = torch.cat(list(self._gradients(query_data, self.query_loss)))
-        return self.inverse_hvp(grads.T)
+        return self.inverse_hvp(grads.T.to(self._problem.dtype)).to(self.dtype)
 
     def scores(self, query_data: Any) -> torch.Tensor:
         """The ``(queries, N)`` matrix ``s(q, i) = −∇m_qᵀ (H + λI)⁻¹ ∇ℓ_i``, streaming over
         the training data one batch at a time."""
         Q = self.query_vectors(query_data)
-        return -torch.cat([(g @ Q).T for g in self._gradients(self._train_batches(), None)],
-                          dim=1)
+        columns = []
+        with Progress(None, "influence scores", self.progress) as bar:
+            for g in self._gradients(self._train_batches(), None):
+                columns.append(-(g @ Q).T)
+                bar.update(1)
+        return torch.cat(columns, dim=1)
 
     def self_influence(self) -> torch.Tensor:
         """``∇ℓ_iᵀ (H + λI)⁻¹ ∇ℓ_i`` per training example, ``(N,)`` (one block solve per batch;
         large values flag outliers and mislabeled examples, Koh & Liang 2017, §5.4)."""
         out = []
-        for g in self._gradients(self._train_batches(), None):
-            out.append((g * self.inverse_hvp(g.T).T).sum(1))
+        with Progress(None, "self-influence", self.progress) as bar:
+            for g in self._gradients(self._train_batches(), None):
+                solved = self.inverse_hvp(g.T.to(self._problem.dtype)).T.to(self.dtype)
+                out.append((g * solved).sum(1))
+                bar.update(1)
         return torch.cat(out)
 
     def top_k(self, query_data: Any, k: int, *, kind: str = "helpful"):

@@ -52,7 +52,9 @@ __all__ = ["CURVATURES", "Laplace", "MarginalLikelihoodFit"]
 
 CURVATURES = ("kfac", "ekfac", "diag", "full", "lowrank")
 PREDICTIVE_METHODS = ("glm", "probit", "mc")
-_LOSSES = (nn.CrossEntropyLoss, nn.MSELoss)
+_LOSSES = (nn.CrossEntropyLoss, nn.BCEWithLogitsLoss, nn.MSELoss)
+_LIKELIHOODS = {nn.CrossEntropyLoss: "classification", nn.BCEWithLogitsLoss: "binary",
+                nn.MSELoss: "regression"}
 _LOG_LAMBDA_BOUNDS = (-8.0, 8.0)  # natural-log bounds on λ (and σ) for the marglik search
 
 
@@ -82,10 +84,11 @@ class Laplace:
     ----------
     model : nn.Module
         The trained network; its current parameters are ``θ*``.
-    loss_fn : nn.CrossEntropyLoss | nn.MSELoss
-        Classification (categorical likelihood on logits, class dimension 1) or regression
+    loss_fn : nn.CrossEntropyLoss | nn.BCEWithLogitsLoss | nn.MSELoss
+        Classification (categorical likelihood on logits, class dimension 1), binary or
+        multi-label classification (a Bernoulli per output, ``likelihood="binary"``) or regression
         (Gaussian likelihood with standard deviation ``sigma_noise``), reduction ``"mean"`` or
-        ``"sum"``, without class weights or label smoothing.
+        ``"sum"``, without class weights, ``pos_weight`` or label smoothing.
     data : iterable of (inputs, targets) batches, or one such pair
         The training data the curvature and the likelihood are summed over.
     curvature : {"kfac", "ekfac", "diag", "full", "lowrank"}
@@ -113,12 +116,15 @@ class Laplace:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         if not isinstance(loss_fn, _LOSSES):
             raise ValueError(f"Laplace needs a likelihood loss: nn.CrossEntropyLoss "
-                             f"(classification) or nn.MSELoss (regression); got "
+                             f"(classification), nn.BCEWithLogitsLoss (binary) or nn.MSELoss "
+                             f"(regression); got "
                              f"{type(loss_fn).__name__}.")
         if getattr(loss_fn, "weight", None) is not None or \
+                getattr(loss_fn, "pos_weight", None) is not None or \
                 float(getattr(loss_fn, "label_smoothing", 0.0) or 0.0) != 0.0:
-            raise ValueError("Laplace needs the loss to be a negative log-likelihood: use "
-                             "nn.CrossEntropyLoss without weight and label_smoothing.")
+            raise ValueError(f"Laplace needs the loss to be a negative log-likelihood: use "
+                             f"{type(loss_fn).__name__} without weight, pos_weight and "
+                             f"label_smoothing.")
         if curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {', '.join(map(repr, CURVATURES))}; got "
                              f"{curvature!r}.")
@@ -126,8 +132,7 @@ class Laplace:
             raise ValueError(f"rank must be an integer >= 1, got {rank!r}.")
         self.model, self.loss_fn, self.data, self.curvature = model, loss_fn, data, curvature
         self.rank = rank
-        self.likelihood = "classification" if isinstance(loss_fn, nn.CrossEntropyLoss) \
-            else "regression"
+        self.likelihood = next(v for k, v in _LIKELIHOODS.items() if isinstance(loss_fn, k))
         self.prior_precision = _positive(prior_precision, "prior_precision")
         self.temperature = _positive(temperature, "temperature")
         self.sigma_noise = _positive(sigma_noise, "sigma_noise")
@@ -295,6 +300,11 @@ class Laplace:
             if self.likelihood == "classification":
                 probs = self.predictive(x, method=predictive)
                 total -= float(torch.log(probs.gather(1, y.reshape(-1, 1)).clamp_min(1e-300)).sum())
+            elif self.likelihood == "binary":
+                probs = self.predictive(x, method=predictive)
+                t = y.reshape(probs.shape).to(probs.dtype)
+                total -= float((t * torch.log(probs.clamp_min(1e-300))
+                                + (1 - t) * torch.log((1 - probs).clamp_min(1e-300))).sum())
             else:
                 mean, var = self.predictive(x, method="glm")
                 total += float((0.5 * torch.log(2 * math.pi * var)
@@ -325,6 +335,8 @@ class Laplace:
     # ------------------------------------------------------------------ predictive
     def _outputs(self, theta: torch.Tensor, x: Any) -> torch.Tensor:
         p = self._problem
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            x = x.to(device=p.device, dtype=p.dtype)  # as the training batches are cast
         return p.forward(tuple(p.unflatten(theta)), x)
 
     def function_posterior(self, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -336,6 +348,10 @@ class Laplace:
             f = self._outputs(self.mean, x).detach()
             J = jacrev(lambda t: self._outputs(t, x))(self.mean).detach()  # (m, C, n)
         m = f.shape[0]
+        if self.likelihood != "regression" and f.ndim != 2:
+            raise ValueError(f"the classification predictive needs logits of shape (samples, "
+                             f"classes); the model gives {tuple(f.shape)}. Predict per position "
+                             f"by reshaping the outputs in a forward wrapper.")
         J = J.reshape(m, -1, self.n)
         C = J.shape[1]
         SJ = self.posterior_covariance(J.reshape(-1, self.n).T).T.reshape(m, C, self.n)
@@ -345,7 +361,8 @@ class Laplace:
                    generator: torch.Generator | None = None):
         """Posterior predictive at inputs ``x`` (module docstring).
 
-        Classification: the class probabilities ``(m, C)``; ``"glm"`` samples the linearized
+        Classification: the class probabilities ``(m, C)`` (binary: the probability of 1 per
+        output, the probit link ``σ(f / √(1 + π/8 var))``); ``"glm"`` samples the linearized
         logits' Gaussian (``num_samples`` draws), ``"probit"`` is closed form, ``"mc"`` averages
         the network at ``num_samples`` posterior draws. Regression: ``(mean, variance)`` of the
         predictive per output, the variance including ``σ²``; ``"glm"`` is closed form, ``"mc"``
@@ -364,15 +381,18 @@ class Laplace:
             thetas = self.sample(num_samples, generator)
             with torch.no_grad(), self._problem.mode():
                 outs = torch.stack([self._outputs(t, x) for t in thetas])
-            if self.likelihood == "classification":
-                return torch.softmax(outs, dim=-1).mean(0)
+            if self.likelihood != "regression":
+                if outs.ndim != 3:
+                    raise ValueError(f"the classification predictive needs logits of shape "
+                                     f"(samples, classes); the model gives {tuple(outs.shape[1:])}.")
+                return self._link(outs).mean(0)
             return outs.mean(0), outs.var(0, unbiased=False) + self.sigma_noise ** 2
         f, cov = self.function_posterior(x)
         if self.likelihood == "regression":
             return f, torch.diagonal(cov, dim1=1, dim2=2) + self.sigma_noise ** 2
         if method == "probit":
             var = torch.diagonal(cov, dim1=1, dim2=2)
-            return torch.softmax(f / torch.sqrt(1 + math.pi / 8 * var), dim=-1)
+            return self._link(f / torch.sqrt(1 + math.pi / 8 * var))
         # a Cholesky factor of each C x C covariance; jitter-free: a PSD covariance of rank < C
         # (a softmax's shift direction) is factored by eigh instead
         w, Q = torch.linalg.eigh(cov)
@@ -380,7 +400,13 @@ class Laplace:
         eps = torch.randn(num_samples, *f.shape, generator=generator, dtype=f.dtype,
                           device=f.device)
         logits = f + torch.einsum("mcd,smd->smc", root, eps)
-        return torch.softmax(logits, dim=-1).mean(0)
+        return self._link(logits).mean(0)
+
+    def _link(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax over the classes (categorical) or a sigmoid per output (Bernoulli)."""
+        if self.likelihood == "binary":
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=-1)
 
     def __repr__(self) -> str:
         state = "fitted" if self._spectrum is not None else "not fitted"

@@ -7,7 +7,9 @@ of outer products of per-sample vectors ``J_iᵀ u_i`` (``J_i = ∂z_i/∂θ``):
 * GGN: ``G = Σ_b w_b Σ_i Σ_m (J_iᵀ s_{m,i})(J_iᵀ s_{m,i})ᵀ``, with ``∇²_z L_b = Σ_m S_m S_mᵀ``
   block-diagonal over samples and ``s_{m,i}`` sample ``i``'s part of the column ``S_m``
   (the loss Hessian's square root that K-FAC's type-2 factor backpropagates; Dangel, Kunstner &
-  Hennig 2020, "BackPACK", §2, ``DiagGGNExact``). ``C`` columns per sample, ``C`` its outputs.
+  Hennig 2020, "BackPACK", §2, ``DiagGGNExact``). ``C`` columns per sample and position, ``C``
+  the classes or features: outputs with extra (sequence, spatial) axes are split per position,
+  since the output Hessian is block-diagonal over positions.
 * empirical Fisher: ``F = (1/N) Σ_i g_i g_iᵀ`` with the per-sample gradients
   ``g_i = c_b J_iᵀ ∂L_b/∂z_i`` (``c_b = n_b`` for ``"mean"``, 1 for ``"sum"``), the definition of
   :class:`FisherOperator` ``kind="empirical"``.
@@ -100,11 +102,30 @@ def curvature_roots(problem: ModelLoss, kind: str) -> Iterator[tuple[float, torc
                 likelihood = require_likelihood(loss_fn, "hessian", "per-sample curvature",
                                                 "Use kind='empirical'.")
                 for column in likelihood.hessian_sqrt_columns(z, y, reduction):
-                    yield batch_weight, per_sample_gradients(problem, params, x, column)
+                    for piece in _split_positions(loss_fn, column):
+                        yield batch_weight, per_sample_gradients(problem, params, x, piece)
             else:
                 zz = z.clone().requires_grad_(True)
                 u = torch.autograd.grad(loss_fn(zz, y), zz)[0]
                 yield batch_weight ** 2, per_sample_gradients(problem, params, x, u)
+
+
+def _split_positions(loss_fn: Any, column: torch.Tensor) -> Iterator[torch.Tensor]:
+    """A square-root column split into one piece per position of a sample (sequence or spatial
+    outputs): the output Hessian is block-diagonal over positions, so the per-sample outer
+    product of a column covering several positions would add cross-position terms that the GGN
+    does not have. Positions: every axis but the batch and the class axis (1 for cross-entropy,
+    the last for the others)."""
+    if column.ndim <= 2:
+        yield column
+        return
+    class_dim = 1 if isinstance(loss_fn, nn.CrossEntropyLoss) else column.ndim - 1
+    moved = column.movedim(class_dim, -1)  # (N, *positions, C)
+    flat = moved.reshape(moved.shape[0], -1, moved.shape[-1])
+    for t in range(flat.shape[1]):
+        piece = torch.zeros_like(flat)
+        piece[:, t] = flat[:, t]
+        yield piece.reshape(moved.shape).movedim(-1, class_dim)
 
 
 def ggn_diagonal(model: nn.Module, loss_fn: Callable, data: Any, params: Any = None, *,
