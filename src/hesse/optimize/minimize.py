@@ -125,6 +125,7 @@ def _translate_settings(spec: MethodSpec, given: dict) -> tuple[dict, dict]:
     scipy's names as hesse's. Refuses unknown names with the closest known one."""
     run_settings: dict[str, Any] = {}
     method_options: dict[str, Any] = {}
+    written: dict[str, str] = {}  # hesse's name -> the name the user wrote
     for raw, value in given.items():
         if raw in SCIPY_UNSUPPORTED:
             raise TypeError(f"{raw}= is not supported by hesse.minimize: {SCIPY_UNSUPPORTED[raw]}.")
@@ -133,17 +134,29 @@ def _translate_settings(spec: MethodSpec, given: dict) -> tuple[dict, dict]:
         if key in target and target[key] is not value:
             raise TypeError(f"{key!r} is given twice (as {raw!r} and {key!r}); give it once.")
         target[key] = value
+        written[key] = raw
     unknown = sorted(set(method_options) - set(spec.options))
     if unknown:
         allowed = ", ".join(spec.options) or "none"
         known = list(spec.options) + list(RUN_SETTINGS) + list(SCIPY_OPTION_NAMES)
-        hints = "".join(suggest(k, known) for k in unknown)
+        hints = "".join(_unknown_option_hint(written[k], k, spec.name, known) for k in unknown)
         raise TypeError(
-            f"unknown option(s) {', '.join(map(repr, unknown))} for method={spec.name!r}; "
+            f"unknown option(s) {', '.join(repr(written[k]) for k in unknown)} for method={spec.name!r}; "
             f"its options are: {allowed} (and for every method: {', '.join(RUN_SETTINGS)}; "
             f"scipy's maxiter, gtol, disp, return_all are read too).{hints}"
         )
     return run_settings, method_options
+
+
+def _unknown_option_hint(raw: str, key: str, method: str, known: list[str]) -> str:
+    """What to do about an option ``raw`` (hesse's ``key``) that ``method`` lacks: the methods
+    that take it, or else the closest known name."""
+    takers = [name for name, spec in METHODS.items() if key in spec.options]
+    if takers:
+        as_hesse = f" (hesse's {key!r})" if key != raw else ""
+        return (f" {raw!r}{as_hesse} is an option of method={' or '.join(map(repr, takers))}, "
+                f"not of {method!r}: choose one of those methods or drop the option.")
+    return suggest(raw, known)
 
 
 @overload
