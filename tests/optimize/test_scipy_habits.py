@@ -217,3 +217,30 @@ def test_an_option_of_another_method_is_named_as_written_with_the_methods_that_t
 def test_a_misspelt_option_still_gets_the_closest_name():
     with pytest.raises(TypeError, match=r"unknown option\(s\) 'scale_h' .*Did you mean 'scale_h0'"):
         hesse.minimize(rosen, X0, method="bfgs", scale_h=True)
+
+
+TRUST_REGION_METHODS = ["trust-ncg", "trust-exact", "sr1"]
+
+
+@pytest.mark.parametrize("method", TRUST_REGION_METHODS)
+@pytest.mark.parametrize("max_radius", [0.05, 0.3])
+@pytest.mark.parametrize("spelling", ["max_trust_radius", "max_radius"])
+def test_max_trust_radius_alone_bounds_every_step(method, max_radius, spelling):
+    # before: max_trust_radius=0.05 alone was ignored by the first steps (0.155, 0.25, 0.381 on
+    # Rosenbrock): the initial radius 1 was not lowered to the maximum
+    r = hesse.minimize(rosen, X0, method=method, options={spelling: max_radius}, max_iter=20)
+    steps = r.history.step_sizes[1:]
+    # the exact subproblem puts ||p|| on the boundary to 1e-10 relative (its stopping test), and
+    # the recorded ||x_{k+1} - x_k|| rounds once more: 1e-9
+    assert steps and max(steps) <= max_radius * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("method", TRUST_REGION_METHODS)
+def test_initial_trust_radius_above_the_maximum_is_refused_like_scipy(method):
+    with pytest.raises(ValueError, match=r"initial_radius .*initial_trust_radius.* = 2 is larger than "
+                                         r"max_radius .* = 0\.5"):
+        hesse.minimize(rosen, X0, method=method, options={"initial_trust_radius": 2.0,
+                                                          "max_trust_radius": 0.5})
+    with pytest.raises(ValueError):  # scipy refuses the same
+        so.minimize(so.rosen, X0, jac=so.rosen_der, hess=so.rosen_hess, method="trust-exact",
+                    options={"initial_trust_radius": 2.0, "max_trust_radius": 0.5})

@@ -217,7 +217,10 @@ def minimize(
     args : extra arguments, ``f(x, *args)`` (as scipy's ``args``).
     options : dict of settings as scipy takes them: ``maxiter`` (-> ``max_iter``), ``gtol``,
         ``disp`` (print the outcome), ``return_all`` (-> ``history``), ``maxcor`` (-> lbfgs
-        ``memory``), ``initial_trust_radius``/``max_trust_radius``, or any hesse keyword below.
+        ``memory``), ``initial_trust_radius``/``max_trust_radius`` (a maximum below the default initial
+        radius 1 lowers the initial radius to it; an initial radius given above the maximum is
+        refused, as scipy refuses it), or any hesse keyword below. An option of another method
+        (``maxcor`` with BFGS) is refused naming the methods that take it.
         Entries in ``options`` win over the keywords.
     tol : scipy's ``tol``: sets ``gtol``.
     gtol : stop when ``||grad f(x)||_2 <= gtol`` (the gradient test of success).
@@ -323,7 +326,25 @@ def _settings_and_options(spec: MethodSpec, keywords: dict[str, Any], options: d
     if s["max_memory"] is not None:
         s["max_memory"] = check_positive_int(s["max_memory"], "max_memory")
     s["curvature_tol"] = check_positive_float(s["curvature_tol"], "curvature_tol", allow_zero=True)
-    return s, spec.check_options(method_opts, RUN_SETTINGS + tuple(SCIPY_OPTION_NAMES))
+    opts = spec.check_options(method_opts, RUN_SETTINGS + tuple(SCIPY_OPTION_NAMES))
+    return s, _radius_within_maximum(opts, given_initial="initial_radius" in method_opts)
+
+
+def _radius_within_maximum(opts: dict[str, Any], given_initial: bool) -> dict[str, Any]:
+    """A trust region starts inside its maximum: a ``max_radius`` (scipy's ``max_trust_radius``)
+    below the default initial radius lowers the initial radius to it, and an initial radius given
+    above the maximum is refused (as scipy refuses it)."""
+    if "max_radius" not in opts or "initial_radius" not in opts:
+        return opts
+    if opts["initial_radius"] > opts["max_radius"]:
+        if given_initial:
+            raise ValueError(
+                f"initial_radius (scipy's initial_trust_radius) = {opts['initial_radius']:g} is "
+                f"larger than max_radius (max_trust_radius) = {opts['max_radius']:g}; the trust "
+                f"region must start within its maximum: give initial_radius <= max_radius."
+            )
+        opts = {**opts, "initial_radius": opts["max_radius"]}
+    return opts
 
 
 def _adapt_callback(callback: Callable) -> Callable:
