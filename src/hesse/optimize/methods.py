@@ -130,12 +130,8 @@ BATCHED_GD_MATRICES = 7  # lr="auto" and the final check each form the vmapped H
 _FIRST_ORDER = {"lr": Option("auto", _learning_rate), "beta": Option(0.9, _momentum)}
 _TRUST_REGION = {"initial_radius": Option(1.0, _positive), "max_radius": Option(1e4, _positive),
                  "eta": Option(0.15, _positive)}
-# BFGS scales H_0 to (y^T s / y^T y) I by default, so its iterates do not depend on the scale of
-# f (N&W eq. 6.20); DFP, without BFGS's self-correction, stalls on helical_valley with it
-_BFGS = {"scale_h0": Option(True, _one_of(False, True)),
-         "initial_step": Option("interpolate", _one_of("interpolate", "unit"))}
-_DFP = {"scale_h0": Option(False, _one_of(False, True)),
-        "initial_step": Option("interpolate", _one_of("interpolate", "unit"))}
+_QUASI_NEWTON = {"scale_h0": Option(False, _one_of(False, True)),
+                 "initial_step": Option("interpolate", _one_of("interpolate", "unit"))}
 
 REGISTRY: tuple[MethodSpec, ...] = (
     MethodSpec("gd", "gradient", partial(minimize_first_order, variant="gd"),
@@ -166,10 +162,10 @@ REGISTRY: tuple[MethodSpec, ...] = (
                "Hessian-free truncated CG + strong Wolfe line search",
                {"cg_max_iter": Option(None, _positive_int_or_none)}),
     MethodSpec("bfgs", "gradient", partial(minimize_quasi_newton, update=UPDATES["bfgs"]),
-               "BFGS (dense inverse Hessian) + strong Wolfe", _BFGS,
+               "BFGS (dense inverse Hessian) + strong Wolfe", _QUASI_NEWTON,
                dense_matrices=QUASI_NEWTON_MATRICES, batched=True, batched_matrices=BATCHED_BFGS_MATRICES),
     MethodSpec("dfp", "gradient", partial(minimize_quasi_newton, update=UPDATES["dfp"]),
-               "DFP (dense inverse Hessian) + strong Wolfe", _DFP,
+               "DFP (dense inverse Hessian) + strong Wolfe", _QUASI_NEWTON,
                dense_matrices=QUASI_NEWTON_MATRICES),
     MethodSpec("lbfgs", "gradient", minimize_lbfgs,
                "limited-memory BFGS, two-loop recursion + strong Wolfe",
