@@ -11,6 +11,7 @@ import torch
 
 import hesse
 from hesse.optimize import METHODS
+from hesse.optimize.quasi_newton import bfgs_update
 from hesse.optimize.result import CALLBACK
 
 
@@ -164,8 +165,6 @@ def test_quasi_newton_iterates_are_invariant_to_the_scale_of_f(method, options, 
 def test_bfgs_update_keeps_its_relative_accuracy_at_any_scale(scale):
     # H_0 = I, one secant pair of f = scale * x^T D x / 2: the exact update is known in closed
     # form along s (H+ y = s) and for n = 1 H+ = s / y = 1 / (scale d)
-    from hesse.optimize.quasi_newton import bfgs_update
-
     H = torch.eye(1, dtype=torch.float64)
     s, y = torch.tensor([2.0], dtype=torch.float64), torch.tensor([2.0 * scale], dtype=torch.float64)
     Hp = bfgs_update(H, s, y)
