@@ -30,6 +30,8 @@ NUMPY_ENTRY_POINTS = {
     "hvp": lambda f: hesse.hvp(f, torch.tensor(X0), torch.ones(2)),
     "jacobian": lambda f: hesse.jacobian(lambda x: f(x).reshape(1), torch.tensor(X0)),
     "least_squares": lambda f: hesse.least_squares(lambda x: f(x).reshape(1), X0),
+    "critical_points": lambda f: hesse.critical_points(f, [(-2.0, 2.0), (-2.0, 2.0)], symbolic=False),
+    "HessianOperator": lambda f: hesse.HessianOperator.from_function(f, torch.tensor(X0)) @ torch.ones(2),
 }
 
 
