@@ -33,7 +33,7 @@ import torch
 
 from hesse._memory import default_max_memory, format_bytes
 from hesse._progress import message
-from hesse._validation import check_positive_int
+from hesse._validation import call_torch_function, check_positive_int
 from hesse.geometry._newton import ALPHAS as _NEWTON_TRIALS
 from hesse.geometry._newton import batched_newton, newton_diagnostics, step_tolerance
 from hesse.geometry.classify import SAME_LEVEL_ULPS, CriticalPoint, classify
@@ -181,7 +181,11 @@ def _values(func: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor) -> to
     except RuntimeError:
         try:
             return torch.stack([torch.as_tensor(func(x)) for x in X[:LOOP_PROBE_ROWS]])
-        except (RuntimeError, ValueError, TypeError):
+        except (RuntimeError, ValueError):
+            return None
+        except TypeError as err:
+            if "to NumPy" in str(err):
+                raise
             return None
 
 
@@ -324,6 +328,13 @@ def _check_problem(f: Any, n: int, symbolic: bool | str) -> _Problem:
     if not callable(func):
         raise TypeError(f"f must be callable (a function of one flat tensor) or a parsed expression; got "
                         f"{type(f).__name__}.")
+    user_func = func
+
+    def torch_only(x: torch.Tensor) -> torch.Tensor:  # a NumPy f is refused saying how to write it
+        return call_torch_function(user_func, x)
+
+    func = torch_only
+
     if is_expr and len(f.variables) != n:
         raise ValueError(f"bounds has {n} intervals but the expression has {len(f.variables)} variables "
                          f"({', '.join(f.variables)}).")

@@ -215,6 +215,7 @@ class Run:
         self.bar = Progress(max_iter, method, progress)
         self.min_eigenvalue: float | None = None  # set by methods that have the Hessian at x
         self.hessian: torch.Tensor | None = None  # the dense Hessian at x, when the method has it
+        self.hess_inv: torch.Tensor | None = None  # a quasi-Newton inverse-Hessian approximation
         self.f0 = math.nan
         self.x0_norm = self.x_norm = 0.0
         self.callback_detail = "the callback asked to stop"
@@ -393,6 +394,7 @@ class Run:
             num_matvecs=obj.num_matvecs,
             jac=g.detach().reshape(obj.shape) if isinstance(g, torch.Tensor) else None,
             hess=self.hessian,
+            hess_inv=self.hess_inv,
             success=success,
             status=status,
             message=message,

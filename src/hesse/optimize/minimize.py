@@ -126,6 +126,7 @@ def _translate_settings(spec: MethodSpec, given: dict) -> tuple[dict, dict]:
     scipy's names as hesse's. Refuses unknown names with the closest known one."""
     run_settings: dict[str, Any] = {}
     method_options: dict[str, Any] = {}
+    written: dict[str, str] = {}  # hesse's name -> the name the user wrote
     for raw, value in given.items():
         if raw in SCIPY_UNSUPPORTED:
             raise TypeError(f"{raw}= is not supported by hesse.minimize: {SCIPY_UNSUPPORTED[raw]}.")
@@ -134,17 +135,29 @@ def _translate_settings(spec: MethodSpec, given: dict) -> tuple[dict, dict]:
         if key in target and target[key] is not value:
             raise TypeError(f"{key!r} is given twice (as {raw!r} and {key!r}); give it once.")
         target[key] = value
+        written[key] = raw
     unknown = sorted(set(method_options) - set(spec.options))
     if unknown:
         allowed = ", ".join(spec.options) or "none"
         known = list(spec.options) + list(RUN_SETTINGS) + list(SCIPY_OPTION_NAMES)
-        hints = "".join(suggest(k, known) for k in unknown)
+        hints = "".join(_unknown_option_hint(written[k], k, spec.name, known) for k in unknown)
         raise TypeError(
-            f"unknown option(s) {', '.join(map(repr, unknown))} for method={spec.name!r}; "
+            f"unknown option(s) {', '.join(repr(written[k]) for k in unknown)} for method={spec.name!r}; "
             f"its options are: {allowed} (and for every method: {', '.join(RUN_SETTINGS)}; "
             f"scipy's maxiter, gtol, disp, return_all are read too).{hints}"
         )
     return run_settings, method_options
+
+
+def _unknown_option_hint(raw: str, key: str, method: str, known: list[str]) -> str:
+    """What to do about an option ``raw`` (hesse's ``key``) that ``method`` lacks: the methods
+    that take it, or else the closest known name."""
+    takers = [name for name, spec in METHODS.items() if key in spec.options]
+    if takers:
+        as_hesse = f" (hesse's {key!r})" if key != raw else ""
+        return (f" {raw!r}{as_hesse} is an option of method={' or '.join(map(repr, takers))}, "
+                f"not of {method!r}: choose one of those methods or drop the option.")
+    return suggest(raw, known)
 
 
 @overload
@@ -205,7 +218,10 @@ def minimize(
     args : extra arguments, ``f(x, *args)`` (as scipy's ``args``).
     options : dict of settings as scipy takes them: ``maxiter`` (-> ``max_iter``), ``gtol``,
         ``disp`` (print the outcome), ``return_all`` (-> ``history``), ``maxcor`` (-> lbfgs
-        ``memory``), ``initial_trust_radius``/``max_trust_radius``, or any hesse keyword below.
+        ``memory``), ``initial_trust_radius``/``max_trust_radius`` (a maximum below the default initial
+        radius 1 lowers the initial radius to it; an initial radius given above the maximum is
+        refused, as scipy refuses it), or any hesse keyword below. An option of another method
+        (``maxcor`` with BFGS) is refused naming the methods that take it.
         Entries in ``options`` win over the keywords.
     tol : scipy's ``tol``: sets ``gtol``.
     gtol : stop when ``||grad f(x)||_2 <= gtol`` (the gradient test of success).
@@ -311,7 +327,25 @@ def _settings_and_options(spec: MethodSpec, keywords: dict[str, Any], options: d
     if s["max_memory"] is not None:
         s["max_memory"] = check_positive_int(s["max_memory"], "max_memory")
     s["curvature_tol"] = check_positive_float(s["curvature_tol"], "curvature_tol", allow_zero=True)
-    return s, spec.check_options(method_opts, RUN_SETTINGS + tuple(SCIPY_OPTION_NAMES))
+    opts = spec.check_options(method_opts, RUN_SETTINGS + tuple(SCIPY_OPTION_NAMES))
+    return s, _radius_within_maximum(opts, given_initial="initial_radius" in method_opts)
+
+
+def _radius_within_maximum(opts: dict[str, Any], given_initial: bool) -> dict[str, Any]:
+    """A trust region starts inside its maximum: a ``max_radius`` (scipy's ``max_trust_radius``)
+    below the default initial radius lowers the initial radius to it, and an initial radius given
+    above the maximum is refused (as scipy refuses it)."""
+    if "max_radius" not in opts or "initial_radius" not in opts:
+        return opts
+    if opts["initial_radius"] > opts["max_radius"]:
+        if given_initial:
+            raise ValueError(
+                f"initial_radius (scipy's initial_trust_radius) = {opts['initial_radius']:g} is "
+                f"larger than max_radius (max_trust_radius) = {opts['max_radius']:g}; the trust "
+                f"region must start within its maximum: give initial_radius <= max_radius."
+            )
+        opts = {**opts, "initial_radius": opts["max_radius"]}
+    return opts
 
 
 def _adapt_callback(callback: Callable) -> Callable:

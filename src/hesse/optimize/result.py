@@ -155,7 +155,9 @@ class OptimizeResult(Result):
     """Outcome of a minimization, with the fields of ``scipy.optimize.OptimizeResult``.
 
     ``x`` the solution, ``fun`` and ``jac`` the value and gradient there (``grad_norm`` its
-    2-norm), ``hess`` the dense Hessian at ``x`` when the method formed it (else None).
+    2-norm), ``hess`` the dense Hessian at ``x`` when the method formed it (else None),
+    ``hess_inv`` the ``n x n`` inverse-Hessian approximation of ``bfgs``/``dfp`` at ``x`` (over
+    the flattened ``x``, as scipy's BFGS returns it; else None).
     ``success`` is True only when the gradient test held AND the curvature at ``x`` is not
     negative (``min_eigenvalue``, checked by the method's own Hessian, a dense ``eigvalsh`` for
     ``n <= 500`` or Lanczos otherwise). ``status``/``message`` say what happened and what to do.
@@ -179,6 +181,7 @@ class OptimizeResult(Result):
     message: str
     method: str
     hess: torch.Tensor | None = None
+    hess_inv: torch.Tensor | None = None
     min_eigenvalue: float | None = None
     curvature_check: str = "not checked"
     wall_time: float = 0.0
