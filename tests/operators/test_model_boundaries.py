@@ -309,3 +309,23 @@ def test_an_infinite_input_with_a_finite_loss_is_refused_by_every_operator(make)
     assert torch.isfinite(nn.CrossEntropyLoss()(model(x), y))
     with pytest.raises(ValueError, match="not finite"):
         make(model, nn.CrossEntropyLoss(), (x, y))
+
+
+def test_an_undeclared_token_mean_with_a_mask_is_a_mean():
+    """A mean over the tokens a mask leaves (unequal counts per half) is neither the sum nor the
+    sample mean of its halves, but lies between them: a mean, weighted by the batch's samples."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3)).double()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 5, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (6, 5), generator=g)
+    y[0, :4] = -100  # the first half keeps fewer tokens
+
+    def token_mean(z, t):
+        return F.cross_entropy(z.reshape(-1, 3), t.reshape(-1), ignore_index=-100)
+
+    batches = [(x[:2], y[:2]), (x[2:], y[2:])]
+    op = HessianOperator(model, token_mean, batches)
+    token_mean.reduction = "mean"
+    declared = HessianOperator(model, token_mean, batches)
+    assert _close(op.to_dense(), declared.to_dense())

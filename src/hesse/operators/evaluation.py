@@ -9,7 +9,8 @@ whose ``loss_fn`` uses ``reduction="mean"`` enters with weight ``n_b / N``; with
 ``reduction="sum"`` it enters with weight ``1 / N`` (``KLDivLoss``'s ``"batchmean"``, the sum over
 the batch divided by its size, as a mean). A ``loss_fn`` that declares no ``reduction`` (a plain
 function, a ``functools.partial``) is measured on the first batch of two or more samples: its loss
-against the losses of the batch's two halves tells a sum from a mean (:func:`measure_reduction`);
+against the losses of the batch's two halves tells a sum from a mean (any mean lies between the
+halves' losses, a sum is theirs added; :func:`measure_reduction`);
 a loss that is neither is refused, and ``loss_fn.reduction = "sum"`` declares it. The parameters θ are copied at construction
 (the operator is the curvature *at that point*; later training steps do not change it).
 
@@ -249,6 +250,7 @@ class ModelLoss:
         self.math_attention = False
         self._warned_mode = False
         self.num_samples: int | None = None
+        self.undecided = False  # an undeclared reduction a batch of > 1 samples could not tell
 
     # ------------------------------------------------------------------ parameter vectors
     def flatten(self, tensors) -> torch.Tensor:
@@ -380,14 +382,14 @@ class ModelLoss:
         if self.reduction is None and self.loss_fn is not None:
             self.reduction = measure_reduction(self.loss_fn, outputs, targets, size)
             if self.reduction is None and size > 1:
-                self._undecided = True
+                self.undecided = True
 
     def settle_reduction(self) -> None:
         """After the first pass: an undeclared reduction no batch could decide is ``"mean"``
         when every batch had one sample (the two weightings agree), else refused."""
         if self.reduction is not None:
             return
-        if getattr(self, "_undecided", False):
+        if self.undecided:
             raise ValueError(_REDUCTION_HINT.format(
                 why="the loss is zero on every batch, where the sum and the mean agree"))
         self.reduction = "mean"
@@ -443,10 +445,13 @@ def declared_reduction(loss_fn: Any) -> str | None:
 
 def measure_reduction(loss_fn: Callable, outputs: Any, targets: Any, size: int) -> str | None:
     """Whether ``loss_fn`` sums or averages over the samples, measured on one batch of ``size``
-    samples: with ``L``, ``L_a``, ``L_b`` the losses of the batch and of its two halves (``h`` and
-    ``size - h`` samples), a sum has ``L = L_a + L_b`` and a mean ``L = (h L_a + (size-h) L_b) /
-    size``. ``None`` when the batch cannot tell (one sample, or both hold: a zero loss); a batch
-    that matches neither, or cannot be halved along its first dimension, is refused."""
+    samples, from ``L``, ``L_a``, ``L_b``: the losses of the batch and of its two halves.
+
+    A sum has ``L = L_a + L_b``. A mean of any weighting (over samples, or over the tokens that a
+    mask leaves, in unequal numbers per half) is a convex combination of the halves' means:
+    ``min(L_a, L_b) <= L <= max(L_a, L_b)``. ``None`` when the batch cannot tell (one sample, or
+    both hold, as with a zero loss on a half); a batch that matches neither, or cannot be halved
+    along its first dimension, is refused with the fix (declare ``loss_fn.reduction``)."""
     if size < 2:
         return None
     if not (isinstance(outputs, torch.Tensor) and isinstance(targets, torch.Tensor)
@@ -466,14 +471,14 @@ def measure_reduction(loss_fn: Callable, outputs: Any, targets: Any, size: int) 
     tol = 1e3 * torch.finfo(z.dtype if z.is_floating_point() else torch.float32).eps * (
         abs(full) + abs(first) + abs(second))
     is_sum = abs(full - (first + second)) <= tol
-    is_mean = abs(full - (h * first + (size - h) * second) / size) <= tol
+    is_mean = min(first, second) - tol <= full <= max(first, second) + tol
     if is_sum != is_mean:
         return "sum" if is_sum else "mean"
     if is_sum:
         return None
     raise ValueError(_REDUCTION_HINT.format(
         why=f"on a batch of {size} the loss {full:.6g} is neither the sum ({first + second:.6g}) "
-            f"nor the mean of its halves' losses"))
+            f"of its halves' losses nor between them, as a mean is"))
 
 
 def _padding_mask(model: nn.Module, chosen: list[tuple[str, nn.Parameter]], numels: list[int],
