@@ -4,8 +4,9 @@ The model ``m(p) = f + g^T p + 1/2 p^T B p`` is minimized over ``||p|| <= Delta`
 :class:`TrustRegionModel`, whose ``solve(radius)`` returns ``(step, predicted_reduction,
 hits_boundary)`` (as scipy's ``_trustregion.py`` plugs its subproblems into one loop). The ratio
 ``rho = (f(x) - f(x + p)) / (m(0) - m(p))`` accepts the step (``rho > eta``) and resizes the
-region by the :class:`RadiusRule` (``rho < 1/4``: shrink to ``||p||/4``; ``rho > 3/4`` on the
-boundary: double, up to ``max_radius``). A non-finite trial value counts as ``rho = -inf`` (the
+region by a :class:`RadiusRule` (N&W Alg. 4.1: ``rho < 1/4``: shrink to ``||p||/4``;
+``rho > 3/4`` on the boundary: double, up to ``max_radius``; or :class:`MoreRadiusRule`, Moré's
+1978 rule for Levenberg-Marquardt, in the scaled norm ``||D p||``). A non-finite trial value counts as ``rho = -inf`` (the
 region shrinks). When the predicted and actual reductions are both below the rounding level of
 ``f`` (``100 eps |f|``), ``rho`` is taken as 1 if the step lowers ``||g||`` and 0 otherwise.
 
@@ -25,6 +26,11 @@ Subproblems:
 * :class:`SR1Model` (``sr1``) - the symmetric rank-one quasi-Newton matrix (N&W Alg. 6.2, eq.
   6.24, skipping the update when ``|s^T(y - Bs)| < 1e-8 ||s|| ||y - Bs||``) with the exact
   subproblem; ``B`` is updated after every trial, accepted or not. Dense ``n x n``.
+* :class:`LevenbergMarquardtModel` (``least_squares(method="lm")``) - the Gauss-Newton model
+  ``1/2 ||J p + r||^2`` in ``||D p|| <= Delta`` (Moré 1978; MINPACK ``lmder``), its multiplier
+  from the SVD of ``J D^{-1}``.
+
+The radius constants (1/4, 3/4, the collapse tests) are defined here once.
 """
 
 from __future__ import annotations
