@@ -311,3 +311,17 @@ def test_kernel_and_rules_refuse_a_tolerance_that_is_not_a_number(bad):
         NegativeCurvature(bad)
     with pytest.raises(ValueError, match=r"^b has 1 non-finite"):
         conjugate_gradient(hesse.DenseOperator(A), torch.tensor([1.0, float("inf")], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_minres_meets_the_measured_residual_test_on_indefinite_systems(seed):
+    """SciPy's MINRES stops on its own backward-error estimate; the measured ‖b − A x‖/‖b‖ must
+    still meet 10 tol for converged=True (restarts from x when it does not). Eigenvalues in
+    [-4.9, 5.1], no closer than 0.1 to 0: solvable to 1e-12, checked against a dense solve."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(20, 20, generator=g, dtype=torch.float64))
+    M = Q @ torch.diag(torch.linspace(-5.0, 5.0, 20, dtype=torch.float64) + 0.1) @ Q.T
+    b = torch.randn(20, generator=g, dtype=torch.float64)
+    res = hesse.solve(hesse.DenseOperator(M), b, method="minres", tol=1e-12)
+    assert res.converged and res.relative_residual <= 1e-11
+    torch.testing.assert_close(res.x, torch.linalg.solve(M, b), rtol=0, atol=1e-9)

@@ -20,11 +20,11 @@ from typing import Any, Literal
 from hesse._validation import check_positive_float, check_positive_int, suggest
 
 from .first_order import minimize_first_order
-from .least_squares_methods import minimize_gauss_newton, minimize_levenberg_marquardt
+from .least_squares_methods import minimize_gauss_newton
 from .newton import minimize_newton
 from .newton_cg import minimize_newton_cg
 from .quasi_newton import UPDATES, minimize_lbfgs, minimize_quasi_newton
-from .trust_region import minimize_trust_region
+from .trust_region import minimize_levenberg_marquardt, minimize_trust_region
 
 Check = Callable[[Any, str], Any]
 """Validates one option value (``check(value, name)``) and returns it normalized; raises

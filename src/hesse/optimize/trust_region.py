@@ -4,8 +4,9 @@ The model ``m(p) = f + g^T p + 1/2 p^T B p`` is minimized over ``||p|| <= Delta`
 :class:`TrustRegionModel`, whose ``solve(radius)`` returns ``(step, predicted_reduction,
 hits_boundary)`` (as scipy's ``_trustregion.py`` plugs its subproblems into one loop). The ratio
 ``rho = (f(x) - f(x + p)) / (m(0) - m(p))`` accepts the step (``rho > eta``) and resizes the
-region by the :class:`RadiusRule` (``rho < 1/4``: shrink to ``||p||/4``; ``rho > 3/4`` on the
-boundary: double, up to ``max_radius``). A non-finite trial value counts as ``rho = -inf`` (the
+region by a :class:`RadiusRule` (N&W Alg. 4.1: ``rho < 1/4``: shrink to ``||p||/4``;
+``rho > 3/4`` on the boundary: double, up to ``max_radius``; or :class:`MoreRadiusRule`, Moré's
+1978 rule for Levenberg-Marquardt, in the scaled norm ``||D p||``). A non-finite trial value counts as ``rho = -inf`` (the
 region shrinks). When the predicted and actual reductions are both below the rounding level of
 ``f`` (``100 eps |f|``), ``rho`` is taken as 1 if the step lowers ``||g||`` and 0 otherwise.
 
@@ -25,6 +26,11 @@ Subproblems:
 * :class:`SR1Model` (``sr1``) - the symmetric rank-one quasi-Newton matrix (N&W Alg. 6.2, eq.
   6.24, skipping the update when ``|s^T(y - Bs)| < 1e-8 ||s|| ||y - Bs||``) with the exact
   subproblem; ``B`` is updated after every trial, accepted or not. Dense ``n x n``.
+* :class:`LevenbergMarquardtModel` (``least_squares(method="lm")``) - the Gauss-Newton model
+  ``1/2 ||J p + r||^2`` in ``||D p|| <= Delta`` (Moré 1978; MINPACK ``lmder``), its multiplier
+  from the SVD of ``J D^{-1}``.
+
+The radius constants (1/4, 3/4, the collapse tests) are defined here once.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import torch
 from hesse.operators.solve import ResidualTolerance, TrustRegion, conjugate_gradient
 
 from ._core import Objective, Run
+from .least_squares_methods import Residuals
 from .result import CONVERGED, STEP_FAILURE, OptimizeResult
 
 # N&W Alg. 4.1: the region shrinks when rho < 1/4 and grows when rho > 3/4.
@@ -52,6 +59,12 @@ ROUNDING_LEVEL_ULPS = 100
 # 4^-60 ~ 1e-36).
 COLLAPSED_RADIUS = 1e-14
 MAX_REJECTED = 60
+# Moré's (1978) acceptance test for Levenberg-Marquardt: a step is taken when the actual
+# reduction is at least 1e-4 of the predicted one.
+MORE_ACCEPT_RATIO = 1e-4
+# Levenberg-Marquardt solves its secular equation to 0.1 % of the radius (an approximate root is
+# all the trust region needs; Moré 1978, Sec. 5), in at most 100 safeguarded steps.
+LM_SECULAR_RTOL, LM_SECULAR_MAX_ITER = 1e-3, 100
 # SR1 skips the update when |s^T (y - B s)| < 1e-8 ||s|| ||y - B s|| (N&W eq. 6.26, r = 1e-8).
 SR1_SKIP_TOL = 1e-8
 # Moré-Sorensen: at most 60 safeguarded Newton steps on the secular equation (it converges
@@ -248,6 +261,82 @@ class SR1Model(_EigenModel):
         self.g = self._g_try
 
 
+class LevenbergMarquardtModel(TrustRegionModel):
+    """The Gauss-Newton model ``1/2 ||J p + r||^2`` in ``||D p|| <= Delta``, ``D = diag`` of the
+    largest column norms of ``J`` seen so far (Moré 1978; MINPACK ``lmder``). The subproblem:
+    the Lagrange multiplier ``lambda`` (the damping) solves ``||D p(lambda)|| = Delta`` to 0.1 %
+    by safeguarded Newton on ``1/||q|| - 1/Delta`` (Moré 1978, eq. 5.5) via the SVD of
+    ``J D^{-1}``; ``lambda = 0`` (the minimum-norm Gauss-Newton step) when that fits."""
+
+    def __init__(self, problem: Residuals, initial_radius_factor: float = 100.0):
+        self.problem, self.factor = problem, initial_radius_factor
+
+    def _set(self, r: torch.Tensor, J: torch.Tensor) -> torch.Tensor:
+        self.r, self.J = r, J
+        self.g = J.T @ r
+        return self.g
+
+    def start(self, x: torch.Tensor, run: Run) -> tuple[float, torch.Tensor]:
+        r, J = self.problem.residuals_and_jacobian(x)
+        self.D = J.norm(dim=0).clamp_min(torch.finfo(x.dtype).eps)
+        # Moré's initial radius: factor * ||D x0||, or the factor itself when x0 = 0
+        self.initial_radius = self.factor * self.norm(x) or self.factor
+        return _half_square(r), self._set(r, J)
+
+    def norm(self, v: torch.Tensor) -> float:
+        return float((self.D * v).norm())
+
+    def solve(self, radius: float) -> tuple[torch.Tensor, float, bool]:
+        self.D = torch.maximum(self.D, self.J.norm(dim=0))
+        p, lam = _lm_step(self.J, self.r, self.D, radius)
+        Jp = self.J @ p
+        return p, -(float(torch.dot(self.r, Jp)) + 0.5 * float(torch.dot(Jp, Jp))), lam != 0.0
+
+    def trial(self, x: torch.Tensor) -> tuple[float, torch.Tensor]:
+        self._r_try, self._J_try = self.problem.residuals_and_jacobian(x)
+        return _half_square(self._r_try), self._J_try.T @ self._r_try
+
+    def accept(self, run: Run) -> None:
+        self._set(self._r_try, self._J_try)
+
+
+def _half_square(r: torch.Tensor) -> float:
+    return 0.5 * float(torch.dot(r, r)) if bool(torch.isfinite(r).all()) else math.inf
+
+
+def _lm_step(J: torch.Tensor, r: torch.Tensor, D: torch.Tensor, radius: float) -> tuple[torch.Tensor, float]:
+    """Solve ``min ||J p + r||, ||D p|| <= radius`` (Moré 1978) via the SVD of ``J D^{-1}``.
+    Returns ``(p, lambda)``, ``lambda = 0`` when the Gauss-Newton step fits."""
+    A = J / D
+    U, sig, Vh = torch.linalg.svd(A, full_matrices=False)
+    c = U.T @ r
+    keep = sig > sig.max() * torch.finfo(J.dtype).eps * max(J.shape) if sig.numel() else sig > 0
+
+    def q_of(lam):
+        coef = torch.where(keep, sig * c / (sig * sig + lam), torch.zeros_like(sig))
+        return -(Vh.T @ coef)
+
+    q = q_of(0.0)
+    if float(q.norm()) <= radius:
+        return q / D, 0.0
+    lo, hi = 0.0, float((sig * c.abs()).max()) / radius + float(sig.max()) ** 2
+    lam = 0.5 * (lo + hi) if hi > 0 else 1.0
+    for _ in range(LM_SECULAR_MAX_ITER):
+        qn = float(q_of(lam).norm())
+        if abs(qn - radius) <= LM_SECULAR_RTOL * radius:
+            break
+        if qn > radius:
+            lo = lam
+        else:
+            hi = lam
+        # Newton step on 1/||q|| - 1/radius (Moré 1978, eq. 5.5), safeguarded by bisection
+        coef = torch.where(keep, sig * c / (sig * sig + lam), torch.zeros_like(sig))
+        dq2 = -2.0 * float(torch.sum(torch.where(keep, coef * coef / (sig * sig + lam), torch.zeros_like(sig))))
+        lam_new = lam - (qn / radius - 1.0) * (qn * qn) / (0.5 * dq2) if dq2 != 0 else 0.5 * (lo + hi)
+        lam = lam_new if lo < lam_new < hi else 0.5 * (lo + hi)
+    return q_of(lam) / D, lam
+
+
 # ----------------------------------------------------------------------------- radius rules
 
 
@@ -261,11 +350,30 @@ class RadiusRule:
     eta: float = 0.15
     max_radius: float = 1e4
 
-    def update(self, radius: float, rho: float, pnorm: float, finite: bool) -> float:
+    def update(self, radius: float, rho: float, pnorm: float, hits_boundary: bool,
+               finite: bool) -> float:
         if rho < SHRINK_BELOW:
             return 0.25 * pnorm if finite else 0.25 * min(radius, pnorm)
         if rho > GROW_ABOVE and pnorm >= ON_BOUNDARY * radius:
             return min(2.0 * radius, self.max_radius)
+        return radius
+
+
+@dataclass(frozen=True)
+class MoreRadiusRule(RadiusRule):
+    """Moré's (1978) rule for Levenberg-Marquardt: accept when ``rho > 1e-4``; ``rho < 1/4``:
+    halve ``min(Delta, ||D p||)``; ``rho > 3/4`` or an interior (Gauss-Newton) step: grow to
+    ``max(Delta, 2 ||D p||)``."""
+
+    eta: float = MORE_ACCEPT_RATIO
+    max_radius: float = math.inf
+
+    def update(self, radius: float, rho: float, pnorm: float, hits_boundary: bool,
+               finite: bool) -> float:
+        if rho < SHRINK_BELOW:
+            return 0.5 * min(radius, pnorm) if finite else 0.25 * min(radius, pnorm)
+        if rho > GROW_ABOVE or not hits_boundary:
+            return max(radius, 2.0 * pnorm)
         return radius
 
 
@@ -285,7 +393,7 @@ def trust_region(model: TrustRegionModel, x: torch.Tensor, run: Run, rule: Radiu
     radius = initial_radius if initial_radius is not None else model.initial_radius
     rejected = 0
     while True:
-        p, predicted, _ = model.solve(radius)
+        p, predicted, hits_boundary = model.solve(radius)
         x_try = x + p
         f_try, g_try = model.trial(x_try)
         finite = math.isfinite(f_try) and bool(torch.isfinite(g_try).all())
@@ -300,7 +408,7 @@ def trust_region(model: TrustRegionModel, x: torch.Tensor, run: Run, rule: Radiu
             rho = 1.0 if float(g_try.norm()) < float(g.norm()) else 0.0
         if finite:
             model.observe(p, g_try)
-        radius = rule.update(radius, rho, model.norm(p), finite)
+        radius = rule.update(radius, rho, model.norm(p), hits_boundary, finite)
         if rho > rule.eta and finite and (actual > 0 or in_noise):
             rejected = 0
             x_old_f = f
@@ -329,3 +437,9 @@ def minimize_trust_region(obj: Objective, x: torch.Tensor, run: Run, *, subprobl
     """``trust-ncg``, ``trust-exact`` and ``sr1``: the loop with N&W's radius rule."""
     return trust_region(_MODELS[subproblem](obj), x, run, RadiusRule(eta, max_radius), initial_radius)
 
+
+def minimize_levenberg_marquardt(problem: Residuals, x: torch.Tensor, run: Run, *,
+                                 initial_radius_factor: float = 100.0) -> OptimizeResult:
+    """``least_squares(method="lm")``: the loop with :class:`LevenbergMarquardtModel` and
+    :class:`MoreRadiusRule`."""
+    return trust_region(LevenbergMarquardtModel(problem, initial_radius_factor), x, run, MoreRadiusRule())
