@@ -63,7 +63,7 @@ def test_a_concept_has_one_spelling_across_verbs():
             else:
                 seen[action.dest] = (verb, key)
     # the concepts the vocabulary is about are shared (the test would otherwise compare nothing)
-    assert {"model", "k", "seed", "plot", "variables", "json", "quiet", "lr", "out"} <= shared
+    assert {"model", "k", "seed", "plot", "variables", "json", "quiet", "lr", "out", "train_mode"} <= shared
 
 
 @pytest.mark.parametrize("verb, old, dest, value", [
@@ -138,3 +138,29 @@ def test_mode_warning_names_the_flag():
     model.train()
     with pytest.warns(HesseModeWarning, match="--train-mode"):
         HessianOperator(model, torch.nn.MSELoss(), (torch.randn(4, 2), torch.randn(4, 2)))
+
+
+def test_report_train_mode_analyses_the_training_mode_loss(tmp_path, capsys, load_factory, monkeypatch):
+    """report --train-mode passes eval_mode=False to every operator of the analysis: the final-point
+    loss is the training-mode loss computed by hand, and no HesseModeWarning is given."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "bn.py"
+    path.write_text(BN_MODEL)
+    prob = load_factory(path, "make")
+    model, (x, y) = prob["model"], prob["data"]
+    with torch.no_grad():
+        model.eval()
+        eval_loss = float(prob["loss_fn"](model(x), y))
+        model.train()
+        train_loss = float(prob["loss_fn"](model(x), y))
+    got = {}
+    for flag in ([], ["--train-mode"]):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(["report", "--model", f"{path}:make", "--k", "1", "--json", "--quiet",
+                         "--out", f"rep{len(flag)}", *flag]) == 0
+        got[bool(flag)] = (json.loads(capsys.readouterr().out)["final"]["loss"],
+                           any(issubclass(w.category, HesseModeWarning) for w in caught))
+    # float32 losses of a 16-sample batch: 1e-5 relative is far above roundoff, far below the gap
+    assert got[False][0] == pytest.approx(eval_loss, rel=1e-5) and got[False][1]
+    assert got[True][0] == pytest.approx(train_loss, rel=1e-5) and not got[True][1]

@@ -30,7 +30,15 @@ from hesse.cli._model_loader import (
     loss_options,
     prepare_problem,
 )
-from hesse.cli._options import add_k, add_lr, add_model, add_out, add_output, add_seed
+from hesse.cli._options import (
+    add_k,
+    add_lr,
+    add_model,
+    add_out,
+    add_output,
+    add_seed,
+    add_train_mode,
+)
 from hesse.cli.spectrum import add_data_options
 from hesse.diagnostics.report import analyze_training, diagnosis, training_divergence
 
@@ -49,6 +57,7 @@ def add_parser(sub) -> None:
     p.add_argument("--every", type=int, default=10, metavar="N", help="sharpness check every N steps (default 10)")
     add_k(p, "at the final point")
     add_seed(p, "start vectors, probes and landscape directions")
+    add_train_mode(p)
     add_out(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted --train run in DIR/log")
     add_output(p)
@@ -119,7 +128,7 @@ def run(args) -> int:
         result = analyze_training(prob["model"], prob["loss_fn"], prob["data"], train_steps=args.train,
                                   lr=args.lr, every=args.every, k=args.k, log_dir=os.path.join(args.out, "log"),
                                   resume=args.resume, curvature=args.curvature, progress=verbose, dtype=dtype,
-                                  seed=args.seed,
+                                  seed=args.seed, eval_mode=not args.train_mode,
                                   **loss_options(prob))
         files = write_report(args.out, result, title=f"hesse report: {args.model}", progress=verbose)
     except BaseException:

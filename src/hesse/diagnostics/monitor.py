@@ -258,7 +258,7 @@ class SharpnessMonitor:
         after construction: the log is cut back to the checkpoint's step. ``progress``: one line
         per check on stderr.
     params : which parameters (as for HessianOperator).
-    forward, batch_loss, batch_size, dtype : as for :class:`hesse.HessianOperator`: the outputs
+    forward, batch_loss, batch_size, dtype, eval_mode : as for :class:`hesse.HessianOperator`: the outputs
         ``forward(model, inputs)`` (e.g. ``lambda m, b: m(**b).logits``), or instead of ``loss_fn``
         the loss of a model that computes its own (``batch_loss(model, batch)``, batches weighted
         by ``batch_size(batch)``); ``dtype``: the precision the Hessian is computed in.
@@ -273,10 +273,10 @@ class SharpnessMonitor:
                  measurements: Measurements | None = None, bands: StabilityBands | None = None,
                  logging: LogOptions | None = None, params: Any = None, forward: Any = None,
                  batch_loss: Any = None, batch_size: Any = None, dtype: torch.dtype | None = None,
-                 **options: Any):
+                 eval_mode: bool = True, **options: Any):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        self.objective = LossSpec(loss_fn, forward, batch_loss, batch_size, dtype)
+        self.objective = LossSpec(loss_fn, forward, batch_loss, batch_size, dtype, eval_mode)
         if data is None:
             raise TypeError("data is required: the fixed measurement set (a batch, a pair of tensors or a "
                             "DataLoader), the same at every check.")
