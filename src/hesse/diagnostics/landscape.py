@@ -99,17 +99,29 @@ def landscape(model: torch.nn.Module, loss_fn: Any = None, data: Any = None, dir
 
     Parameters
     ----------
-    model, loss_fn, data, params : as for :class:`hesse.HessianOperator` (the loss is the mean over
+    model, loss_fn, data, params
+        as for :class:`hesse.HessianOperator` (the loss is the mean over
         ``data``; evaluated in eval mode unless ``eval_mode=False``, the model's modes are restored).
-    directions : ``"eigen"`` (top ``dims`` Hessian eigenvectors, unit norm) or ``"random"``
+    directions
+        ``"eigen"`` (top ``dims`` Hessian eigenvectors, unit norm) or ``"random"``
         (filter-normalized Gaussian, Li et al. 2018). See the module docs.
-    steps : grid points per axis (odd numbers put a point on the center).
-    span : the grid covers ``[-span, span]`` along each direction.
-    seed : seed of the random directions (and of the eigsh start vector).
-    forward, batch_loss, batch_size, dtype, eval_mode : as for :class:`hesse.HessianOperator` (outputs of a
+    dims
+        1 (a line through the current parameters) or 2 (a plane).
+    steps
+        grid points per axis (odd numbers put a point on the center).
+    span
+        the grid covers ``[-span, span]`` along each direction.
+    seed
+        seed of the random directions (and of the eigsh start vector).
+    progress
+        show a bar (stderr) over the grid's loss evaluations.
+    forward, batch_loss, batch_size, dtype, eval_mode
+        as for :class:`hesse.HessianOperator` (outputs of a
         model that takes e.g. a dict, the loss of a model that computes its own, and the precision
         the loss and Hessian are computed in).
 
+    Notes
+    -----
     The model's parameters are not changed. Cost: ``steps**dims`` loss evaluations.
     """
     if directions not in ("eigen", "random"):

@@ -241,15 +241,20 @@ class SharpnessMonitor:
 
     Parameters
     ----------
-    model, loss_fn, data : as for :class:`hesse.HessianOperator`; ``data`` is the fixed
+    model, loss_fn, data
+        as for :class:`hesse.HessianOperator`; ``data`` is the fixed
         measurement set (one batch, a pair of tensors, or a DataLoader), the same every check.
-    every : measure every ``every`` calls of :meth:`step`.
-    measurements : :class:`Measurements`, what each check measures (``k``, ``negative``, ``trace``,
+    every
+        measure every ``every`` calls of :meth:`step`.
+    measurements
+        :class:`Measurements`, what each check measures (``k``, ``negative``, ``trace``,
         ``density``, ``tol``, ``trace_matvecs``, ``density_probes``, ``density_steps``, ``seed``,
         ``max_matvecs``).
-    bands : :class:`StabilityBands`, how a check is judged (``eos_band``, ``saddle_grad_tol``,
+    bands
+        :class:`StabilityBands`, how a check is judged (``eos_band``, ``saddle_grad_tol``,
         ``saddle_curvature_rtol``).
-    logging : :class:`LogOptions`, where records go. ``log_dir``: directory for
+    logging
+        :class:`LogOptions`, where records go. ``log_dir``: directory for
         ``sharpness.jsonl``, ``sharpness.csv``, ``density.jsonl`` (and TensorBoard scalars when
         installed), written by rank 0 only under ``torch.distributed``; ``None`` keeps records in
         memory only. ``resume``: continue the log in ``log_dir`` (records, step counter and
@@ -257,14 +262,19 @@ class SharpnessMonitor:
         from a model checkpoint, save :meth:`state_dict` with it and call :meth:`load_state_dict`
         after construction: the log is cut back to the checkpoint's step. ``progress``: one line
         per check on stderr.
-    params : which parameters (as for HessianOperator).
-    forward, batch_loss, batch_size, dtype, eval_mode : as for :class:`hesse.HessianOperator`: the outputs
+    params
+        which parameters (as for HessianOperator).
+    forward, batch_loss, batch_size, dtype, eval_mode
+        as for :class:`hesse.HessianOperator`: the outputs
         ``forward(model, inputs)`` (e.g. ``lambda m, b: m(**b).logits``), or instead of ``loss_fn``
         the loss of a model that computes its own (``batch_loss(model, batch)``, batches weighted
         by ``batch_size(batch)``); ``dtype``: the precision the Hessian is computed in.
-    **options : any field of the three records above as a keyword (``k=3, negative=True,
+    **options
+        any field of the three records above as a keyword (``k=3, negative=True,
         log_dir="runs"``); it overrides the same field of a record passed.
 
+    Notes
+    -----
     Use ``monitor.step(optimizer)`` after each ``optimizer.step()``; ``monitor.measure(optimizer)``
     measures now (e.g. before training, at step 0).
     """

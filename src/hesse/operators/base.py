@@ -41,7 +41,11 @@ class CurvatureOperator(ABC):
     Attributes
     ----------
     shape : tuple[int, int]
-    dtype, device : of the vectors the operator multiplies and returns.
+
+    Parameters
+    ----------
+    dtype, device
+        of the vectors the operator multiplies and returns.
     num_matvecs : int
         Products taken so far (a ``matmat`` with ``k`` columns counts ``k``).
     is_psd : bool | None

@@ -297,20 +297,32 @@ def conjugate_gradient(
 
     Parameters
     ----------
-    op : a :class:`CurvatureOperator`, or a callable ``v -> A v`` on vectors of ``b``'s shape
+    op
+        a :class:`CurvatureOperator`, or a callable ``v -> A v`` on vectors of ``b``'s shape
         (then ``is_psd`` may be passed; products are counted here).
-    b : right-hand side, a vector.
-    x0 : starting point (default 0; a nonzero one costs one product). Unused when ``b = 0``:
+    b
+        right-hand side, a vector.
+    x0
+        starting point (default 0; a nonzero one costs one product). Unused when ``b = 0``:
         then ``x = 0``, the exact solution, is returned.
-    rules : stopping rules (see the module docs); default ``[ResidualTolerance(tol)]``.
+    tol
+        relative residual tolerance of the default rule, ``||b - A x|| <= tol ||b||``.
+    rules
+        stopping rules (see the module docs); default ``[ResidualTolerance(tol)]``.
         A rule list without :class:`ResidualTolerance` runs until another rule or ``max_iter``.
-    max_iter : iteration budget (default ``10 n``); exhausting it gives ``status="max_iter"``.
-    preconditioner : ``r -> M⁻¹ r`` with ``M`` symmetric positive definite (Nocedal & Wright
+    max_iter
+        iteration budget (default ``10 n``); exhausting it gives ``status="max_iter"``.
+    preconditioner
+        ``r -> M⁻¹ r`` with ``M`` symmetric positive definite (Nocedal & Wright
         2006, Alg. 5.3).
-    true_residual : recompute ``b − A x`` at the end (one product); a solve is reported
+    true_residual
+        recompute ``b − A x`` at the end (one product); a solve is reported
         converged only if that also meets ``10 · tol`` relative (the recursive residual can drift).
-    is_psd : the structure tag for a callable ``op`` (an operator's own tag is used otherwise).
+    is_psd
+        the structure tag for a callable ``op`` (an operator's own tag is used otherwise).
 
+    Notes
+    -----
     Returns a :class:`LinearSolveResult`. Iterations and rules follow Nocedal & Wright (2006),
     Alg. 5.2/5.3 and 7.2.
     """

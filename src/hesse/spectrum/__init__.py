@@ -2,7 +2,7 @@
 
 One module per concept: ``lanczos`` (:func:`eigsh`), ``power`` (:func:`power_iteration`), ``trace``,
 ``diagonal``, ``density`` (stochastic Lanczos quadrature), ``summary`` (:func:`summarize`) and
-``per_layer``. See the README section "spectrum".
+``per_layer``. See the user guide page "Spectrum" (docs/guide/spectrum.md).
 """
 
 from .density import SpectralDensity, spectral_density
