@@ -101,3 +101,12 @@ def test_no_admonition_made_of_a_parameter_description(site):
     the description of ``matmat_strategy`` on HessianOperator used to become a blue box."""
     section = _documented(site, "HessianOperator")
     assert 'class="admonition' not in section
+
+
+def test_site_works_from_disk(site):
+    """Opened as site/index.html (file://): links name .html files, not folders a browser lists;
+    search runs from the inlined index of the offline plugin; the build hooks are not published."""
+    index = (site / "index.html").read_text()
+    assert 'href="getting-started.html"' in index and 'href="getting-started/"' not in index
+    assert (site / "search" / "search_index.js").is_file()
+    assert not list(site.rglob("*.py")), "Python files of the docs build were published"
