@@ -75,6 +75,19 @@ def diagonal(op: CurvatureOperator, method: str = "hutchinson", num_matvecs: int
     """Estimate ``diag(op)`` with ``num_matvecs`` products (see module docs).
 
     ``num_matvecs >= n`` returns the exact diagonal (``n`` products, ``method="exact"``).
+
+    Parameters
+    ----------
+    op
+        any symmetric hesse operator (``HessianOperator``, ``GGNOperator``, ``DenseOperator``...).
+    method
+        ``"hutchinson"`` (default), ``"diag++"`` or ``"exact"``.
+    num_matvecs
+        operator-vector products to spend (default 100).
+    seed
+        seed of the Rademacher probes.
+    progress
+        show a bar (stderr) over the products.
     """
     op, method, exact = check_budget(op, method, _METHODS, num_matvecs, _MIN_MATVECS)
     n = op.shape[0]
