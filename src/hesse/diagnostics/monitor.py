@@ -201,6 +201,12 @@ def stability_limit(optimizer: torch.optim.Optimizer) -> tuple[float, float, str
     SGD: ``(2 + 2β)/η`` (β = momentum, 0 for plain GD; Nesterov treated the same). Adam/AdamW:
     ``(2 + 2β1)/((1 - β1) η)`` (Cohen et al. 2022). Other optimizers: ``2/η`` with
     ``kind="gd-limit"`` (their dynamics are not modeled).
+
+    Parameters
+    ----------
+    optimizer
+        the ``torch.optim.Optimizer`` the training loop steps (its first parameter group's
+        ``lr``, momentum and betas are read).
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; "

@@ -442,7 +442,24 @@ def conjugate_gradient(
 
 def solve(op: CurvatureOperator, b: Any, method: str = "cg", tol: float = 1e-8,
           max_iter: int | None = None, x0: Any = None) -> LinearSolveResult:
-    """Solve ``op @ x = b``; see :meth:`CurvatureOperator.solve`."""
+    """Solve ``op @ x = b``; see :meth:`CurvatureOperator.solve`.
+
+    Parameters
+    ----------
+    op
+        a symmetric hesse operator.
+    b
+        right-hand side, a vector of length ``n``.
+    method
+        ``"cg"`` (conjugate gradients, needs ``op`` positive definite; the default), ``"minres"``
+        (symmetric indefinite, via SciPy) or ``"direct"`` (dense Cholesky/LU, guarded).
+    tol
+        relative residual tolerance, ``||b - A x|| <= tol ||b||`` (default 1e-8).
+    max_iter
+        iteration budget of ``"cg"`` and ``"minres"`` (default ``10 n``).
+    x0
+        starting point of the iterative methods (default 0).
+    """
     n = op.shape[0]
     b = op._as_block(b, "b")
     if b.shape != (n,):
