@@ -91,6 +91,15 @@ def _prepare(f, x, name: str = "x") -> tuple[Callable, torch.Tensor]:
 def gradient(f: Callable[[torch.Tensor], torch.Tensor], x) -> torch.Tensor:
     """Gradient ``∇f(x)`` by reverse mode; same shape as ``x``.
 
+    Parameters
+    ----------
+    f
+        function of one tensor returning a scalar tensor, written with torch operations.
+    x
+        the point: a tensor of any shape (lists and NumPy arrays become float64 tensors).
+
+    Notes
+    -----
     Raises ``ValueError`` when the gradient is not finite (the message says so instead of
     returning NaN silently).
     """
@@ -121,6 +130,17 @@ def hvp(
     (reverse-over-reverse: ``vjp(grad f)``, exact because ``H`` is symmetric) or ``"auto"``:
     forward-over-reverse, falling back to reverse-over-reverse with a warning when an operation
     has no forward-mode rule. Cost: about two to three gradient evaluations.
+
+    Parameters
+    ----------
+    f
+        function of one tensor returning a scalar tensor, written with torch operations.
+    x
+        the point: a tensor of any shape (lists and NumPy arrays become float64 tensors).
+    v
+        the direction, a tensor of the shape of ``x``.
+    mode
+        ``"auto"`` (default), ``"forward"`` or ``"reverse"``, as above.
     """
     fs, x = _prepare(f, x)
     v = as_point(v, "v", dtype=x.dtype).to(x.device)
@@ -171,6 +191,18 @@ def hessian(
     per chunk, never as an ``n x n`` identity). ``max_memory`` (bytes, default 4 GiB or
     ``HESSE_MAX_MEMORY``) refuses a matrix that would not fit; use
     :class:`hesse.HessianOperator` and matrix-free algorithms instead.
+
+    Parameters
+    ----------
+    f
+        function of one tensor returning a scalar tensor, written with torch operations.
+    x
+        the point: a tensor of any shape (lists and NumPy arrays become float64 tensors).
+    chunk_size
+        unit vectors per batched product (default ``min(n, 512)``).
+    max_memory
+        bytes the matrix and one chunk of products may take (default 4 GiB or
+        ``HESSE_MAX_MEMORY``).
     """
     fs, x = _prepare(f, x)
     n = x.numel()
@@ -220,6 +252,15 @@ def jacobian(F: Callable[[torch.Tensor], torch.Tensor], x, max_memory: int | Non
     matrix plus the ``min(m, n)``-square basis of unit vectors that the transform vmaps over;
     refused over ``max_memory`` bytes (default 4 GiB or ``HESSE_MAX_MEMORY``). An output not
     connected to ``x`` (``.item()``, ``torch.tensor(...)``, NumPy inside ``F``) is refused.
+
+    Parameters
+    ----------
+    F
+        function of one tensor returning a tensor, written with torch operations.
+    x
+        the point: a tensor of any shape (lists and NumPy arrays become float64 tensors).
+    max_memory
+        bytes the Jacobian and the basis may take (default 4 GiB or ``HESSE_MAX_MEMORY``).
     """
     check_callable(F, "F")
     x = check_point(x)
@@ -279,6 +320,17 @@ def check_hessian(
     error ``O(h²)`` and rounding error ``O(ε/h)``; the default ``h = ε^{1/3} max(1, ‖x‖_∞)``
     balances the two (Nocedal & Wright 2006, §8.1). Default ``rtol``: ``1e-6`` in float64,
     ``1e-2`` in float32.
+
+    Parameters
+    ----------
+    f
+        function of one tensor returning a scalar tensor, written with torch operations.
+    x
+        the point: a tensor of any shape (lists and NumPy arrays become float64 tensors).
+    step
+        the difference step ``h`` (default ``ε^{1/3} max(1, ‖x‖_∞)``).
+    rtol
+        largest accepted ``max |H - H_fd| / max(1, max |H|)`` (default by dtype, above).
     """
     fs, x = _prepare(f, x)
     n = x.numel()

@@ -353,9 +353,10 @@ def _check_batch(prob: dict, i: int, batch: Any) -> None:
                          "model's weights hold NaN/inf (check the data set and any --checkpoint).")
 
 
-def build_operator(kind: str, prob: dict, params: Any = None, dtype: Any = None):
+def build_operator(kind: str, prob: dict, params: Any = None, dtype: Any = None, eval_mode: bool = True):
     """The curvature operator of ``--curvature`` on a loaded problem: Hessian, GGN or Fisher
-    (FisherOperator's default kind), in precision ``dtype`` (``None``: the parameters')."""
+    (FisherOperator's default kind), in precision ``dtype`` (``None``: the parameters'), evaluated
+    in eval mode unless ``eval_mode`` is false (``--train-mode``)."""
 
     if kind not in CURVATURES:
         raise CLIError(f"--curvature must be one of {', '.join(CURVATURES)}, got {kind!r}.")
@@ -364,4 +365,5 @@ def build_operator(kind: str, prob: dict, params: Any = None, dtype: Any = None)
                        "returns batch_loss (the loss only). Use --curvature hessian, or return 'loss_fn' (and "
                        "'forward') instead.")
     cls = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator}[kind]
-    return cls(prob["model"], prob.get("loss_fn"), prob["data"], params, dtype=dtype, **loss_options(prob))
+    return cls(prob["model"], prob.get("loss_fn"), prob["data"], params, dtype=dtype, eval_mode=eval_mode,
+               **loss_options(prob))

@@ -13,6 +13,7 @@ from typing import Any
 from hesse._autodiff import gradient
 from hesse._progress import message
 from hesse.cli._errors import CLIError
+from hesse.cli._options import add_output, add_plot, add_seed, add_variables
 from hesse.cli.expressions import Expression, parse_bounds, parse_expression, parse_point
 from hesse.geometry import CriticalPoint, classify, critical_points
 from hesse.geometry.critical_points import MAX_STARTS
@@ -40,18 +41,18 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--at", metavar="POINT", help="analyze one point: x=0,y=1 or 0,1")
     p.add_argument("--bounds", metavar="BOX", help="box for the critical point search: -2:2,-2:2 "
                    "(one low:high per variable; one interval is used for all)")
-    p.add_argument("--vars", metavar="NAMES", help="variable order, comma separated (default x, y, z "
-                   "first, then alphabetical)")
-    p.add_argument("--starts", type=int, default=None, help="Newton starts for the search (default 128+, "
+    add_variables(p)
+    p.add_argument("--starts", type=int, default=None, metavar="N", help="Newton starts for the search (default 128+, "
                    "at most 2**20; chunked to fit the memory guard HESSE_MAX_MEMORY)")
     p.add_argument("--no-symbolic", action="store_true", help="skip the sympy route")
-    p.add_argument("--timeout", type=float, default=10.0, help="time guard of the sympy route in seconds")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="time guard of the sympy route (default 10)")
     p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS",
                    help="overall time limit of the box search (default 60): what was found by then is "
                    "reported, with a note")
-    p.add_argument("--plot", metavar="OUT.png", help="save the contour figure (2 variables only)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_seed(p, "scrambling of the Sobol starts of the box search")
+    add_plot(p, "the contour figure (2 variables only)")
+    add_output(p)
     # argparse reads any word that starts with "-" and is not a plain number as an option, so
     # "-x**2+y**2", "--bounds -2:2,-2:2" and "--at -1,0" would need "--" or "=". This verb's only
     # single-dash option is -h, so a single dash followed by anything else is a value (an
@@ -69,7 +70,7 @@ def _num(v: Any) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     verbose = not args.quiet
-    variables = [v.strip() for v in args.vars.split(",") if v.strip()] if args.vars else None
+    variables = [v.strip() for v in args.variables.split(",") if v.strip()] if args.variables else None
     expr = parse_expression(args.expression, variables)  # refuses unsafe input before anything runs
     _check_options(args, expr)
     if args.at:
@@ -127,7 +128,7 @@ def _analyze_box(expr: Expression, args: argparse.Namespace, verbose: bool) -> t
     try:
         pts = critical_points(expr, box, num_starts=args.starts, symbolic=not args.no_symbolic,
                                     symbolic_timeout=args.timeout, progress=verbose,
-                                    time_limit=args.time_limit)
+                                    time_limit=args.time_limit, seed=args.seed)
     except ValueError as err:  # the library names its arguments; say which option they came from
         msg = str(err).replace("num_starts", "--starts").replace("bounds ", "--bounds ", 1)
         raise CLIError(msg) from None

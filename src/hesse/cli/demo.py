@@ -17,6 +17,7 @@ from typing import Any
 
 from hesse._progress import message
 from hesse.cli._errors import CLIError
+from hesse.cli._options import add_out, add_output
 from hesse.demo_models import digits_data, digits_mlp
 from hesse.diagnostics.report import analyze_training, diagnosis, quadratic_example
 
@@ -33,9 +34,8 @@ def add_parser(sub) -> None:
                        "at a learning rate that reaches the edge of stability, monitor lambda_max against 2/lr, "
                        "and write a report folder (figures, report.json, summary.md).")
     p.add_argument("--quick", action="store_true", help="a shorter run (about 4x fewer steps and samples)")
-    p.add_argument("--out", default="hesse-report", help="report folder (default: hesse-report/)")
-    p.add_argument("--json", action="store_true", help="print every number as JSON on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_out(p)
+    add_output(p)
     p.set_defaults(func=run)
 
 

@@ -16,6 +16,7 @@ import math
 import re
 import sys
 
+from hesse.cli._options import add_lr, add_output, add_plot, add_variables
 from hesse.cli.expressions import parse_expression
 from hesse.cli.main import CLIError
 from hesse.optimize import METHODS, minimize, resolve_method
@@ -35,19 +36,23 @@ def add_parser(sub) -> None:
         "hesse minimize \"100*(y - x**2)**2 + (1 - x)**2\" --x0 -1.2,1 --compare gd,bfgs,newton",
     )
     p.add_argument("expression", help="the function, in the variables of the expression (safe parser)")
-    p.add_argument("--x0", required=True, help="starting point, comma separated, in variable order")
-    p.add_argument("--method", default="bfgs", help="method (default bfgs); see hesse.optimize.METHODS")
-    p.add_argument("--compare", default=None, help="comma-separated methods to run side by side")
-    p.add_argument("--variables", default=None, help="variable order, comma separated (default: as parsed)")
-    p.add_argument("--max-iter", type=int, default=1000, dest="max_iter")
-    p.add_argument("--gtol", type=float, default=1e-5)
-    p.add_argument("--lr", type=float, default=None, help="step size for gd/momentum/nesterov (default auto)")
-    p.add_argument("--plot", default=None, help="save trajectories (2 variables) and convergence curves to this PNG")
+    p.add_argument("--x0", required=True, metavar="POINT",
+                   help="starting point, comma separated, in variable order: 0,1 or x=0,y=1")
+    p.add_argument("--method", default="bfgs", metavar="METHOD",
+                   help=f"method (default bfgs): {', '.join(METHODS)}")
+    p.add_argument("--compare", default=None, metavar="METHODS",
+                   help="comma-separated methods to run side by side (names as for --method)")
+    add_variables(p)
+    p.add_argument("--max-iter", type=int, default=1000, dest="max_iter", metavar="N",
+                   help="iteration limit of each method (default 1000)")
+    p.add_argument("--gtol", type=float, default=1e-5, metavar="TOL",
+                   help="converged when the gradient norm is at most TOL (default 1e-5)")
+    add_lr(p, "step size for gd/momentum/nesterov (default: chosen from the curvature at x0)")
+    add_plot(p, "the trajectories (2 variables) and, next to it as NAME_convergence.png, the convergence curves")
     p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT, dest="time_limit", metavar="SECONDS",
                    help=f"wall-clock limit per method (default {DEFAULT_TIME_LIMIT:g}); the run then stops "
                         "with status 2, 'maximum time reached'")
-    p.add_argument("--json", action="store_true", help="JSON on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_output(p)
     # let "--x0 -1.2,1" through: argparse would otherwise read "-1.2,1" as an unknown option
     p._negative_number_matcher = re.compile(r"^-\d*\.?\d+(e[-+]?\d+)?(,\s*-?\d*\.?\d+(e[-+]?\d+)?)*$", re.I)
     p.set_defaults(func=run)

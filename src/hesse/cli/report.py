@@ -30,6 +30,15 @@ from hesse.cli._model_loader import (
     loss_options,
     prepare_problem,
 )
+from hesse.cli._options import (
+    add_k,
+    add_lr,
+    add_model,
+    add_out,
+    add_output,
+    add_seed,
+    add_train_mode,
+)
 from hesse.cli.spectrum import add_data_options
 from hesse.diagnostics.report import analyze_training, diagnosis, training_divergence
 
@@ -41,17 +50,17 @@ def add_parser(sub) -> None:
     p = sub.add_parser("report", help="sharpness, spectrum and landscape report of your own model",
                        description="Analyse your model's loss Hessian (optionally after monitored full-batch "
                        "gradient descent) and write a report folder: figures, report.json, summary.md.")
-    p.add_argument("--model", required=True, metavar="FILE.py:FACTORY",
-                   help="a function returning {'model', 'loss_fn', 'data'} (README section 'spectrum')")
+    add_model(p, required=True)
     p.add_argument("--checkpoint", metavar="PATH", help="state_dict to load (torch.load(weights_only=True))")
     p.add_argument("--train", type=int, default=0, metavar="STEPS", help="full-batch GD steps before the analysis")
-    p.add_argument("--lr", type=float, default=None, help="learning rate for --train (default 1/lambda_max)")
-    p.add_argument("--every", type=int, default=10, help="sharpness check every N steps (default 10)")
-    p.add_argument("--k", type=int, default=10, help="top eigenvalues at the final point (default 10)")
-    p.add_argument("--out", default="hesse-report", help="report folder (default: hesse-report/)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted --train run in OUT/log")
-    p.add_argument("--json", action="store_true", help="print every number as JSON on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_lr(p, "learning rate for --train (default 1/lambda_max at the start)")
+    p.add_argument("--every", type=int, default=10, metavar="N", help="sharpness check every N steps (default 10)")
+    add_k(p, "at the final point")
+    add_seed(p, "start vectors, probes and landscape directions")
+    add_train_mode(p)
+    add_out(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted --train run in DIR/log")
+    add_output(p)
 
     add_data_options(p)
     p.set_defaults(func=run)
@@ -119,6 +128,7 @@ def run(args) -> int:
         result = analyze_training(prob["model"], prob["loss_fn"], prob["data"], train_steps=args.train,
                                   lr=args.lr, every=args.every, k=args.k, log_dir=os.path.join(args.out, "log"),
                                   resume=args.resume, curvature=args.curvature, progress=verbose, dtype=dtype,
+                                  seed=args.seed, eval_mode=not args.train_mode,
                                   **loss_options(prob))
         files = write_report(args.out, result, title=f"hesse report: {args.model}", progress=verbose)
     except BaseException:

@@ -21,6 +21,7 @@ from hesse.cli._model_loader import (
     load_model_factory,
     prepare_problem,
 )
+from hesse.cli._options import add_k, add_model, add_output, add_plot, add_seed, add_train_mode
 from hesse.demo_models import digits_mlp_problem
 from hesse.spectrum import eigsh, outliers, spectral_density, trace
 from hesse.spectrum.analysis import OUTLIER_FACTOR
@@ -32,22 +33,26 @@ def add_parser(sub) -> None:
         "spectrum",
         help="Hessian spectrum of a model: top eigenvalues (Lanczos), trace, density (SLQ)",
         description="Spectrum of the loss Hessian of the demo digits MLP (default) or of a user model "
-        "given by --model file.py:factory (a function returning {'model', 'loss_fn', 'data'}).",
+        "given by --model FILE.py:FACTORY (a function returning {'model', 'loss_fn', 'data'}).",
     )
-    p.add_argument("--model", metavar="FILE.py:FUNC", help="user model factory (see README 'spectrum')")
-    p.add_argument("--k", type=int, default=5, help="number of eigenvalues (default 5; at most the parameter count)")
-    p.add_argument("--which", default="largest", choices=["largest", "smallest", "both", "magnitude"])
-    p.add_argument("--tol", type=float, default=1e-6, help="residual tolerance relative to ||H|| (default 1e-6)")
+    add_model(p, required=False, default_text="; default: the demo digits MLP")
+    add_k(p, "(or smallest, see --which)")
+    p.add_argument("--which", default="largest", choices=["largest", "smallest", "both", "magnitude"],
+                   help="which end of the spectrum: largest (default), smallest, both ends, or largest in magnitude")
+    p.add_argument("--tol", type=float, default=1e-6, metavar="TOL",
+                   help="residual tolerance relative to ||H|| (default 1e-6)")
     p.add_argument("--trace", action="store_true", help="also estimate the trace (XTrace) with its standard error")
-    p.add_argument("--trace-matvecs", type=int, default=100, help="products for --trace (default 100; at least the parameter count gives the exact trace)")
+    p.add_argument("--trace-matvecs", type=int, default=100, metavar="N",
+                   help="products for --trace (default 100; at least the parameter count gives the exact trace)")
     p.add_argument("--density", action="store_true", help="also compute the spectral density (SLQ)")
-    p.add_argument("--probes", type=int, default=4, help="SLQ probes for --density (default 4)")
-    p.add_argument("--steps", type=int, default=60, help="Lanczos steps per probe for --density (default 60)")
+    p.add_argument("--probes", type=int, default=4, metavar="N", help="SLQ probes for --density (default 4)")
+    p.add_argument("--steps", type=int, default=60, metavar="N",
+                   help="Lanczos steps per probe for --density (default 60)")
     p.add_argument("--per-layer", action="store_true", help="also a per-layer table (lambda_max, lambda_min, trace)")
-    p.add_argument("--plot", metavar="OUT.png", help="save a figure (density if --density, else eigenvalues)")
-    p.add_argument("--json", action="store_true", help="print every number as JSON on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--seed", type=int, default=0, help="random seed (start vector and probes)")
+    add_plot(p, "a figure (density if --density, else eigenvalues)")
+    add_seed(p, "start vector and probes")
+    add_train_mode(p)
+    add_output(p)
     add_data_options(p)
     p.set_defaults(func=run)
 
@@ -60,7 +65,7 @@ def add_data_options(p) -> None:
     p.add_argument("--curvature", default="hessian", choices=CURVATURES,
                    help="curvature matrix: the loss Hessian (default), the generalized Gauss-Newton matrix, "
                    "or the (empirical) Fisher")
-    p.add_argument("--device", default=None, help="move model and batches to this device (cpu, cuda, cuda:1, mps)")
+    p.add_argument("--device", default=None, metavar="DEVICE", help="move model and batches to this device (cpu, cuda, cuda:1, mps)")
     p.add_argument("--dtype", default=None, choices=DTYPES,
                    help="precision the curvature is computed in (default: the parameters' dtype), e.g. float32 "
                    "for a bfloat16 model; the model itself is not changed")
@@ -87,7 +92,7 @@ def run(args) -> int:
         prob = digits_mlp_problem()
         source = "demo: digits MLP"
     prob = prepare_problem(prob, batches=args.batches, device=device)
-    op = build_operator(args.curvature, prob, dtype=dtype)
+    op = build_operator(args.curvature, prob, dtype=dtype, eval_mode=not args.train_mode)
     name = {"hessian": "Hessian", "ggn": "GGN", "fisher": "Fisher"}[args.curvature]
     message(f"{name} operator: n={op.shape[0]} parameters, loss={op.loss:.6g}", verbose)
     out: dict = {"model": source, "curvature": args.curvature, "num_parameters": op.shape[0], "loss": op.loss,
@@ -116,7 +121,8 @@ def run(args) -> int:
         found = outliers(res, dens)
         out["outliers"] = found.as_dict()
     if args.per_layer:
-        table = per_layer(lambda names: build_operator(args.curvature, prob, params=names, dtype=dtype),
+        table = per_layer(lambda names: build_operator(args.curvature, prob, params=names, dtype=dtype,
+                                                      eval_mode=not args.train_mode),
                           layer_groups(prob["model"]), seed=args.seed, progress=verbose)
         out["per_layer"] = table.as_dicts()
     if args.plot:

@@ -3,7 +3,7 @@
 ``monitor`` (:class:`SharpnessMonitor`), ``landscape`` (:func:`landscape`), ``logging`` (JSON lines /
 CSV / TensorBoard writer, :func:`read_log`), ``report`` (the analysis behind ``hesse demo`` and
 ``hesse report``) and, when PyTorch Lightning is installed, ``lightning`` (a callback).
-See the README section "diagnostics".
+See the user guide page "Training diagnostics and reports" (docs/guide/diagnostics.md).
 """
 
 from .landscape import LandscapeResult, filter_normalized_direction, landscape

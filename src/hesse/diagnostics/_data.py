@@ -37,7 +37,9 @@ class LossSpec:
     defaults to ``model(inputs)``, ``model(**inputs)`` for a mapping), or ``batch_loss(model,
     batch)`` for a model that computes its own loss, batches weighted by ``batch_size(batch)``.
     ``dtype`` is the precision curvature is computed in (the operators' ``dtype=``; training
-    steps run in the model's own precision). See :mod:`hesse.operators.evaluation`.
+    steps run in the model's own precision). ``eval_mode``: evaluate curvature and losses in eval
+    mode (the operators' ``eval_mode=``; training steps run in the model's own mode). See
+    :mod:`hesse.operators.evaluation`.
     """
 
     loss_fn: Callable | None = None
@@ -45,6 +47,7 @@ class LossSpec:
     batch_loss: Callable | None = None
     batch_size: Callable[[Any], int] | None = None
     dtype: torch.dtype | None = None
+    eval_mode: bool = True
 
     def __post_init__(self) -> None:
         if self.loss_fn is None and self.batch_loss is None:
@@ -64,11 +67,13 @@ class LossSpec:
         if self.dtype is not None and (not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point
                                        or self.dtype.is_complex):
             raise TypeError(f"dtype must be a real floating torch.dtype (e.g. torch.float32), got {self.dtype!r}.")
+        if not isinstance(self.eval_mode, bool):
+            raise TypeError(f"eval_mode must be True or False, got {self.eval_mode!r}.")
 
     def operator_options(self) -> dict[str, Any]:
         """Keyword arguments of the curvature operators (and ``ModelLoss``) besides ``loss_fn``."""
         return {"forward": self.forward, "batch_loss": self.batch_loss, "batch_size": self.batch_size,
-                "dtype": self.dtype}
+                "dtype": self.dtype, "eval_mode": self.eval_mode}
 
     def batch_losses(self, model: torch.nn.Module, data: Any) -> Iterator[tuple[torch.Tensor, int, float]]:
         """``(loss, samples, weight)`` per batch of the live ``model`` (differentiable), where

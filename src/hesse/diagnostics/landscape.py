@@ -94,22 +94,34 @@ def filter_normalized_direction(problem_params, generator: torch.Generator) -> l
 def landscape(model: torch.nn.Module, loss_fn: Any = None, data: Any = None, directions: str = "eigen",
               dims: int = 1, steps: int = 21, span: float = 1.0, seed: int = 0, params: Any = None,
               progress: bool = False, *, forward: Any = None, batch_loss: Any = None, batch_size: Any = None,
-              dtype: torch.dtype | None = None) -> LandscapeResult:
+              dtype: torch.dtype | None = None, eval_mode: bool = True) -> LandscapeResult:
     """Loss on a line (``dims=1``) or plane (``dims=2``) through the model's current parameters.
 
     Parameters
     ----------
-    model, loss_fn, data, params : as for :class:`hesse.HessianOperator` (the loss is the mean over
-        ``data``; evaluated in eval mode, the model's modes are restored).
-    directions : ``"eigen"`` (top ``dims`` Hessian eigenvectors, unit norm) or ``"random"``
+    model, loss_fn, data, params
+        as for :class:`hesse.HessianOperator` (the loss is the mean over
+        ``data``; evaluated in eval mode unless ``eval_mode=False``, the model's modes are restored).
+    directions
+        ``"eigen"`` (top ``dims`` Hessian eigenvectors, unit norm) or ``"random"``
         (filter-normalized Gaussian, Li et al. 2018). See the module docs.
-    steps : grid points per axis (odd numbers put a point on the center).
-    span : the grid covers ``[-span, span]`` along each direction.
-    seed : seed of the random directions (and of the eigsh start vector).
-    forward, batch_loss, batch_size, dtype : as for :class:`hesse.HessianOperator` (outputs of a
+    dims
+        1 (a line through the current parameters) or 2 (a plane).
+    steps
+        grid points per axis (odd numbers put a point on the center).
+    span
+        the grid covers ``[-span, span]`` along each direction.
+    seed
+        seed of the random directions (and of the eigsh start vector).
+    progress
+        show a bar (stderr) over the grid's loss evaluations.
+    forward, batch_loss, batch_size, dtype, eval_mode
+        as for :class:`hesse.HessianOperator` (outputs of a
         model that takes e.g. a dict, the loss of a model that computes its own, and the precision
         the loss and Hessian are computed in).
 
+    Notes
+    -----
     The model's parameters are not changed. Cost: ``steps**dims`` loss evaluations.
     """
     if directions not in ("eigen", "random"):
@@ -121,7 +133,7 @@ def landscape(model: torch.nn.Module, loss_fn: Any = None, data: Any = None, dir
         raise ValueError(f"steps must be an int >= 2 (grid points per axis), got {steps!r}.")
     if not isinstance(span, (int, float)) or isinstance(span, bool) or not span > 0 or span == float("inf"):
         raise ValueError(f"span must be a positive finite float, got {span!r}.")
-    options = LossSpec(loss_fn, forward, batch_loss, batch_size, dtype).operator_options()
+    options = LossSpec(loss_fn, forward, batch_loss, batch_size, dtype, eval_mode).operator_options()
     data = read_once(data)  # iterated once per evaluation
     problem = ModelLoss(model, loss_fn, data, params, **options)
     op = HessianOperator(model, loss_fn, data, params, **options)

@@ -240,6 +240,12 @@ def stability_limit(optimizer: torch.optim.Optimizer) -> tuple[float, float, str
     The returned limit is the first group's; groups whose limits differ (learning rates, momenta,
     betas) are folded into the monitored operator instead (:class:`SharpnessMonitor`), so that
     ``λ_max / limit`` is the largest of the groups' ratios.
+
+    Parameters
+    ----------
+    optimizer
+        the ``torch.optim.Optimizer`` the training loop steps (the limit returned is its first
+        parameter group's).
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; "
@@ -300,22 +306,29 @@ class SharpnessMonitor:
 
     Parameters
     ----------
-    model, loss_fn, data : as for :class:`hesse.HessianOperator`; ``data`` is the fixed
+    model, loss_fn, data
+        as for :class:`hesse.HessianOperator`; ``data`` is the fixed
         measurement set (one batch, a pair of tensors, or a DataLoader), the same every check.
-    every : measure every ``every`` calls of :meth:`step` (10 when neither ``at`` nor ``schedule``
-        is given).
-    at : instead of ``every``, the steps to measure at (``[0, 10, 30, 100]``): :meth:`step`
-        measures when its count is in ``at``. Step 0 is before the first optimizer step; take it with
-        ``monitor.measure(optimizer)`` before training.
-    schedule : instead of ``every``, ``"log"``: measure at the steps ``round(10**(j/10))``
-        (1, 2, 3, 4, 5, 6, 8, 10, 13, ..., 79, 100, 126, ...), ten per decade, dense where early
-        training changes fast.
-    measurements : :class:`Measurements`, what each check measures (``k``, ``negative``, ``trace``,
+    every
+        measure every ``every`` calls of :meth:`step` (10 when neither ``at`` nor ``schedule`` is
+        given).
+    at
+        instead of ``every``, the steps to measure at (``[0, 10, 30, 100]``): :meth:`step`
+        measures when its count is in ``at``. Step 0 is before the first optimizer step; take it
+        with ``monitor.measure(optimizer)`` before training.
+    schedule
+        instead of ``every``, ``"log"``: measure at the steps ``round(10**(j/10))`` (1, 2, 3, 4,
+        5, 6, 8, 10, 13, ..., 79, 100, 126, ...), ten per decade, dense where early training
+        changes fast.
+    measurements
+        :class:`Measurements`, what each check measures (``k``, ``negative``, ``trace``,
         ``density``, ``tol``, ``trace_matvecs``, ``density_probes``, ``density_steps``, ``seed``,
         ``max_matvecs``).
-    bands : :class:`StabilityBands`, how a check is judged (``eos_band``, ``saddle_grad_tol``,
+    bands
+        :class:`StabilityBands`, how a check is judged (``eos_band``, ``saddle_grad_tol``,
         ``saddle_curvature_rtol``).
-    logging : :class:`LogOptions`, where records go. ``log_dir``: directory for
+    logging
+        :class:`LogOptions`, where records go. ``log_dir``: directory for
         ``sharpness.jsonl``, ``sharpness.csv``, ``density.jsonl`` (and TensorBoard scalars when
         installed), written by rank 0 only under ``torch.distributed``; ``None`` keeps records in
         memory only. ``resume``: continue the log in ``log_dir`` (records, step counter and
@@ -323,14 +336,19 @@ class SharpnessMonitor:
         from a model checkpoint, save :meth:`state_dict` with it and call :meth:`load_state_dict`
         after construction: the log is cut back to the checkpoint's step. ``progress``: one line
         per check on stderr.
-    params : which parameters (as for HessianOperator).
-    forward, batch_loss, batch_size, dtype : as for :class:`hesse.HessianOperator`: the outputs
+    params
+        which parameters (as for HessianOperator).
+    forward, batch_loss, batch_size, dtype, eval_mode
+        as for :class:`hesse.HessianOperator`: the outputs
         ``forward(model, inputs)`` (e.g. ``lambda m, b: m(**b).logits``), or instead of ``loss_fn``
         the loss of a model that computes its own (``batch_loss(model, batch)``, batches weighted
         by ``batch_size(batch)``); ``dtype``: the precision the Hessian is computed in.
-    **options : any field of the three records above as a keyword (``k=3, negative=True,
+    **options
+        any field of the three records above as a keyword (``k=3, negative=True,
         log_dir="runs"``); it overrides the same field of a record passed.
 
+    Notes
+    -----
     Use ``monitor.step(optimizer)`` after each ``optimizer.step()``; ``monitor.measure(optimizer)``
     measures now (e.g. before training, at step 0).
     """
@@ -340,10 +358,10 @@ class SharpnessMonitor:
                  measurements: Measurements | None = None, bands: StabilityBands | None = None,
                  logging: LogOptions | None = None, params: Any = None, forward: Any = None,
                  batch_loss: Any = None, batch_size: Any = None, dtype: torch.dtype | None = None,
-                 **options: Any):
+                 eval_mode: bool = True, **options: Any):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        self.objective = LossSpec(loss_fn, forward, batch_loss, batch_size, dtype)
+        self.objective = LossSpec(loss_fn, forward, batch_loss, batch_size, dtype, eval_mode)
         if data is None:
             raise TypeError("data is required: the fixed measurement set (a batch, a pair of tensors or a "
                             "DataLoader), the same at every check.")

@@ -325,7 +325,8 @@ def train_monitored(model, loss_fn=None, data=None, *, train_steps: int, lr: flo
                     every: int = 10, density_every: int | None = None, log_dir: str | None = None,
                     resume: bool = False, eos_band: tuple[float, float] = (0.05, 0.25), seed: int = 0,
                     progress: bool = False, forward=None, batch_loss=None, batch_size=None,
-                    dtype: torch.dtype | None = None) -> tuple[SharpnessMonitor, float, list[float]]:
+                    dtype: torch.dtype | None = None,
+                    eval_mode: bool = True) -> tuple[SharpnessMonitor, float, list[float]]:
     """Full-batch gradient descent for ``train_steps`` steps under a :class:`SharpnessMonitor`.
 
     Returns ``(monitor, lr, training_losses)``. With ``log_dir`` the monitor log and a checkpoint
@@ -333,9 +334,10 @@ def train_monitored(model, loss_fn=None, data=None, *, train_steps: int, lr: flo
     continues from the checkpoint (module docs: the log is cut back to the checkpoint's step), or
     starts afresh when there is none yet. ``lr=None``: ``1/λ_max`` at the start. ``forward``,
     ``batch_loss``, ``batch_size``: the loss as for :class:`hesse.HessianOperator` (training and
-    checks use the same loss); ``dtype``: the precision of the checks' Hessians.
+    checks use the same loss); ``dtype``: the precision of the checks' Hessians; ``eval_mode``: the
+    checks evaluate in eval mode (the default) or, ``False``, in the model's own mode.
     """
-    objective = LossSpec(loss_fn, forward, batch_loss, batch_size, dtype)
+    objective = LossSpec(loss_fn, forward, batch_loss, batch_size, dtype, eval_mode)
     data = read_once(data)
     ckpt = None if log_dir is None else os.path.join(log_dir, CHECKPOINT_FILE)
     state = _load_checkpoint(log_dir, resume, progress, train_steps)
@@ -383,7 +385,7 @@ def analyze_training(model, loss_fn=None, data=None, *, train_steps: int = 0, lr
                      resume: bool = False, eos_band: tuple[float, float] = (0.05, 0.25), density_probes: int = 2,
                      density_steps: int = 60, landscape_steps: int = 41, seed: int = 0,
                      curvature: str = "hessian", progress: bool = False, forward=None, batch_loss=None,
-                     batch_size=None, dtype: torch.dtype | None = None) -> dict:
+                     batch_size=None, dtype: torch.dtype | None = None, eval_mode: bool = True) -> dict:
     """Train (full-batch GD, monitored) for ``train_steps`` steps, then analyse the final point.
 
     Returns a dict with ``records`` (monitor records as dicts), ``training_losses``,
@@ -394,9 +396,10 @@ def analyze_training(model, loss_fn=None, data=None, *, train_steps: int = 0, lr
     sharpness monitor always measures the Hessian, whose λ_max the stability limit 2/η is about.
     ``data`` may be a one-shot iterator: it is read once into a list. ``forward``, ``batch_loss``,
     ``batch_size`` and ``dtype`` are passed to every operator, the landscape and the training
-    steps (as for :class:`hesse.HessianOperator`; the GGN and Fisher need ``loss_fn``).
+    steps (as for :class:`hesse.HessianOperator`; the GGN and Fisher need ``loss_fn``); so is
+    ``eval_mode`` (``False``: the model's own modes, e.g. BatchNorm on batch statistics).
     """
-    objective = LossSpec(loss_fn, forward, batch_loss, batch_size, dtype)
+    objective = LossSpec(loss_fn, forward, batch_loss, batch_size, dtype, eval_mode)
     operator_cls = _check_analysis_options(model, train_steps, lr, k, curvature)
     data = read_once(data)  # read several times below: once per operator and loss evaluation
     t0 = time.perf_counter()

@@ -1,5 +1,5 @@
-"""hesse.distributed: process-group helpers for data-parallel curvature (README section
-"distributed").
+"""hesse.distributed: process-group helpers for data-parallel curvature (user guide
+page "Scale and torch.distributed", docs/guide/distributed.md).
 
 Model operators (``HessianOperator``, ``GGNOperator``, ``FisherOperator``) are data-parallel when a
 default ``torch.distributed`` group is initialized (``distributed=None``, the default), local with

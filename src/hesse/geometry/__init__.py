@@ -1,4 +1,5 @@
-"""hesse.geometry: critical points and local geometry (see the README section of the same name).
+"""hesse.geometry: critical points and local geometry (user guide page "Critical points and local
+geometry", docs/guide/geometry.md).
 
 Modules: ``classify`` (CriticalPoint, classify), ``definiteness`` (four definiteness tests),
 ``higher_order`` (splitting lemma + nested forward-mode derivatives), ``taylor`` (Taylor models),

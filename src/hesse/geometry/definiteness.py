@@ -125,6 +125,16 @@ def definiteness(H: Any, method: str = "eigenvalues", tol: float | None = None) 
     ``tol`` (absolute, on the eigenvalue scale) defaults to max(n, 10)·eps·‖H‖₂. All methods agree
     whenever no eigenvalue lies near ±tol. Cost: O(n³) for every method but ``"sylvester"``,
     whose semidefinite branch computes 2ⁿ - 1 determinants.
+
+    Parameters
+    ----------
+    H
+        the symmetric matrix, or a small operator (it is made dense).
+    method
+        ``"eigenvalues"`` (default), ``"cholesky"``, ``"ldl"``, ``"sylvester"`` or
+        ``"discriminant"``.
+    tol
+        absolute tolerance below which an eigenvalue (or pivot) counts as zero (default above).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}; got {method!r}.")

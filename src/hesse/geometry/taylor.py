@@ -109,7 +109,17 @@ class TaylorModel:
 
 
 def taylor(f: Callable[[torch.Tensor], torch.Tensor], x0, order: int = 2) -> TaylorModel:
-    """The ``order`` (1 or 2) Taylor model of ``f`` at ``x0`` (module docstring)."""
+    """The ``order`` (1 or 2) Taylor model of ``f`` at ``x0`` (module docstring).
+
+    Parameters
+    ----------
+    f
+        function of one tensor returning a scalar tensor, written with torch operations.
+    x0
+        the expansion point, a tensor of any shape.
+    order
+        1 (``f(x0) + g·d``) or 2 (``+ ½ dᵀ H d``, the default).
+    """
     check_callable(f, "f")
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}.")

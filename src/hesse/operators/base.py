@@ -38,14 +38,21 @@ from .._validation import all_finite
 class CurvatureOperator(ABC):
     """Base class of symmetric linear operators ``A: R^n -> R^n``.
 
+    Parameters
+    ----------
+    n : int
+        Size: the operator is ``n x n`` (``shape == (n, n)``).
+    dtype, device
+        of the vectors the operator multiplies and returns.
+    is_psd : bool | None
+        Structure tag; solvers that need positive definiteness check it.
+
     Attributes
     ----------
     shape : tuple[int, int]
-    dtype, device : of the vectors the operator multiplies and returns.
+        ``(n, n)``.
     num_matvecs : int
         Products taken so far (a ``matmat`` with ``k`` columns counts ``k``).
-    is_psd : bool | None
-        Structure tag; solvers that need positive definiteness check it.
     """
 
     is_symmetric: bool = True

@@ -60,9 +60,14 @@ class DenseOperator(CurvatureOperator):
 
     Parameters
     ----------
-    matrix : tensor or array of shape (n, n), real, finite and symmetric (checked to
+    matrix
+        tensor or array of shape (n, n), real, finite and symmetric (checked to
         ``symmetry_rtol`` relative to its largest entry; pass ``(A + A.T) / 2`` otherwise).
-    is_psd : optional structure tag.
+    is_psd
+        optional structure tag: ``True`` declares the matrix positive semidefinite (solvers that
+        need it, e.g. conjugate gradients, then accept it), ``None`` unknown.
+    symmetry_rtol
+        tolerance of the symmetry check, relative to the largest entry (default 1e-10).
     """
 
     def __init__(self, matrix: Any, is_psd: bool | None = None, symmetry_rtol: float = 1e-10):

@@ -292,7 +292,7 @@ class ModelLoss:
                         + ("with batch statistics" if self.bn_mode == "batch" else
                            "with running statistics")
                         + ") and restores the mode afterwards. Pass eval_mode=False to keep the "
-                        "model's modes.",
+                        "model's modes (the hesse command line: --train-mode).",
                         HesseModeWarning,
                         stacklevel=4,
                     )

@@ -38,7 +38,45 @@ class GGNOperator(ModelCurvatureOperator):
     """Generalized Gauss-Newton matrix of the mean loss over ``data``; PSD for MSE and
     cross-entropy. Arguments as for :class:`HessianOperator` (same names, same order); it needs
     ``loss_fn`` on the model's outputs, not ``batch_loss``. Embedding padding rows are frozen
-    (zero rows and columns), as there."""
+    (zero rows and columns), as there.
+
+    Parameters
+    ----------
+    model
+        torch.nn.Module (a ``DistributedDataParallel`` wrapper is unwrapped).
+    loss_fn
+        callable ``(outputs, targets) -> scalar`` with ``reduction="mean"`` or ``"sum"``.
+    data
+        DataLoader, iterable of batches, or a pair of tensors ``(inputs, targets)``.
+    params
+        ``None`` (all trainable parameters), a list of names, or a predicate
+        ``(name, parameter) -> bool``.
+    batch_loss
+        not accepted here (the matrix needs the model's outputs): pass ``loss_fn``; it exists so
+        the model operators share one signature.
+    batch_size
+        callable ``batch -> int``, the weight of a batch in the mean loss; default the leading
+        dimension of the targets.
+    forward
+        callable ``(model, inputs) -> outputs tensor``; default ``model(inputs)``,
+        ``model(**inputs)`` for a mapping.
+    dtype
+        the floating type curvature is computed and accumulated in; default the parameters'.
+    bn_mode
+        ``"eval"`` (BatchNorm running statistics, the default) or ``"batch"``.
+    eval_mode
+        evaluate in eval mode (dropout off) and restore the model's mode afterwards.
+    check_deterministic
+        take two products with one vector and refuse a random loss.
+    progress
+        show a bar (stderr) over the batches of the first pass.
+    keep_graph, graph_memory
+        keep each batch's graph for later products, within ``graph_memory`` bytes over the
+        operator (default 2 GiB; see :class:`HessianOperator`).
+    distributed
+        ``None`` (data-parallel when a ``torch.distributed`` default group is initialized),
+        ``False`` (local) or a process group.
+    """
 
     _is_psd = True
     _default_keep_graph = True

@@ -32,42 +32,59 @@ _LOOP_CHUNK = 64
 class HessianOperator(ModelCurvatureOperator):
     """Hessian ``∇²L(θ)`` of the mean loss of ``model`` over ``data`` (or of a function).
 
-    Arguments shared by the model operators (Hessian, GGN, Fisher), in this order:
+    The parameters up to ``distributed`` are shared by the model operators (Hessian, GGN,
+    Fisher), in this order.
 
-    model : torch.nn.Module (a ``DistributedDataParallel`` wrapper is unwrapped)
-    loss_fn : callable ``(outputs, targets) -> scalar`` with ``reduction="mean"`` or ``"sum"``
-    data : DataLoader, iterable of batches, or a pair of tensors ``(inputs, targets)``
-    params : ``None`` (all trainable parameters), a list of names, or a predicate
+    Parameters
+    ----------
+    model
+        torch.nn.Module (a ``DistributedDataParallel`` wrapper is unwrapped)
+    loss_fn
+        callable ``(outputs, targets) -> scalar`` with ``reduction="mean"`` or ``"sum"``
+    data
+        DataLoader, iterable of batches, or a pair of tensors ``(inputs, targets)``
+    params
+        ``None`` (all trainable parameters), a list of names, or a predicate
         ``(name, parameter) -> bool``
-    batch_loss : instead of ``loss_fn``, a callable ``(model, batch) -> scalar mean loss`` for
+    batch_loss
+        instead of ``loss_fn``, a callable ``(model, batch) -> scalar mean loss`` for
         models that compute their own loss (``lambda m, b: m(**b).loss``); a batch may be any
         object. Hessian only: the GGN and Fisher need outputs and ``loss_fn``.
-    batch_size : callable ``batch -> int``, the weight of a batch in the mean loss
+    batch_size
+        callable ``batch -> int``, the weight of a batch in the mean loss
         (``L = Σ_b n_b L_b / Σ_b n_b``); default the leading dimension of the targets, or with
         ``batch_loss`` of the first tensor found in the batch
-    forward : callable ``(model, inputs) -> outputs tensor``; default ``model(inputs)``,
+    forward
+        callable ``(model, inputs) -> outputs tensor``; default ``model(inputs)``,
         ``model(**inputs)`` for a mapping. Hugging Face: ``lambda m, b: m(**b).logits``
-    dtype : the floating type curvature is computed and accumulated in (e.g. ``torch.float32``
+    dtype
+        the floating type curvature is computed and accumulated in (e.g. ``torch.float32``
         for a ``bfloat16`` model: products run on a cast copy of the parameters, the model is
         not modified); default the parameters' dtype. It is the operator's ``dtype``.
-    bn_mode : ``"eval"`` (BatchNorm running statistics, the default) or ``"batch"``
-    eval_mode : evaluate in eval mode (dropout off) and restore the model's mode afterwards
-    check_deterministic : take two products with one vector and refuse a random loss
-    progress : show a bar (stderr) over the batches of the pass that computes ``L`` and ``∇L``
-    keep_graph, graph_memory : keep each batch's graph for later products, within
+    bn_mode
+        ``"eval"`` (BatchNorm running statistics, the default) or ``"batch"``
+    eval_mode
+        evaluate in eval mode (dropout off) and restore the model's mode afterwards
+    check_deterministic
+        take two products with one vector and refuse a random loss
+    progress
+        show a bar (stderr) over the batches of the pass that computes ``L`` and ``∇L``
+    keep_graph, graph_memory
+        keep each batch's graph for later products, within
         ``graph_memory`` bytes over the operator (default 2 GiB; see the module docs)
-    distributed : ``None`` (data-parallel when a ``torch.distributed`` default group is
+    distributed
+        ``None`` (data-parallel when a ``torch.distributed`` default group is
         initialized), ``False`` (local) or a process group: products are all-reduced over the
-        ranks' data shards (README section "distributed"; :mod:`hesse.distributed`)
-
-    Hessian only:
-
-    matmat_strategy : how a block ``H V`` is taken from one first-backward graph: ``"vmap"``
+        ranks' data shards (user guide page "Scale and torch.distributed", docs/guide/distributed.md; :mod:`hesse.distributed`)
+    matmat_strategy
+        (Hessian only) how a block ``H V`` is taken from one first-backward graph: ``"vmap"``
         (one batched second backward, ``is_grads_batched``), ``"loop"`` (one second backward per
         column through the same graph) or ``"auto"``: ``"loop"`` on CPU, where it measured
         faster (1.38x against 1.72x a gradient per vector on a 127k-parameter MLP), ``"vmap"``
         on accelerators.
 
+    Notes
+    -----
     Frozen entries: the padding row of every ``nn.Embedding(padding_idx=...)`` among the
     parameters is held fixed (torch zeroes its gradient, so autograd's second derivative is not
     symmetric there); the operator has zero rows and columns on those entries.

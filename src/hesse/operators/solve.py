@@ -350,20 +350,32 @@ def conjugate_gradient(
 
     Parameters
     ----------
-    op : a :class:`CurvatureOperator`, or a callable ``v -> A v`` on vectors of ``b``'s shape
+    op
+        a :class:`CurvatureOperator`, or a callable ``v -> A v`` on vectors of ``b``'s shape
         (then ``is_psd`` may be passed; products are counted here).
-    b : right-hand side, a vector.
-    x0 : starting point (default 0; a nonzero one costs one product). Unused when ``b = 0``:
+    b
+        right-hand side, a vector.
+    x0
+        starting point (default 0; a nonzero one costs one product). Unused when ``b = 0``:
         then ``x = 0``, the exact solution, is returned.
-    rules : stopping rules (see the module docs); default ``[ResidualTolerance(tol)]``.
+    tol
+        relative residual tolerance of the default rule, ``||b - A x|| <= tol ||b||``.
+    rules
+        stopping rules (see the module docs); default ``[ResidualTolerance(tol)]``.
         A rule list without :class:`ResidualTolerance` runs until another rule or ``max_iter``.
-    max_iter : iteration budget (default ``10 n``); exhausting it gives ``status="max_iter"``.
-    preconditioner : ``r -> M⁻¹ r`` with ``M`` symmetric positive definite (Nocedal & Wright
+    max_iter
+        iteration budget (default ``10 n``); exhausting it gives ``status="max_iter"``.
+    preconditioner
+        ``r -> M⁻¹ r`` with ``M`` symmetric positive definite (Nocedal & Wright
         2006, Alg. 5.3).
-    true_residual : recompute ``b − A x`` at the end (one product); a solve is reported
+    true_residual
+        recompute ``b − A x`` at the end (one product); a solve is reported
         converged only if that also meets ``10 · tol`` relative (the recursive residual can drift).
-    is_psd : the structure tag for a callable ``op`` (an operator's own tag is used otherwise).
+    is_psd
+        the structure tag for a callable ``op`` (an operator's own tag is used otherwise).
 
+    Notes
+    -----
     Returns a :class:`LinearSolveResult`. Iterations and rules follow Nocedal & Wright (2006),
     Alg. 5.2/5.3 and 7.2.
     """
@@ -488,13 +500,31 @@ def solve(op: Any, b: Any, method: str = "cg", tol: float = 1e-8,
           max_iter: int | None = None, x0: Any = None) -> LinearSolveResult:
     """Solve ``op @ x = b``; see :meth:`CurvatureOperator.solve`.
 
-    ``op`` is a :class:`CurvatureOperator` or a symmetric matrix (a 2-D tensor or array, taken as
-    a :class:`DenseOperator`). ``converged`` means the measured relative residual
-    ``‖b − A x‖ / ‖b‖`` passed the tolerance test: for ``"cg"`` the kernel's (``≤ tol`` on the
-    recursive residual and ``≤ 10 tol`` on the true one), for ``"minres"`` and ``"direct"``
-    ``≤ max(10 tol, n ε)`` with ``ε`` the dtype's unit roundoff (the floor a backward-stable solve
-    attains on a well-conditioned matrix). A singular or, for its dtype, too ill-conditioned
-    matrix therefore gives ``converged=False`` with the residual in the message.
+    Parameters
+    ----------
+    op
+        a symmetric hesse operator, or a symmetric matrix (a 2-D tensor or array, taken as a
+        :class:`DenseOperator`).
+    b
+        right-hand side, a vector of length ``n``.
+    method
+        ``"cg"`` (conjugate gradients, needs ``op`` positive definite; the default), ``"minres"``
+        (symmetric indefinite, via SciPy) or ``"direct"`` (dense Cholesky/LU, guarded).
+    tol
+        relative residual tolerance, ``||b - A x|| <= tol ||b||`` (default 1e-8).
+    max_iter
+        iteration budget of ``"cg"`` and ``"minres"`` (default ``10 n``).
+    x0
+        starting point of the iterative methods (default 0).
+
+    Notes
+    -----
+    ``converged`` means the measured relative residual ``‖b − A x‖ / ‖b‖`` passed the tolerance
+    test: for ``"cg"`` the kernel's (``≤ tol`` on the recursive residual and ``≤ 10 tol`` on the
+    true one), for ``"minres"`` and ``"direct"`` ``≤ max(10 tol, n ε)`` with ``ε`` the dtype's unit
+    roundoff (the floor a backward-stable solve attains on a well-conditioned matrix). A singular
+    or, for its dtype, too ill-conditioned matrix therefore gives ``converged=False`` with the
+    residual in the message.
     """
     if isinstance(op, (torch.Tensor, np.ndarray)) and op.ndim == 2:
         op = DenseOperator(op)

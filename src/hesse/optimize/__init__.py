@@ -1,5 +1,6 @@
 """hesse.optimize: minimize() and least_squares() from gradient descent to trust regions
-(see the README section "optimize"). One module per method family; ``minimize`` dispatches through
+(see the user guide page "Minimize and least squares", docs/guide/optimize.md). One module per
+method family; ``minimize`` dispatches through
 the one registry ``hesse.optimize.methods.REGISTRY`` (viewed by problem as ``METHODS`` and
 ``LEAST_SQUARES_METHODS``)."""
 

@@ -204,51 +204,73 @@ def minimize(
 
     Parameters
     ----------
-    f : function of ONE tensor (the shape of ``x0``) returning a scalar tensor, written with torch
+    f
+        function of ONE tensor (the shape of ``x0``) returning a scalar tensor, written with torch
         operations (it is differentiated by autograd). An output not connected to ``x``
         (``.item()``, ``torch.tensor(...)``, NumPy inside ``f``) is refused.
-    x0 : starting point (tensor of any shape and device; lists/NumPy become float64), finite.
+    x0
+        starting point (tensor of any shape and device; lists/NumPy become float64), finite.
         With ``batched=True``: a ``(B, n)`` batch of starting points (see
         :func:`hesse.optimize.batched.minimize_batched`).
-    method : "gd", "momentum", "nesterov", "newton", "newton-damped", "saddle-free-newton",
+    method
+        "gd", "momentum", "nesterov", "newton", "newton-damped", "saddle-free-newton",
         "trust-ncg", "trust-exact", "newton-cg", "bfgs", "lbfgs", "dfp", "sr1"; case-insensitive,
         and scipy's / torchmin's spellings are read ("BFGS", "Newton-CG", "L-BFGS-B" runs
         unconstrained L-BFGS with a warning, "newton-exact"). scipy methods hesse lacks ("CG",
         "Nelder-Mead", "SLSQP", ...) raise ``ValueError`` naming the alternatives.
-    args : extra arguments, ``f(x, *args)`` (as scipy's ``args``).
-    options : dict of settings as scipy takes them: ``maxiter`` (-> ``max_iter``), ``gtol``,
+    args
+        extra arguments, ``f(x, *args)`` (as scipy's ``args``).
+    options
+        dict of settings as scipy takes them: ``maxiter`` (-> ``max_iter``), ``gtol``,
         ``disp`` (print the outcome), ``return_all`` (-> ``history``), ``maxcor`` (-> lbfgs
         ``memory``), ``initial_trust_radius``/``max_trust_radius`` (a maximum below the default initial
         radius 1 lowers the initial radius to it; an initial radius given above the maximum is
         refused, as scipy refuses it), or any hesse keyword below. An option of another method
         (``maxcor`` with BFGS) is refused naming the methods that take it.
         Entries in ``options`` win over the keywords.
-    tol : scipy's ``tol``: sets ``gtol``.
-    gtol : stop when ``||grad f(x)||_2 <= gtol`` (the gradient test of success).
-    ftol : stop (status 3, not success unless the gradient test holds) when
+    tol
+        scipy's ``tol``: sets ``gtol``.
+    gtol
+        stop when ``||grad f(x)||_2 <= gtol`` (the gradient test of success).
+    ftol
+        stop (status 3, not success unless the gradient test holds) when
         ``|f_k - f_{k+1}| <= ftol * max(1, |f_{k+1}|)``; 0 turns it off.
-    xtol : stop (status 3) when ``||x_{k+1} - x_k|| <= xtol * (1 + ||x_{k+1}||)``; 0 turns it off.
-    max_iter, max_time : iteration and wall-clock (seconds) budgets.
-    callback : ``callback(x, f, grad_norm)`` after every iteration, or scipy's forms (told apart
-        by the signature): ``callback(intermediate_result)`` (a single parameter of that name)
-        gets an ``OptimizeResult`` of the iterate (``x``, ``fun``, ``grad_norm``, the counts;
-        ``status`` -1), any other single parameter gets ``x`` only. Returning True or raising
+    xtol
+        stop (status 3) when ``||x_{k+1} - x_k|| <= xtol * (1 + ||x_{k+1}||)``; 0 turns it off.
+    max_iter, max_time
+        iteration and wall-clock (seconds) budgets.
+    callback
+        ``callback(x, f, grad_norm)`` after every iteration, or scipy's forms (told apart by the
+        signature): ``callback(intermediate_result)`` (a single parameter of that name) gets an
+        ``OptimizeResult`` of the iterate (``x``, ``fun``, ``grad_norm``, the counts; ``status``
+        -1), any other single parameter gets ``x`` only. Returning True or raising
         ``StopIteration`` (scipy's way) stops the run with a result: status 7 (scipy's 99),
         ``success`` False, ``x`` the iterate the callback saw.
-    history : keep values, gradient norms, step sizes (and iterates when ``n <= 10^4``).
-    progress : show a progress line on stderr.
-    check_curvature : for methods without the Hessian at hand, check the smallest Hessian
+    history
+        keep values, gradient norms, step sizes (and iterates when ``n <= 10^4``).
+    batched
+        ``x0`` is a ``(B, n)`` batch of starting points, each minimized (see
+        :func:`hesse.optimize.batched.minimize_batched`); the result is a list.
+    progress
+        show a progress line on stderr.
+    check_curvature
+        for methods without the Hessian at hand, check the smallest Hessian
         eigenvalue at the final point (dense for ``n <= 500``, Lanczos otherwise) before calling a
         stop a minimum. With False, success rests on the gradient test alone (said in the message).
-    curvature_tol : an eigenvalue below ``-curvature_tol * max(1, |lambda|_max)`` is negative.
-    max_memory : bytes the dense ``n x n`` matrices of the method may take (default 4 GiB or
+    curvature_tol
+        an eigenvalue below ``-curvature_tol * max(1, |lambda|_max)`` is negative.
+    max_memory
+        bytes the dense ``n x n`` matrices of the method may take (default 4 GiB or
         ``HESSE_MAX_MEMORY``); over it the call is refused before anything is allocated, naming
         the matrix-free methods.
-    **method_options : method options, e.g. ``lr``/``beta`` (gd, momentum, nesterov), ``memory``
+    **method_options
+        method options, e.g. ``lr``/``beta`` (gd, momentum, nesterov), ``memory``
         (lbfgs), ``modification`` ("lm" or "eigen", newton-damped), ``damping``
         (saddle-free-newton), ``initial_radius``/``max_radius``/``eta`` (trust-region methods),
         ``cg_max_iter``; scipy's option names are read here too.
 
+    Notes
+    -----
     A function that keeps decreasing as the iterates run away stops with status 8
     ("unbounded") instead of spending ``max_iter`` line searches.
 

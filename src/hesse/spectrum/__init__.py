@@ -2,7 +2,8 @@
 
 One module per concept: ``lanczos`` (:func:`eigsh`), ``power`` (:func:`power_iteration`), ``trace``,
 ``diagonal``, ``density`` (stochastic Lanczos quadrature), ``summary`` (:func:`summarize`) and
-``per_layer``; ``analysis`` reads outliers and subspace overlaps off a spectrum.
+``per_layer``; ``analysis`` reads outliers and subspace overlaps off a spectrum. See the user
+guide page "Spectrum" (docs/guide/spectrum.md).
 """
 
 from .analysis import OutlierAnalysis, outliers, principal_angles, subspace_overlap

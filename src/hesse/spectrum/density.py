@@ -265,15 +265,28 @@ def spectral_density(op: CurvatureOperator, num_probes: int = 4, num_steps: int 
 
     Parameters
     ----------
-    num_probes : Rademacher probes ``p`` (advanced together, one ``matmat`` per step).
-    num_steps : Lanczos steps per probe (``num_probes * num_steps`` products in all).
-    grid : points where the smoothed density is evaluated (default ``num_grid`` points spanning the
+    op
+        any symmetric hesse operator (``HessianOperator``, ``GGNOperator``, ``DenseOperator``...).
+    num_probes
+        Rademacher probes ``p`` (advanced together, one ``matmat`` per step).
+    num_steps
+        Lanczos steps per probe (``num_probes * num_steps`` products in all).
+    grid
+        points where the smoothed density is evaluated (default ``num_grid`` points spanning the
         nodes plus 6 sigma).
-    sigma : Gaussian smoothing width (default ``1e-2 * (max node - min node)``, the choice of
+    sigma
+        Gaussian smoothing width (default ``1e-2 * (max node - min node)``, the choice of
         Ghorbani et al. 2019's code scaled to the spectrum's width).
-    max_memory : bytes SLQ may allocate (default 4 GiB or ``HESSE_MAX_MEMORY``); the estimate
-        (:func:`slq_bytes`: the ``num_probes`` Krylov bases and the smoothing array) is checked before
-        any product, and a larger one is refused with a ``ValueError`` naming the sizes.
+    seed
+        seed of the Rademacher probes.
+    progress
+        show a bar (stderr) over the Lanczos steps.
+    num_grid
+        number of grid points when ``grid`` is not given (default 1000).
+    max_memory
+        bytes SLQ may allocate (default 4 GiB or ``HESSE_MAX_MEMORY``); the estimate
+        (:func:`slq_bytes`: the ``num_probes`` Krylov bases and the smoothing array) is checked
+        before any product, and a larger one is refused with a ``ValueError`` naming the sizes.
     """
     op = check_operator(op)
     for name, val in (("num_probes", num_probes), ("num_steps", num_steps), ("num_grid", num_grid)):

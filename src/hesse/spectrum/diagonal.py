@@ -75,8 +75,22 @@ def diagonal(op: CurvatureOperator, method: str = "hutchinson", num_matvecs: int
     """Estimate ``diag(op)`` with ``num_matvecs`` products (see module docs).
 
     ``num_matvecs >= n`` returns the exact diagonal (``n`` products, ``method="exact"``).
-    ``max_memory`` bounds the probe blocks held at once (about ``3 num_matvecs`` vectors; default
-    4 GiB or ``HESSE_MAX_MEMORY``): a larger estimate is refused with a ``ValueError`` first.
+
+    Parameters
+    ----------
+    op
+        any symmetric hesse operator (``HessianOperator``, ``GGNOperator``, ``DenseOperator``...).
+    method
+        ``"hutchinson"`` (default), ``"diag++"`` or ``"exact"``.
+    num_matvecs
+        operator-vector products to spend (default 100).
+    seed
+        seed of the Rademacher probes.
+    progress
+        show a bar (stderr) over the products.
+    max_memory
+        bounds the probe blocks held at once (about ``3 num_matvecs`` vectors; default 4 GiB or
+        ``HESSE_MAX_MEMORY``): a larger estimate is refused with a ``ValueError`` first.
     """
     op, method, exact = check_budget(op, method, _METHODS, num_matvecs, _MIN_MATVECS)
     n = op.shape[0]

@@ -221,32 +221,45 @@ def eigsh(
     ----------
     op : CurvatureOperator
         Any hesse operator (``HessianOperator``, ``GGNOperator``, ``DenseOperator``...).
-    k : number of eigenpairs.
-    which : ``"largest"`` (algebraic), ``"smallest"`` (algebraic), ``"both"`` (``ceil(k/2)``
+    k
+        number of eigenpairs.
+    which
+        ``"largest"`` (algebraic), ``"smallest"`` (algebraic), ``"both"`` (``ceil(k/2)``
         largest and ``floor(k/2)`` smallest) or ``"magnitude"`` (largest ``|lambda|``).
-    tol : a pair is converged when ``||A v - lambda v|| <= tol * max_i |theta_i|``. The eigenvalue
+    tol
+        a pair is converged when ``||A v - lambda v|| <= tol * max_i |theta_i|``. The eigenvalue
         error is then about ``(tol * ||A||)^2 / gap`` (Parlett 1998, Thm 11.7.1), so ``1e-6`` gives
         eigenvalues to ~1e-12 relative when the spectrum has reasonable gaps.
-    max_matvecs : product budget (default ``max(300, 30 * num_basis)``). When it runs out the
+    max_matvecs
+        product budget (default ``max(300, 30 * num_basis)``). When it runs out the
         result has ``converged=False`` for the unfinished pairs and a warning is issued.
-    v0 : start vector (warm start, e.g. the previous top eigenvector); random Gaussian otherwise.
+    v0
+        start vector (warm start, e.g. the previous top eigenvector); random Gaussian otherwise.
         From a random start the Ritz pair just beyond the ``k`` wanted ones must converge too
-        (a block of ``k + 1``): a small residual proves an eigenvalue near the returned value, not
-        that it is the extreme one, and converging the next pair inward keeps a close extreme
+        (a block of ``k + 1``): a small residual proves an eigenvalue near the returned value,
+        not that it is the extreme one, and converging the next pair inward keeps a close extreme
         eigenvalue from being missed. ``message`` says when that guard pair did not converge
         (``extra["guarded"]``); a warm start is taken as the caller's knowledge and not guarded.
-    seed : seed of the random start vector.
-    progress : show progress on stderr.
-    num_basis : Krylov basis size ``m`` before a thick restart (default ``max(2k + 10, 20)``).
-    low_memory : keep only the tridiagonal (two-pass Lanczos, ``4 + k`` vectors; see module docs).
-    check_residuals : recompute ``||A v - lambda v||`` explicitly (``k`` more products). Always
-        done for float16 and bfloat16 operators, whose basis is kept in float32 and whose
-        convergence is judged at ``max(tol, eps)`` of their format (the rounding of one product;
-        ``tol`` in the result and ``message`` say so).
-    dense_threshold : operators with ``n <= dense_threshold`` or ``k >= n / 2`` are diagonalised
+    seed
+        seed of the random start vector.
+    progress
+        show progress on stderr.
+    num_basis
+        Krylov basis size ``m`` before a thick restart (default ``max(2k + 10, 20)``).
+    low_memory
+        keep only the tridiagonal (two-pass Lanczos, ``4 + k`` vectors; see module docs).
+    check_residuals
+        recompute ``||A v - lambda v||`` explicitly (``k`` more products). Always done for
+        float16 and bfloat16 operators, whose basis is kept in float32 and whose convergence is
+        judged at ``max(tol, eps)`` of their format (the rounding of one product; ``tol`` in the
+        result and ``message`` say so).
+    dense_threshold
+        operators with ``n <= dense_threshold`` or ``k >= n / 2`` are diagonalised
         densely with ``torch.linalg.eigh`` (``method="dense"``, ``n`` products).
-    return_vectors : keep the eigenvectors in the result (``vectors=None`` otherwise).
-    max_memory : bytes the Krylov basis may take (default: the dense-matrix guard, 4 GiB or
+    return_vectors
+        keep the eigenvectors in the result (``vectors=None`` otherwise).
+    max_memory
+        bytes the Krylov basis may take (default: the dense-matrix guard, 4 GiB or
         ``HESSE_MAX_MEMORY``). Without an explicit ``num_basis`` the basis is shrunk to fit (at
         least ``k + 2`` vectors, said in ``message``); if even that does not fit, a ``ValueError``
         points to ``low_memory=True`` (``4 + k`` float64 vectors).

@@ -153,6 +153,15 @@ def layer_groups(model: torch.nn.Module, by: str = "module", *,
     rather than three column slices. Models with separate projections (BERT's ``query``/``key``/
     ``value``, LLaMA's ``q_proj``...) get separate ``attn.q``/``attn.k``/``attn.v`` blocks. Tied
     weights appear once, under their first name (GPT-2's ``lm_head`` is ``wte``: ``embed.token``).
+
+    Parameters
+    ----------
+    model
+        the ``torch.nn.Module`` whose trainable parameters are grouped.
+    by
+        ``"module"`` (default) or ``"block_type"``, as above.
+    pool_layers
+        with ``by="block_type"``: one group per type over all layers (default False).
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")

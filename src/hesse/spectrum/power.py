@@ -48,6 +48,23 @@ def power_iteration(
     from the product already computed). ``max_matvecs`` (default ``1000 * k``) is shared by all
     pairs, split evenly over the pairs still to find; pairs not converged in it are flagged
     ``converged=False`` with a warning.
+
+    Parameters
+    ----------
+    op
+        any symmetric hesse operator (``HessianOperator``, ``GGNOperator``, ``DenseOperator``...).
+    k
+        number of eigenpairs, largest in magnitude first (``1 <= k <= n``).
+    tol
+        residual tolerance relative to ``|lambda_1|`` (default 1e-6).
+    max_matvecs
+        product budget shared by all pairs (default ``1000 * k``).
+    v0
+        start vector (default: a random one from ``seed``).
+    seed
+        seed of the random start vector.
+    progress
+        show a bar (stderr) over the products.
     """
     op = check_operator(op)
     n = op.shape[0]

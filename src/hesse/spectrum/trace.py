@@ -89,8 +89,22 @@ def trace(op: CurvatureOperator, method: str = "xtrace", num_matvecs: int = 198,
     Returns a :class:`TraceEstimate` with ``.value`` and ``.stderr``. Probes are Rademacher
     (``seed`` makes them reproducible); products go through ``op.matmat`` in blocks.
     ``num_matvecs >= n`` returns the exact trace (``n`` products, ``method="exact"``, ``stderr=0``).
-    ``max_memory`` bounds the probe blocks held at once (default 4 GiB or ``HESSE_MAX_MEMORY``): a
-    larger estimate is refused with a ``ValueError`` before any product.
+
+    Parameters
+    ----------
+    op
+        any symmetric hesse operator (``HessianOperator``, ``GGNOperator``, ``DenseOperator``...).
+    method
+        ``"xtrace"`` (default), ``"hutch++"``, ``"hutchinson"`` or ``"exact"``.
+    num_matvecs
+        operator-vector products to spend (default 198).
+    seed
+        seed of the Rademacher probes.
+    progress
+        show a bar (stderr) over the products.
+    max_memory
+        bounds the probe blocks held at once (default 4 GiB or ``HESSE_MAX_MEMORY``): a larger
+        estimate is refused with a ``ValueError`` before any product.
     """
     op, method, exact = check_budget(op, method, _METHODS, num_matvecs, _MIN_MATVECS)
     n = op.shape[0]
