@@ -155,3 +155,21 @@ def test_generator_data_trains_and_analyses(tmp_path):
     untrained = rep.analyze_training(model3, loss_fn3, gen3, k=2, density_steps=10, landscape_steps=5,
                                      progress=False)
     assert untrained["final"]["num_parameters"] == 8
+
+
+@pytest.mark.parametrize("ratios, start, words", [
+    # the reproduced runs: lambda_max 8.9 at 2/lr = 6.67 (ratio 1.34), and 1.61 at 2/lr = 1 (1.61)
+    ([1.34, 1.1, 1.0, 1.02, 0.98], "above the limit", ["started above 2/lr", "fell to", "Lewkowycz et al. (2020)"]),
+    ([1.61, 1.3, 1.05, 1.0, 1.01], "above the limit", ["started above 2/lr", "fell to 2.1 by step 20"]),
+    ([1.0, 1.02, 0.99, 1.01], "at the limit", ["started at 2/lr"]),
+    ([0.4, 0.7, 0.97, 1.02, 1.0], "below the limit", ["rose from 0.8 to 2/lr", "progressive sharpening"]),
+])
+def test_diagnosis_says_whether_lambda_max_rose_to_or_fell_to_the_limit(ratios, start, words):
+    recs = _recs(ratios, [1.0 - 0.1 * i for i in range(len(ratios))])
+    losses = [r["loss"] for r in recs]
+    sh = describe_sharpness(recs, (0.05, 0.25), losses)
+    assert not sh["diverged"] and sh["start"] == start
+    for w in words:
+        assert w in sh["sentence"], sh["sentence"]
+    if start != "below the limit":
+        assert "rose from" not in sh["sentence"] and "progressive sharpening" not in sh["sentence"]

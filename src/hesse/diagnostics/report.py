@@ -185,10 +185,39 @@ def describe_sharpness(records: list[dict], eos_band: tuple[float, float], losse
     mean_after = sum(after) / len(after)
     out.update(reached_step=records[reached]["step"], stayed_fraction=stayed, mean_ratio_after=mean_after)
     verb = "stayed there" if stayed >= 0.8 else "did not stay there"
-    out["sentence"] = (f"lambda_max rose from {first['lambda_max']:.3g} to 2/lr = {records[reached]['stability_limit']:.3g} "
-                       f"at step {records[reached]['step']} and {verb} ({stayed:.0%} of the later checks at least "
-                       f"{1 - eos_band[0]:.0%} of the limit; mean lambda_max / (2/lr) = {mean_after:.2f}, "
-                       f"max {max(ratios):.2f}): the edge of stability (Cohen et al. 2021)")
+    how = (f"({stayed:.0%} of the later checks at least {1 - eos_band[0]:.0%} of the limit; mean lambda_max / (2/lr) "
+           f"= {mean_after:.2f}, max {max(ratios):.2f})")
+    limit = records[reached]["stability_limit"]
+    out["start"] = ("above the limit" if ratios[0] > 1 + eos_band[1] else
+                    "at the limit" if reached == 0 else "below the limit")
+    if out["start"] == "above the limit":
+        # a run begun above 2/lr first sheds sharpness (the catapult phase, Lewkowycz et al. 2020);
+        # that is not the progressive sharpening of a run that rises to the limit from below
+        fell = next((i for i, q in enumerate(ratios) if q <= 1 + eos_band[1]), None)
+        if fell is None:
+            out["sentence"] = (f"lambda_max started above 2/lr = {limit:.3g} ({first['lambda_max']:.3g} at step "
+                               f"{first['step']}, {ratios[0]:.2f} of the limit) and never fell back to it "
+                               f"(last {last['lambda_max']:.3g}): gradient descent is not stable at this learning rate")
+        else:
+            after = ratios[fell:]
+            stayed = sum(q >= 1 - eos_band[0] for q in after) / len(after)
+            mean_after = sum(after) / len(after)
+            out.update(stayed_fraction=stayed, mean_ratio_after=mean_after, fell_step=records[fell]["step"])
+            verb = "stayed there" if stayed >= 0.8 else "did not stay there"
+            how = (f"({stayed:.0%} of the later checks at least {1 - eos_band[0]:.0%} of the limit; mean "
+                   f"lambda_max / (2/lr) = {mean_after:.2f})")
+            out["sentence"] = (f"lambda_max started above 2/lr = {limit:.3g} ({first['lambda_max']:.3g} at step "
+                               f"{first['step']}, {ratios[0]:.2f} of the limit), fell to "
+                               f"{records[fell]['lambda_max']:.3g} by step {records[fell]['step']} and {verb} {how}: "
+                               "the catapult of Lewkowycz et al. (2020), gradient descent shedding sharpness until "
+                               "it is stable, then the edge of stability (Cohen et al. 2021)")
+    elif out["start"] == "at the limit":
+        out["sentence"] = (f"lambda_max started at 2/lr = {limit:.3g} ({first['lambda_max']:.3g} at step "
+                           f"{first['step']}) and {verb} {how}: the edge of stability (Cohen et al. 2021)")
+    else:
+        out["sentence"] = (f"lambda_max rose from {first['lambda_max']:.3g} to 2/lr = {limit:.3g} at step "
+                           f"{records[reached]['step']} and {verb} {how}: progressive sharpening to the edge of "
+                           "stability (Cohen et al. 2021)")
     if out["num_unstable"]:
         out["sentence"] += f"; {out['num_unstable']} of {len(records)} checks were above the band (flagged unstable)"
     return out
