@@ -173,3 +173,52 @@ def test_diagnosis_says_whether_lambda_max_rose_to_or_fell_to_the_limit(ratios, 
         assert w in sh["sentence"], sh["sentence"]
     if start != "below the limit":
         assert "rose from" not in sh["sentence"] and "progressive sharpening" not in sh["sentence"]
+
+
+def _dropout_problem():
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(32, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (32,), generator=gen)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Dropout(0.2),
+                                torch.nn.Linear(6, 3)).double()
+    return model, torch.nn.CrossEntropyLoss(), (X, y)
+
+
+def test_mode_warning_once_per_run():
+    # a training-mode Dropout model: every operator of the run (one per check, the final analysis)
+    # warned that it evaluates in eval mode; the docs promise once
+    import warnings
+
+    from hesse.diagnostics import SharpnessMonitor
+    from hesse.operators.evaluation import HesseModeWarning
+
+    model, loss_fn, data = _dropout_problem()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rep.analyze_training(model, loss_fn, data, train_steps=6, lr=0.1, every=2, k=2, density_steps=5,
+                             landscape_steps=5)
+    assert sum(issubclass(w.category, HesseModeWarning) for w in caught) == 1
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = SharpnessMonitor(model, loss_fn, data, every=1, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(4):
+            mon.step(opt)
+    assert sum(issubclass(w.category, HesseModeWarning) for w in caught) == 1
+
+
+def test_mode_warning_once_passes_other_warnings():
+    import warnings
+
+    from hesse.diagnostics._data import mode_warning_once
+    from hesse.operators.evaluation import HesseModeWarning
+
+    state = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            with mode_warning_once(state):
+                warnings.warn("mode", HesseModeWarning, stacklevel=1)
+                warnings.warn("other", RuntimeWarning, stacklevel=1)
+    assert [w.category for w in caught] == [HesseModeWarning, RuntimeWarning, RuntimeWarning]

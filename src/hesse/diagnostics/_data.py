@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -9,7 +12,7 @@ from typing import Any
 import torch
 
 from hesse.operators.data import DataSource, batch_size, first_batch_size
-from hesse.operators.evaluation import default_forward
+from hesse.operators.evaluation import HesseModeWarning, default_forward
 
 
 def read_once(data: Any) -> Any:
@@ -78,3 +81,35 @@ class LossSpec:
             reduction = getattr(self.loss_fn, "reduction", "mean")
             loss = self.loss_fn((self.forward or default_forward)(model, x), y)
             yield loss, int(size), float(size) if reduction == "mean" else 1.0
+
+
+@contextlib.contextmanager
+def mode_warning_once(state: dict[str, bool]):
+    """Within the block, pass on the first :class:`HesseModeWarning` only (``state["warned"]`` records
+    it, so a state kept across blocks keeps it to one); every other warning passes unchanged.
+
+    Each curvature operator warns once that it evaluates a training-mode model in eval mode; a run that
+    builds one per check would repeat the same sentence at every check. The user's filters still apply
+    to what is passed on.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            pending = list(caught)
+    for w in pending:
+        if issubclass(w.category, HesseModeWarning):
+            if state.get("warned"):
+                continue
+            state["warned"] = True
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def with_mode_warning_once(fn: Callable) -> Callable:
+    """``fn`` under :func:`mode_warning_once`: one :class:`HesseModeWarning` per call."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with mode_warning_once({}):
+            return fn(*args, **kwargs)
+    return wrapper

@@ -49,7 +49,7 @@ from hesse.operators import FisherOperator, GGNOperator, HessianOperator
 from hesse.spectrum import eigsh, spectral_density, summarize
 from hesse.spectrum.summary import describe_bulk
 
-from ._data import LossSpec, read_once
+from ._data import LossSpec, read_once, with_mode_warning_once
 from .landscape import landscape
 from .logging import load_saved_state
 from .monitor import LogOptions, Measurements, SharpnessMonitor, StabilityBands
@@ -364,6 +364,7 @@ def _make_monitor(model, objective: LossSpec, data, *, every: int, log_dir: str 
                             **objective.operator_options())
 
 
+@with_mode_warning_once
 def train_monitored(model, loss_fn=None, data=None, *, train_steps: int, lr: float | None = None,
                     every: int = 10, density_every: int | None = None, log_dir: str | None = None,
                     resume: bool = False, eos_band: tuple[float, float] = (0.05, 0.25), seed: int = 0,
@@ -421,6 +422,7 @@ def train_monitored(model, loss_fn=None, data=None, *, train_steps: int, lr: flo
     return monitor, lr, training_losses
 
 
+@with_mode_warning_once
 def analyze_training(model, loss_fn=None, data=None, *, train_steps: int = 0, lr: float | None = None,
                      every: int = 10, k: int = 10, density_every: int | None = None, log_dir: str | None = None,
                      resume: bool = False, eos_band: tuple[float, float] = (0.05, 0.25), density_probes: int = 2,
