@@ -222,3 +222,28 @@ def test_mode_warning_once_passes_other_warnings():
                 warnings.warn("mode", HesseModeWarning, stacklevel=1)
                 warnings.warn("other", RuntimeWarning, stacklevel=1)
     assert [w.category for w in caught] == [HesseModeWarning, RuntimeWarning, RuntimeWarning]
+
+
+def test_losses_name_their_mode_for_a_dropout_model():
+    # training losses come from the model in train mode (dropout on), the final point's from eval mode;
+    # the summary said "loss 0.09293 -> 0.07632" and "loss 0.02897" with nothing telling them apart
+    model, loss_fn, data = _dropout_problem()
+    out = rep.analyze_training(model, loss_fn, data, train_steps=4, lr=0.1, every=2, k=2, density_steps=5,
+                               landscape_steps=5)
+    payload = {k: v for k, v in out.items() if not k.startswith("_")}
+    text = rep.summary_markdown(payload, "t")
+    assert "- loss (train mode, dropout on) " in text and "loss (eval mode) " in text
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 3)).double()
+    out = rep.analyze_training(plain, loss_fn, data, train_steps=2, lr=0.1, every=1, k=2, density_steps=5,
+                               landscape_steps=5)
+    text = rep.summary_markdown({k: v for k, v in out.items() if not k.startswith("_")}, "t")
+    assert "mode" not in text.split("## Final point")[1].split("\n")[2] and "- loss " in text
+
+
+def test_negative_eigenvalues_in_plain_words():
+    final = {"summary": {"fraction_negative": 0.815, "negative_mass": 0.07, "lambda_min": -0.0213},
+             "num_outliers": 2, "outliers_at_least": False, "top_eigenvalues": [5.0, 3.0, 0.1], "bulk_edge": 0.2}
+    sentence = rep._final_sentence(final)
+    assert ("81.5% of the eigenvalues are below zero and together make up 7.0% of the sum of |eigenvalue|, "
+            "small next to the positive ones (the most negative is -0.0213)") in sentence
+    assert "negative mass" not in sentence
