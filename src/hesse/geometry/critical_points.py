@@ -259,7 +259,7 @@ def _solve_in_process(e: Any, symbols: Sequence[Any], timeout: float) -> tuple[s
     available (no re-import of torch in the child), else ``spawn``.
     """
     methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    ctx: Any = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_solve_gradient, args=(e, tuple(symbols), sender), daemon=True)
     proc.start()
