@@ -83,7 +83,8 @@ def test_summary_is_a_diagnosis_built_from_the_numbers(demo_run):
     assert md.startswith("# hesse demo")
     assert f"at step {sh['reached_step']}" in md
     assert f"{fin['num_outliers']} outlier eigenvalue" in md
-    assert f"{fin['summary']['negative_mass']:.1%} negative mass" in md
+    assert (f"{fin['summary']['fraction_negative']:.1%} of the eigenvalues are below zero and together make up "
+            f"{fin['summary']['negative_mass']:.1%} of the sum of |eigenvalue|") in md
     assert "2.76393" in md and payload["example"]["classification"] in md
 
 
