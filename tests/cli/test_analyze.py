@@ -59,3 +59,16 @@ def test_subprocess_entry_point(tmp_path):
     r = subprocess.run([str(exe), "analyze", f"__import__('os').system('touch {sentinel}')"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "cannot use expression" in r.stderr and not sentinel.exists()
+
+
+@pytest.mark.parametrize("expr, headline", [
+    ("x**3*y**3", "0 isolated points and 2 non-isolated sets"),
+    ("x**2*y**2", "0 isolated points and 2 non-isolated sets"),
+    ("x**3*y**3 + z**2", "0 isolated points and 2 non-isolated sets"),
+    ("(x**2 + y**2 - 1)**2", "1 isolated point (1 maximum) and"),
+    ("x**4 + y**4 - 2*x**2 - 2*y**2 + 1", ": 9 (4 minimum, 4 saddle, 1 maximum)"),
+])
+def test_headline_counts_sets_as_sets(expr, headline, capsys):
+    rc = main(["analyze", expr, "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and headline in out.splitlines()[1], out

@@ -83,7 +83,8 @@ def test_summary_is_a_diagnosis_built_from_the_numbers(demo_run):
     assert md.startswith("# hesse demo")
     assert f"at step {sh['reached_step']}" in md
     assert f"{fin['num_outliers']} outlier eigenvalue" in md
-    assert f"{fin['summary']['negative_mass']:.1%} negative mass" in md
+    assert (f"{fin['summary']['fraction_negative']:.1%} of the eigenvalues are below zero and together make up "
+            f"{fin['summary']['negative_mass']:.1%} of the sum of |eigenvalue|") in md
     assert "2.76393" in md and payload["example"]["classification"] in md
 
 
@@ -103,3 +104,25 @@ def test_hesse_executable_reports_bad_model_spec(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+class _StopAfterStepOne(Exception):
+    pass
+
+
+def test_demo_prints_step_one_before_step_two_starts(tmp_path, capsys, monkeypatch):
+    # step [1/3]'s result used to be printed after step [3/3]: check what stdout holds when step 2's
+    # training starts (the training itself is stopped there: this test is about the order)
+    import hesse.cli.demo as demo
+
+    seen = {}
+
+    def training(*args, **kwargs):
+        seen["stdout"] = capsys.readouterr().out
+        raise _StopAfterStepOne
+
+    monkeypatch.setattr(demo, "analyze_training", training)
+    with pytest.raises(_StopAfterStepOne):
+        demo._run(type("Args", (), {"quick": True, "out": str(tmp_path / "r"), "quiet": True, "json": False})())
+    assert "classification      minimum" in seen["stdout"]
+    assert "critical point      [0.2, 1.4]" in seen["stdout"]

@@ -155,3 +155,95 @@ def test_generator_data_trains_and_analyses(tmp_path):
     untrained = rep.analyze_training(model3, loss_fn3, gen3, k=2, density_steps=10, landscape_steps=5,
                                      progress=False)
     assert untrained["final"]["num_parameters"] == 8
+
+
+@pytest.mark.parametrize("ratios, start, words", [
+    # the reproduced runs: lambda_max 8.9 at 2/lr = 6.67 (ratio 1.34), and 1.61 at 2/lr = 1 (1.61)
+    ([1.34, 1.1, 1.0, 1.02, 0.98], "above the limit", ["started above 2/lr", "fell to", "Lewkowycz et al. (2020)"]),
+    ([1.61, 1.3, 1.05, 1.0, 1.01], "above the limit", ["started above 2/lr", "fell to 2.1 by step 20"]),
+    ([1.0, 1.02, 0.99, 1.01], "at the limit", ["started at 2/lr"]),
+    ([0.4, 0.7, 0.97, 1.02, 1.0], "below the limit", ["rose from 0.8 to 2/lr", "progressive sharpening"]),
+])
+def test_diagnosis_says_whether_lambda_max_rose_to_or_fell_to_the_limit(ratios, start, words):
+    recs = _recs(ratios, [1.0 - 0.1 * i for i in range(len(ratios))])
+    losses = [r["loss"] for r in recs]
+    sh = describe_sharpness(recs, (0.05, 0.25), losses)
+    assert not sh["diverged"] and sh["start"] == start
+    for w in words:
+        assert w in sh["sentence"], sh["sentence"]
+    if start != "below the limit":
+        assert "rose from" not in sh["sentence"] and "progressive sharpening" not in sh["sentence"]
+
+
+def _dropout_problem():
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(32, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (32,), generator=gen)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Dropout(0.2),
+                                torch.nn.Linear(6, 3)).double()
+    return model, torch.nn.CrossEntropyLoss(), (X, y)
+
+
+def test_mode_warning_once_per_run():
+    # a training-mode Dropout model: every operator of the run (one per check, the final analysis)
+    # warned that it evaluates in eval mode; the docs promise once
+    import warnings
+
+    from hesse.diagnostics import SharpnessMonitor
+    from hesse.operators.evaluation import HesseModeWarning
+
+    model, loss_fn, data = _dropout_problem()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rep.analyze_training(model, loss_fn, data, train_steps=6, lr=0.1, every=2, k=2, density_steps=5,
+                             landscape_steps=5)
+    assert sum(issubclass(w.category, HesseModeWarning) for w in caught) == 1
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = SharpnessMonitor(model, loss_fn, data, every=1, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(4):
+            mon.step(opt)
+    assert sum(issubclass(w.category, HesseModeWarning) for w in caught) == 1
+
+
+def test_mode_warning_once_passes_other_warnings():
+    import warnings
+
+    from hesse.diagnostics._data import mode_warning_once
+    from hesse.operators.evaluation import HesseModeWarning
+
+    state = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            with mode_warning_once(state):
+                warnings.warn("mode", HesseModeWarning, stacklevel=1)
+                warnings.warn("other", RuntimeWarning, stacklevel=1)
+    assert [w.category for w in caught] == [HesseModeWarning, RuntimeWarning, RuntimeWarning]
+
+
+def test_losses_name_their_mode_for_a_dropout_model():
+    # training losses come from the model in train mode (dropout on), the final point's from eval mode;
+    # the summary said "loss 0.09293 -> 0.07632" and "loss 0.02897" with nothing telling them apart
+    model, loss_fn, data = _dropout_problem()
+    out = rep.analyze_training(model, loss_fn, data, train_steps=4, lr=0.1, every=2, k=2, density_steps=5,
+                               landscape_steps=5)
+    payload = {k: v for k, v in out.items() if not k.startswith("_")}
+    text = rep.summary_markdown(payload, "t")
+    assert "- loss (train mode, dropout on) " in text and "loss (eval mode) " in text
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 3)).double()
+    out = rep.analyze_training(plain, loss_fn, data, train_steps=2, lr=0.1, every=1, k=2, density_steps=5,
+                               landscape_steps=5)
+    text = rep.summary_markdown({k: v for k, v in out.items() if not k.startswith("_")}, "t")
+    assert "mode" not in text.split("## Final point")[1].split("\n")[2] and "- loss " in text
+
+
+def test_negative_eigenvalues_in_plain_words():
+    final = {"summary": {"fraction_negative": 0.815, "negative_mass": 0.07, "lambda_min": -0.0213},
+             "num_outliers": 2, "outliers_at_least": False, "top_eigenvalues": [5.0, 3.0, 0.1], "bulk_edge": 0.2}
+    sentence = rep._final_sentence(final)
+    assert ("81.5% of the eigenvalues are below zero and together make up 7.0% of the sum of |eigenvalue|, "
+            "small next to the positive ones (the most negative is -0.0213)") in sentence
+    assert "negative mass" not in sentence

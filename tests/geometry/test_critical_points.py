@@ -128,3 +128,30 @@ def test_sympy_in_a_process_returns_its_solutions_and_errors():
     assert kind == "ok" and sols == [{x: 1, y: 0}]  # ∇f = (2x - 2, 2y): the closed form
     kind, msg = _solve_in_process(x**2, (x, "not a symbol"), 30.0)  # sympy's own error comes back as text
     assert kind == "err" and msg
+
+
+@pytest.mark.parametrize("text, n, sets", [
+    # the critical sets by hand: grad(x^3 y^3) = 3(x^2 y^3, x^3 y^2) vanishes on x = 0 and on y = 0
+    ("x**3*y**3", 2, ["x = 0", "y = 0"]),
+    ("x**2*y**2", 2, ["x = 0", "y = 0"]),
+    ("x**3*y**3 + z**2", 3, ["x = 0, z = 0", "y = 0, z = 0"]),
+    # grad(xyz) = (yz, xz, xy): two coordinates zero, the three axes
+    ("x*y*z", 3, ["x = 0, y = 0", "x = 0, z = 0", "y = 0, z = 0"]),
+])
+def test_non_isolated_sets_from_sympy_are_listed_as_sets(text, n, sets):
+    pts = hesse.critical_points(parse_expression(text), [(-2, 2)] * n, progress=False)
+    assert [p.kind for p in pts] == ["non-isolated"] * len(sets)
+    named = sorted(next(s for s in sets if f", {s}, passing" in p.reason) for p in pts)
+    assert named == sorted(sets)
+    for p in pts:  # each listed point is a critical point of f: the gradient vanishes there exactly
+        assert p.gradient_norm == pytest.approx(0.0, abs=1e-12)
+
+
+def test_isolated_point_beside_a_set_is_kept():
+    # (x^2 + y^2 - 1)^2: the unit circle is a set of minima, the origin an isolated maximum
+    pts = hesse.critical_points(parse_expression("(x**2 + y**2 - 1)**2"), [(-2, 2), (-2, 2)], progress=False)
+    kinds = [p.kind for p in pts]
+    assert kinds.count("maximum") == 1 and "non-isolated" in kinds
+    for p in pts:
+        if p.kind == "non-isolated":
+            assert float(p.x.norm()) == pytest.approx(1.0, abs=1e-9)

@@ -160,12 +160,26 @@ def _print_point(expr: Expression, out: dict[str, Any]) -> None:
     print(f"why: {out['reason']}")
 
 
+def _headline(box: str, counts: dict[str, int]) -> str:
+    """``critical points with BOX: N (...)``; a non-isolated set (a curve or surface of critical points)
+    is one entry and is named as a set, so isolated points and sets are not counted as the same thing."""
+    sets = counts.get("non-isolated", 0)
+    isolated = {k: v for k, v in counts.items() if k != "non-isolated"}
+    n_points = sum(isolated.values())
+    parts = [f"{v} {k}" for k, v in isolated.items()]
+    if not sets:
+        return f"critical points with {box}: {n_points} ({', '.join(parts) or 'none'})"
+    noun = "set" if sets == 1 else "sets"
+    head = f"{n_points} isolated point{'' if n_points == 1 else 's'}" + (f" ({', '.join(parts)})" if parts else "")
+    return (f"critical points with {box}: {head} and {sets} non-isolated {noun} "
+            f"(curves or surfaces of critical points; one point of each is listed)")
+
+
 def _print_table(expr: Expression, out: dict[str, Any]) -> None:
     names = expr.variables
     print(f"f({', '.join(names)}) = {expr.text}")
     box = ", ".join(f"{n} in [{a:g}, {b:g}]" for n, (a, b) in zip(names, out["bounds"]))
-    print(f"critical points with {box}: {len(out['points'])} "
-          f"({', '.join(f'{v} {k}' for k, v in out['counts'].items()) or 'none'})")
+    print(_headline(box, out["counts"]))
     head = f"{'#':>3}  {'point':<28} {'f':>12} {'kind':<20} {'eigenvalues':<30} {'cond':>10}  found by"
     print(head)
     for i, p in enumerate(out["points"], 1):

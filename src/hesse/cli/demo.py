@@ -75,6 +75,8 @@ def _run(args) -> int:
     torch.manual_seed(0)
     message("[1/3] f(x, y) = 3x^2 + 2xy + 2y^2 - 4x - 6y: critical point, Hessian, classification", verbose)
     example, f = quadratic_example()
+    if not args.json:  # step 1's result before step 2 starts, not after step 3's report
+        _print_example(example)
     message(f"[2/3] digits MLP, full-batch GD at lr = {cfg['lr']} (2/lr = {2 / cfg['lr']:.3g}), "
             f"{cfg['train_steps']} steps, sharpness every {cfg['every']}", verbose)
     prob = demo_problem(cfg["num_samples"])
@@ -92,13 +94,6 @@ def _run(args) -> int:
     if args.json:
         print(json.dumps(payload, indent=2))
         return 0
-    ex = example
-    print("f(x, y) = 3x^2 + 2xy + 2y^2 - 4x - 6y")
-    print(f"  critical point      {[round(v, 6) for v in ex['critical_point']]}")
-    print(f"  Hessian             {ex['hessian']}")
-    print(f"  eigenvalues         {[round(v, 6) for v in ex['eigenvalues']]}")
-    print(f"  condition number    {ex['condition_number']:.6f}")
-    print(f"  classification      {ex['classification']}")
     fin = payload["final"]
     print(f"MLP on digits ({fin['num_parameters']} parameters, final loss {fin['loss']:.4f})")
     print(f"  top Hessian eigenvalues {[round(v, 4) for v in fin['top_eigenvalues']]}")
@@ -106,3 +101,13 @@ def _run(args) -> int:
     print("Diagnosis: " + diagnosis(payload))
     print(f"Report written to {out_dir}/ ({', '.join(payload['files'])})")
     return 0
+
+
+def _print_example(ex: dict) -> None:
+    """Step 1's result: the quadratic's critical point, Hessian, eigenvalues and classification."""
+    print("f(x, y) = 3x^2 + 2xy + 2y^2 - 4x - 6y")
+    print(f"  critical point      {[round(v, 6) for v in ex['critical_point']]}")
+    print(f"  Hessian             {ex['hessian']}")
+    print(f"  eigenvalues         {[round(v, 6) for v in ex['eigenvalues']]}")
+    print(f"  condition number    {ex['condition_number']:.6f}")
+    print(f"  classification      {ex['classification']}", flush=True)

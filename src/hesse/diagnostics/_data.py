@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +13,7 @@ import torch
 
 from hesse.operators.data import DataSource, batch_size, first_batch_size
 from hesse.operators.evaluation import (
+    HesseModeWarning,
     declared_reduction,
     default_forward,
     disconnected_message,
@@ -93,3 +97,35 @@ class LossSpec:
             if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
                 raise ValueError(disconnected_message("loss_fn", index))
             yield loss, int(size), 1.0 if reduction == "sum" else float(size)
+
+
+@contextlib.contextmanager
+def mode_warning_once(state: dict[str, bool]):
+    """Within the block, pass on the first :class:`HesseModeWarning` only (``state["warned"]`` records
+    it, so a state kept across blocks keeps it to one); every other warning passes unchanged.
+
+    Each curvature operator warns once that it evaluates a training-mode model in eval mode; a run that
+    builds one per check would repeat the same sentence at every check. The user's filters still apply
+    to what is passed on.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            pending = list(caught)
+    for w in pending:
+        if issubclass(w.category, HesseModeWarning):
+            if state.get("warned"):
+                continue
+            state["warned"] = True
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+def with_mode_warning_once(fn: Callable) -> Callable:
+    """``fn`` under :func:`mode_warning_once`: one :class:`HesseModeWarning` per call."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with mode_warning_once({}):
+            return fn(*args, **kwargs)
+    return wrapper

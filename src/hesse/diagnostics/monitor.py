@@ -60,7 +60,7 @@ from hesse.operators.composition import DiagonalCongruence
 from hesse.spectrum import SpectralDensity, eigsh, spectral_density
 from hesse.spectrum import trace as estimate_trace
 
-from ._data import LossSpec, read_once
+from ._data import LossSpec, mode_warning_once, read_once
 from .logging import SharpnessLog, load_saved_state, truncate_log
 
 __all__ = ["SharpnessMonitor", "SharpnessRecord", "Measurements", "StabilityBands", "LogOptions",
@@ -382,6 +382,7 @@ class SharpnessMonitor:
         self.model, self.loss_fn, self.data, self.params = model, loss_fn, read_once(data), params
         self.every: int | None = every
         self._restored_steps: frozenset[int] = frozenset()  # steps measured before a resume
+        self._mode_warning: dict[str, bool] = {}
         self.records: list[SharpnessRecord] = []
         self.densities: list[tuple[int, Any]] = []
         self.num_steps = 0  # calls of step() so far (= optimizer steps taken)
@@ -434,6 +435,10 @@ class SharpnessMonitor:
                 warnings.warn(f"SharpnessMonitor.measure: nothing measured, step {step} is not after the last "
                               f"record's step {self.records[-1].step}.{hint}", UserWarning, stacklevel=2)
             return None
+        with mode_warning_once(self._mode_warning):  # once per monitor, not once per check
+            return self._measure(optimizer, step, lr)
+
+    def _measure(self, optimizer: torch.optim.Optimizer | None, step: int, lr: float | None) -> SharpnessRecord:
         limit, lr, kind = self._limit(optimizer, lr)
         H = self._hessian(step)
         loss, grad_norm = float(H.loss), float(H.gradient.norm())

@@ -50,7 +50,7 @@ from hesse.spectrum import eigsh, spectral_density, summarize
 from hesse.spectrum.analysis import OUTLIER_FACTOR, bulk_edge
 from hesse.spectrum.summary import describe_bulk
 
-from ._data import LossSpec, read_once
+from ._data import LossSpec, read_once, with_mode_warning_once
 from .landscape import landscape
 from .logging import load_saved_state
 from .monitor import LogOptions, Measurements, SharpnessMonitor, StabilityBands
@@ -176,10 +176,39 @@ def describe_sharpness(records: list[dict], eos_band: tuple[float, float], losse
     mean_after = sum(after) / len(after)
     out.update(reached_step=records[reached]["step"], stayed_fraction=stayed, mean_ratio_after=mean_after)
     verb = "stayed there" if stayed >= 0.8 else "did not stay there"
-    out["sentence"] = (f"lambda_max rose from {first['lambda_max']:.3g} to 2/lr = {records[reached]['stability_limit']:.3g} "
-                       f"at step {records[reached]['step']} and {verb} ({stayed:.0%} of the later checks at least "
-                       f"{1 - eos_band[0]:.0%} of the limit; mean lambda_max / (2/lr) = {mean_after:.2f}, "
-                       f"max {max(ratios):.2f}): the edge of stability (Cohen et al. 2021)")
+    how = (f"({stayed:.0%} of the later checks at least {1 - eos_band[0]:.0%} of the limit; mean lambda_max / (2/lr) "
+           f"= {mean_after:.2f}, max {max(ratios):.2f})")
+    limit = records[reached]["stability_limit"]
+    out["start"] = ("above the limit" if ratios[0] > 1 + eos_band[1] else
+                    "at the limit" if reached == 0 else "below the limit")
+    if out["start"] == "above the limit":
+        # a run begun above 2/lr first sheds sharpness (the catapult phase, Lewkowycz et al. 2020);
+        # that is not the progressive sharpening of a run that rises to the limit from below
+        fell = next((i for i, q in enumerate(ratios) if q <= 1 + eos_band[1]), None)
+        if fell is None:
+            out["sentence"] = (f"lambda_max started above 2/lr = {limit:.3g} ({first['lambda_max']:.3g} at step "
+                               f"{first['step']}, {ratios[0]:.2f} of the limit) and never fell back to it "
+                               f"(last {last['lambda_max']:.3g}): gradient descent is not stable at this learning rate")
+        else:
+            after = ratios[fell:]
+            stayed = sum(q >= 1 - eos_band[0] for q in after) / len(after)
+            mean_after = sum(after) / len(after)
+            out.update(stayed_fraction=stayed, mean_ratio_after=mean_after, fell_step=records[fell]["step"])
+            verb = "stayed there" if stayed >= 0.8 else "did not stay there"
+            how = (f"({stayed:.0%} of the later checks at least {1 - eos_band[0]:.0%} of the limit; mean "
+                   f"lambda_max / (2/lr) = {mean_after:.2f})")
+            out["sentence"] = (f"lambda_max started above 2/lr = {limit:.3g} ({first['lambda_max']:.3g} at step "
+                               f"{first['step']}, {ratios[0]:.2f} of the limit), fell to "
+                               f"{records[fell]['lambda_max']:.3g} by step {records[fell]['step']} and {verb} {how}: "
+                               "the catapult of Lewkowycz et al. (2020), gradient descent shedding sharpness until "
+                               "it is stable, then the edge of stability (Cohen et al. 2021)")
+    elif out["start"] == "at the limit":
+        out["sentence"] = (f"lambda_max started at 2/lr = {limit:.3g} ({first['lambda_max']:.3g} at step "
+                           f"{first['step']}) and {verb} {how}: the edge of stability (Cohen et al. 2021)")
+    else:
+        out["sentence"] = (f"lambda_max rose from {first['lambda_max']:.3g} to 2/lr = {limit:.3g} at step "
+                           f"{records[reached]['step']} and {verb} {how}: progressive sharpening to the edge of "
+                           "stability (Cohen et al. 2021)")
     if out["num_unstable"]:
         out["sentence"] += f"; {out['num_unstable']} of {len(records)} checks were above the band (flagged unstable)"
     return out
@@ -321,6 +350,7 @@ def _make_monitor(model, objective: LossSpec, data, *, every: int, log_dir: str 
                             **objective.operator_options())
 
 
+@with_mode_warning_once
 def train_monitored(model, loss_fn=None, data=None, *, train_steps: int, lr: float | None = None,
                     every: int = 10, density_every: int | None = None, log_dir: str | None = None,
                     resume: bool = False, eos_band: tuple[float, float] = (0.05, 0.25), seed: int = 0,
@@ -380,6 +410,7 @@ def train_monitored(model, loss_fn=None, data=None, *, train_steps: int, lr: flo
     return monitor, lr, training_losses
 
 
+@with_mode_warning_once
 def analyze_training(model, loss_fn=None, data=None, *, train_steps: int = 0, lr: float | None = None,
                      every: int = 10, k: int = 10, density_every: int | None = None, log_dir: str | None = None,
                      resume: bool = False, eos_band: tuple[float, float] = (0.05, 0.25), density_probes: int = 2,
@@ -402,12 +433,16 @@ def analyze_training(model, loss_fn=None, data=None, *, train_steps: int = 0, lr
     objective = LossSpec(loss_fn, forward, batch_loss, batch_size, dtype, eval_mode)
     operator_cls = _check_analysis_options(model, train_steps, lr, k, curvature)
     data = read_once(data)  # read several times below: once per operator and loss evaluation
+    # the training steps run the model in its own mode (dropout on in train mode); the checks and
+    # the final point evaluate in eval mode (the operators' default): losses of the two differ
+    training_mode = loss_mode(model, model.training)
     t0 = time.perf_counter()
     monitor, lr, training_losses = _training_phase(model, objective, data, train_steps=train_steps, lr=lr,
                                                    every=every, density_every=density_every, log_dir=log_dir,
                                                    resume=resume, eos_band=eos_band, seed=seed, progress=progress)
     out: dict[str, Any] = {"lr": lr, "eos_band": eos_band, "train_steps": train_steps, "curvature": curvature,
-                           "training_losses": training_losses, "records": [r.as_dict() for r in monitor.records]}
+                           "training_losses": training_losses, "records": [r.as_dict() for r in monitor.records],
+                           "training_loss_mode": training_mode}
     out["sharpness"] = describe_sharpness(out["records"], eos_band, training_losses) if train_steps else None
     out["training_seconds"] = time.perf_counter() - t0
     divergence = training_divergence(out["records"], training_losses) if train_steps else None
@@ -420,9 +455,29 @@ def analyze_training(model, loss_fn=None, data=None, *, train_steps: int = 0, lr
             raise
         raise ValueError(f"training diverged ({divergence}); the final point cannot be analysed ({err}). "
                          "Lower --lr (gradient descent is stable for lambda_max < 2/lr).") from err
+    out["final"]["loss_mode"] = loss_mode(model, False)
     out["seconds"] = time.perf_counter() - t0
     out["_monitor"] = monitor
     return out
+
+
+#: Layers whose output depends on train / eval mode: a loss printed for such a model names its mode.
+_MODE_DEPENDENT = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d,
+                   torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout, torch.nn.BatchNorm1d,
+                   torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)
+
+
+def loss_mode(model: torch.nn.Module, training: bool) -> str | None:
+    """``"train"`` / ``"eval"``: the mode a loss of ``model`` was evaluated in, or None when the
+    model has no layer that behaves differently in the two (Dropout, BatchNorm)."""
+    if not any(isinstance(m, _MODE_DEPENDENT) for m in model.modules()):
+        return None
+    return "train" if training else "eval"
+
+
+def _mode_note(mode: str | None) -> str:
+    """`` (train mode)`` after a loss, or nothing for a model without mode-dependent layers."""
+    return "" if mode is None else f" ({mode} mode{', dropout on' if mode == 'train' else ''})"
 
 
 _OPERATORS = {"hessian": HessianOperator, "ggn": GGNOperator, "fisher": FisherOperator}
@@ -526,8 +581,11 @@ def _final_sentence(final: dict) -> str:
              f"(> {OUTLIER_FACTOR:g}x the bulk edge {final['bulk_edge']:.3g}; largest {top}) over "
              f"{describe_bulk(final['bulk_edge'], final['top_eigenvalues'][0])}"]
     if neg_mass is not None and frac_neg is not None:
-        parts.append(f"{neg_mass:.1%} negative mass ({frac_neg:.1%} of the eigenvalues "
-                     f"{_below(s)}, lambda_min = {s['lambda_min']:.3g})")
+        # in words: how many eigenvalues are negative, and how large they are next to the positive ones
+        small = ", small next to the positive ones" if neg_mass < 0.5 * frac_neg else ""
+        parts.append(f"{frac_neg:.1%} of the eigenvalues are {_below(s)} and together make up "
+                     f"{neg_mass:.1%} of the sum of |eigenvalue|{small} (the most negative is "
+                     f"{s['lambda_min']:.3g})")
     return "; ".join(parts)
 
 
@@ -564,7 +622,8 @@ def summary_markdown(payload: dict, title: str) -> str:
         lines += ["## Training", "",
                   f"- full-batch gradient descent, lr = {payload['lr']:.4g}, stability limit 2/lr = "
                   f"{2 / payload['lr']:.4g}, {payload['train_steps']} steps, {sh['num_checks']} sharpness checks",
-                  f"- loss {losses[0]:.4g} -> {losses[-1]:.4g}" if losses else "- (resumed: no new steps)",
+                  (f"- loss{_mode_note(payload.get('training_loss_mode'))} {losses[0]:.4g} -> {losses[-1]:.4g}"
+                   if losses else "- (resumed: no new steps)"),
                   f"- lambda_max {sh['initial_lambda_max']:.4g} -> {sh['final_lambda_max']:.4g} "
                   f"(max ratio to 2/lr {sh['max_ratio']:.3f} at step {sh['max_ratio_step']}); "
                   + (f"training diverged ({sh['divergence']}), {sh['num_unstable']} checks above the band"
@@ -572,7 +631,8 @@ def summary_markdown(payload: dict, title: str) -> str:
                      f"checks: {sh['num_edge_of_stability']} edge of stability, {sh['num_unstable']} unstable"),
                   "- figures: `sharpness.png`, `loss.png`, `density_snapshots.png`", ""]
     lines += ["## Final point", "",
-              f"- {final['num_parameters']} parameters, loss {final['loss']:.4g}, gradient norm {final['gradient_norm']:.3g}",
+              f"- {final['num_parameters']} parameters, loss{_mode_note(final.get('loss_mode'))} {final['loss']:.4g}, "
+              f"gradient norm {final['gradient_norm']:.3g}",
               f"- top eigenvalues: {', '.join(f'{v:.4g}' for v in final['top_eigenvalues'])} "
               f"({'converged' if final['top_converged'] else 'NOT converged'}, {final['top_num_matvecs']} products)",
               f"- bulk edge (99th percentile of |lambda| under SLQ): {final['bulk_edge']:.4g}; outliers: {final['num_outliers']}",

@@ -189,7 +189,37 @@ def _values(func: Callable[[torch.Tensor], torch.Tensor], X: torch.Tensor) -> to
             return None
 
 
-def _symbolic_solutions(expr: Any, B: torch.Tensor, timeout: float) -> tuple[list[np.ndarray], str]:
+@dataclass
+class _SymbolicSet:
+    """A non-isolated solution of ∇f = 0 from sympy (``{x: 0}``: the line x = 0): its equations,
+    its dimension (the number of free variables), a point of it inside the box and its text."""
+
+    solution: dict[Any, Any]
+    dimension: int
+    point: np.ndarray
+    text: str
+
+    def contains(self, p: np.ndarray, symbols: Sequence[Any], tol: float) -> bool:
+        """Whether ``p`` satisfies the set's equations (each solved variable equals its expression)."""
+        index = {s: i for i, s in enumerate(symbols)}
+        values = {s: float(p[i]) for s, i in index.items()}
+        for s, expr in self.solution.items():
+            try:
+                target = complex(expr.subs(values))
+            except (TypeError, ValueError):
+                return False
+            if abs(target.imag) > tol or abs(p[index[s]] - target.real) > tol * max(1.0, abs(target.real)):
+                return False
+        return True
+
+
+#: Where a non-isolated set's free variables are placed to find a point of it in the box: fractions
+#: of each free variable's interval, away from the centre, where sets of symmetric functions cross.
+_SET_SAMPLE_FRACTIONS = (0.37, 0.71, 0.19, 0.88)
+
+
+def _symbolic_solutions(expr: Any, B: torch.Tensor,
+                        timeout: float) -> tuple[list[np.ndarray], list[_SymbolicSet], str]:
     """Real isolated solutions of ∇f = 0 inside the box by ``sympy.solve`` in a guarded process,
     and a status line."""
     import sympy  # an optional dependency, and slow to import: only the symbolic route needs it
@@ -197,18 +227,18 @@ def _symbolic_solutions(expr: Any, B: torch.Tensor, timeout: float) -> tuple[lis
     symbols = expr.sympy_symbols if hasattr(expr, "sympy_symbols") else tuple(
         sympy.Symbol(v, real=True) for v in expr.variables)
     if timeout <= 0:
-        return [], "skipped (no time left within time_limit)"
+        return [], [], "skipped (no time left within time_limit)"
     exponents = [abs(p.exp) for p in expr.sympy.atoms(sympy.Pow) if p.exp.is_number and p.exp.is_real]
     biggest = max(exponents, default=0)
     if biggest > MAX_SYMBOLIC_EXPONENT:
-        return [], (f"skipped: an exponent of {float(biggest):g} (> {MAX_SYMBOLIC_EXPONENT}) makes symbolic "
-                    "solving impractical; the Newton route ran alone")
+        return [], [], (f"skipped: an exponent of {float(biggest):g} (> {MAX_SYMBOLIC_EXPONENT}) makes symbolic "
+                        "solving impractical; the Newton route ran alone")
     outcome = _solve_in_process(expr.sympy, symbols, timeout)
     if outcome is None:
-        return [], f"timed out after {timeout:g} s (the sympy.solve process was stopped)"
+        return [], [], f"timed out after {timeout:g} s (the sympy.solve process was stopped)"
     kind, value = outcome
     if kind == "err":
-        return [], f"failed ({value[:200]})"
+        return [], [], f"failed ({value[:200]})"
     return _real_points_in_box(value, symbols, B)
 
 
@@ -252,14 +282,41 @@ def _solve_in_process(e: Any, symbols: Sequence[Any], timeout: float) -> tuple[s
         receiver.close()
 
 
-def _real_points_in_box(solutions: list[dict[Any, Any]], symbols: Sequence[Any],
-                        B: torch.Tensor) -> tuple[list[np.ndarray], str]:
+def _set_in_box(sol: dict[Any, Any], symbols: Sequence[Any], B: torch.Tensor) -> _SymbolicSet | None:
+    """The non-isolated solution ``sol`` as a :class:`_SymbolicSet` if a real point of it lies in the box."""
     import sympy
 
-    points, parametric, complex_count = [], 0, 0
+    free = [s for s in symbols if s not in sol]
+    for v in sol.values():
+        free += [s for s in getattr(v, "free_symbols", set()) if s in symbols and s not in free]
+    lo, hi = B[:, 0].numpy(), B[:, 1].numpy()
+    index = {s: i for i, s in enumerate(symbols)}
+    for frac in _SET_SAMPLE_FRACTIONS:
+        values = {s: lo[index[s]] + frac * (hi[index[s]] - lo[index[s]]) for s in free}
+        try:
+            solved = {s: complex(sympy.N(sol[s].subs(values), SYMBOLIC_DIGITS)) for s in sol}
+        except (TypeError, ValueError, ZeroDivisionError):
+            continue
+        if any(abs(v.imag) > IMAGINARY_REL_TOL * max(1.0, abs(v.real)) for v in solved.values()):
+            continue
+        p = np.array([values[s] if s in values else solved[s].real for s in symbols], dtype=np.float64)
+        if (p >= lo).all() and (p <= hi).all():
+            text = ", ".join(f"{s} = {sympy.sstr(sol[s])}" for s in symbols if s in sol)
+            return _SymbolicSet(dict(sol), len(free), p, text)
+    return None
+
+
+def _real_points_in_box(solutions: list[dict[Any, Any]], symbols: Sequence[Any],
+                        B: torch.Tensor) -> tuple[list[np.ndarray], list[_SymbolicSet], str]:
+    import sympy
+
+    points, sets, parametric, complex_count = [], [], 0, 0
     for sol in solutions:
         if len(sol) < len(symbols) or any(getattr(v, "free_symbols", set()) for v in sol.values()):
             parametric += 1
+            found = _set_in_box(sol, symbols, B)
+            if found is not None:
+                sets.append(found)
             continue
         try:
             vals = [complex(sympy.N(sol[s], SYMBOLIC_DIGITS)) for s in symbols]
@@ -277,8 +334,9 @@ def _real_points_in_box(solutions: list[dict[Any, Any]], symbols: Sequence[Any],
     if complex_count:
         status += f", {complex_count} complex"
     if parametric:
-        status += f", {parametric} non-isolated (a curve or surface of critical points; not listed)"
-    return points, status
+        status += (f", {parametric} non-isolated (a curve or surface of critical points), {len(sets)} of them "
+                   "meeting the box")
+    return points, sets, status
 
 
 @dataclass
@@ -502,6 +560,42 @@ def _add_symbolic(candidates: list[_Candidate], points: list[np.ndarray], dedup_
             candidates.append((p, "symbolic", math.nan, -1))
 
 
+def _symbols(expr: Any) -> tuple[Any, ...]:
+    import sympy
+
+    return expr.sympy_symbols if hasattr(expr, "sympy_symbols") else tuple(
+        sympy.Symbol(v, real=True) for v in expr.variables)
+
+
+def _add_symbolic_sets(candidates: list[_Candidate], sets: list[_SymbolicSet], symbols: Sequence[Any],
+                       dedup_tol: float, notes: list[str]) -> list[_Candidate]:
+    """One candidate per non-isolated set sympy found (its point in the box, listed first); the
+    candidates lying on one of the sets are part of it and dropped (a note says how many)."""
+    if not sets:
+        return candidates
+    kept = [c for c in candidates if not any(st.contains(c[0], symbols, dedup_tol) for st in sets)]
+    if len(kept) < len(candidates):
+        notes.append(f"{len(candidates) - len(kept)} point(s) found on the non-isolated critical set(s) were "
+                     "counted as part of them")
+    return [(st.point, "symbolic", math.nan, -1) for st in sets] + kept
+
+
+def _name_symbolic_sets(points: list[CriticalPoint], sets: list[_SymbolicSet], symbols: Sequence[Any],
+                        dedup_tol: float) -> None:
+    """A point standing for a sympy set is the set: kind ``"non-isolated"``, its equations in ``reason``."""
+    named: set[int] = set()
+    for st in sets:
+        for i, cp in enumerate(points):
+            if (i not in named and cp.found_by == "symbolic" and cp.x is not None
+                    and st.contains(cp.x.detach().numpy(), symbols, dedup_tol)):
+                named.add(i)
+                shape = {1: "a curve", 2: "a surface"}.get(st.dimension, f"a {st.dimension}-dimensional set")
+                cp.kind = "non-isolated"
+                cp.reason = (f"sympy: {shape} of critical points, {st.text}, passing through the box (shown: one "
+                             f"point of it). " + cp.reason)
+                break
+
+
 def _classify_candidates(func: Callable[[torch.Tensor], torch.Tensor], candidates: list[_Candidate], *,
                          dedup_tol: float, higher_order: bool, budget: _Budget,
                          notes: list[str]) -> list[CriticalPoint]:
@@ -587,17 +681,21 @@ def critical_points(f: Callable[[torch.Tensor], torch.Tensor] | Any, bounds: Seq
                       notes=notes)
     candidates = _newton_candidates(run, dedup_tol, notes)
     status = "not tried (f is a Python callable, not an expression)"
+    sym_sets: list[_SymbolicSet] = []
     if problem.expression is not None and symbolic in ("auto", True):
         symbolic_deadline = budget.symbolic_deadline
         guard = (symbolic_timeout if symbolic_deadline is None
                  else min(symbolic_timeout, symbolic_deadline - time.monotonic()))
         message(f"critical points: sympy.solve of the gradient (time guard {max(guard, 0):g} s)", progress)
-        sym_points, status = _symbolic_solutions(problem.expression, B, guard)
+        sym_points, sym_sets, status = _symbolic_solutions(problem.expression, B, guard)
         _add_symbolic(candidates, sym_points, dedup_tol)
+        candidates = _add_symbolic_sets(candidates, sym_sets, _symbols(problem.expression), dedup_tol, notes)
     elif problem.expression is not None:
         status = "not tried (symbolic=False)"
     points = _classify_candidates(problem.func, candidates, dedup_tol=dedup_tol, higher_order=higher_order,
                                   budget=budget, notes=notes)
+    if sym_sets:
+        _name_symbolic_sets(points, sym_sets, _symbols(problem.expression), dedup_tol)
     points.sort(key=_sort_key)
     _final_notes(points, notes, budget)
     message(f"critical points: {len(points)} found ({status})", progress)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 __all__ = ["plot_spectral_density", "plot_top_eigenvalues"]
 
+#: The ±2 stderr band is drawn up to this multiple of the density's peak: where the estimate's error
+#: is larger, the band says "uncertain" at that height instead of stretching the axis (a single
+#: noisy grid point once pushed it to 1e7 for a density peaking at 4) and hiding the curve.
+BAND_CEILING = 3.0
+
 
 def _axes(ax):
     # the figure comes from pyplot's current backend: choosing one is the user's (or the CLI's) call
@@ -27,9 +32,12 @@ def plot_spectral_density(density, ax=None, log: bool = True, floor: float = 1e-
     ax.plot(x, y.clip(min=floor) if log else y, color="C0", lw=1.5, label="SLQ density")
     err = density.stderr
     if err is not None and bool(torch.isfinite(err).all()):
-        lo = (density.density - 2 * err).clamp_min(floor).cpu().numpy()
-        hi = (density.density + 2 * err).cpu().numpy()
-        ax.fill_between(x, lo, hi, color="C0", alpha=0.2, label="±2 stderr")
+        ceiling = BAND_CEILING * max(float(density.density.max()), floor)
+        lo = (density.density - 2 * err).clamp_min(floor if log else 0.0).cpu().numpy()
+        hi = (density.density + 2 * err).clamp_max(ceiling).cpu().numpy()
+        clipped = bool(((density.density + 2 * err) > ceiling).any())
+        ax.fill_between(x, lo, hi, color="C0", alpha=0.2,
+                        label="±2 stderr" + (f" (cut at {BAND_CEILING:g}x the peak)" if clipped else ""))
     if log:
         ax.set_yscale("log")
         ax.set_ylim(bottom=floor)
