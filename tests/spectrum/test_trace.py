@@ -6,6 +6,11 @@ import torch
 import hesse
 from hesse._blocks import probe_block, products, unit_blocks
 from hesse.spectrum._common import gaussian, rademacher
+from hesse.testing.spectra import (
+    indefinite_spectrum,
+    low_rank_plus_noise_spectrum,
+    prescribed_spectrum,
+)
 
 
 @pytest.mark.parametrize("method", ["hutchinson", "hutch++", "xtrace"])
@@ -157,3 +162,26 @@ def test_probe_block_matches_the_estimators_probes(kind):
         assert set(got.unique().tolist()) == {-1.0, 1.0}
     with pytest.raises(ValueError, match="probe kind"):
         probe_block(3, 1, "uniform", torch.Generator(), torch.float32, "cpu")
+
+
+_XTRACE_UNDERCOVERS = pytest.mark.xfail(
+    strict=True, reason="XTrace's leave-one-out standard error (Epperly, Tropp & Webber 2024; the "
+    "authors' code computes it the same way) undercovers on indefinite spectra: rms z 1.41")
+
+
+@pytest.mark.parametrize("method, spectrum", [
+    (m, s) for m in ("hutchinson", "hutch++") for s in ("low_rank", "indefinite")
+] + [("xtrace", "low_rank"), pytest.param("xtrace", "indefinite", marks=_XTRACE_UNDERCOVERS)])
+def test_stated_standard_error_covers_over_seeds(method, spectrum):
+    """Over 150 seeds the z-scores (estimate - exact) / stderr must have rms in [0.8, 1.2] and at most
+    about 5 % beyond 2: with 150 draws the rms of a standard normal's z is within 1 +/- 0.12 at 2
+    sigma. Measured: Hutchinson 0.95-0.99, Hutch++ 1.01, XTrace 1.00 (low rank) and 1.41 (23 of 150
+    beyond 2) on the indefinite spectrum (n = 887, as the CNN of the report)."""
+    lam = (low_rank_plus_noise_spectrum(887, rank=10, seed=2) if spectrum == "low_rank"
+           else indefinite_spectrum(887, num_negative=100, seed=3))
+    op = prescribed_spectrum(lam, seed=2)
+    exact = float(lam.sum())
+    z = torch.tensor([(t.value - exact) / t.stderr
+                      for t in (hesse.trace(op, method, num_matvecs=100, seed=s) for s in range(150))])
+    rms = float(z.pow(2).mean().sqrt())
+    assert 0.8 <= rms <= 1.2 and int((z.abs() > 2).sum()) <= 15, (rms, int((z.abs() > 2).sum()))

@@ -30,10 +30,9 @@ from dataclasses import dataclass
 
 import torch
 
+from hesse._memory import default_max_memory
 from hesse._result import Result
 from hesse.operators import CurvatureOperator
-
-from hesse._memory import default_max_memory
 
 from ._common import check_operator
 from .density import _SIGMA_FRACTION, slq_nodes
