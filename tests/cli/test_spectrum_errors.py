@@ -182,3 +182,22 @@ def test_density_over_the_memory_guard_is_refused(mf, capsys):
     for probes in ("100000000", "2000000"):
         _one_line_error(capsys, ["--model", f"{mf}:small", "--k", "1", "--density", "--probes", probes],
                         "max_memory guard", "fewer probes")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_low_precision_residuals_are_the_measured_ones(load_factory, mf, capsys, dtype):
+    # the CLI printed "residual 4.8e-16" for float16 curvature: the recurrence's, not the pair's
+    out = _json(capsys, "--model", f"{mf}:small", "--k", "2", "--dtype", dtype)
+    d = load_factory(mf, "small")
+    op = hesse.HessianOperator(d["model"], d["loss_fn"], d["data"], dtype=getattr(torch, dtype))
+    res = hesse.eigsh(op, k=2)
+    V = res.vectors.double()
+    A = op.to_dense().double()
+    true = (A @ V - V * res.values).norm(dim=0)
+    eps = torch.finfo(getattr(torch, dtype)).eps
+    norm = float(torch.linalg.eigvalsh(A).abs().max())
+    # n = 44: the dense path, whose residuals are those of the returned (rounded) vectors
+    assert out["eigenvalues"]["residuals"] == pytest.approx(true.tolist(), rel=1e-6)
+    # the 16-bit vectors' own rounding: residuals of about eps ||A||, never 1e-16
+    assert all(eps * norm / 100 < r <= 2 * eps * norm for r in true.tolist()), (true, eps * norm)
+    assert all(out["eigenvalues"]["converged"])
