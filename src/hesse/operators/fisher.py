@@ -32,7 +32,7 @@ per-sample gradients: it is ``Jᵀ(r ⊙ (rᵀ J V))``, one ``jvp`` and one ``vj
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -124,8 +124,10 @@ class FisherOperator(ModelCurvatureOperator):
         p = self._problem
         scale = float(nb) if p.reduction != "sum" else 1.0
 
+        loss_fn = cast(Callable, p.loss_fn)  # FisherOperator requires loss_fn (checked at construction)
+
         def batch_loss(zz, yy):
-            return p.loss_fn(zz, yy)
+            return loss_fn(zz, yy)
 
         if self.kind == "empirical":
             return (scale * grad(batch_loss)(z, targets)).unsqueeze(0)
@@ -155,7 +157,8 @@ class FisherOperator(ModelCurvatureOperator):
 
         nb = p.size_of(inputs, targets)
         with p.mode():
-            z, vjp_fn = vjp(outputs, params)
+            out = vjp(outputs, params)
+            z, vjp_fn = out[0], out[1]
             if z.ndim == 0 or z.shape[0] != nb:
                 raise ValueError(
                     f"FisherOperator takes the outputs' first dimension as the samples, but batch "

@@ -23,7 +23,7 @@ product), ``H_L J v`` one more backward through ``∇_z ℓ`` and ``Jᵀ H_L J v
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -32,6 +32,11 @@ from typing_extensions import Unpack
 
 from ._graph_cache import SavedBytes
 from ._model_operator import ModelCurvatureOperator, ModelOperatorOptions, _needs_outputs
+
+
+def _pair(out: Any) -> tuple[Any, Any]:
+    """The ``(value, function)`` pair ``torch.func.vjp`` returns (without ``has_aux``)."""
+    return out[0], out[1]
 
 
 class GGNOperator(ModelCurvatureOperator):
@@ -99,13 +104,15 @@ class GGNOperator(ModelCurvatureOperator):
         def outputs(theta):
             return p.forward(theta, inputs)
 
+        loss_fn = cast(Callable, p.loss_fn)  # GGNOperator requires loss_fn (checked at construction)
+
         def loss_of_outputs(z):
-            return p.loss_fn(z, targets)
+            return loss_fn(z, targets)
 
         with p.mode():
-            z, vjp_fn = vjp(outputs, params)
+            z, vjp_fn = _pair(vjp(outputs, params))
             JV = vmap(lambda t: jvp(outputs, (params,), (t,))[1])(tuple(Vs))
-            _, loss_hvp = vjp(grad(loss_of_outputs), z)  # H_L is symmetric: vjp = H_L u
+            loss_hvp = _pair(vjp(grad(loss_of_outputs), z))[1]  # H_L is symmetric: vjp = H_L u
             HJV = vmap(lambda u: loss_hvp(u)[0])(JV)
             return list(vmap(vjp_fn)(HJV)[0])
 
@@ -120,7 +127,7 @@ class GGNOperator(ModelCurvatureOperator):
                 u = torch.zeros_like(z, requires_grad=True)
                 ju = torch.autograd.grad(z, params, u, create_graph=True, allow_unused=True)
                 zd = z.detach().requires_grad_(True)
-                gl = torch.autograd.grad(p.loss_fn(zd, targets), zd, create_graph=True)[0]
+                gl = torch.autograd.grad(cast(Callable, p.loss_fn)(zd, targets), zd, create_graph=True)[0]
             entry = (params, z, u, ju, zd, gl)
             self._cache.offer(index, entry, counter.bytes)
         params, z, u, ju, zd, gl = entry

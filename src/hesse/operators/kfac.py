@@ -54,7 +54,7 @@ Exactness: for one datum (one row per layer), ``kind="type2"`` equals the GGN's 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -267,7 +267,8 @@ class KFACOperator(CurvatureOperator):
                                  f"needs the gradient with respect to it. Use inplace=False.")
         zd = z.detach()
         p.observe_reduction(zd, y, nb)
-        loss = p.loss_fn(zd.clone().requires_grad_(True), y)
+        loss_fn = cast(Callable, p.loss_fn)  # KFACOperator requires loss_fn (checked at construction)
+        loss = loss_fn(zd.clone().requires_grad_(True), y)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError(f"loss_fn must return a scalar per batch; got "
                              f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss)}"
@@ -282,7 +283,7 @@ class KFACOperator(CurvatureOperator):
         lik = self._likelihood
         if self.kind == "type2":
             assert lik is not None  # type2 needs one, checked at construction
-            cotangents = lik.hessian_sqrt_columns(zd, y, reduction)
+            cotangents: Any = lik.hessian_sqrt_columns(zd, y, reduction)
             weight = batch_weight
         else:
             if self.kind == "empirical":
@@ -298,7 +299,7 @@ class KFACOperator(CurvatureOperator):
             cotangents = []
             for t in targets:
                 zz = zd.clone().requires_grad_(True)
-                cotangents.append(torch.autograd.grad(p.loss_fn(zz, t), zz)[0])
+                cotangents.append(torch.autograd.grad(loss_fn(zz, t), zz)[0])
             # the rows' weight of hesse.optim.KFAC's factors too (one factor convention)
             weight = output_gradient_scale(reduction, nb, terms) ** 2 * fix / len(targets)
         return cotangents, weight
