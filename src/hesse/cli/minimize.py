@@ -25,7 +25,7 @@ from hesse.optimize import METHODS, minimize, resolve_method
 #: in hesse, and 2, a user error).
 NOT_SUCCESSFUL_EXIT_STATUS = 3
 #: Default of --time-limit: seconds per method (the library's max_time).
-DEFAULT_TIME_LIMIT = 600.0
+DEFAULT_TIME_LIMIT = 60.0  # as analyze: one default per option across verbs
 
 
 def add_parser(sub) -> None:

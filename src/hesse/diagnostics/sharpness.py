@@ -276,12 +276,20 @@ def compare(runs: Mapping[str, Any], *, epsilon: float = 1e-3, rho: float = 0.5,
 
     Parameters
     ----------
-    runs : ``{name: (model, loss_fn, data)}`` or ``{name: {"model": ..., "loss_fn": ..., "data": ...}}``
-        (the mapping a ``--model`` factory returns; ``params``, ``forward``, ``batch_loss``,
-        ``batch_size`` and ``dtype`` may be among its keys).
-    epsilon, rho, eta : the radii of :func:`epsilon_sharpness` and :func:`adaptive_sharpness`.
-    seed : seeds of the random starts and probes.
-    progress : a bar over the runs.
+    runs
+        ``{name: (model, loss_fn, data)}`` or ``{name: {"model": ..., "loss_fn": ..., "data":
+        ...}}`` (the mapping a ``--model`` factory returns; ``params``, ``forward``,
+        ``batch_loss``, ``batch_size`` and ``dtype`` may be among its keys).
+    epsilon
+        the box of :func:`epsilon_sharpness`.
+    rho
+        the radius of :func:`adaptive_sharpness`.
+    eta
+        the offset of :func:`adaptive_sharpness`'s normalisation.
+    seed
+        seeds of the random starts and probes.
+    progress
+        a bar over the runs.
 
     Returns
     -------

@@ -63,11 +63,13 @@ class Influence:
     train_data : (inputs, targets) or iterable of batches
         In a fixed order: score column ``i`` is the ``i``-th training example.
     curvature : {"ekfac", "kfac", "ggn", "hessian"}
+        The matrix ``H``: EK-FAC or K-FAC of the GGN, the GGN, or the Hessian of the training loss.
     solver : {"direct", "cg", "lissa"}
         For ``"ggn"`` and ``"hessian"``; K-FAC and EK-FAC are inverted exactly (``"direct"``).
     damping : float >= 0
         ``λ``; must make ``H + λI`` nonsingular (positive definite for ``"cg"``, ``"lissa"``).
-    params : optional parameter selection (names or predicate), as for the operators.
+    params : names, predicate or None
+        The parameters whose influence is measured (names or a predicate, as for the operators).
     query_loss : callable (outputs, targets) -> per-sample values ``(m,)``, optional
         The measurement ``m_q`` (a logit, a margin); default the training loss of each query.
     cg_tol : float
@@ -77,9 +79,11 @@ class Influence:
         model, halving their memory); solves run in the model's dtype.
     progress : bool
         Progress bars over the training batches.
-    lissa_depth, lissa_scale : int, float
-        Neumann steps, and a scale above the largest eigenvalue of ``H + λI`` (required for
-        ``"lissa"``: the series diverges otherwise; e.g. ``1.1 * hesse.eigsh(H, k=1)``).
+    lissa_depth : int
+        Neumann series steps of ``"lissa"``.
+    lissa_scale : float, optional
+        A scale above the largest eigenvalue of ``H + λI``, required for ``"lissa"`` (the series
+        diverges otherwise; e.g. ``1.1 * hesse.eigsh(H, k=1)``).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, train_data: Any,

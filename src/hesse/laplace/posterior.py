@@ -99,7 +99,11 @@ class Laplace:
         The parameters that get a posterior; the others stay at their values. ``"last_layer"``
         is the last ``nn.Linear`` in ``model.modules()``.
     prior_precision : float > 0
+        The precision ``λ`` of the isotropic Gaussian prior ``N(0, λ⁻¹ I)`` on the parameters
+        (tune it with :meth:`optimize_prior_precision`).
     temperature : float > 0
+        Divides the likelihood term: the posterior precision is ``H / temperature + λ I``
+        (cold posteriors below 1).
     sigma_noise : float > 0
         Observation noise of regression; ignored for classification.
     rank : int

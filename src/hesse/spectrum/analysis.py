@@ -73,12 +73,16 @@ def outliers(eigsh_result: Any, density: Any = None, factor: float = OUTLIER_FAC
 
     Parameters
     ----------
-    eigsh_result : the result of ``hesse.eigsh(op, k, which="largest")`` (or a sequence of the top
+    eigsh_result
+        the result of ``hesse.eigsh(op, k, which="largest")`` (or a sequence of the top
         eigenvalues).
-    density : an SLQ :class:`~hesse.spectrum.SpectralDensity` of the same operator; with it, the
+    density
+        an SLQ :class:`~hesse.spectrum.SpectralDensity` of the same operator; with it, the
         outliers are the eigenvalues above ``factor`` times its bulk edge.
-    factor : the multiple of the bulk edge an outlier exceeds.
-    quantile : the quantile of ``|λ|`` that defines the bulk edge.
+    factor
+        the multiple of the bulk edge an outlier exceeds.
+    quantile
+        the quantile of ``|λ|`` that defines the bulk edge.
 
     Returns
     -------
@@ -128,8 +132,17 @@ def _basis(V: Any, name: str) -> torch.Tensor:
 
 def subspace_overlap(V: Any, g: Any) -> float:
     """The fraction of ``‖g‖²`` in ``span V``: ``‖Q^T g‖² / ‖g‖²`` (Gur-Ari et al. 2018), ``Q`` an
-    orthonormal basis of the columns of ``V`` (e.g. ``eigsh(...).vectors``); computed in float64.
-    Between 0 (``g ⟂ span V``) and 1 (``g ∈ span V``)."""
+    orthonormal basis of the columns of ``V``; computed in float64. Between 0 (``g ⟂ span V``) and
+    1 (``g ∈ span V``).
+
+    Parameters
+    ----------
+    V
+        an ``(n, k)`` matrix whose columns span the subspace (e.g. ``eigsh(...).vectors``; any
+        basis, orthonormal or not), or one vector.
+    g
+        the vector, of length ``n`` (e.g. a gradient).
+    """
     g = torch.as_tensor(g).reshape(-1).to(torch.float64)
     Q = _basis(V, "V")
     if Q.shape[0] != g.numel():
