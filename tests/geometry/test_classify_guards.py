@@ -13,14 +13,16 @@ import hesse.geometry.classify  # noqa: F401  (the module, not the function hess
 classify_module = sys.modules["hesse.geometry.classify"]
 
 
-def test_many_null_directions_are_bounded_in_time():
+def test_many_null_directions_are_bounded_in_time(monkeypatch):
     # (x**4).sum() at 0: nullity n, 2n Newton probes with n x n Hessians each; before the limit
     # n = 200 took 83 s and 1.4 GB. Now the probes stop at PROBE_TIME_LIMIT and the verdict says so
+    # (a limit far below the probes' cost here, so that it binds on a fast machine too)
+    monkeypatch.setattr(classify_module, "PROBE_TIME_LIMIT", 0.05)
     n = 120
     t0 = time.perf_counter()
     r = hesse.classify(lambda x: (x ** 4).sum(), torch.zeros(n, dtype=torch.float64))
     wall = time.perf_counter() - t0
-    assert wall < 6 * classify_module.PROBE_TIME_LIMIT  # the probes' limit plus the rest, loaded CPU
+    assert wall < 30  # the probes' limit plus the rest (one chunk runs to the deadline), loaded CPU
     assert r.kind == "inconclusive" and r.nullity == n
     assert "stopped at its" in r.reason and "not ruled out" in r.reason
 

@@ -93,7 +93,10 @@ def test_time_limit_returns_with_note():
     t = time.perf_counter()
     pts = hesse.critical_points(f, [(-2, 2), (-2, 2)], progress=False, time_limit=0.5, num_starts=4096)
     assert time.perf_counter() - t < 10
-    assert any("time limit" in n for n in pts.notes), pts.notes
+    # the limit binds on Newton (a cold start) or, when Newton ran every start within its share,
+    # on the sympy route: either way the result says so
+    said = [*pts.notes, pts.symbolic_status]
+    assert any("time limit" in n for n in said), said
 
 
 @pytest.mark.parametrize("text", ["(x+y)**1000", "(x**1000)**1000 + y**2", "x**-1000 + y**2"])

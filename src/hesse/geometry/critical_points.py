@@ -227,7 +227,7 @@ def _symbolic_solutions(expr: Any, B: torch.Tensor,
     symbols = expr.sympy_symbols if hasattr(expr, "sympy_symbols") else tuple(
         sympy.Symbol(v, real=True) for v in expr.variables)
     if timeout <= 0:
-        return [], [], "skipped (no time left within time_limit)"
+        return [], [], "skipped (no time left within the time limit)"
     exponents = [abs(p.exp) for p in expr.sympy.atoms(sympy.Pow) if p.exp.is_number and p.exp.is_real]
     biggest = max(exponents, default=0)
     if biggest > MAX_SYMBOLIC_EXPONENT:
