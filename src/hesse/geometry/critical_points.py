@@ -688,6 +688,8 @@ def critical_points(f: Callable[[torch.Tensor], torch.Tensor] | Any, bounds: Seq
                  else min(symbolic_timeout, symbolic_deadline - time.monotonic()))
         message(f"critical points: sympy.solve of the gradient (time guard {max(guard, 0):g} s)", progress)
         sym_points, sym_sets, status = _symbolic_solutions(problem.expression, B, guard)
+        if guard < symbolic_timeout and status.startswith("timed out"):  # the whole run's limit bound
+            status += f", at what remained of the time limit of {time_limit:g} s"
         _add_symbolic(candidates, sym_points, dedup_tol)
         candidates = _add_symbolic_sets(candidates, sym_sets, _symbols(problem.expression), dedup_tol, notes)
     elif problem.expression is not None:
