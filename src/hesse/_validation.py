@@ -236,6 +236,13 @@ def check_callable(f: Any, name: str = "f") -> Callable:
     return f
 
 
+def check_seed(value: Any, name: str = "seed") -> int:
+    """``value`` as a seed: an integer >= 0 (bools, floats and strings refused, naming ``name``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0 (a random seed), got {value!r}.")
+    return int(value)
+
+
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     """``value`` as an int >= ``minimum``; ``ValueError`` for anything else (bools included)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:

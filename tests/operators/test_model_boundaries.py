@@ -329,3 +329,19 @@ def test_an_undeclared_token_mean_with_a_mask_is_a_mean():
     token_mean.reduction = "mean"
     declared = HessianOperator(model, token_mean, batches)
     assert _close(op.to_dense(), declared.to_dense())
+
+
+@pytest.mark.parametrize("seed", ["a", float("nan"), 1.5, -1, True])
+@pytest.mark.parametrize("make", [
+    lambda m, lf, d, s: hesse.KFACOperator(m, lf, d, kind="mc", seed=s),
+    lambda m, lf, d, s: hesse.FisherOperator(m, lf, d, kind="mc", seed=s),
+    lambda m, lf, d, s: hesse.optim.NaturalGradient(m, lf, kind="mc", seed=s),
+    lambda m, lf, d, s: hesse.optim.AdaHessian(m.parameters(), seed=s),
+], ids=["kfac-mc", "fisher-mc", "natural-gradient", "adahessian"])
+def test_a_seed_that_is_no_integer_is_refused_by_name(make, seed):
+    """A seed is an integer >= 0: anything else is one line naming 'seed', not int()'s error."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).double()
+    data = (torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 2, (8,)))
+    with pytest.raises(ValueError, match=r"seed must be an integer >= 0"):
+        make(model, nn.CrossEntropyLoss(), data, seed)

@@ -39,6 +39,7 @@ from torch import nn
 from torch.func import grad, jvp, vjp, vmap
 from typing_extensions import Unpack
 
+from .._validation import check_seed
 from ._model_operator import ModelCurvatureOperator, ModelOperatorOptions, _needs_outputs
 from .likelihoods import LIKELIHOOD_LOSSES, Likelihood, require_likelihood
 
@@ -111,7 +112,7 @@ class FisherOperator(ModelCurvatureOperator):
                                                   "Use kind='empirical' or GGNOperator.")
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
             raise ValueError(f"mc_samples must be an integer >= 1, got {mc_samples!r}.")
-        self.kind, self.mc_samples, self.seed = kind, mc_samples, int(seed)
+        self.kind, self.mc_samples, self.seed = kind, mc_samples, check_seed(seed)
         super().__init__(model, loss_fn, data, params, **options)
         if kind == "mc" and self._problem.data.shuffles:
             import warnings

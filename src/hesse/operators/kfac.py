@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from .._progress import Progress
-from .._validation import all_finite
+from .._validation import all_finite, check_seed
 from .base import CurvatureOperator
 from .data import EMPTY_DATA_HINT
 from .evaluation import ModelLoss, disconnected_message
@@ -140,7 +140,7 @@ class KFACOperator(CurvatureOperator):
                                                   "Use kind='empirical'.")
         if isinstance(mc_samples, bool) or not isinstance(mc_samples, int) or mc_samples < 1:
             raise ValueError(f"mc_samples must be an integer >= 1, got {mc_samples!r}.")
-        self.kind, self.mc_samples, self.seed = kind, mc_samples, int(seed)
+        self.kind, self.mc_samples, self.seed = kind, mc_samples, check_seed(seed)
         self._problem = ModelLoss(model, loss_fn, data, params)
         p = self._problem
         super().__init__(p.n, p.dtype, p.device, is_psd=True)

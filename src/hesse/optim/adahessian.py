@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from hesse._validation import check_betas
+from hesse._validation import check_betas, check_seed
 
 from ._common import check_hyper, check_int, closure_loss, uniform_option
 
@@ -51,7 +51,7 @@ class AdaHessian(torch.optim.Optimizer):
         check_hyper(weight_decay, "weight_decay", allow_zero=True)
         check_hyper(hessian_power, "hessian_power", upper=1.0)
         check_int(hessian_every, "hessian_every")
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       hessian_power=hessian_power, hessian_every=hessian_every))
         uniform_option(self.param_groups, "hessian_every", "AdaHessian", _WHY_ONE_CADENCE)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._validation import check_seed
 from ..operators import FisherOperator
 from ..operators.likelihoods import require_likelihood
 from ._common import check_hyper, check_int
@@ -66,7 +67,7 @@ class NaturalGradient(_BatchCurvatureOptimizer):
         check_hyper(momentum, "momentum", allow_zero=True, upper=1.0, upper_open=True)
         check_int(cg_max_iter, "cg_max_iter")
         check_hyper(cg_tol, "cg_tol")
-        self.kind, self.mc_samples, self.seed = kind, int(mc_samples), int(seed)
+        self.kind, self.mc_samples, self.seed = kind, int(mc_samples), check_seed(seed)
         self._setup(model, loss_fn, params, dict(lr=lr, damping=damping, momentum=momentum,
                                                  cg_max_iter=cg_max_iter, cg_tol=cg_tol))
         if kind == "mc":  # fail now, not at the first step, for a loss without a known likelihood
