@@ -279,6 +279,25 @@ def test_singular_kfac_refused_without_damping():
     assert op.logdet(1e-3) > -float("inf")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("structure", ["kfac", "ekfac"])
+def test_a_damping_that_rounds_to_zero_is_refused(dtype, structure):
+    """A positive damping below the dtype's smallest normal number rounds away: on a singular K
+    the products were non-finite (blamed on "a kink") and log det was -inf. Refused by name."""
+    model, x, y = _ce_last_layer_problem(10, 10)
+    model = model.to(dtype)
+    op = KFACOperator(model, nn.CrossEntropyLoss(), (x.to(dtype), y))
+    if structure == "ekfac":
+        op = hesse.EKFACOperator.from_kfac(op)
+    tiny = torch.finfo(dtype).tiny
+    for call in (lambda d: op.inverse(d), lambda d: op.logdet(d)):
+        with pytest.raises(ValueError, match="smallest normal"):
+            call(tiny / 4)
+        assert call(1e-3) is not None
+    v = torch.randn(op.shape[0], dtype=dtype)
+    assert bool(torch.isfinite(op.inverse(tiny * 4) @ v).all())
+
+
 def test_factored_damping_inverse_is_the_kronecker_product_of_damped_factor_inverses():
     """damping_mode="factored": (A + π√d I)⁻¹ ⊗ (G + √d/π I)⁻¹ with π = sqrt((tr A/dim A) /
     (tr G/dim G)) (Martens & Grosse 2015, §6.3), built densely with torch.linalg.inv for one

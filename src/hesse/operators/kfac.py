@@ -349,6 +349,13 @@ class KFACOperator(CurvatureOperator):
         if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping >= 0 \
                 or damping == float("inf"):
             raise ValueError(f"damping must be a finite number >= 0, got {damping!r}.")
+        tiny = torch.finfo(self.dtype).tiny
+        if 0 < damping < tiny:
+            # below the smallest normal number the damping rounds away (or 1/damping overflows)
+            # in the operator's dtype: a singular K would stay singular
+            raise ValueError(f"damping {damping!r} is below the smallest normal {self.dtype} "
+                             f"({tiny:.3g}), where it rounds to 0; pass 0 or a damping >= {tiny:.3g} "
+                             f"(typically 1e-8 to 1e-2 times the trace / n).")
         return float(damping)
 
     def _singular_layers(self) -> list[str]:
