@@ -85,11 +85,11 @@ class Likelihood:
     # ---------------------------------------------------------------- derivatives and draws
     def sample(self, z: torch.Tensor, num: int, generator: torch.Generator) -> torch.Tensor:
         """``num`` draws of the targets from ``p(y | z)``, stacked on a leading dimension."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} defines no sampler")
 
     def hessian_diagonal(self, z: torch.Tensor) -> torch.Tensor:
         """The loss Hessian per element, for the losses whose Hessian is diagonal in ``z``."""
-        raise NotImplementedError
+        raise TypeError(f"the loss Hessian of {type(self).__name__} is not diagonal in the outputs")
 
     def hessian_sqrt_columns(self, z: torch.Tensor, y: Any, reduction: str) -> Iterator[torch.Tensor]:
         """Tensors ``S_m`` shaped like ``z`` with ``∇²_z loss(z, y) = Σ_m vec(S_m) vec(S_m)ᵀ``,

@@ -36,6 +36,7 @@ The radius constants (1/4, 3/4, the collapse tests) are defined here once.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -145,7 +146,7 @@ def exact_subproblem(lam: torch.Tensor, Q: torch.Tensor, g: torch.Tensor, radius
 # ----------------------------------------------------------------------------- subproblems
 
 
-class TrustRegionModel:
+class TrustRegionModel(ABC):
     """The quadratic model at the current point and its subproblem solver.
 
     The loop calls ``start(x, run)`` once (returns ``(f, g)`` at ``x``), then per iteration
@@ -156,20 +157,24 @@ class TrustRegionModel:
 
     initial_radius = 1.0
 
+    @abstractmethod
     def start(self, x: torch.Tensor, run: Run) -> tuple[float, torch.Tensor]:
-        raise NotImplementedError
+        """``(f, g)`` at the starting point ``x``."""
 
+    @abstractmethod
     def solve(self, radius: float) -> tuple[torch.Tensor, float, bool]:
-        raise NotImplementedError
+        """The subproblem's step within ``radius``: ``(step, predicted_reduction, hits_boundary)``."""
 
+    @abstractmethod
     def trial(self, x: torch.Tensor) -> tuple[float, torch.Tensor]:
-        raise NotImplementedError
+        """``(f, g)`` at a trial point."""
 
     def observe(self, p: torch.Tensor, g_try: torch.Tensor) -> None:
         return None
 
+    @abstractmethod
     def accept(self, run: Run) -> None:
-        raise NotImplementedError
+        """Take the last trial step."""
 
     def norm(self, v: torch.Tensor) -> float:
         return float(v.norm())
