@@ -56,37 +56,9 @@ class FisherOperator(ModelCurvatureOperator):
 
     Parameters
     ----------
-    model
-        torch.nn.Module (a ``DistributedDataParallel`` wrapper is unwrapped).
-    loss_fn
-        callable ``(outputs, targets) -> scalar`` with ``reduction="mean"`` or ``"sum"``.
-    data
-        DataLoader, iterable of batches, or a pair of tensors ``(inputs, targets)``.
-    params
-        ``None`` (all trainable parameters), a list of names, or a predicate
-        ``(name, parameter) -> bool``.
-    batch_loss
-        not accepted here (the matrix needs the model's outputs): pass ``loss_fn``; it exists so
-        the model operators share one signature.
-    batch_size
-        callable ``batch -> int``, the weight of a batch in the mean loss; default the leading
-        dimension of the targets.
-    forward
-        callable ``(model, inputs) -> outputs tensor``; default ``model(inputs)``,
-        ``model(**inputs)`` for a mapping.
-    dtype
-        the floating type curvature is computed and accumulated in; default the parameters'.
-    bn_mode
-        ``"eval"`` (BatchNorm running statistics, the default) or ``"batch"``.
-    eval_mode
-        evaluate in eval mode (dropout off) and restore the model's mode afterwards.
-    check_deterministic
-        take two products with one vector and refuse a random loss.
-    progress
-        show a bar (stderr) over the batches of the first pass.
-    distributed
-        ``None`` (data-parallel when a ``torch.distributed`` default group is initialized),
-        ``False`` (local) or a process group.
+    model, loss_fn, data, params
+        as for :class:`HessianOperator`; ``loss_fn`` acts on the model's outputs (``batch_loss``
+        is refused: the matrix needs the outputs).
     kind
         ``"empirical"`` (gradients at the observed targets, the default) or ``"mc"`` (targets
         drawn from the model's predictive distribution: the true Fisher, in expectation).
@@ -94,6 +66,10 @@ class FisherOperator(ModelCurvatureOperator):
         draws per sample for ``kind="mc"`` (default 1).
     seed
         seed of the draws for ``kind="mc"`` (reproducible per seed).
+    **options
+        the keywords every model operator shares, documented on :class:`HessianOperator`
+        (``batch_size``, ``forward``, ``dtype``, ``bn_mode``, ``eval_mode``,
+        ``check_deterministic``, ``progress``, ``distributed``; no graphs are kept).
     """
 
     _is_psd = True
