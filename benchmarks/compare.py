@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_core import _median_time  # one timing helper for the benchmarks (this folder)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -44,17 +46,6 @@ ROOT = HERE.parent
 # ---------------------------------------------------------------------------------------------
 # the worker: runs in a fresh process with one revision's hesse on its path
 # ---------------------------------------------------------------------------------------------
-
-def _median_time(fn, repeat: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
 
 def _cnn():
     from torch import nn
@@ -102,13 +93,13 @@ def _product_rows(label: str, model, X, y, repeat: int, new_point: bool, matmat:
     if not rel < 1e-4:
         raise AssertionError(f"{label}: the operator's product is off the reference by {rel:.2e}")
 
-    base = _median_time(graph_kept, repeat)
-    rows = {f"{label}_reused": _median_time(lambda: op @ v, repeat) / base}
+    base = _median_time(graph_kept, repeat, warmup=2)
+    rows = {f"{label}_reused": _median_time(lambda: op @ v, repeat, warmup=2) / base}
     if matmat:
-        rows[f"{label}_matmat10"] = _median_time(lambda: op.matmat(V), repeat) / 10 / base
+        rows[f"{label}_matmat10"] = _median_time(lambda: op.matmat(V), repeat, warmup=2) / 10 / base
     if new_point:
         rows[f"{label}_new_point"] = (_median_time(lambda: hesse.HessianOperator(model, lf, (X, y)) @ v,
-                                                   repeat) / _median_time(recomputed, repeat))
+                                                   repeat, warmup=2) / _median_time(recomputed, repeat, warmup=2))
     return rows
 
 
