@@ -163,7 +163,10 @@ class OptimizeResult(Result):
     ``n <= 500`` or Lanczos otherwise). ``status``/``message`` say what happened and what to do.
     Counts, as scipy's: ``nit`` iterations, ``nfev`` values, ``njev`` gradients (Jacobians for
     :func:`hesse.least_squares`), ``nhev`` dense Hessians; and ``num_matvecs`` Hessian-vector
-    products. A fused value+gradient counts once in ``nfev`` and once in ``njev``. Read as a
+    products. A fused value+gradient counts once in ``nfev`` and once in ``njev``. With
+    ``bounds=``, ``active_mask`` marks each variable ``-1``/``1`` at its lower/upper bound and
+    ``0`` free (as scipy's ``least_squares`` reports it; see
+    :meth:`hesse.optimize.bounds.BoxBounds.active_mask`); None for unconstrained runs. Read as a
     mapping too (``res["x"]``, ``res.keys()``), as scipy's.
     """
 
@@ -186,6 +189,7 @@ class OptimizeResult(Result):
     curvature_check: str = "not checked"
     wall_time: float = 0.0
     history: OptimizeHistory | None = None
+    active_mask: torch.Tensor | None = None
 
     @property
     def convergence_order(self) -> str:
